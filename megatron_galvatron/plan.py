@@ -1,0 +1,398 @@
+"""The plan: the one object that flows from search to runtime to checkpoints.
+
+A plan says, for one training job, how the world is split into pipeline stages and how every
+transformer layer (and the embedding / LM head) is parallelised inside its stage. The search
+writes it, the runtime builds the model from it, the cost model prices it and checkpoints
+record it. Native form is JSON (``format: megatron_galvatron.plan/1``); Hetu-Galvatron's
+comma-separated config files and the GLOBAL-mode flags are imported into the same object.
+
+Every user-facing problem raises :class:`PlanError` with a one-line message naming the field
+and the fix; CLIs print it without a traceback.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional, Sequence
+
+from megatron_galvatron.errors import UserError
+
+FORMAT = "megatron_galvatron.plan/1"
+DP_TYPES = ("ddp", "zero2", "zero3")
+PIPELINE_TYPES = ("gpipe", "1f1b")
+
+
+class PlanError(UserError, ValueError):
+    """A plan (or the flags that make one) is invalid; the message says what to fix."""
+
+
+@dataclass(frozen=True)
+class LayerStrategy:
+    """How one transformer layer runs inside its pipeline stage.
+
+    tp: tensor-parallel degree; dp = stage_world // tp.
+    tp_consec: TP groups are consecutive ranks ([0,1],[2,3]) rather than strided ([0,2],[1,3]).
+    dp_type: "ddp" (replicated params, gradients all-reduced), "zero2" (gradients and
+        optimizer state sharded), "zero3" (parameters sharded too; Galvatron's SDP).
+    sp: Megatron sequence parallelism inside the TP group.
+    checkpoint: recompute this layer's activations in backward.
+    """
+
+    tp: int = 1
+    tp_consec: bool = True
+    dp_type: str = "ddp"
+    sp: bool = False
+    checkpoint: bool = False
+
+
+@dataclass(frozen=True)
+class VocabStrategy:
+    """Strategy of the embedding and the LM head (same degree on first and last stage)."""
+
+    tp: int = 1
+    tp_consec: bool = True
+    dp_type: str = "ddp"
+    sp: bool = False
+
+    def as_layer(self) -> LayerStrategy:
+        """The activation layout the vocab modules produce / consume, as a layer strategy."""
+        return LayerStrategy(tp=self.tp, tp_consec=self.tp_consec, dp_type=self.dp_type, sp=self.sp)
+
+
+@dataclass
+class ModelShape:
+    """What validation needs to know about the model (filled from pretrain flags)."""
+
+    num_layers: int
+    num_attention_heads: int
+    num_query_groups: Optional[int] = None
+    ffn_hidden_size: Optional[int] = None
+
+
+@dataclass
+class Plan:
+    world_size: int
+    pp_deg: int
+    pp_division: List[int]
+    global_bsz: int
+    chunks: int
+    layers: List[LayerStrategy]
+    vocab: VocabStrategy = field(default_factory=VocabStrategy)
+    pipeline_type: str = "1f1b"
+    predicted: Dict[str, Any] = field(default_factory=dict)
+
+    # ---------------------------------------------------------------- derived facts
+    @property
+    def num_layers(self) -> int:
+        return len(self.layers)
+
+    @property
+    def stage_world(self) -> int:
+        return self.world_size // self.pp_deg
+
+    def stage_of_layer(self, layer_idx: int) -> int:
+        end = 0
+        for stage, n in enumerate(self.pp_division):
+            end += n
+            if layer_idx < end:
+                return stage
+        raise IndexError(layer_idx)
+
+    def stage_layers(self, stage: int) -> range:
+        start = sum(self.pp_division[:stage])
+        return range(start, start + self.pp_division[stage])
+
+    @property
+    def micro_batch_size(self) -> int:
+        """Samples in one micro-batch across the whole stage (before DP sharding)."""
+        return self.global_bsz // self.chunks
+
+    # ---------------------------------------------------------------- validation
+    def validate(self, model: Optional[ModelShape] = None, world_size: Optional[int] = None) -> "Plan":
+        _check_int("world_size", self.world_size, 1)
+        _check_int("pp_deg", self.pp_deg, 1)
+        _check_int("global_bsz", self.global_bsz, 1)
+        _check_int("chunks", self.chunks, 1)
+        if world_size is not None and world_size != self.world_size:
+            raise PlanError(
+                f"plan world_size={self.world_size} but the job was launched with {world_size} processes: "
+                f"launch with --nproc-per-node x nodes = {self.world_size} or search a plan for {world_size} GPUs"
+            )
+        if self.world_size % self.pp_deg:
+            raise PlanError(f"pp_deg={self.pp_deg} does not divide world_size={self.world_size}")
+        if self.pipeline_type not in PIPELINE_TYPES:
+            raise PlanError(f"pipeline_type={self.pipeline_type!r}: use one of {', '.join(PIPELINE_TYPES)}")
+        if not isinstance(self.pp_division, list) or len(self.pp_division) != self.pp_deg:
+            raise PlanError(f"pp_division={self.pp_division} must list {self.pp_deg} stage sizes (one per pp stage)")
+        for n in self.pp_division:
+            _check_int("pp_division entry", n, 1)
+        if sum(self.pp_division) != len(self.layers):
+            raise PlanError(
+                f"pp_division={self.pp_division} sums to {sum(self.pp_division)} but the plan has "
+                f"{len(self.layers)} layers: make the stage sizes add up to the layer count"
+            )
+        if model is not None and len(self.layers) != model.num_layers:
+            raise PlanError(
+                f"plan has {len(self.layers)} layers but --num-layers is {model.num_layers}: "
+                f"search a plan for this model or fix --num-layers"
+            )
+        sw = self.stage_world
+        for i, s in enumerate(self.layers):
+            _check_strategy(f"layers[{i}]", s, sw, model)
+        _check_strategy("vocab", self.vocab, sw, None)
+        # Every layer's (and the vocab's) DP degree must split the micro-batch evenly.
+        if self.global_bsz % self.chunks:
+            raise PlanError(f"global_bsz={self.global_bsz} is not divisible by chunks={self.chunks}")
+        mbs = self.global_bsz // self.chunks
+        for name, s in [("vocab", self.vocab)] + [(f"layers[{i}]", s) for i, s in enumerate(self.layers)]:
+            dp = sw // s.tp
+            if mbs % dp:
+                raise PlanError(
+                    f"global_bsz={self.global_bsz} / chunks={self.chunks} = {mbs} samples per micro-batch is not "
+                    f"divisible by the data-parallel degree {dp} of {name}: make global_bsz a multiple of chunks x {dp}"
+                )
+        return self
+
+    # ---------------------------------------------------------------- (de)serialisation
+    def to_dict(self) -> Dict[str, Any]:
+        return {
+            "format": FORMAT,
+            "world_size": self.world_size,
+            "pp_deg": self.pp_deg,
+            "pp_division": list(self.pp_division),
+            "pipeline_type": self.pipeline_type,
+            "global_bsz": self.global_bsz,
+            "chunks": self.chunks,
+            "layers": [dataclasses.asdict(s) for s in self.layers],
+            "vocab": dataclasses.asdict(self.vocab),
+            "predicted": dict(self.predicted),
+        }
+
+    @classmethod
+    def from_dict(cls, d: Dict[str, Any]) -> "Plan":
+        if not isinstance(d, dict):
+            raise PlanError("a plan must be a JSON object")
+        if "format" not in d and "tp_sizes_enc" in d:
+            return from_galvatron_dict(d)
+        if d.get("format") != FORMAT:
+            raise PlanError(f"plan format {d.get('format')!r} is not {FORMAT!r}: re-run search/run.py or fix 'format'")
+        known = {"format", "world_size", "pp_deg", "pp_division", "pipeline_type", "global_bsz", "chunks",
+                 "layers", "vocab", "predicted"}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise PlanError(f"unknown plan key(s) {unknown}: remove them (known keys: {sorted(known)})")
+        for k in ("world_size", "pp_deg", "pp_division", "global_bsz", "chunks", "layers"):
+            if k not in d:
+                raise PlanError(f"plan is missing required key {k!r}")
+        if not isinstance(d["layers"], list) or not d["layers"]:
+            raise PlanError("plan 'layers' must be a non-empty list of per-layer strategies")
+        layers = [_strategy_from_dict(LayerStrategy, f"layers[{i}]", x) for i, x in enumerate(d["layers"])]
+        vocab = _strategy_from_dict(VocabStrategy, "vocab", d.get("vocab", {}))
+        pp_division = d["pp_division"]
+        if not isinstance(pp_division, list):
+            raise PlanError(f"pp_division must be a list of ints, got {pp_division!r}")
+        return cls(
+            world_size=d["world_size"], pp_deg=d["pp_deg"], pp_division=list(pp_division),
+            global_bsz=d["global_bsz"], chunks=d["chunks"], layers=layers, vocab=vocab,
+            pipeline_type=_pipeline_type(d.get("pipeline_type", "1f1b")),
+            predicted=dict(d.get("predicted") or {}),
+        )
+
+    def save(self, path: str) -> None:
+        tmp = f"{path}.tmp.{os.getpid()}"
+        with open(tmp, "w") as f:
+            json.dump(self.to_dict(), f, indent=2)
+            f.write("\n")
+        os.replace(tmp, path)
+
+    def describe(self) -> str:
+        """A readable per-layer table."""
+        lines = [
+            f"plan: world {self.world_size} = pp {self.pp_deg} x stage {self.stage_world}; "
+            f"{self.pipeline_type}; global batch {self.global_bsz} in {self.chunks} micro-batches; "
+            f"pp_division {self.pp_division}",
+            f"{'layer':>5} {'stage':>5} {'tp':>3} {'consec':>6} {'dp':>3} {'dp_type':>7} {'sp':>3} {'ckpt':>4}",
+        ]
+        v = self.vocab
+        lines.append(f"{'vocab':>5} {'0/' + str(self.pp_deg - 1):>5} {v.tp:>3} {int(v.tp_consec):>6} "
+                     f"{self.stage_world // v.tp:>3} {v.dp_type:>7} {int(v.sp):>3} {'-':>4}")
+        for i, s in enumerate(self.layers):
+            lines.append(f"{i:>5} {self.stage_of_layer(i):>5} {s.tp:>3} {int(s.tp_consec):>6} "
+                         f"{self.stage_world // s.tp:>3} {s.dp_type:>7} {int(s.sp):>3} {int(s.checkpoint):>4}")
+        if self.predicted:
+            lines.append("predicted: " + ", ".join(f"{k}={v}" for k, v in self.predicted.items()))
+        return "\n".join(lines)
+
+
+# -------------------------------------------------------------------- helpers
+
+def _check_int(name: str, v: Any, minimum: int) -> None:
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise PlanError(f"{name} must be an integer, got {v!r}")
+    if v < minimum:
+        raise PlanError(f"{name}={v} must be >= {minimum}")
+
+
+def _check_strategy(name: str, s, stage_world: int, model: Optional[ModelShape]) -> None:
+    _check_int(f"{name}.tp", s.tp, 1)
+    if stage_world % s.tp:
+        raise PlanError(f"{name}.tp={s.tp} does not divide the stage size {stage_world} "
+                        f"(world_size / pp_deg): use a tp that divides {stage_world}")
+    if s.dp_type not in DP_TYPES:
+        raise PlanError(f"{name}.dp_type={s.dp_type!r}: use one of {', '.join(DP_TYPES)}")
+    for flag in ("tp_consec", "sp"):
+        if not isinstance(getattr(s, flag), bool):
+            raise PlanError(f"{name}.{flag} must be true or false, got {getattr(s, flag)!r}")
+    if isinstance(s, LayerStrategy) and not isinstance(s.checkpoint, bool):
+        raise PlanError(f"{name}.checkpoint must be true or false, got {s.checkpoint!r}")
+    if model is not None:
+        if model.num_attention_heads % s.tp:
+            raise PlanError(f"{name}.tp={s.tp} does not divide --num-attention-heads={model.num_attention_heads}")
+        groups = model.num_query_groups or model.num_attention_heads
+        if groups % s.tp:
+            raise PlanError(f"{name}.tp={s.tp} does not divide --num-query-groups={groups}")
+        if model.ffn_hidden_size is not None and model.ffn_hidden_size % s.tp:
+            raise PlanError(f"{name}.tp={s.tp} does not divide --ffn-hidden-size={model.ffn_hidden_size}")
+
+
+def _strategy_from_dict(cls, name: str, d: Any):
+    if not isinstance(d, dict):
+        raise PlanError(f"{name} must be an object like {{\"tp\": 1, \"dp_type\": \"ddp\"}}, got {d!r}")
+    allowed = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(d) - allowed)
+    if unknown:
+        raise PlanError(f"{name}: unknown key(s) {unknown}; allowed: {sorted(allowed)}")
+    kwargs = {}
+    for k, v in d.items():
+        if k in ("tp_consec", "sp", "checkpoint") and isinstance(v, int) and not isinstance(v, bool) and v in (0, 1):
+            v = bool(v)  # hand-written plans often use 0/1 for flags
+        kwargs[k] = v
+    return cls(**kwargs)
+
+
+def _pipeline_type(v: Any) -> str:
+    if v == "pipedream_flush":  # Galvatron's name for 1F1B
+        return "1f1b"
+    if v not in PIPELINE_TYPES:
+        raise PlanError(f"pipeline_type={v!r}: use one of gpipe, 1f1b (or pipedream_flush)")
+    return v
+
+
+def even_division(num_layers: int, pp_deg: int) -> List[int]:
+    """Layers split as evenly as possible, earlier stages taking the remainder last."""
+    base, extra = divmod(num_layers, pp_deg)
+    return [base + (1 if s >= pp_deg - extra else 0) for s in range(pp_deg)]
+
+
+# -------------------------------------------------------------------- Hetu-Galvatron import
+
+_GALVATRON_KEYS = {"pp_deg", "tp_sizes_enc", "tp_consecutive_flags", "dp_types_enc", "use_sp", "checkpoint",
+                   "global_bsz", "chunks", "pp_division", "pipeline_type", "default_dp_type", "vtp", "vsp",
+                   "embed_sdp", "cp_sizes_enc", "vocab_tp", "vocab_sp"}
+
+
+def _int_list(key: str, v: Any) -> List[int]:
+    if isinstance(v, int) and not isinstance(v, bool):
+        return [v]
+    if isinstance(v, list):
+        items = v
+    elif isinstance(v, str):
+        items = [x for x in v.replace(" ", "").split(",") if x != ""]
+    else:
+        raise PlanError(f"Galvatron config key {key!r} must be a comma-separated string of integers, got {v!r}")
+    try:
+        return [int(x) for x in items]
+    except (TypeError, ValueError):
+        raise PlanError(f"Galvatron config key {key!r} must be a comma-separated string of integers, got {v!r}")
+
+
+def from_galvatron_dict(d: Dict[str, Any], world_size: Optional[int] = None) -> Plan:
+    """Import a Hetu-Galvatron JSON config. Every key is honoured or refused, never ignored.
+
+    dp_types_enc: 0 = default_dp_type (ddp or zero2), 1 = SDP (zero3). use_sp / vsp select
+    Ulysses sequence parallelism, which this runtime does not implement, so a plan asking for
+    it is refused rather than trained as something else. Galvatron plans do not record the
+    world size; it is derived from the first layer (tp * dp is not recorded either), so the
+    caller passes the launch world size.
+    """
+    unknown = sorted(set(d) - _GALVATRON_KEYS)
+    if unknown:
+        raise PlanError(f"Galvatron config has key(s) {unknown} this runtime does not know; remove them "
+                        f"or convert the plan by hand")
+    for k in ("pp_deg", "tp_sizes_enc", "tp_consecutive_flags", "dp_types_enc", "global_bsz", "chunks"):
+        if k not in d:
+            raise PlanError(f"Galvatron config is missing key {k!r}")
+    tp = _int_list("tp_sizes_enc", d["tp_sizes_enc"])
+    n = len(tp)
+
+    def per_layer(key: str, default: int) -> List[int]:
+        if key not in d:
+            return [default] * n
+        vals = _int_list(key, d[key])
+        if len(vals) != n:
+            raise PlanError(f"Galvatron config {key!r} has {len(vals)} entries but tp_sizes_enc has {n}: "
+                            f"give one entry per layer")
+        return vals
+
+    consec = per_layer("tp_consecutive_flags", 1)
+    sdp = per_layer("dp_types_enc", 0)
+    use_sp = per_layer("use_sp", 0)
+    ckpt = per_layer("checkpoint", 0)
+    cp = per_layer("cp_sizes_enc", 1)
+    if any(use_sp):
+        raise PlanError("Galvatron config sets use_sp=1 (Ulysses sequence parallelism), which this runtime does not "
+                        "implement: set use_sp to 0 for every layer (Megatron-style sp is the plan's 'sp')")
+    if any(c != 1 for c in cp):
+        raise PlanError("Galvatron config sets cp_sizes_enc > 1 (context parallelism), which this runtime does not "
+                        "implement: set every entry to 1")
+    vsp = d.get("vsp", d.get("vocab_sp", 0))
+    if int(vsp):
+        raise PlanError("Galvatron config sets vsp=1 (Ulysses sequence parallelism for the vocab layers), which this "
+                        "runtime does not implement: set vsp to 0")
+    default_dp = d.get("default_dp_type", "ddp")
+    if default_dp not in ("ddp", "zero2"):
+        raise PlanError(f"Galvatron config default_dp_type={default_dp!r}: use ddp or zero2")
+    for name, vals in (("tp_consecutive_flags", consec), ("dp_types_enc", sdp), ("checkpoint", ckpt)):
+        if any(v not in (0, 1) for v in vals):
+            raise PlanError(f"Galvatron config {name!r} entries must be 0 or 1, got {vals}")
+    layers = [LayerStrategy(tp=tp[i], tp_consec=bool(consec[i]), dp_type="zero3" if sdp[i] else default_dp,
+                            sp=False, checkpoint=bool(ckpt[i])) for i in range(n)]
+    pp_deg = int(d["pp_deg"])
+    division = _int_list("pp_division", d["pp_division"]) if "pp_division" in d else even_division(n, pp_deg)
+    vtp = int(d.get("vtp", d.get("vocab_tp", 1)))
+    embed_sdp = int(d.get("embed_sdp", 0))
+    vocab = VocabStrategy(tp=vtp, tp_consec=True, dp_type="zero3" if embed_sdp else default_dp, sp=False)
+    if world_size is None:
+        raise PlanError("a Galvatron config does not record the world size: pass the launch world size")
+    return Plan(world_size=world_size, pp_deg=pp_deg, pp_division=division, global_bsz=int(d["global_bsz"]),
+                chunks=int(d["chunks"]), layers=layers, vocab=vocab,
+                pipeline_type=_pipeline_type(d.get("pipeline_type", "gpipe")))
+
+
+def load(path: str, world_size: Optional[int] = None) -> Plan:
+    """Load a native plan or a Hetu-Galvatron config; ``world_size`` fills what Galvatron omits."""
+    try:
+        with open(path) as f:
+            d = json.load(f)
+    except FileNotFoundError:
+        raise PlanError(f"plan file {path} does not exist")
+    except json.JSONDecodeError as e:
+        raise PlanError(f"plan file {path} is not valid JSON ({e.msg} at line {e.lineno}): fix or regenerate it")
+    if isinstance(d, dict) and "format" not in d and "tp_sizes_enc" in d:
+        return from_galvatron_dict(d, world_size=world_size)
+    return Plan.from_dict(d)
+
+
+def uniform(world_size: int, num_layers: int, pp_deg: int = 1, tp: int = 1, tp_consec: bool = True,
+            dp_type: str = "ddp", sp: bool = False, checkpoint: bool = False, global_bsz: int = 8,
+            chunks: int = 1, pipeline_type: str = "1f1b", pp_division: Optional[Sequence[int]] = None,
+            vocab_tp: Optional[int] = None) -> Plan:
+    """GLOBAL mode: every layer under the same strategy (as in Megatron-LM)."""
+    layer = LayerStrategy(tp=tp, tp_consec=tp_consec, dp_type=dp_type, sp=sp, checkpoint=checkpoint)
+    vocab = VocabStrategy(tp=tp if vocab_tp is None else vocab_tp, tp_consec=tp_consec, dp_type=dp_type, sp=sp)
+    return Plan(world_size=world_size, pp_deg=pp_deg,
+                pp_division=list(pp_division) if pp_division else even_division(num_layers, pp_deg),
+                global_bsz=global_bsz, chunks=chunks, layers=[layer] * num_layers, vocab=vocab,
+                pipeline_type=_pipeline_type(pipeline_type))
