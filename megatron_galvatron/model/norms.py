@@ -1,0 +1,23 @@
+"""LayerNorm / RMSNorm whose parameters know they are replicated across the TP group."""
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from megatron_galvatron.tensor_parallel.layers import replicated_param
+
+
+class Norm(nn.Module):
+    def __init__(self, hidden: int, kind: str, eps: float, sequence_parallel: bool, device, dtype=torch.float32):
+        super().__init__()
+        self.kind, self.eps, self.hidden = kind, eps, hidden
+        self.weight = replicated_param((hidden,), device, dtype, sequence_parallel)
+        self.bias = replicated_param((hidden,), device, dtype, sequence_parallel) if kind == "layernorm" else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.kind == "layernorm":
+            return F.layer_norm(x, (self.hidden,), self.weight, self.bias, self.eps)
+        return F.rms_norm(x, (self.hidden,), self.weight, self.eps)
+
+
+def norm_kind(family: str) -> str:
+    return "layernorm" if family == "gpt2" else "rmsnorm"

@@ -1,0 +1,103 @@
+"""Apply data parallelism to a stage model, layer by layer, as the plan says.
+
+Each layer (and the vocab module) gets its own wrapper on its own DP group: FSDP2 for
+zero2/zero3, a flat-buffer all-reduce bucket for ddp (and for any DP degree of 1). The result
+knows how to drive gradient synchronisation for a step and which parameters to clip.
+"""
+from dataclasses import dataclass, field
+from typing import List, Tuple
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from megatron_galvatron.data_parallel import fsdp
+from megatron_galvatron.data_parallel.ddp import GradBucket
+from megatron_galvatron.data_parallel.grad_sync import (
+    all_reduce_coalesced,
+    clip_grads_,
+    local_grad,
+    sync_sequence_parallel_grads,
+)
+from megatron_galvatron.model.stage import StageModel
+
+
+@dataclass
+class ParallelModel:
+    stage: StageModel
+    buckets: List[GradBucket] = field(default_factory=list)
+    sharded: List[nn.Module] = field(default_factory=list)
+    norm_factors: List[Tuple[nn.Parameter, float]] = field(default_factory=list)
+    tied_pair_group: object = None
+
+    def start_microbatch(self, is_last: bool) -> None:
+        for b in self.buckets:
+            b.sync_enabled = is_last
+        for m in self.sharded:
+            fsdp.set_sync(m, is_last)
+
+    def finish_grad_sync(self) -> None:
+        for b in self.buckets:
+            b.finish()
+        sync_sequence_parallel_grads(self._sequence_parallel_params())
+        if self.tied_pair_group is not None:
+            g = local_grad(self.stage.vocab.word_embeddings.weight)
+            all_reduce_coalesced([g], self.tied_pair_group)
+
+    def _sequence_parallel_params(self):
+        meta = self.stage.param_meta
+        out = []
+        for prefix, module in _prefixed_modules(self.stage):
+            params = [p for n, p in module.named_parameters() if meta[prefix + n].sequence_parallel]
+            if params:
+                out.append((params, module.groups.tp_group))
+        return out
+
+    def clip_grads(self, max_norm: float) -> torch.Tensor:
+        return clip_grads_(self.norm_factors, max_norm, self.stage.ps.world_group)
+
+    def zero_grad(self) -> None:
+        for b in self.buckets:
+            b.zero_grad()
+        for m in self.sharded:
+            for p in m.parameters():
+                p.grad = None
+
+
+def _prefixed_modules(stage: StageModel):
+    out = [(f"layers.{i}.", layer) for i, layer in stage.layers.items()]
+    if stage.vocab is not None:
+        out.append(("vocab.", stage.vocab))
+    return out
+
+
+def parallelize(stage: StageModel, bf16: bool) -> ParallelModel:
+    plan, ps = stage.plan, stage.ps
+    pm = ParallelModel(stage=stage)
+    units = [(prefix, module, plan.layers[int(prefix.split(".")[1])].dp_type if prefix != "vocab." else
+              plan.vocab.dp_type, ("embed", "head") if prefix == "vocab." else ())
+             for prefix, module in _prefixed_modules(stage)]
+    tied_across_stages = stage.cfg.tie_embeddings and plan.pp_deg > 1 and stage.vocab is not None
+    factors = {}
+    for prefix, module, dp_type, methods in units:
+        groups = module.groups
+        sharded = groups.dp > 1 and dp_type in ("zero2", "zero3")
+        # How many ranks hold an identical copy of each local gradient element.
+        for name, _ in module.named_parameters():
+            meta = stage.param_meta[prefix + name]
+            factor = float(meta.tp_size if meta.shard_spec.dim is None else 1)
+            if not sharded:
+                factor *= groups.dp
+            if tied_across_stages and name == "word_embeddings.weight":
+                factor *= 2
+            factors[prefix + name] = factor
+        if sharded:
+            fsdp.shard_module(module, groups.dp_group, ps.device, dp_type, bf16, methods)
+            pm.sharded.append(module)
+        else:
+            pm.buckets.append(GradBucket(module, groups.dp_group))
+    if tied_across_stages:
+        pm.tied_pair_group = ps.group(ps.embedding_ranks)
+    # FSDP swaps parameters for DTensor ones, so look them up again by name.
+    pm.norm_factors = [(p, factors[name]) for name, p in stage.named_parameters()]
+    return pm

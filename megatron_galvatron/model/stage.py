@@ -1,0 +1,94 @@
+"""The part of the model one pipeline stage runs, built from the plan.
+
+forward() walks the stage: embedding (first stage), then each layer under its own strategy,
+re-laying out the activation wherever two neighbours' layouts differ, then the LM head and
+loss (last stage). Parallel wrappers (data parallelism, compile) are applied afterwards by
+model/parallelize.py; this module is plain PyTorch given explicit groups.
+"""
+from dataclasses import dataclass
+from typing import Dict, Optional, Tuple
+
+import torch
+from torch import nn
+
+from megatron_galvatron.model.config import GPTConfig
+from megatron_galvatron.model.init import init_params_
+from megatron_galvatron.model.relayout import block_of, relayout
+from megatron_galvatron.model.transformer_layer import TransformerLayer
+from megatron_galvatron.model.vocab import VocabModule
+from megatron_galvatron.parallel_state import Layout, ParallelState
+from megatron_galvatron.plan import Plan
+from megatron_galvatron.tensor_parallel.sharding import ShardSpec
+
+
+@dataclass(frozen=True)
+class ParamMeta:
+    """Where a local parameter sits in its full tensor."""
+
+    shard_spec: ShardSpec
+    full_shape: Tuple[int, ...]
+    tp_rank: int
+    tp_size: int
+    sequence_parallel: bool
+
+
+class StageModel(nn.Module):
+    def __init__(self, cfg: GPTConfig, plan: Plan, ps: ParallelState, seed: int):
+        super().__init__()
+        self.cfg, self.plan, self.ps = cfg, plan, ps
+        device = ps.device
+        w = plan.stage_world
+        self.layer_ids = list(plan.stage_layers(ps.pp_rank))
+        self.vocab_groups = ps.layer_groups(plan.vocab.as_layer())
+        self.vocab_layout = self.vocab_groups.layout
+        self.vocab: Optional[VocabModule] = None
+        if ps.is_first_stage or ps.is_last_stage:
+            self.vocab = VocabModule(cfg, self.vocab_groups, self.vocab_layout.sp, ps.is_first_stage,
+                                     ps.is_last_stage, seed, device)
+        self.layers = nn.ModuleDict()
+        self.layouts = []
+        for i in self.layer_ids:
+            s = plan.layers[i]
+            groups = ps.layer_groups(s)
+            self.layers[str(i)] = TransformerLayer(cfg, groups, groups.layout.sp, s.checkpoint, seed, device)
+            self.layouts.append(groups.layout)
+        # Layout of what arrives from the previous stage (its last layer's).
+        self.input_layout = (self.vocab_layout if ps.is_first_stage
+                             else Layout.of(plan.layers[self.layer_ids[0] - 1], w))
+        for module in self.modules():  # shard coordinates for init and checkpoints
+            groups = getattr(module, "groups", None)
+            if groups is not None:
+                for p in module.parameters():
+                    p.tp_rank, p.tp_size = groups.tp_rank, groups.tp
+        init_params_(self, cfg.init_std, cfg.num_layers, seed)
+        # Data-parallel wrappers replace parameter objects; keep what is known about each by name.
+        self.param_meta: Dict[str, ParamMeta] = {
+            name: ParamMeta(p.shard_spec, p.full_shape, p.tp_rank, p.tp_size, p.sequence_parallel)
+            for name, p in self.named_parameters()}
+
+    @property
+    def output_layout(self) -> Layout:
+        return self.layouts[-1] if self.layouts else self.input_layout
+
+    def batch_block(self, layout: Layout, global_micro_batch: int) -> slice:
+        return block_of(layout, self.ps.local_idx, self.plan.stage_world, 1, global_micro_batch)[1]
+
+    def local_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
+        """This rank's share of a global micro-batch [batch, seq] as the embedding consumes it: [seq, b]."""
+        return tokens[self.batch_block(self.vocab_layout, tokens.shape[0])].t().contiguous()
+
+    def forward(self, x: torch.Tensor, labels: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """First stage: x is local tokens [seq, b]; otherwise the received activation.
+        Last stage returns per-token losses [seq, b]; others the activation to send."""
+        w, idx, group = self.plan.stage_world, self.ps.local_idx, self.ps.stage_group
+        if self.ps.is_first_stage:
+            x = self.vocab.embed(x)
+        cur = self.input_layout
+        for layer, layout in zip(self.layers.values(), self.layouts):
+            x = relayout(x, cur, layout, group, idx, w)
+            x = layer(x)
+            cur = layout
+        if self.ps.is_last_stage:
+            x = relayout(x, cur, self.vocab_layout, group, idx, w)
+            return self.vocab.head(x, labels)
+        return x

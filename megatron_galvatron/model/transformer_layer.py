@@ -1,0 +1,125 @@
+"""One decoder layer (attention + MLP) running under its own TP group.
+
+Activations are [seq, batch, hidden]: replicated over the TP group, or split along the
+sequence when the layer uses sequence parallelism.
+"""
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from megatron_galvatron.model.config import GPTConfig
+from megatron_galvatron.model.norms import Norm, norm_kind
+from megatron_galvatron.parallel_state import LayerGroups
+from megatron_galvatron.tensor_parallel.layers import ColumnParallelLinear, RowParallelLinear
+from megatron_galvatron.tensor_parallel.random import RNGTracker
+
+
+def rope_cache(cfg: GPTConfig, device) -> torch.Tensor:
+    inv = 1.0 / (cfg.rope_theta ** (torch.arange(0, cfg.head_dim, 2, device=device, dtype=torch.float32) / cfg.head_dim))
+    pos = torch.arange(cfg.max_position_embeddings, device=device, dtype=torch.float32)
+    freqs = torch.outer(pos, inv)
+    emb = torch.cat([freqs, freqs], dim=-1)
+    return torch.stack([emb.cos(), emb.sin()])  # [2, positions, head_dim]
+
+
+def apply_rope(x: torch.Tensor, cache: torch.Tensor) -> torch.Tensor:
+    """Rotate-half RoPE (the Hugging Face LLaMA convention) on x [s, b, heads, head_dim]."""
+    s = x.shape[0]
+    cos = cache[0, :s].view(s, 1, 1, -1).to(x.dtype)
+    sin = cache[1, :s].view(s, 1, 1, -1).to(x.dtype)
+    x1, x2 = x.chunk(2, dim=-1)
+    return x * cos + torch.cat([-x2, x1], dim=-1) * sin
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: GPTConfig, groups: LayerGroups, sp: bool, tracker: RNGTracker, device):
+        super().__init__()
+        tp = groups.tp
+        self.cfg, self.tracker = cfg, tracker
+        self.heads, self.groups_local = cfg.num_attention_heads // tp, cfg.num_query_groups // tp
+        hd = cfg.head_dim
+        blocks = (cfg.num_attention_heads * hd, cfg.num_query_groups * hd, cfg.num_query_groups * hd)
+        self.qkv = ColumnParallelLinear(cfg.hidden_size, sum(blocks), groups.tp_group, bias=cfg.has_bias,
+                                        sequence_parallel=sp, blocks=blocks, device=device)
+        self.dense = RowParallelLinear(cfg.num_attention_heads * hd, cfg.hidden_size, groups.tp_group,
+                                       bias=cfg.has_bias, sequence_parallel=sp, device=device)
+        if cfg.family == "llama":
+            self.register_buffer("rope", rope_cache(cfg, device), persistent=False)
+        else:
+            self.rope = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        hd = self.cfg.head_dim
+        qkv = self.qkv(x)
+        s, b = qkv.shape[0], qkv.shape[1]
+        q, k, v = qkv.split([self.heads * hd, self.groups_local * hd, self.groups_local * hd], dim=-1)
+        q = q.view(s, b, self.heads, hd)
+        k = k.view(s, b, self.groups_local, hd)
+        v = v.view(s, b, self.groups_local, hd)
+        if self.rope is not None:
+            q, k = apply_rope(q, self.rope), apply_rope(k, self.rope)
+        q, k, v = (t.permute(1, 2, 0, 3) for t in (q, k, v))  # [b, heads, s, hd]
+        p = self.cfg.attention_dropout if self.training else 0.0
+        gqa = self.groups_local != self.heads
+        if self.cfg.use_flash_attn:
+            from megatron_galvatron.model.flash import flash_attention
+            out = flash_attention(q, k, v, p)
+        elif p > 0:
+            with self.tracker.fork():  # local heads: masks differ across TP ranks
+                out = F.scaled_dot_product_attention(q, k, v, dropout_p=p, is_causal=True, enable_gqa=gqa)
+        else:
+            out = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=gqa)
+        out = out.permute(2, 0, 1, 3).reshape(s, b, self.heads * hd)
+        return self.dense(out)
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg: GPTConfig, groups: LayerGroups, sp: bool, device):
+        super().__init__()
+        f, h = cfg.ffn_hidden_size, cfg.hidden_size
+        self.gated = cfg.gated_mlp
+        if self.gated:
+            self.gate_up = ColumnParallelLinear(h, 2 * f, groups.tp_group, bias=False, sequence_parallel=sp,
+                                                blocks=(f, f), device=device)
+        else:
+            self.fc1 = ColumnParallelLinear(h, f, groups.tp_group, bias=True, sequence_parallel=sp, device=device)
+        self.fc2 = RowParallelLinear(f, h, groups.tp_group, bias=cfg.has_bias, sequence_parallel=sp, device=device)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.gated:
+            gate, up = self.gate_up(x).chunk(2, dim=-1)
+            return self.fc2(F.silu(gate) * up)
+        return self.fc2(F.gelu(self.fc1(x), approximate="tanh"))
+
+
+class TransformerLayer(nn.Module):
+    def __init__(self, cfg: GPTConfig, groups: LayerGroups, sp: bool, checkpoint: bool, seed: int, device):
+        super().__init__()
+        self.cfg, self.groups, self.sp, self.use_checkpoint = cfg, groups, sp, checkpoint
+        self.tracker = RNGTracker(seed, groups.tp_rank, device)
+        kind = norm_kind(cfg.family)
+        self.input_norm = Norm(cfg.hidden_size, kind, cfg.norm_eps, sp, device)
+        self.attention = Attention(cfg, groups, sp, self.tracker, device)
+        self.post_attention_norm = Norm(cfg.hidden_size, kind, cfg.norm_eps, sp, device)
+        self.mlp = MLP(cfg, groups, sp, device)
+
+    def _dropout(self, x: torch.Tensor) -> torch.Tensor:
+        p = self.cfg.hidden_dropout
+        if p == 0 or not self.training:
+            return x
+        if self.sp:  # sequence shards differ per TP rank, so must their masks
+            with self.tracker.fork():
+                return F.dropout(x, p, True)
+        return F.dropout(x, p, True)
+
+    def _forward(self, x: torch.Tensor, tracker_state=None) -> torch.Tensor:
+        if tracker_state is not None:  # recomputation replays the dropout masks of the first pass
+            self.tracker.generator.set_state(tracker_state)
+        x = x + self._dropout(self.attention(self.input_norm(x)))
+        return x + self._dropout(self.mlp(self.post_attention_norm(x)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.use_checkpoint and self.training and torch.is_grad_enabled():
+            return checkpoint(self._forward, x, self.tracker.generator.get_state(), use_reentrant=False)
+        return self._forward(x)

@@ -1,0 +1,178 @@
+"""Process groups for a plan, built once and handed out explicitly.
+
+Ranks are laid out stage-major: stage s owns global ranks [s*W, (s+1)*W) with W = world/pp.
+Inside a stage a layer with TP degree t and dp = W/t uses either consecutive TP groups
+([0,1],[2,3] for t=2, W=4) or strided ones ([0,2],[1,3]); its DP groups are the complement.
+Every group any rank needs is created on every rank in the same order (new_group is
+collective), cached by its rank tuple so no communicator is created twice.
+"""
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import torch
+import torch.distributed as dist
+
+from megatron_galvatron.plan import LayerStrategy, Plan
+
+
+@dataclass(frozen=True)
+class Layout:
+    """How an activation is spread over a stage: DP shards of the batch, TP replicas or
+    sequence shards (sp) inside each TP group."""
+
+    tp: int
+    tp_consec: bool
+    sp: bool
+
+    @staticmethod
+    def of(s, stage_world: int) -> "Layout":
+        # Degenerate cases share one layout so no re-layout is done between them.
+        consec = True if s.tp in (1, stage_world) else s.tp_consec
+        return Layout(tp=s.tp, tp_consec=consec, sp=s.sp and s.tp > 1)
+
+    def coords(self, local_idx: int, stage_world: int) -> Tuple[int, int]:
+        """(dp_rank, tp_rank) of a stage-local rank index."""
+        dp = stage_world // self.tp
+        if self.tp_consec:
+            return local_idx // self.tp, local_idx % self.tp
+        return local_idx % dp, local_idx // dp
+
+    def groups(self, stage_ranks: Sequence[int]) -> Tuple[List[Tuple[int, ...]], List[Tuple[int, ...]]]:
+        """(tp groups, dp groups) as tuples of global ranks."""
+        w, t = len(stage_ranks), self.tp
+        dp = w // t
+        r = list(stage_ranks)
+        if self.tp_consec:
+            tp_groups = [tuple(r[j * t:(j + 1) * t]) for j in range(dp)]
+            dp_groups = [tuple(r[i::t]) for i in range(t)]
+        else:
+            tp_groups = [tuple(r[i::dp]) for i in range(dp)]
+            dp_groups = [tuple(r[j * dp:(j + 1) * dp]) for j in range(t)]
+        return tp_groups, dp_groups
+
+
+@dataclass
+class LayerGroups:
+    """Everything a layer needs to know about its place in the world."""
+
+    layout: Layout
+    tp_group: Optional[dist.ProcessGroup]
+    tp_ranks: Tuple[int, ...]
+    tp_rank: int
+    dp_group: Optional[dist.ProcessGroup]
+    dp_ranks: Tuple[int, ...]
+    dp_rank: int
+    stage_group: Optional[dist.ProcessGroup]
+    stage_ranks: Tuple[int, ...]
+
+    @property
+    def tp(self) -> int:
+        return len(self.tp_ranks)
+
+    @property
+    def dp(self) -> int:
+        return len(self.dp_ranks)
+
+
+class ParallelState:
+    """All groups of one plan for one rank. Build it on every rank with the same plan."""
+
+    def __init__(self, plan: Plan, rank: int, world_size: int, device: torch.device):
+        self.plan, self.rank, self.world_size, self.device = plan, rank, world_size, torch.device(device)
+        w = plan.stage_world
+        self.stage_world = w
+        self.pp_rank = rank // w
+        self.local_idx = rank % w
+        self.stage_ranks = tuple(range(self.pp_rank * w, (self.pp_rank + 1) * w))
+        self._cache: Dict[Tuple[int, ...], Optional[dist.ProcessGroup]] = {}
+        self._build_all(plan)
+
+    # One list of rank tuples, identical on every rank, in creation order.
+    def _all_group_tuples(self, plan: Plan) -> List[Tuple[int, ...]]:
+        w, pp = plan.stage_world, plan.pp_deg
+        layouts = sorted({Layout.of(s, w) for s in list(plan.layers) + [plan.vocab.as_layer()]},
+                         key=lambda lo: (lo.tp, lo.tp_consec, lo.sp))
+        tuples: List[Tuple[int, ...]] = []
+        for stage in range(pp):
+            ranks = range(stage * w, (stage + 1) * w)
+            tuples.append(tuple(ranks))
+            for lo in layouts:
+                tp_groups, dp_groups = lo.groups(ranks)
+                tuples += tp_groups + dp_groups
+        for i in range(w):  # pipeline neighbours and the tied-embedding pair
+            tuples.append(tuple(s * w + i for s in range(pp)))
+            tuples.append(tuple(sorted({i, (pp - 1) * w + i})))
+        tuples.append(tuple(range(self.world_size)))
+        seen, ordered = set(), []
+        for t in tuples:
+            if t not in seen:
+                seen.add(t)
+                ordered.append(t)
+        return ordered
+
+    def _build_all(self, plan: Plan) -> None:
+        for t in self._all_group_tuples(plan):
+            if len(t) == 1 or not dist.is_initialized():
+                self._cache[t] = None
+            elif len(t) == self.world_size and t == tuple(range(self.world_size)):
+                self._cache[t] = dist.group.WORLD
+            else:
+                self._cache[t] = dist.new_group(list(t))
+
+    def group(self, ranks: Sequence[int]) -> Optional[dist.ProcessGroup]:
+        """The cached group of these ranks (None when it is a single rank)."""
+        return self._cache[tuple(ranks)]
+
+    @property
+    def world_group(self):
+        return self._cache[tuple(range(self.world_size))]
+
+    @property
+    def stage_group(self):
+        return self._cache[self.stage_ranks]
+
+    @property
+    def is_first_stage(self) -> bool:
+        return self.pp_rank == 0
+
+    @property
+    def is_last_stage(self) -> bool:
+        return self.pp_rank == self.plan.pp_deg - 1
+
+    def rank_in_stage(self, stage: int) -> int:
+        """The rank at this rank's position in another stage (pipeline neighbour)."""
+        return stage * self.stage_world + self.local_idx
+
+    @property
+    def embedding_ranks(self) -> Tuple[int, ...]:
+        return tuple(sorted({self.local_idx, (self.plan.pp_deg - 1) * self.stage_world + self.local_idx}))
+
+    def layer_groups(self, strategy) -> LayerGroups:
+        layout = Layout.of(strategy, self.stage_world)
+        tp_groups, dp_groups = layout.groups(self.stage_ranks)
+        tp_ranks = next(g for g in tp_groups if self.rank in g)
+        dp_ranks = next(g for g in dp_groups if self.rank in g)
+        dp_rank, tp_rank = layout.coords(self.local_idx, self.stage_world)
+        assert tp_ranks.index(self.rank) == tp_rank and dp_ranks.index(self.rank) == dp_rank
+        return LayerGroups(layout=layout, tp_group=self.group(tp_ranks), tp_ranks=tp_ranks, tp_rank=tp_rank,
+                           dp_group=self.group(dp_ranks), dp_ranks=dp_ranks, dp_rank=dp_rank,
+                           stage_group=self.stage_group, stage_ranks=self.stage_ranks)
+
+
+def detect_device(local_rank: int) -> torch.device:
+    if torch.cuda.is_available():
+        torch.cuda.set_device(local_rank)
+        return torch.device("cuda", local_rank)
+    return torch.device("cpu")
+
+
+def init_distributed(device: torch.device) -> Tuple[int, int]:
+    """Initialise torch.distributed from torchrun's environment (NCCL on CUDA, gloo on CPU)."""
+    import os
+    if "RANK" not in os.environ:
+        return 0, 1
+    if not dist.is_initialized():
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        kwargs = {"device_id": device} if device.type == "cuda" else {}
+        dist.init_process_group(backend=backend, **kwargs)
+    return dist.get_rank(), dist.get_world_size()

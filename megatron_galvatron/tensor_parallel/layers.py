@@ -1,0 +1,119 @@
+"""Tensor-parallel layers (Megatron style) that take their TP group explicitly.
+
+Weights are allocated as local shards; the model initialises them from full tensors through
+each parameter's ``shard_spec`` so that every layout starts from the same full weights.
+"""
+import math
+from typing import Optional, Tuple
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+
+from megatron_galvatron.tensor_parallel.mappings import (
+    copy_to_tp,
+    gather_from_sp,
+    reduce_from_tp,
+    reduce_scatter_to_sp,
+)
+from megatron_galvatron.tensor_parallel.sharding import ShardSpec
+
+
+def group_size(group) -> int:
+    return 1 if group is None else dist.get_world_size(group)
+
+
+def replicated_param(shape, device, dtype, sequence_parallel: bool = False) -> nn.Parameter:
+    """A parameter every TP rank holds whole (norms, position embeddings)."""
+    return _param(shape, ShardSpec(), shape, device, dtype, sequence_parallel)
+
+
+def group_rank(group) -> int:
+    return 0 if group is None else dist.get_rank(group)
+
+
+def _param(shape, spec: ShardSpec, full_shape, device, dtype, sequence_parallel: bool = False) -> nn.Parameter:
+    p = nn.Parameter(torch.empty(shape, device=device, dtype=dtype))
+    p.shard_spec, p.full_shape = spec, tuple(full_shape)
+    # Replicated across the TP group but fed sequence-sharded inputs: gradients are partial
+    # per TP rank and are summed over the TP group after backward.
+    p.sequence_parallel = sequence_parallel
+    return p
+
+
+class ColumnParallelLinear(nn.Module):
+    """Y = X A^T + b with A split by output rows. Input replicated (or sequence-sharded if sp)."""
+
+    def __init__(self, in_features: int, out_features: int, group, bias: bool = True,
+                 sequence_parallel: bool = False, blocks: Optional[Tuple[int, ...]] = None,
+                 unpadded_out: Optional[int] = None, device=None, dtype=torch.float32):
+        super().__init__()
+        tp = group_size(group)
+        if out_features % tp:
+            raise ValueError(f"output size {out_features} not divisible by tp={tp}")
+        self.group, self.sequence_parallel = group, sequence_parallel
+        padded = out_features if unpadded_out is not None else None
+        full_out = unpadded_out if unpadded_out is not None else out_features
+        spec = ShardSpec(dim=0, blocks=blocks, padded_size=padded)
+        self.weight = _param((out_features // tp, in_features), spec, (full_out, in_features), device, dtype)
+        self.bias = _param((out_features // tp,), spec, (full_out,), device, dtype) if bias else None
+
+    def forward(self, x: torch.Tensor, weight: Optional[torch.Tensor] = None) -> torch.Tensor:
+        if self.sequence_parallel:
+            x = gather_from_sp(x, self.group)
+        else:
+            x = copy_to_tp(x, self.group)
+        return F.linear(x, self.weight if weight is None else weight, self.bias)
+
+
+class RowParallelLinear(nn.Module):
+    """Y = X A^T + b with A split by input columns; input is already TP-split."""
+
+    def __init__(self, in_features: int, out_features: int, group, bias: bool = True,
+                 sequence_parallel: bool = False, device=None, dtype=torch.float32):
+        super().__init__()
+        tp = group_size(group)
+        if in_features % tp:
+            raise ValueError(f"input size {in_features} not divisible by tp={tp}")
+        self.group, self.sequence_parallel = group, sequence_parallel
+        self.weight = _param((out_features, in_features // tp), ShardSpec(dim=1), (out_features, in_features),
+                             device, dtype)
+        self.bias = _param((out_features,), ShardSpec(), (out_features,), device, dtype,
+                           sequence_parallel) if bias else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = F.linear(x, self.weight)
+        y = reduce_scatter_to_sp(y, self.group) if self.sequence_parallel else reduce_from_tp(y, self.group)
+        return y + self.bias if self.bias is not None else y
+
+
+def pad_vocab(vocab_size: int, divisible_by: int, tp: int) -> int:
+    multiple = divisible_by * tp
+    return int(math.ceil(vocab_size / multiple) * multiple)
+
+
+class VocabParallelEmbedding(nn.Module):
+    """Embedding table split by vocab rows; output is the all-reduced (or reduce-scattered) sum."""
+
+    def __init__(self, vocab_size: int, padded_vocab_size: int, hidden: int, group,
+                 sequence_parallel: bool = False, device=None, dtype=torch.float32):
+        super().__init__()
+        tp = group_size(group)
+        self.group, self.sequence_parallel = group, sequence_parallel
+        self.per_rank = padded_vocab_size // tp
+        self.vocab_start = group_rank(group) * self.per_rank
+        self.weight = _param((self.per_rank, hidden), ShardSpec(dim=0, padded_size=padded_vocab_size),
+                             (vocab_size, hidden), device, dtype)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        if group_size(self.group) == 1:
+            out = F.embedding(tokens, self.weight)
+        else:
+            local = tokens - self.vocab_start
+            outside = (local < 0) | (local >= self.per_rank)
+            out = F.embedding(local.masked_fill(outside, 0), self.weight)
+            out = out.masked_fill(outside.unsqueeze(-1), 0.0)
+        if self.sequence_parallel:
+            return reduce_scatter_to_sp(out, self.group)
+        return reduce_from_tp(out, self.group)

@@ -1,0 +1,146 @@
+"""Command-line flags (Megatron-LM spelling) and how they become a model config and a plan."""
+import argparse
+from typing import Optional
+
+from megatron_galvatron import plan as plan_mod
+from megatron_galvatron.errors import UserError
+from megatron_galvatron.model.config import GPTConfig
+
+
+def add_model_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("model")
+    g.add_argument("--model-family", choices=["gpt2", "llama"], default="gpt2")
+    g.add_argument("--num-layers", type=int, default=2)
+    g.add_argument("--hidden-size", type=int, default=64)
+    g.add_argument("--num-attention-heads", type=int, default=4)
+    g.add_argument("--num-query-groups", type=int, default=None)
+    g.add_argument("--ffn-hidden-size", type=int, default=None)
+    g.add_argument("--seq-length", type=int, default=32)
+    g.add_argument("--max-position-embeddings", type=int, default=None)
+    g.add_argument("--vocab-size", type=int, default=256)
+    g.add_argument("--make-vocab-size-divisible-by", type=int, default=128)
+    g.add_argument("--hidden-dropout", type=float, default=0.0)
+    g.add_argument("--attention-dropout", type=float, default=0.0)
+    g.add_argument("--norm-epsilon", type=float, default=1e-5)
+    g.add_argument("--init-method-std", type=float, default=0.02)
+    g.add_argument("--rotary-base", type=float, default=10000.0)
+    g.add_argument("--use-flash-attn", action="store_true", help="use the flash-attn package if installed")
+
+
+def add_parallel_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("parallelism (GLOBAL mode; ignored with --galvatron-config)")
+    g.add_argument("--galvatron-config", default=None, help="plan JSON (native or Hetu-Galvatron format)")
+    g.add_argument("--pp-deg", type=int, default=1)
+    g.add_argument("--global-tp-deg", type=int, default=1)
+    g.add_argument("--global-tp-consec", type=int, choices=[0, 1], default=1)
+    g.add_argument("--default-dp-type", choices=["ddp", "zero2", "zero3"], default="ddp")
+    g.add_argument("--sdp", type=int, choices=[0, 1], default=0, help="1 = zero3 for every layer")
+    g.add_argument("--global-checkpoint", type=int, choices=[0, 1], default=0)
+    g.add_argument("--sequence-parallel", action="store_true")
+    g.add_argument("--vocab-tp", type=int, default=None, help="TP degree of embedding/LM head (default: global)")
+    g.add_argument("--vocab-sdp", type=int, choices=[0, 1], default=None)
+    g.add_argument("--chunks", type=int, default=None, help="micro-batches per step (default from --micro-batch-size)")
+    g.add_argument("--pipeline-type", choices=["gpipe", "1f1b", "pipedream_flush"], default="1f1b")
+
+
+def add_training_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("training")
+    g.add_argument("--micro-batch-size", type=int, default=None, help="samples per micro-batch per DP rank")
+    g.add_argument("--global-batch-size", "--global-train-batch-size", dest="global_batch_size", type=int, default=8)
+    g.add_argument("--train-iters", type=int, default=10)
+    g.add_argument("--lr", type=float, default=3e-4)
+    g.add_argument("--min-lr", type=float, default=0.0)
+    g.add_argument("--lr-warmup-iters", type=int, default=0)
+    g.add_argument("--lr-decay-iters", type=int, default=None)
+    g.add_argument("--lr-decay-style", choices=["cosine", "linear", "constant"], default="cosine")
+    g.add_argument("--weight-decay", type=float, default=0.01)
+    g.add_argument("--adam-beta1", type=float, default=0.9)
+    g.add_argument("--adam-beta2", type=float, default=0.95)
+    g.add_argument("--adam-eps", type=float, default=1e-8)
+    g.add_argument("--clip-grad", type=float, default=1.0)
+    g.add_argument("--bf16", action="store_true")
+    g.add_argument("--seed", type=int, default=1234)
+    g.add_argument("--log-interval", type=int, default=1)
+    g.add_argument("--tensorboard-dir", default=None)
+    g.add_argument("--compile", action="store_true", help="torch.compile each transformer layer")
+    g.add_argument("--exit-on-nonfinite", type=int, choices=[0, 1], default=1)
+    g.add_argument("--metrics-json", default=None, help="write per-iteration metrics (JSON lines) here")
+
+
+def add_data_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("data and checkpoints")
+    g.add_argument("--mock-data", action="store_true", help="synthetic learnable tokens (default without --data-path)")
+    g.add_argument("--data-path", nargs="*", default=None, help="prefix, or weight prefix weight prefix ...")
+    g.add_argument("--split", default="949,50,1")
+    g.add_argument("--eval-interval", type=int, default=0)
+    g.add_argument("--eval-iters", type=int, default=0)
+    g.add_argument("--skip-train", action="store_true")
+    g.add_argument("--save", default=None)
+    g.add_argument("--load", default=None)
+    g.add_argument("--save-interval", type=int, default=0)
+
+
+def build_parser(description: str = "Train a GPT model under a per-layer hybrid parallel plan") -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=description)
+    add_model_args(p)
+    add_parallel_args(p)
+    add_training_args(p)
+    add_data_args(p)
+    return p
+
+
+def model_config(args) -> GPTConfig:
+    for name in ("num_layers", "hidden_size", "num_attention_heads", "seq_length", "vocab_size"):
+        if getattr(args, name) < 1:
+            raise UserError(f"--{name.replace('_', '-')} must be >= 1")
+    return GPTConfig(
+        family=args.model_family, num_layers=args.num_layers, hidden_size=args.hidden_size,
+        num_attention_heads=args.num_attention_heads, num_query_groups=args.num_query_groups,
+        ffn_hidden_size=args.ffn_hidden_size, vocab_size=args.vocab_size, seq_length=args.seq_length,
+        max_position_embeddings=args.max_position_embeddings, hidden_dropout=args.hidden_dropout,
+        attention_dropout=args.attention_dropout, norm_eps=args.norm_epsilon, init_std=args.init_method_std,
+        rope_theta=args.rotary_base, make_vocab_size_divisible_by=args.make_vocab_size_divisible_by,
+        use_flash_attn=args.use_flash_attn)
+
+
+def model_shape(cfg: GPTConfig) -> plan_mod.ModelShape:
+    return plan_mod.ModelShape(num_layers=cfg.num_layers, num_attention_heads=cfg.num_attention_heads,
+                               num_query_groups=cfg.num_query_groups, ffn_hidden_size=cfg.ffn_hidden_size)
+
+
+def build_plan(args, cfg: GPTConfig, world_size: int) -> plan_mod.Plan:
+    """The plan from --galvatron-config, or the uniform GLOBAL-mode plan from the flags."""
+    if args.galvatron_config:
+        plan = plan_mod.load(args.galvatron_config, world_size=world_size)
+    else:
+        if args.pp_deg < 1 or world_size % args.pp_deg:
+            raise UserError(f"--pp-deg {args.pp_deg} does not divide the world size {world_size}")
+        stage_world = world_size // args.pp_deg
+        tp = args.global_tp_deg
+        if tp < 1 or stage_world % tp:
+            raise UserError(f"--global-tp-deg {tp} does not divide world_size / pp_deg = {stage_world}")
+        dp = stage_world // tp
+        chunks = args.chunks
+        if chunks is None:
+            mbs = args.micro_batch_size or max(1, args.global_batch_size // dp)
+            if args.global_batch_size % (mbs * dp):
+                raise UserError(f"--global-batch-size {args.global_batch_size} is not divisible by "
+                                f"--micro-batch-size {mbs} x data-parallel size {dp}")
+            chunks = args.global_batch_size // (mbs * dp)
+        dp_type = "zero3" if args.sdp else args.default_dp_type
+        vocab_tp = args.vocab_tp or tp
+        vocab_dp_type = dp_type if args.vocab_sdp is None else ("zero3" if args.vocab_sdp else args.default_dp_type)
+        plan = plan_mod.uniform(world_size, cfg.num_layers, pp_deg=args.pp_deg, tp=tp,
+                                tp_consec=bool(args.global_tp_consec), dp_type=dp_type, sp=args.sequence_parallel,
+                                checkpoint=bool(args.global_checkpoint), global_bsz=args.global_batch_size,
+                                chunks=chunks, pipeline_type=args.pipeline_type, vocab_tp=vocab_tp)
+        plan.vocab = plan_mod.VocabStrategy(tp=vocab_tp, tp_consec=bool(args.global_tp_consec),
+                                            dp_type=vocab_dp_type, sp=args.sequence_parallel and vocab_tp > 1)
+    plan.validate(model_shape(cfg), world_size=world_size)
+    for i, s in enumerate(plan.layers):
+        if s.sp and cfg.seq_length % s.tp:
+            raise UserError(f"layers[{i}] uses sequence parallelism with tp={s.tp}, which does not divide "
+                            f"--seq-length {cfg.seq_length}")
+    if plan.vocab.sp and cfg.seq_length % plan.vocab.tp:
+        raise UserError(f"vocab sequence parallelism with tp={plan.vocab.tp} does not divide --seq-length")
+    return plan

@@ -1,0 +1,29 @@
+"""Train a GPT/LLaMA model under a per-layer hybrid parallel plan.
+
+    torchrun --nproc-per-node 8 pretrain_gpt.py --galvatron-config plan.json <model flags> ...
+    torchrun --nproc-per-node 4 pretrain_gpt.py --global-tp-deg 2 --default-dp-type zero3 ...
+"""
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from megatron_galvatron.errors import exit_on_user_error  # noqa: E402
+from megatron_galvatron.training.arguments import build_parser  # noqa: E402
+from megatron_galvatron.training.train import setup, train  # noqa: E402
+
+
+def main(argv=None) -> None:
+    args = build_parser().parse_args(argv)
+    with exit_on_user_error("pretrain_gpt.py"):
+        trainer = setup(args)
+        if trainer.ps.rank == 0:
+            print(trainer.plan.describe(), flush=True)
+        train(trainer)
+    import torch.distributed as dist
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,134 @@
+"""Tokenize a JSON-lines corpus into Megatron .bin/.idx files, one pair per JSON key.
+
+    python tools/preprocess_data.py --input corpus.jsonl --output-prefix data/corpus \\
+        --tokenizer-type SentencePieceTokenizer --tokenizer-model tok.model --append-eod --workers 8
+
+writes data/corpus_text_document.bin/.idx, the prefix that --data-path takes.
+"""
+import argparse
+import json
+import os
+import sys
+
+try:
+    import megatron_galvatron  # noqa: F401
+except ImportError:
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import numpy as np
+
+from megatron_galvatron.data.errors import DataError
+from megatron_galvatron.data.indexed_dataset import IndexedDatasetWriter, optimal_dtype
+from megatron_galvatron.data.tokenizer import TOKENIZER_TYPES, build_tokenizer
+from megatron_galvatron.errors import exit_on_user_error
+
+PROG = "preprocess_data.py"
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n")[0])
+    p.add_argument("--input", required=True, help="JSON-lines file, one document per line")
+    p.add_argument("--json-keys", nargs="+", default=["text"], help="keys to tokenize (default: text)")
+    p.add_argument("--output-prefix", required=True, help="writes PREFIX_{key}_document.bin/.idx")
+    p.add_argument("--tokenizer-type", required=True, choices=TOKENIZER_TYPES)
+    p.add_argument("--tokenizer-model", help="SentencePiece .model, or tokenizer.json (or its directory)")
+    p.add_argument("--vocab-size", type=int, help="NullTokenizer only: ids lie in [0, N)")
+    p.add_argument("--append-eod", action="store_true", help="end every non-empty document with the eod id")
+    p.add_argument("--workers", type=int, default=1, help="tokenizer processes (default 1)")
+    p.add_argument("--chunk-size", type=int, default=64, help="documents handed to a worker at a time")
+    return p.parse_args(argv)
+
+
+class _Encoder:
+    """Turns one input line into token arrays, one per key; lives once in each worker."""
+
+    def __init__(self, args, tokenizer=None):
+        self.input = args.input
+        self.keys = args.json_keys
+        self.append_eod = args.append_eod
+        self.tokenizer = tokenizer or build_tokenizer(args.tokenizer_type, args.tokenizer_model, args.vocab_size)
+
+    def encode(self, item):
+        lineno, line = item
+        try:
+            doc = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise DataError(f"{self.input}:{lineno}: not valid JSON ({e.msg} at column {e.colno})")
+        if not isinstance(doc, dict):
+            raise DataError(f"{self.input}:{lineno}: expected a JSON object, got {type(doc).__name__}")
+        out = []
+        for key in self.keys:
+            if key not in doc:
+                raise DataError(f"{self.input}:{lineno}: no key {key!r} (has {sorted(doc)[:8]}); "
+                                f"pick keys with --json-keys")
+            text = doc[key]
+            if not isinstance(text, str):
+                raise DataError(f"{self.input}:{lineno}: value of {key!r} is {type(text).__name__}, not a string")
+            ids = self.tokenizer.tokenize(text)
+            if ids and self.append_eod:
+                ids = list(ids) + [self.tokenizer.eod]
+            out.append(np.asarray(ids, dtype=np.int64))
+        return out, len(line.encode("utf-8")) + 1
+
+
+_worker_encoder = None
+
+
+def _init_worker(args):
+    global _worker_encoder
+    _worker_encoder = _Encoder(args)
+
+
+def _encode_in_worker(item):
+    return _worker_encoder.encode(item)
+
+
+def _numbered_lines(path):
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if line.strip():
+                yield lineno, line
+
+
+def main(argv=None) -> None:
+    from contextlib import ExitStack
+    from multiprocessing import Pool
+
+    from tqdm import tqdm
+
+    args = parse_args(argv)
+    if not os.path.isfile(args.input):
+        raise DataError(f"input {args.input} not found")
+    if args.workers < 1:
+        raise DataError(f"--workers must be >= 1, got {args.workers}")
+    tokenizer = build_tokenizer(args.tokenizer_type, args.tokenizer_model, args.vocab_size)
+    if args.append_eod and tokenizer.eod is None:
+        raise DataError(f"--append-eod: tokenizer {args.tokenizer_model} defines no end-of-text token")
+    dtype = optimal_dtype(tokenizer.vocab_size)
+    prefixes = [f"{args.output_prefix}_{key}_document" for key in args.json_keys]
+
+    docs = 0
+    tokens = [0] * len(prefixes)
+    with ExitStack() as stack:
+        writers = [stack.enter_context(IndexedDatasetWriter(p, dtype)) for p in prefixes]
+        bar = stack.enter_context(tqdm(total=os.path.getsize(args.input), unit="B", unit_scale=True,
+                                       desc="tokenizing", disable=None))
+        if args.workers == 1:
+            encoder = _Encoder(args, tokenizer)
+            results = map(encoder.encode, _numbered_lines(args.input))
+        else:
+            pool = stack.enter_context(Pool(args.workers, initializer=_init_worker, initargs=(args,)))
+            results = pool.imap(_encode_in_worker, _numbered_lines(args.input), chunksize=args.chunk_size)
+        for arrays, nbytes in results:
+            for k, (writer, ids) in enumerate(zip(writers, arrays)):
+                writer.add_document(ids)
+                tokens[k] += len(ids)
+            docs += 1
+            bar.update(nbytes)
+    for prefix, n in zip(prefixes, tokens):
+        print(f"{prefix}.bin/.idx: {docs} documents, {n} tokens, dtype {dtype}, vocab {tokenizer.vocab_size}")
+
+
+if __name__ == "__main__":
+    with exit_on_user_error(PROG):
+        main()
