@@ -158,6 +158,10 @@ def test_bad_input_line_exits_2_and_leaves_no_output(tmp_path):
     proc = run_tool("--input", tmp_path / "in.jsonl", "--output-prefix", tmp_path / "x",
                     "--tokenizer-type", "NullTokenizer", "--vocab-size", 10)
     assert_one_line_error(proc, "no key 'text'")
+    (tmp_path / "in.jsonl").write_bytes(b'{"text": "1"}\n{"text": "\xff\xfe"}\n')
+    proc = run_tool("--input", tmp_path / "in.jsonl", "--output-prefix", tmp_path / "x",
+                    "--tokenizer-type", "NullTokenizer", "--vocab-size", 10, "--workers", 2)
+    assert_one_line_error(proc, "not UTF-8")
 
 
 def test_corrupt_index_via_reader_is_one_line(tmp_path):

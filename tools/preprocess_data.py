@@ -9,6 +9,8 @@ import argparse
 import json
 import os
 import sys
+from contextlib import ExitStack
+from multiprocessing import Pool
 
 try:
     import megatron_galvatron  # noqa: F401
@@ -16,6 +18,7 @@ except ImportError:
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import numpy as np
+from tqdm import tqdm
 
 from megatron_galvatron.data.errors import DataError
 from megatron_galvatron.data.indexed_dataset import IndexedDatasetWriter, optimal_dtype
@@ -84,18 +87,17 @@ def _encode_in_worker(item):
 
 
 def _numbered_lines(path):
+    lineno = 0
     with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if line.strip():
-                yield lineno, line
+        try:
+            for lineno, line in enumerate(f, 1):
+                if line.strip():
+                    yield lineno, line
+        except UnicodeDecodeError as e:
+            raise DataError(f"{path}: not UTF-8 text after line {lineno} ({e.reason})")
 
 
 def main(argv=None) -> None:
-    from contextlib import ExitStack
-    from multiprocessing import Pool
-
-    from tqdm import tqdm
-
     args = parse_args(argv)
     if not os.path.isfile(args.input):
         raise DataError(f"input {args.input} not found")

@@ -130,7 +130,8 @@ class GPTDataset:
 
         total = self.num_epochs * self.tokens_per_epoch
         num_built = (total - 1) // self.seq_length
-        sample_starts = np.arange(num_built, dtype=np.int64) * self.seq_length
+        # one extra start: sample j's last token is sample j+1's first
+        sample_starts = np.arange(num_built + 1, dtype=np.int64) * self.seq_length
         # side='right' lands a start that falls on a boundary in the next non-empty sequence
         pos = np.searchsorted(stream_starts, sample_starts, side="right") - 1
         self._sample_pos = pos.astype(pos_dtype)
@@ -164,19 +165,17 @@ class GPTDataset:
         if not -self.num_samples <= i < self.num_samples:
             raise IndexError(f"sample {i} out of range for {self.num_samples} samples")
         j = int(self.shuffle_index[i])
-        pos, offset = int(self._sample_pos[j]), int(self._sample_offset[j])
-        need = self.seq_length + 1
-        out = np.empty(need, dtype=np.int64)
-        filled = 0
-        while filled < need:
-            seq = int(self.sequence_order[pos])
-            take = min(int(self._lengths[seq]) - offset, need - filled)
-            if take > 0:
-                out[filled:filled + take] = self.indexed.get(seq, offset, take)
-                filled += take
-            pos += 1
-            offset = 0
-        return out
+        p0, p1 = int(self._sample_pos[j]), int(self._sample_pos[j + 1])
+        seqs = self.sequence_order[p0:p1 + 1]
+        offsets = self.indexed.token_offsets
+        starts = offsets[seqs]
+        ends = starts + self._lengths[seqs]
+        starts[0] += int(self._sample_offset[j])
+        ends[-1] = offsets[seqs[-1]] + int(self._sample_offset[j + 1]) + 1
+        flat = self.indexed.tokens
+        if len(seqs) == 1:
+            return flat[starts[0]:ends[0]].astype(np.int64)
+        return np.concatenate([flat[a:b] for a, b in zip(starts.tolist(), ends.tolist())]).astype(np.int64)
 
 
 def blending_indices(weights, num_samples: int) -> tuple[np.ndarray, np.ndarray]:

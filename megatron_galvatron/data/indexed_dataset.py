@@ -195,7 +195,9 @@ class IndexedDataset:
         if bsize != need:
             raise DataError(f"{bpath}: {bsize} bytes but {ipath} describes {need}; "
                             f"the .bin and .idx do not belong together")
-        self._bin = (np.memmap(bpath, dtype=self.dtype, mode="r") if bsize
+        self._token_offsets = None
+        # a plain ndarray view over the map: np.memmap's per-slice bookkeeping dominates small reads
+        self._bin = (np.memmap(bpath, dtype=self.dtype, mode="r").view(np.ndarray) if bsize
                      else np.empty(0, dtype=self.dtype))
 
     def _check_index(self, ipath: str) -> None:
@@ -243,6 +245,18 @@ class IndexedDataset:
     @property
     def num_tokens(self) -> int:
         return int(self.sequence_lengths.sum(dtype=np.int64))
+
+    @property
+    def tokens(self) -> np.ndarray:
+        """The whole .bin as one flat read-only array."""
+        return self._bin
+
+    @property
+    def token_offsets(self) -> np.ndarray:
+        """Where each sequence starts in `tokens` (int64, computed on first use)."""
+        if self._token_offsets is None:
+            self._token_offsets = np.asarray(self.sequence_pointers, dtype=np.int64) // self.dtype.itemsize
+        return self._token_offsets
 
     def __getitem__(self, i: int) -> np.ndarray:
         return self.get(i)

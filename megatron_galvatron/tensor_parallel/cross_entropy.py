@@ -17,7 +17,7 @@ class _VocabParallelCE(torch.autograd.Function):
         tp = group_size(group)
         per_rank = logits.shape[-1]
         start = group_rank(group) * per_rank
-        x = logits.float()
+        x = logits.to(torch.float32, copy=True)  # worked on in place; logits are saved for backward
         pad_from = true_vocab - start
         if pad_from < per_rank:
             x[..., max(pad_from, 0):] = float("-inf")

@@ -1,0 +1,78 @@
+"""Full (plan-independent) tensors from a distributed stage model, and back.
+
+The canonical form of a parameter is its unsharded, unpadded tensor under its module path
+(``layers.3.attention.qkv.weight``). Gathering undoes data-parallel sharding (FSDP DTensor)
+and tensor-parallel sharding (ShardSpec); every rank of a stage must call these together,
+in the same order.
+"""
+from typing import Dict, Optional
+
+import torch
+import torch.distributed as dist
+
+from megatron_galvatron.model.stage import StageModel
+from megatron_galvatron.tensor_parallel.mappings import all_gather_dim0
+
+
+def _dp_full(t: torch.Tensor) -> torch.Tensor:
+    return t.full_tensor() if hasattr(t, "full_tensor") else t
+
+
+def _tp_groups(stage: StageModel):
+    out = {}
+    for prefix, module in [(f"layers.{i}.", m) for i, m in stage.layers.items()] + \
+            ([("vocab.", stage.vocab)] if stage.vocab is not None else []):
+        for name, _ in module.named_parameters():
+            out[prefix + name] = module.groups.tp_group
+    return out
+
+
+@torch.no_grad()
+def gather_stage(stage: StageModel, grads: bool = False) -> Dict[str, torch.Tensor]:
+    """This stage's parameters (or gradients) as full fp32 CPU tensors, on every rank of the stage."""
+    groups = _tp_groups(stage)
+    out = {}
+    for name, p in stage.named_parameters():
+        t = p.grad if grads else p
+        if t is None:
+            t = torch.zeros_like(p)
+        local = _dp_full(t.detach()).float()
+        meta = stage.param_meta[name]
+        if meta.shard_spec.dim is None or meta.tp_size == 1 and meta.shard_spec.padded_size is None:
+            full = local
+        else:
+            d = meta.shard_spec.dim
+            gathered = all_gather_dim0(local.movedim(d, 0).contiguous(), groups[name])
+            shards = [s.movedim(0, d) for s in gathered.chunk(meta.tp_size, dim=0)]
+            full = meta.shard_spec.unshard(shards, full_size=meta.full_shape[d])
+        out[name] = full.cpu().clone()
+    return out
+
+
+def gather_model(stage: StageModel, grads: bool = False, group: Optional[dist.ProcessGroup] = None
+                 ) -> Dict[str, torch.Tensor]:
+    """All stages' full tensors on every rank (small models: tests, conversion)."""
+    mine = gather_stage(stage, grads)
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return mine
+    parts = [None] * dist.get_world_size(group)
+    dist.all_gather_object(parts, mine if stage.ps.local_idx == 0 else {}, group=group)
+    merged = {}
+    for part in parts:
+        merged.update(part)
+    return merged
+
+
+@torch.no_grad()
+def load_full_(stage: StageModel, full: Dict[str, torch.Tensor]) -> None:
+    """Overwrite this rank's shards from full tensors (missing names are an error)."""
+    for name, p in stage.named_parameters():
+        if name not in full:
+            raise KeyError(name)
+        meta = stage.param_meta[name]
+        shard = meta.shard_spec.shard(full[name].to(p.device, torch.float32), meta.tp_rank, meta.tp_size)
+        if hasattr(p, "to_local"):  # FSDP: keep this DP rank's rows of the TP shard
+            from torch.distributed.tensor import distribute_tensor
+            p.copy_(distribute_tensor(shard.to(p.dtype), p.device_mesh, p.placements))
+        else:
+            p.copy_(shard.to(p.dtype))

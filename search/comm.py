@@ -1,0 +1,104 @@
+"""Time of one collective or p2p transfer on the searched cluster, from the hardware profile.
+
+Bandwidths are bus bandwidths (the nccl-tests convention): a collective over n ranks moving a
+buffer of `nbytes` takes latency + factor(n) * nbytes / busbw, with factor 2(n-1)/n for
+all-reduce and (n-1)/n for all-gather, reduce-scatter and all-to-all. `nbytes` is the full
+buffer: the all-reduced tensor, the all-gather output, the reduce-scatter input.
+
+A group is described by its size and rank stride starting at rank 0 of a stage (stages start on
+node boundaries or pack inside one node). The profile entry used is the one measured on a group
+of the same size whose ranks span nodes exactly when the requested group does; failing that, the
+nearest measured size of the same kind (bus bandwidth barely depends on size).
+"""
+from __future__ import annotations
+
+import math
+from typing import Dict, Tuple
+
+from search.profiles import REQUIRED_COLLECTIVES, CommFit, HardwareProfile, ProfileError
+
+
+def bus_factor(op: str, n: int) -> float:
+    if n <= 1:
+        return 0.0
+    return 2.0 * (n - 1) / n if op == "all_reduce" else (n - 1) / n
+
+
+def spans_nodes(size: int, stride: int, gpus_per_node: int) -> bool:
+    return (size - 1) * stride >= gpus_per_node
+
+
+class Network:
+    def __init__(self, hw: HardwareProfile, num_gpus: int, gpus_per_node: int):
+        self.hw = hw
+        self.num_gpus = num_gpus
+        self.gpus_per_node = gpus_per_node
+        self.compute_slowdown = hw.compute_slowdown
+        self.comm_slowdown = hw.comm_slowdown
+        self._cache: Dict[Tuple, Tuple[CommFit, float]] = {}
+        # entries by (op, spans_nodes) so that a lookup never mixes NVLink and network numbers
+        self._by_kind: Dict[Tuple[str, bool], Dict[Tuple[int, str], CommFit]] = {}
+        for op, table in hw.collectives.items():
+            for (n, layout), fit in table.items():
+                self._by_kind.setdefault((op, self._profiled_spans(n, layout)), {})[(n, layout)] = fit
+        for op in REQUIRED_COLLECTIVES:
+            if gpus_per_node > 1 and num_gpus > 1 and not self._by_kind.get((op, False)):
+                raise ProfileError(f"{hw.path}: no intra-node measurement of {op}; re-run tools/profile_comm.py "
+                                   f"on a node with {gpus_per_node} GPUs")
+            if num_gpus > gpus_per_node and not self._by_kind.get((op, True)):
+                raise ProfileError(f"{hw.path}: no inter-node measurement of {op} (profiled on "
+                                   f"{hw.num_nodes} node(s)) but the search spans {num_gpus // gpus_per_node} "
+                                   f"nodes: profile on at least 2 nodes")
+        if num_gpus > 1 and not hw.p2p:
+            raise ProfileError(f"{hw.path}: missing key 'p2p' entries: pipeline stages cannot be priced")
+
+    def _profiled_spans(self, n: int, layout: str) -> bool:
+        if layout == "consec":
+            return spans_nodes(n, 1, self.hw.gpus_per_node)
+        return spans_nodes(n, max(1, self.hw.num_gpus // n), self.hw.gpus_per_node)
+
+    def _fit(self, op: str, size: int, stride: int) -> CommFit:
+        key = (op, size, stride)
+        hit = self._cache.get(key)
+        if hit is not None:
+            return hit
+        inter = spans_nodes(size, stride, self.gpus_per_node)
+        layout = "consec" if stride == 1 else "strided"
+        table = self._by_kind.get((op, inter)) or {}
+        if not table:  # an optional collective, or a kind the checks above allowed to be absent
+            table = self.hw.collectives.get(op, {})
+            if not table:
+                raise ProfileError(f"{self.hw.path}: no measurement of {op}; re-run tools/profile_comm.py")
+        fit = table.get((size, layout)) or table.get((size, "strided" if layout == "consec" else "consec"))
+        if fit is None:
+            best = min(table, key=lambda k: (abs(math.log2(k[0]) - math.log2(size)), k[1] != layout, -k[0]))
+            fit = table[best]
+        self._cache[key] = fit
+        return fit
+
+    def collective(self, op: str, size: int, stride: int, nbytes: float) -> float:
+        """Seconds for `op` over `size` ranks spaced `stride` apart, on a buffer of `nbytes` (see module doc)."""
+        if size <= 1 or nbytes <= 0:
+            return 0.0
+        fit = self._fit(op, size, stride)
+        return fit.latency_s + bus_factor(op, size) * nbytes / (fit.bandwidth_GBps * 1e9)
+
+    def p2p(self, pp_deg: int, stage_world: int, nbytes: float) -> float:
+        """Seconds to send `nbytes` from a rank of one stage to its peer in the next stage."""
+        if pp_deg <= 1 or nbytes <= 0:
+            return 0.0
+        fit = self.hw.p2p.get(pp_deg)
+        inter = stage_world >= self.gpus_per_node
+        if fit is None or self._p2p_spans(pp_deg) != inter:
+            same = [k for k in self.hw.p2p if self._p2p_spans(k) == inter] or list(self.hw.p2p)
+            fit = self.hw.p2p[min(same, key=lambda k: (abs(math.log2(k) - math.log2(pp_deg)), k))]
+        return fit.latency_s + nbytes / (fit.bandwidth_GBps * 1e9)
+
+    def _p2p_spans(self, pp_deg: int) -> bool:
+        return self.hw.num_gpus // pp_deg >= self.hw.gpus_per_node
+
+    def overlap(self, compute_s: float, comm_s: float) -> float:
+        """Wall time of `compute_s` of compute running alongside `comm_s` of communication."""
+        if comm_s <= 0:
+            return compute_s
+        return max(compute_s * self.compute_slowdown, comm_s * self.comm_slowdown)

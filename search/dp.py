@@ -1,0 +1,49 @@
+"""Entry point to the stage dynamic program: the compiled core, or the numpy reference if it is missing."""
+from __future__ import annotations
+
+import warnings
+from typing import List, Optional, Tuple
+
+import numpy as np
+
+from search import dp_reference
+
+try:
+    from search import _dp_core
+except ImportError:  # not built: `pip install -e .` compiles it
+    _dp_core = None
+
+_warned = False
+
+
+def have_core() -> bool:
+    return _dp_core is not None
+
+
+def _fallback_warning() -> None:
+    global _warned
+    if not _warned:
+        _warned = True
+        warnings.warn("search._dp_core is not built (run `pip install -e .`); using the numpy reference DP, "
+                      "which is much slower", RuntimeWarning, stacklevel=3)
+
+
+def solve_lengths(intra: np.ndarray, mem: np.ndarray, group: np.ndarray, group_trans: np.ndarray,
+                  budgets: np.ndarray, final: Optional[np.ndarray] = None) -> List[Tuple[float, List[int], int]]:
+    """Best assignment of the first n layers within budgets[n-1], for every n (see csrc/dp_core.cpp)."""
+    group = np.ascontiguousarray(group, dtype=np.int32)
+    if _dp_core is not None:
+        return _dp_core.solve_lengths(intra, mem, group, group_trans, np.asarray(budgets, dtype=np.int64), final)
+    _fallback_warning()
+    trans = np.asarray(group_trans, dtype=np.float64)[group][:, group]
+    return dp_reference.solve_lengths(intra, mem, trans, budgets, final)
+
+
+def solve(intra: np.ndarray, mem: np.ndarray, group: np.ndarray, group_trans: np.ndarray, budget: int,
+          final: Optional[np.ndarray] = None) -> Tuple[float, List[int], int]:
+    group = np.ascontiguousarray(group, dtype=np.int32)
+    if _dp_core is not None:
+        return _dp_core.solve(intra, mem, group, group_trans, int(budget), final)
+    _fallback_warning()
+    trans = np.asarray(group_trans, dtype=np.float64)[group][:, group]
+    return dp_reference.solve(intra, mem, trans, int(budget), final)

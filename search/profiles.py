@@ -1,0 +1,349 @@
+"""Profile files the search reads: schema, loading and validation (docs/profile_format.md).
+
+Two JSON files in a profile directory: hardware.json (collective and p2p times of the cluster,
+compute/communication overlap) and model.json (per-layer time and memory of one model). Any
+problem raises ProfileError naming the file and the key, in one line.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+from dataclasses import dataclass, field
+from typing import Any, Dict, Tuple
+
+from megatron_galvatron.errors import UserError
+
+HARDWARE_SCHEMA = "megatron_galvatron.hardware_profile/1"
+MODEL_SCHEMA = "megatron_galvatron.model_profile/1"
+HARDWARE_FILE = "hardware.json"
+MODEL_FILE = "model.json"
+COLLECTIVES = ("all_reduce", "all_gather", "reduce_scatter", "all_to_all")
+REQUIRED_COLLECTIVES = ("all_reduce", "all_gather", "reduce_scatter")
+MODEL_KEYS = ("family", "num_layers", "hidden_size", "num_attention_heads", "num_query_groups",
+              "ffn_hidden_size", "vocab_size", "seq_length")
+_GROUP_KEY = re.compile(r"^([1-9][0-9]*)_(consec|strided)$")
+_TP_KEY = re.compile(r"^tp([1-9][0-9]*)(_sp)?$")
+
+
+class ProfileError(UserError):
+    """A profile file is missing, malformed or does not match the model being searched."""
+
+
+@dataclass(frozen=True)
+class CommFit:
+    """t = latency_s + bytes / (bandwidth_GBps * 1e9), bytes and bandwidth as the schema defines them."""
+
+    latency_s: float
+    bandwidth_GBps: float
+
+
+@dataclass(frozen=True)
+class TimeFit:
+    """t = intercept_s + per_token_s * tokens, tokens = micro-batch samples on the rank x sequence length."""
+
+    intercept_s: float
+    per_token_s: float
+
+    def __call__(self, tokens: float) -> float:
+        return self.intercept_s + self.per_token_s * tokens
+
+    def scaled(self, factor: float) -> "TimeFit":
+        return TimeFit(self.intercept_s, self.per_token_s * factor)
+
+
+@dataclass
+class HardwareProfile:
+    path: str
+    gpu_name: str
+    num_gpus: int
+    num_nodes: int
+    gpus_per_node: int
+    collectives: Dict[str, Dict[Tuple[int, str], CommFit]]
+    p2p: Dict[int, CommFit]
+    compute_slowdown: float
+    comm_slowdown: float
+
+
+@dataclass
+class ModelProfile:
+    path: str
+    model: Dict[str, Any]
+    layer_time: Dict[Tuple[int, bool], Tuple[TimeFit, TimeFit]]
+    layer_param_count: int
+    activation_bytes_per_token: Dict[Tuple[int, bool], float]
+    checkpoint_bytes_per_token: Dict[Tuple[int, bool], float]
+    vocab_param_count: int
+    vocab_time: Dict[int, Tuple[TimeFit, TimeFit]]
+    vocab_activation_bytes_per_token: Dict[int, float]
+    step_s_per_param: float
+    reserved_over_allocated: float
+    fixed_overhead_bytes: float
+    _cache: Dict[Any, Any] = field(default_factory=dict, repr=False)
+
+    # Degrees the profiler did not measure are scaled from the largest measured degree below them:
+    # time per token and memory per token both shrink by that ratio (the sharded part dominates).
+    def _nearest(self, table: Dict, tp: int, sp: bool) -> Tuple[Any, float]:
+        if (tp, sp) in table:
+            return table[(tp, sp)], 1.0
+        for want_sp in ((sp, False) if sp else (False,)):
+            below = [k for (k, s) in table if s == want_sp and k <= tp]
+            if below:
+                k = max(below)
+                return table[(k, want_sp)], k / tp
+        raise AssertionError("validated profiles always hold tp1")
+
+    def layer_fits(self, tp: int, sp: bool) -> Tuple[TimeFit, TimeFit]:
+        (fwd, bwd), f = self._nearest(self.layer_time, tp, sp)
+        return fwd.scaled(f), bwd.scaled(f)
+
+    def activation_per_token(self, tp: int, sp: bool) -> float:
+        v, f = self._nearest(self.activation_bytes_per_token, tp, sp)
+        return v * f
+
+    def checkpoint_per_token(self, tp: int, sp: bool) -> float:
+        v, f = self._nearest(self.checkpoint_bytes_per_token, tp, sp)
+        return v * f
+
+    def vocab_fits(self, tp: int) -> Tuple[TimeFit, TimeFit]:
+        (fwd, bwd), f = self._nearest({(k, False): v for k, v in self.vocab_time.items()}, tp, False)
+        return fwd.scaled(f), bwd.scaled(f)
+
+    def vocab_activation_per_token(self, tp: int) -> float:
+        v, f = self._nearest({(k, False): v for k, v in self.vocab_activation_bytes_per_token.items()}, tp, False)
+        return v * f
+
+
+# -------------------------------------------------------------------- reading helpers
+
+class _Reader:
+    def __init__(self, path: str):
+        self.path = path
+
+    def fail(self, msg: str) -> ProfileError:
+        return ProfileError(f"{self.path}: {msg} (schema: docs/profile_format.md)")
+
+    def get(self, obj: Dict, key: str, where: str, kind=None) -> Any:
+        name = f"{where}.{key}" if where else key
+        if not isinstance(obj, dict) or key not in obj:
+            raise self.fail(f"missing key '{name}'")
+        v = obj[key]
+        if kind is dict and not isinstance(v, dict):
+            raise self.fail(f"key '{name}' must be an object, got {type(v).__name__}")
+        if kind is list and not isinstance(v, list):
+            raise self.fail(f"key '{name}' must be a list, got {type(v).__name__}")
+        if kind is str and not isinstance(v, str):
+            raise self.fail(f"key '{name}' must be a string, got {v!r}")
+        return v
+
+    def number(self, obj: Dict, key: str, where: str, minimum: float = 0.0, strict: bool = False) -> float:
+        v = self.get(obj, key, where)
+        name = f"{where}.{key}" if where else key
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) \
+                or v < minimum or (strict and v == minimum):
+            bound = f"> {minimum}" if strict else f">= {minimum}"
+            raise self.fail(f"key '{name}' must be a number {bound}, got {v!r}")
+        return float(v)
+
+    def value(self, v: Any, name: str) -> float:
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
+            raise self.fail(f"key '{name}' must be a number >= 0, got {v!r}")
+        return float(v)
+
+    def integer(self, obj: Dict, key: str, where: str, minimum: int = 1) -> int:
+        v = self.get(obj, key, where)
+        if isinstance(v, bool) or not isinstance(v, int) or v < minimum:
+            raise self.fail(f"key '{where}.{key}' must be an integer >= {minimum}, got {v!r}")
+        return v
+
+    def points(self, obj: Dict, where: str, width: int) -> None:
+        pts = self.get(obj, "points", where, list)
+        for p in pts:
+            if not isinstance(p, list) or len(p) != width or not all(
+                    isinstance(x, (int, float)) and not isinstance(x, bool) for x in p):
+                raise self.fail(f"'{where}.points' entries must be lists of {width} numbers, got {p!r}")
+
+    def comm_fit(self, obj: Dict, where: str) -> CommFit:
+        if not isinstance(obj, dict):
+            raise self.fail(f"key '{where}' must be an object with latency_s, bandwidth_GBps, points")
+        fit = CommFit(self.number(obj, "latency_s", where), self.number(obj, "bandwidth_GBps", where, strict=True))
+        self.points(obj, where, 2)
+        return fit
+
+    def time_fit(self, obj: Dict, where: str) -> TimeFit:
+        if not isinstance(obj, dict):
+            raise self.fail(f"key '{where}' must be an object with intercept_s, per_token_s, points")
+        fit = TimeFit(self.number(obj, "intercept_s", where), self.number(obj, "per_token_s", where))
+        self.points(obj, where, 3)
+        return fit
+
+    def tp_table(self, obj: Dict, where: str, allow_sp: bool = True) -> Dict[Tuple[int, bool], Any]:
+        out = {}
+        for key, v in obj.items():
+            m = _TP_KEY.match(key)
+            if not m or (m.group(2) and not allow_sp):
+                form = "tp<k> or tp<k>_sp" if allow_sp else "tp<k>"
+                raise self.fail(f"key '{where}.{key}' is not of the form {form}")
+            out[(int(m.group(1)), bool(m.group(2)))] = v
+        if (1, False) not in out:
+            raise self.fail(f"missing key '{where}.tp1'")
+        return out
+
+
+def _read_json(path: str, what: str, hint: str) -> Dict:
+    if not os.path.isfile(path):
+        raise ProfileError(f"{path} not found: {hint}")
+    try:
+        with open(path) as f:
+            d = json.load(f)
+    except json.JSONDecodeError as e:
+        raise ProfileError(f"{path} is not valid JSON ({e.msg} at line {e.lineno}): regenerate the {what} profile")
+    if not isinstance(d, dict):
+        raise ProfileError(f"{path}: a {what} profile must be a JSON object")
+    return d
+
+
+def _check_schema(r: _Reader, d: Dict, schema: str) -> None:
+    got = r.get(d, "schema", "")
+    if got != schema:
+        raise r.fail(f"schema is {got!r}, expected {schema!r}")
+
+
+# -------------------------------------------------------------------- hardware.json
+
+def parse_hardware(d: Dict, path: str = HARDWARE_FILE) -> HardwareProfile:
+    r = _Reader(path)
+    _check_schema(r, d, HARDWARE_SCHEMA)
+    hw = r.get(d, "hardware", "", dict)
+    gpu_name = r.get(hw, "gpu_name", "hardware", str)
+    num_gpus = r.integer(hw, "num_gpus", "hardware")
+    num_nodes = r.integer(hw, "num_nodes", "hardware")
+    gpus_per_node = r.integer(hw, "gpus_per_node", "hardware")
+    for k in ("torch", "nccl"):
+        r.get(hw, k, "hardware")
+    if num_nodes * gpus_per_node != num_gpus:
+        raise r.fail(f"hardware.num_nodes x hardware.gpus_per_node = {num_nodes * gpus_per_node} "
+                     f"but hardware.num_gpus = {num_gpus}")
+    r.get(d, "command", "", str)
+    colls = r.get(d, "collectives", "", dict)
+    unknown = sorted(set(colls) - set(COLLECTIVES))
+    if unknown:
+        raise r.fail(f"unknown collective(s) {unknown} under 'collectives' (known: {', '.join(COLLECTIVES)})")
+    collectives: Dict[str, Dict[Tuple[int, str], CommFit]] = {}
+    for op in REQUIRED_COLLECTIVES:
+        r.get(colls, op, "collectives", dict)
+    for op, groups in colls.items():
+        if not isinstance(groups, dict):
+            raise r.fail(f"key 'collectives.{op}' must be an object keyed by '<group size>_<consec|strided>'")
+        table = {}
+        for key, fit in groups.items():
+            m = _GROUP_KEY.match(key)
+            if not m:
+                raise r.fail(f"key 'collectives.{op}.{key}' is not of the form '<group size>_<consec|strided>'")
+            table[(int(m.group(1)), m.group(2))] = r.comm_fit(fit, f"collectives.{op}.{key}")
+        if op in REQUIRED_COLLECTIVES and not table:
+            raise r.fail(f"'collectives.{op}' has no measured group")
+        collectives[op] = table
+    p2p_raw = r.get(d, "p2p", "", dict)
+    p2p = {}
+    for key, fit in p2p_raw.items():
+        if not key.isdigit() or int(key) < 2:
+            raise r.fail(f"key 'p2p.{key}' must be a pipeline degree >= 2")
+        p2p[int(key)] = r.comm_fit(fit, f"p2p.{key}")
+    ov = r.get(d, "overlap", "", dict)
+    cs = r.number(ov, "compute_slowdown", "overlap", 1.0)
+    ms = r.number(ov, "comm_slowdown", "overlap", 1.0)
+    return HardwareProfile(path, gpu_name, num_gpus, num_nodes, gpus_per_node, collectives, p2p, cs, ms)
+
+
+# -------------------------------------------------------------------- model.json
+
+def parse_model(d: Dict, path: str = MODEL_FILE) -> ModelProfile:
+    r = _Reader(path)
+    _check_schema(r, d, MODEL_SCHEMA)
+    model = r.get(d, "model", "", dict)
+    for k in MODEL_KEYS:
+        r.get(model, k, "model")
+    dtype = r.get(d, "dtype", "", str)
+    if dtype != "bf16":
+        raise r.fail(f"dtype is {dtype!r}; the cost model prices bf16 compute with fp32 master weights only")
+    r.get(d, "hardware", "", dict)
+    r.get(d, "command", "", str)
+
+    layer = r.get(d, "layer", "", dict)
+    times = r.tp_table(r.get(layer, "time", "layer", dict), "layer.time")
+    layer_time = {}
+    for (tp, sp), v in times.items():
+        where = f"layer.time.{tp_key(tp, sp)}"
+        if not isinstance(v, dict):
+            raise r.fail(f"key '{where}' must be an object with fwd and bwd")
+        layer_time[(tp, sp)] = (r.time_fit(r.get(v, "fwd", where), f"{where}.fwd"),
+                                r.time_fit(r.get(v, "bwd", where), f"{where}.bwd"))
+    mem = r.get(layer, "memory", "layer", dict)
+    param_count = r.integer(mem, "param_count", "layer.memory")
+    tables = {}
+    for key in ("activation_bytes_per_token", "checkpoint_bytes_per_token"):
+        raw = r.tp_table(r.get(mem, key, "layer.memory", dict), f"layer.memory.{key}")
+        tables[key] = {k: r.value(v, f"layer.memory.{key}.{tp_key(*k)}") for k, v in raw.items()}
+
+    vocab = r.get(d, "vocab", "", dict)
+    vocab_params = r.integer(vocab, "param_count", "vocab")
+    vtimes = r.tp_table(r.get(vocab, "time", "vocab", dict), "vocab.time", allow_sp=False)
+    vocab_time = {}
+    for (tp, _), v in vtimes.items():
+        where = f"vocab.time.tp{tp}"
+        if not isinstance(v, dict):
+            raise r.fail(f"key '{where}' must be an object with fwd and bwd")
+        vocab_time[tp] = (r.time_fit(r.get(v, "fwd", where), f"{where}.fwd"),
+                          r.time_fit(r.get(v, "bwd", where), f"{where}.bwd"))
+    vact_raw = r.tp_table(r.get(vocab, "activation_bytes_per_token", "vocab", dict),
+                          "vocab.activation_bytes_per_token", allow_sp=False)
+    vocab_act = {tp: r.value(v, f"vocab.activation_bytes_per_token.tp{tp}") for (tp, _), v in vact_raw.items()}
+
+    opt = r.get(d, "optimizer", "", dict)
+    step = r.number(opt, "step_s_per_param", "optimizer")
+    alloc = r.get(d, "allocator", "", dict)
+    ratio = r.number(alloc, "reserved_over_allocated", "allocator", 1.0)
+    fixed = r.number(alloc, "fixed_overhead_bytes", "allocator")
+    return ModelProfile(path, dict(model), layer_time, param_count, tables["activation_bytes_per_token"],
+                        tables["checkpoint_bytes_per_token"], vocab_params, vocab_time, vocab_act, step, ratio, fixed)
+
+
+# -------------------------------------------------------------------- directory
+
+def load_profiles(profile_dir: str) -> Tuple[HardwareProfile, ModelProfile]:
+    if not os.path.isdir(profile_dir):
+        raise ProfileError(f"profile dir {profile_dir} does not exist: run tools/profile_comm.py and "
+                           f"tools/profile_model.py (or python -m search.synthetic) to create it")
+    hw_path = os.path.join(profile_dir, HARDWARE_FILE)
+    model_path = os.path.join(profile_dir, MODEL_FILE)
+    hw = parse_hardware(_read_json(hw_path, "hardware", "run tools/profile_comm.py to measure the cluster"),
+                        hw_path)
+    model = parse_model(_read_json(model_path, "model", "run tools/profile_model.py to measure the model"),
+                        model_path)
+    return hw, model
+
+
+def check_model_matches(profile: ModelProfile, config: Dict[str, Any]) -> None:
+    """The profile must describe the model given by the flags, key by key."""
+    for k in MODEL_KEYS:
+        want, got = config[k], profile.model[k]
+        if want != got:
+            flag = "--" + ("model-family" if k == "family" else k.replace("_", "-"))
+            raise ProfileError(f"{profile.path}: model profile was measured with {k}={got!r} but {flag} is "
+                               f"{want!r}: profile this model (tools/profile_model.py) or fix the flag")
+
+
+def dump(d: Dict, path: str) -> None:
+    with open(path, "w") as f:
+        json.dump(d, f, indent=1)
+        f.write("\n")
+
+
+def group_key(size: int, layout: str) -> str:
+    return f"{size}_{layout}"
+
+
+def tp_key(tp: int, sp: bool = False) -> str:
+    return f"tp{tp}{'_sp' if sp else ''}"

@@ -1,0 +1,97 @@
+"""The strategies a layer (and the vocab modules) may take inside one pipeline stage."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import List, Tuple
+
+from megatron_galvatron.plan import LayerStrategy, VocabStrategy
+from search.model_config import ModelConfig
+
+SP_MODES = ("on", "off", "search")
+
+
+@dataclass(frozen=True)
+class Space:
+    """Restrictions of the search space (the run.py flags)."""
+
+    max_tp: int = 8
+    allow_zero3: bool = True
+    allow_checkpoint: bool = True
+    sequence_parallel: str = "search"  # on / off / search
+
+
+def divisors(n: int) -> List[int]:
+    return [d for d in range(1, n + 1) if n % d == 0]
+
+
+def layout(s) -> Tuple[int, bool, bool]:
+    """The activation layout a strategy produces; adjacent layers of different layouts re-layout."""
+    return (s.tp, s.tp_consec, s.sp)
+
+
+def tp_degrees(stage_world: int, model: ModelConfig, max_tp: int, for_layers: bool = True) -> List[int]:
+    out = []
+    for tp in divisors(stage_world):
+        if tp > max_tp:
+            continue
+        if for_layers and (model.num_attention_heads % tp or model.num_query_groups % tp
+                           or model.ffn_hidden_size % tp):
+            continue
+        out.append(tp)
+    return out
+
+
+def _sp_choices(tp: int, seq: int, mode: str) -> List[bool]:
+    if tp == 1 or seq % tp:
+        return [False]
+    return {"on": [True], "off": [False], "search": [False, True]}[mode]
+
+
+def _consec_choices(tp: int, stage_world: int) -> List[bool]:
+    # tp == 1 and tp == stage_world give the same groups either way
+    return [True, False] if 1 < tp < stage_world else [True]
+
+
+def _dp_types(dp: int, space: Space) -> List[str]:
+    if dp == 1:
+        return ["ddp"]
+    return ["ddp", "zero2", "zero3"] if space.allow_zero3 else ["ddp", "zero2"]
+
+
+def layer_strategies(stage_world: int, micro_batch: int, model: ModelConfig, space: Space) -> List[LayerStrategy]:
+    """Every strategy of a transformer layer in a stage of `stage_world` ranks fed `micro_batch` samples."""
+    out = []
+    ckpt = [False, True] if space.allow_checkpoint else [False]
+    for tp in tp_degrees(stage_world, model, space.max_tp):
+        dp = stage_world // tp
+        if micro_batch % dp:
+            continue
+        for consec in _consec_choices(tp, stage_world):
+            for sp in _sp_choices(tp, model.seq_length, space.sequence_parallel):
+                for dp_type in _dp_types(dp, space):
+                    for c in ckpt:
+                        out.append(LayerStrategy(tp=tp, tp_consec=consec, dp_type=dp_type, sp=sp, checkpoint=c))
+    return out
+
+
+def vocab_strategies(stage_world: int, micro_batch: int, model: ModelConfig, space: Space) -> List[VocabStrategy]:
+    """Strategies of the embedding / LM head; their TP groups are consecutive ranks."""
+    out = []
+    for tp in tp_degrees(stage_world, model, space.max_tp, for_layers=False):
+        dp = stage_world // tp
+        if micro_batch % dp:
+            continue
+        for sp in _sp_choices(tp, model.seq_length, space.sequence_parallel):
+            for dp_type in _dp_types(dp, space):
+                out.append(VocabStrategy(tp=tp, tp_consec=True, dp_type=dp_type, sp=sp))
+    return out
+
+
+def label(s) -> str:
+    """Short name of a strategy, e.g. 'tp2s zero3 sp ckpt' (c = consecutive, s = strided TP group)."""
+    parts = [f"tp{s.tp}" + ("" if s.tp == 1 else ("c" if s.tp_consec else "s")), s.dp_type]
+    if s.sp:
+        parts.append("sp")
+    if getattr(s, "checkpoint", False):
+        parts.append("ckpt")
+    return " ".join(parts)

@@ -1,0 +1,43 @@
+"""Worker side of the equivalence tests: train a few steps under each plan and report the
+loss, the full (gathered) initial parameters, gradients and final parameters."""
+import torch
+
+from megatron_galvatron.model.canonical import gather_model
+from megatron_galvatron.plan import Plan
+from megatron_galvatron.training.arguments import build_parser
+from megatron_galvatron.training.train import reduce_loss, setup, train_step
+
+
+# The key bias's gradient is zero in exact arithmetic (softmax ignores a per-query shift), so
+# in float32 it is pure rounding noise that Adam would scale up to +-lr per step; an eps above
+# that noise keeps the comparison about the parallel math rather than about noise.
+ADAM_EPS = 1e-6
+
+
+def model_argv(cfg: dict, steps: int, lr: float, clip: float, seed: int = 7):
+    argv = ["--model-family", cfg["family"], "--num-layers", str(cfg["num_layers"]),
+            "--hidden-size", str(cfg["hidden_size"]), "--num-attention-heads", str(cfg["num_attention_heads"]),
+            "--num-query-groups", str(cfg["num_query_groups"]), "--ffn-hidden-size", str(cfg["ffn_hidden_size"]),
+            "--seq-length", str(cfg["seq_length"]), "--vocab-size", str(cfg["vocab_size"]),
+            "--make-vocab-size-divisible-by", str(cfg.get("divisible_by", 1)),
+            "--train-iters", str(steps), "--lr", str(lr), "--lr-decay-style", "constant", "--clip-grad", str(clip),
+            "--weight-decay", "0.1", "--seed", str(seed), "--mock-data", "--adam-eps", str(ADAM_EPS)]
+    return argv
+
+
+def run_plans(rank, world, cfg, plans, steps, lr, clip):
+    out = []
+    for plan_dict in plans:
+        args = build_parser().parse_args(model_argv(cfg, steps, lr, clip))
+        tr = setup(args, Plan.from_dict(plan_dict).validate(world_size=world))
+        res = {"params0": gather_model(tr.stage), "losses": [], "grad_norms": []}
+        for step in range(steps):
+            stats = train_step(tr)
+            res["losses"].append(reduce_loss(tr, stats.loss_sum).item() if tr.ps.is_last_stage else None)
+            res["grad_norms"].append(stats.grad_norm.item())
+            res["max_live"] = max(res.get("max_live", 0), stats.max_live_microbatches)
+            if step == 0:
+                res["grads"] = gather_model(tr.stage, grads=True)
+        res["params"] = gather_model(tr.stage)
+        out.append(res)
+    return out
