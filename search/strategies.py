@@ -24,9 +24,11 @@ def divisors(n: int) -> List[int]:
     return [d for d in range(1, n + 1) if n % d == 0]
 
 
-def layout(s) -> Tuple[int, bool, bool]:
+def layout(s, stage_world: int) -> Tuple[int, bool, bool]:
     """The activation layout a strategy produces; adjacent layers of different layouts re-layout."""
-    return (s.tp, s.tp_consec, s.sp)
+    if s.tp == 1:
+        return (1, True, False)
+    return (s.tp, s.tp_consec or s.tp == stage_world, s.sp)
 
 
 def tp_degrees(stage_world: int, model: ModelConfig, max_tp: int, for_layers: bool = True) -> List[int]:

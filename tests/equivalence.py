@@ -12,8 +12,8 @@ LR, CLIP = 1e-3, 1.0
 
 
 def tiny_cfg(family="gpt2", **kw):
-    cfg = dict(family=family, num_layers=4, hidden_size=32, num_attention_heads=4,
-               num_query_groups=4 if family == "gpt2" else 2, ffn_hidden_size=64, seq_length=8, vocab_size=61,
+    cfg = dict(family=family, num_layers=4, hidden_size=32, num_attention_heads=4 if family == "gpt2" else 8,
+               num_query_groups=4, ffn_hidden_size=64, seq_length=8, vocab_size=61,
                divisible_by=4, norm_eps=1e-5, rope_theta=10000.0)
     cfg.update(kw)
     return cfg

@@ -136,6 +136,11 @@ def build_plan(args, cfg: GPTConfig, world_size: int) -> plan_mod.Plan:
                                 chunks=chunks, pipeline_type=args.pipeline_type, vocab_tp=vocab_tp)
         plan.vocab = plan_mod.VocabStrategy(tp=vocab_tp, tp_consec=bool(args.global_tp_consec),
                                             dp_type=vocab_dp_type, sp=args.sequence_parallel and vocab_tp > 1)
+    return check_plan(plan, cfg, world_size)
+
+
+def check_plan(plan: plan_mod.Plan, cfg: GPTConfig, world_size: int) -> plan_mod.Plan:
+    """Plan validation plus what only the model config can tell (sequence splits)."""
     plan.validate(model_shape(cfg), world_size=world_size)
     for i, s in enumerate(plan.layers):
         if s.sp and cfg.seq_length % s.tp:

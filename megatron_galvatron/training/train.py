@@ -70,7 +70,7 @@ def setup(args, plan: Optional[Plan] = None) -> Trainer:
     device = detect_device(local_rank)
     rank, world = init_distributed(device)
     cfg = arguments.model_config(args)
-    plan = plan or arguments.build_plan(args, cfg, world)
+    plan = arguments.check_plan(plan, cfg, world) if plan else arguments.build_plan(args, cfg, world)
     torch.manual_seed(args.seed)
     ps = ParallelState(plan, rank, world, device)
     stage = StageModel(cfg, plan, ps, args.seed)
