@@ -14,7 +14,6 @@ memory (so that a budget the minimum says fits always finds a plan).
 """
 from __future__ import annotations
 
-import heapq
 import math
 import sys
 import threading
@@ -48,6 +47,11 @@ class Candidate:
     @property
     def micro_batch(self) -> int:
         return self.global_bsz // self.chunks
+
+    @property
+    def shape(self) -> Tuple[int, int, int, str]:
+        """What makes two candidates real alternatives (vocab variants of one shape are not)."""
+        return (self.pp, self.global_bsz, self.chunks, self.pipeline_type)
 
     @property
     def k(self) -> int:
@@ -127,6 +131,8 @@ class Searcher:
         self.stats = Stats()
         self._tables: Dict[Tuple[int, int], Optional[Table]] = {}
         self._stage_cache: Dict[Tuple, List[Tuple[float, List[int]]]] = {}
+        self._middle_frames: Dict[Tuple, StageFrame] = {}
+        self._bounds: Dict[Tuple, np.ndarray] = {}
 
     # ---------------------------------------------------------------- enumeration
     def pp_degrees(self) -> List[int]:
@@ -143,10 +149,7 @@ class Searcher:
                         continue
                     # GPipe holds >= as many micro-batches as 1F1B on every stage for the same time,
                     # so when both are allowed only 1F1B can be among the best.
-                    types = ["1f1b"] if pp == 1 or set(self.pipeline_types) == {"1f1b", "gpipe"} \
-                        else self.pipeline_types
-                    if pp == 1 and self.pipeline_types == ["gpipe"]:
-                        types = ["gpipe"]
+                    types = ["1f1b"] if set(self.pipeline_types) == {"1f1b", "gpipe"} else self.pipeline_types
                     for v in vocab_strategies(sw, mb, self.model, self.space):
                         for ptype in types:
                             out.append(Candidate(pp, bsz, chunks, ptype, v))
@@ -175,6 +178,15 @@ class Searcher:
         return t
 
     def frame(self, cand: Candidate, stage: int) -> StageFrame:
+        if 0 < stage < cand.pp - 1:  # no vocab module: shared by every candidate of this pipeline shape
+            key = (cand.pp, cand.chunks, cand.micro_batch, cand.pipeline_type, stage)
+            hit = self._middle_frames.get(key)
+            if hit is None:
+                hit = self._middle_frames[key] = self._frame(cand, stage)
+            return hit
+        return self._frame(cand, stage)
+
+    def _frame(self, cand: Candidate, stage: int) -> StageFrame:
         sw = self.num_gpus // cand.pp
         mb = cand.micro_batch
         in_flight = microbatches_in_flight(cand.pipeline_type, cand.chunks, cand.pp, stage)
@@ -203,6 +215,27 @@ class Searcher:
         it = max(max(b + f.fixed_iter for f in frames), (L * b + sum(f.fixed_iter for f in frames)) / pp)
         return cand.k * mb + it
 
+    def memory_aware_bound(self, cand: Candidate, frames: List[StageFrame]) -> float:
+        """Iteration time bound that respects memory (see lp_bound); inf when nothing can fit."""
+        t = self.table(self.num_gpus // cand.pp, cand.micro_batch)
+        L, k = self.model.num_layers, cand.k
+        n_hi = self.n_max(cand.pp)
+        n = np.arange(1, n_hi + 1)
+        obj = k * t.per_mb + t.per_iter
+        arrays = []
+        for f in frames:
+            key = ("lp", id(t), k, f.in_flight, f.vocab_persistent, f.vocab_transient, n_hi)
+            arr = self._bounds.get(key)
+            if arr is None:
+                floor = np.maximum(t.transient, f.vocab_transient).min()
+                room = np.full(n_hi, self.budget - f.vocab_persistent - floor)
+                arr = self._bounds[key] = lp_bound(obj, t.states + f.in_flight * t.activation, n, room)
+            arrays.append(arr + k * f.fixed_mb + f.fixed_iter)
+        if cand.pp == 1:
+            return float(arrays[0][L - 1])
+        split = min_max_partition(arrays, L)
+        return math.inf if split is None else float(max(arrays[i][m - 1] for i, m in enumerate(split)))
+
     def stage_min_memory(self, table: Table, frame: StageFrame, n_hi: int) -> np.ndarray:
         """Smallest allocated bytes of the stage with n = 1..n_hi layers."""
         mem = table.states + frame.in_flight * table.activation
@@ -222,6 +255,8 @@ class Searcher:
         n_hi = self.n_max(cand.pp)
         per_stage = [self.stage_min_memory(t, f, n_hi) for f in frames]
         split = min_max_partition(per_stage, L)
+        if split is None:
+            return math.inf
         return max(per_stage[i][n - 1] for i, n in enumerate(split))
 
     # ---------------------------------------------------------------- stage DP
@@ -276,14 +311,16 @@ class Searcher:
         done = set()
         reserve = np.maximum(table.transient, frame.vocab_transient)
         obj = k * table.per_mb + table.per_iter
+        mem = table.states + frame.in_flight * table.activation
         n = np.arange(1, n_hi + 1)
 
         def run(level: float) -> None:
             if level in done:
                 return
             done.add(level)
-            lb = n * obj[reserve <= level].min()
-            if all(lb[i] >= best[i][0] for i in range(n_hi)):
+            ok = reserve <= level
+            lb = lp_bound(obj[ok], mem[ok], n, np.full(n_hi, self.budget - frame.vocab_persistent - level))
+            if all(lb[i] >= best[i][0] * (1 - 1e-12) for i in range(n_hi)):
                 return
             for i, ans in enumerate(self._run_level(table, frame, k, n_hi, level)):
                 if ans[0] < best[i][0]:
@@ -304,7 +341,6 @@ class Searcher:
                 break
             level = nxt
         # the memory-minimising level of every length, so feasibility matches min_memory()
-        mem = table.states + frame.in_flight * table.activation
         for i in range(n_hi):
             if not math.isfinite(best[i][0]):
                 run(float(min(levels, key=lambda t: (n[i] * mem[reserve <= t].min() + t, -t))))
@@ -353,58 +389,63 @@ class Searcher:
             scored.append((c.global_bsz * seq / self.lower_bound(c, frames), c, frames))
         scored.sort(key=lambda x: -x[0])
         bar = _progress(len(scored), progress)
-        top: List[Tuple] = []  # min-heap of (tokens/s, tiebreak, Result)
-        order = 0
+        best: Dict[Tuple, Result] = {}  # the best plan of every pipeline shape seen
+        stats = self.stats
 
         def kth() -> float:
-            return top[0][0] if len(top) >= top_k else -math.inf
+            vals = sorted((r.tokens_per_s for r in best.values()), reverse=True)
+            return vals[top_k - 1] if len(vals) >= top_k else -math.inf
 
-        def work(item):
-            ub, c, frames = item
-            m = self.min_memory(c, frames)
-            with self.stats.lock:
-                if self.stats.min_memory is None or m < self.stats.min_memory[0]:
-                    self.stats.min_memory = (m, c)
-            if m > self.budget:
-                with self.stats.lock:
-                    self.stats.pruned_by_memory += 1
+        def worth(ub: float, c: Candidate) -> bool:
+            r = best.get(c.shape)
+            return ub > kth() and (r is None or ub > r.tokens_per_s)
+
+        def work(item) -> Optional[Result]:
+            _, c, frames = item
+            if self.min_memory(c, frames) > self.budget:
+                with stats.lock:
+                    stats.pruned_by_memory += 1
                 return None
-            with self.stats.lock:
-                self.stats.evaluated += 1
+            if not worth(c.global_bsz * seq / self.memory_aware_bound(c, frames), c):
+                with stats.lock:
+                    stats.pruned_by_bound += 1
+                return None
+            with stats.lock:
+                stats.evaluated += 1
             return self.evaluate(c, frames)
 
         pool = ThreadPoolExecutor(self.threads) if self.threads > 1 else None
         try:
-            i = 0
-            while i < len(scored):
+            i, done = 0, False
+            while i < len(scored) and not done:
                 batch = []
                 while i < len(scored) and len(batch) < self.threads:
-                    if scored[i][0] <= kth():
+                    ub, c, _ = scored[i]
+                    if ub <= kth():  # sorted by this bound: nothing after it can enter the top k
+                        done = True
                         break
-                    batch.append(scored[i])
                     i += 1
-                if not batch:
-                    break
+                    bar.update(1)
+                    if worth(ub, c):
+                        batch.append(scored[i - 1])
+                    else:
+                        stats.pruned_by_bound += 1
                 results = list(pool.map(work, batch)) if pool else [work(b) for b in batch]
                 for r in results:
-                    bar.update(1)
                     if r is None:
                         continue
-                    r_key = (r.tokens_per_s, -order, r)
-                    order += 1
-                    if len(top) < top_k:
-                        heapq.heappush(top, r_key)
-                    elif r.tokens_per_s > top[0][0]:
-                        heapq.heapreplace(top, r_key)
-            self.stats.pruned_by_bound = len(scored) - i
+                    old = best.get(r.candidate.shape)
+                    if old is None or r.sort_key() < old.sort_key():
+                        best[r.candidate.shape] = r
+            stats.pruned_by_bound += len(scored) - i
             bar.update(len(scored) - bar.n)
         finally:
             bar.close()
             if pool:
                 pool.shutdown()
-        if not top:
+        if not best:
             raise self._infeasible(scored)
-        return sorted((r for _, _, r in top), key=Result.sort_key)
+        return sorted(best.values(), key=Result.sort_key)[:top_k]
 
     def _infeasible(self, scored) -> InfeasibleError:
         best = None
@@ -412,11 +453,13 @@ class Searcher:
             m = self.min_memory(c, frames)
             if best is None or m < best[0]:
                 best = (m, c)
+        if best[0] <= self.budget:  # the DP and the memory bound disagree: a bug, not a user error
+            raise RuntimeError(f"search found no plan although {best[1]} fits in memory")
         need_gb = math.ceil(self.cost.reserved(best[0]) / GiB * 100) / 100
         c = best[1]
         return InfeasibleError(
             f"no plan fits in {self.memory_gb:g} GB per GPU: the smallest budget that fits is {need_gb:.2f} GB "
-            f"(pp={c.pp}, global batch {c.global_bsz} in {c.chunks} micro-batches, ZeRO-3 + checkpointing); "
+            f"(pp={c.pp}, global batch {c.global_bsz} in {c.chunks} micro-batches); "
             f"raise --memory-gb to at least {need_gb:.2f}, use more GPUs or a smaller batch")
 
 
@@ -435,6 +478,29 @@ def _pareto(idx: np.ndarray, cost: np.ndarray, mem: np.ndarray, group: np.ndarra
             best_mem = mem[j]
     keep = np.sort(np.array(keep, dtype=np.int64))
     return idx[keep], cost[keep], mem[keep]
+
+
+def lp_bound(cost: np.ndarray, mem: np.ndarray, n: np.ndarray, room: np.ndarray) -> np.ndarray:
+    """Lower bound on the cost of n alike layers whose memory must stay within `room` (per n).
+
+    The linear relaxation of choosing one strategy per layer: n x the lower convex envelope of
+    the (memory, cost) points at room / n; inf where even the smallest memory does not fit.
+    """
+    order = np.lexsort((cost, mem))
+    m, c = mem[order], cost[order]
+    before = np.minimum.accumulate(np.concatenate(([np.inf], c[:-1])))
+    m, c = m[c < before], c[c < before]
+    hm, hc = [m[0]], [c[0]]
+    for x, y in zip(m[1:], c[1:]):
+        while len(hm) >= 2 and (hc[-1] - hc[-2]) * (x - hm[-2]) >= (y - hc[-2]) * (hm[-1] - hm[-2]):
+            hm.pop()
+            hc.pop()
+        hm.append(x)
+        hc.append(y)
+    n = np.asarray(n, dtype=float)
+    per = np.asarray(room, dtype=float) / n
+    g = np.interp(per, hm, hc)
+    return np.where(per >= hm[0], n * g, np.inf)
 
 
 def min_max_partition(costs: Sequence[np.ndarray], total: int) -> Optional[List[int]]:

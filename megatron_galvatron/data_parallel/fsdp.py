@@ -20,7 +20,8 @@ def shard_module(module: nn.Module, group: dist.ProcessGroup, device: torch.devi
     mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16 if bf16 else None, reduce_dtype=torch.float32)
     fully_shard(module, mesh=mesh, reshard_after_forward=(dp_type == "zero3"), mp_policy=mp)
     module.set_gradient_divide_factor(1.0)
-    module.set_force_sum_reduction_for_comms(True)  # a plain sum (gloo has no PREMUL_SUM)
+    if hasattr(module, "set_force_sum_reduction_for_comms"):
+        module.set_force_sum_reduction_for_comms(True)  # a plain sum (gloo has no PREMUL_SUM)
     for name in forward_methods:
         register_fsdp_forward_method(module, name)
     module.dp_type = dp_type

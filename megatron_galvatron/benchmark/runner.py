@@ -1,0 +1,141 @@
+"""Time training configurations side by side: a plan through this runtime, and the plain
+PyTorch baselines, each at the largest micro-batch that fits, with CUDA-synchronised timing."""
+import gc
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Dict, List, Optional
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from megatron_galvatron.benchmark.baselines import baseline_step, build_baseline
+from megatron_galvatron.model.config import GPTConfig
+from megatron_galvatron.plan import Plan
+from megatron_galvatron.training import metrics
+from megatron_galvatron.training.train import setup, train_step
+
+
+@dataclass
+class Result:
+    name: str
+    status: str
+    micro_batch: int = 0
+    global_batch: int = 0
+    iter_time_s: float = 0.0
+    tokens_per_s_per_gpu: float = 0.0
+    tflops_per_gpu: float = 0.0
+    mfu: Optional[float] = None
+    peak_mem_gb: float = 0.0
+    predicted_iter_time_s: Optional[float] = None
+    predicted_peak_mem_gb: Optional[float] = None
+    plan: Optional[dict] = None
+    times: List[float] = field(default_factory=list)
+
+
+def _all_ok(ok: bool, device) -> bool:
+    t = torch.tensor([0.0 if ok else 1.0], device=device)
+    if dist.is_initialized():
+        dist.all_reduce(t)
+    return t.item() == 0
+
+
+def _cleanup(device):
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def _timed(step, iters: int, warmup: int, device) -> List[float]:
+    times = []
+    for i in range(warmup + iters):
+        metrics.synchronize(device)
+        t0 = time.perf_counter()
+        step()
+        metrics.synchronize(device)
+        if i >= warmup:
+            times.append(time.perf_counter() - t0)
+    return times
+
+
+def _finish(res: Result, cfg: GPTConfig, times, tokens_per_iter: int, world: int, device) -> Result:
+    res.times = times
+    res.iter_time_s = float(np.median(times))
+    res.tokens_per_s_per_gpu = tokens_per_iter / res.iter_time_s / world
+    res.tflops_per_gpu = res.tokens_per_s_per_gpu * cfg.flops_per_token() / 1e12
+    peak = metrics.peak_flops(device)
+    res.mfu = res.tflops_per_gpu * 1e12 / peak if peak else None
+    res.peak_mem_gb = metrics.peak_memory_gb(device)
+    return res
+
+
+def run_plan(name: str, args, plan: Plan, iters: int, warmup: int) -> Result:
+    res = Result(name=name, status="ok", plan=plan.to_dict(), global_batch=plan.global_bsz,
+                 micro_batch=plan.micro_batch_size, predicted_iter_time_s=plan.predicted.get("iter_time_s"))
+    pm = plan.predicted.get("peak_mem_gb")
+    res.predicted_peak_mem_gb = max(pm) if isinstance(pm, list) and pm else pm
+    tr = None
+    try:
+        args.train_iters = iters + warmup
+        tr = setup(args, plan)
+        device = tr.device
+        _cleanup(device)
+        times = _timed(lambda: train_step(tr), iters, warmup, device)
+        ok = True
+    except torch.OutOfMemoryError:
+        ok, device = False, torch.device("cuda", torch.cuda.current_device())
+    if not _all_ok(ok, device):
+        del tr
+        _cleanup(device)
+        res.status = "oom"
+        return res
+    out = _finish(res, tr.cfg, times, plan.global_bsz * tr.cfg.seq_length, plan.world_size, device)
+    del tr
+    _cleanup(device)
+    return out
+
+
+def run_baseline(kind: str, cfg: GPTConfig, device, seed: int, bf16: bool, micro_batches: List[int],
+                 iters: int, warmup: int, checkpoint: bool = False) -> Result:
+    """Largest micro-batch (per GPU) that fits, tried from the largest down."""
+    world = dist.get_world_size() if dist.is_initialized() else 1
+    for mbs in sorted(micro_batches, reverse=True):
+        model = opt = None
+        res = Result(name=f"{kind}{'+ckpt' if checkpoint else ''}", status="ok", micro_batch=mbs,
+                     global_batch=mbs * world)
+        try:
+            _cleanup(device)
+            model, opt, autocast = build_baseline(kind, cfg, device, seed, bf16, checkpoint)
+            gen = torch.Generator(device="cpu").manual_seed(seed)
+            tokens = torch.randint(0, cfg.vocab_size, (mbs, cfg.seq_length + 1), generator=gen).to(device)
+            times = _timed(lambda: baseline_step(model, opt, tokens[:, :-1], tokens[:, 1:], autocast, device),
+                           iters, warmup, device)
+            ok = True
+        except torch.OutOfMemoryError:
+            ok = False
+        if _all_ok(ok, device):
+            out = _finish(res, cfg, times, mbs * world * cfg.seq_length, world, device)
+            del model, opt
+            _cleanup(device)
+            return out
+        del model, opt
+        _cleanup(device)
+    return Result(name=kind, status="oom")
+
+
+def table(results: List[Result]) -> str:
+    head = f"{'config':<28} {'status':<6} {'mbs':>4} {'gbs':>5} {'iter s':>8} {'tok/s/GPU':>10} {'TFLOP/s':>8} " \
+           f"{'MFU':>6} {'peak GB':>8} {'pred s':>8} {'pred GB':>8}"
+    rows = [head]
+    for r in results:
+        f = lambda v, fmt: (fmt % v) if v is not None else "-"  # noqa: E731
+        rows.append(f"{r.name:<28} {r.status:<6} {r.micro_batch:>4} {r.global_batch:>5} {r.iter_time_s:>8.4f} "
+                    f"{r.tokens_per_s_per_gpu:>10.0f} {r.tflops_per_gpu:>8.1f} {f(r.mfu, '%.3f'):>6} "
+                    f"{r.peak_mem_gb:>8.2f} {f(r.predicted_iter_time_s, '%.4f'):>8} "
+                    f"{f(r.predicted_peak_mem_gb, '%.2f'):>8}")
+    return "\n".join(rows)
+
+
+def as_dict(r: Result) -> Dict:
+    return asdict(r)

@@ -1,0 +1,140 @@
+"""Search the fastest per-layer parallel plan that fits the GPU memory and write it as plan JSON.
+
+    python search/run.py --memory-gb 40 --num-gpus 8 --num-layers 32 --hidden-size 4096 \\
+        --num-attention-heads 32 --seq-length 2048 --vocab-size 50257 --profile-dir profiles/ --output plan.json
+
+Reads hardware.json and model.json from --profile-dir (docs/profile_format.md), prints the plan
+and the next best alternatives, writes the plan and a picture of it (docs/search.md).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from itertools import groupby
+from typing import List
+
+if __package__ in (None, ""):  # run as `python search/run.py`
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from megatron_galvatron.errors import UserError, exit_on_user_error  # noqa: E402
+from search.comm import Network  # noqa: E402
+from search.cost_model import CostModel  # noqa: E402
+from search.engine import Result, Searcher  # noqa: E402
+from search.model_config import add_model_args, model_config_from_args  # noqa: E402
+from search.profiles import check_model_matches, load_profiles  # noqa: E402
+from search.strategies import SP_MODES, Space, label  # noqa: E402
+
+PROG = "search/run.py"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
+    p.add_argument("--memory-gb", type=float, required=True, help="memory per GPU the plan may use (GiB)")
+    p.add_argument("--num-gpus", type=int, required=True, help="world size of the training job")
+    p.add_argument("--num-nodes", type=int, default=1, help="nodes the GPUs are spread over (equal per node)")
+    p.add_argument("--profile-dir", required=True, help="directory with hardware.json and model.json")
+    p.add_argument("--output", default="plan.json", help="plan JSON to write")
+    add_model_args(p)
+    s = p.add_argument_group("search space")
+    s.add_argument("--max-tp", type=int, default=None, help="largest tensor-parallel degree (default: GPUs per node)")
+    s.add_argument("--max-pp", type=int, default=None, help="largest pipeline degree (default: no limit)")
+    s.add_argument("--disable-sdp", action="store_true", help="never use ZeRO-3 (sharded data parallel)")
+    s.add_argument("--disable-checkpoint", action="store_true", help="never recompute activations")
+    s.add_argument("--pipeline-type", choices=("gpipe", "1f1b", "search"), default="search")
+    bs = s.add_mutually_exclusive_group()
+    bs.add_argument("--global-batch-size", type=int, default=None, help="fixed global batch (default: 8 x GPUs)")
+    bs.add_argument("--global-batch-size-range", type=int, nargs=2, metavar=("A", "B"), default=None,
+                    help="try A, 2A, 4A, ... up to B (and B) and keep the highest throughput")
+    s.add_argument("--sequence-parallel", choices=SP_MODES, default="search")
+    o = p.add_argument_group("output")
+    o.add_argument("--top-k", type=int, default=5, help="alternatives to print")
+    o.add_argument("--plot", default=None, help="PNG picture of the plan (default: OUTPUT with .png)")
+    o.add_argument("--no-plot", action="store_true")
+    o.add_argument("--quiet", action="store_true", help="no progress bar")
+    o.add_argument("--threads", type=int, default=min(4, os.cpu_count() or 1),
+                   help="candidates solved at once (the DP releases the GIL)")
+    return p
+
+
+def batch_sizes(args: argparse.Namespace) -> List[int]:
+    if args.global_batch_size_range:
+        a, b = args.global_batch_size_range
+        if a < 1 or b < a:
+            raise UserError(f"--global-batch-size-range {a} {b}: need 1 <= A <= B")
+        out, x = [], a
+        while x <= b:
+            out.append(x)
+            x *= 2
+        return sorted(set(out + [b]))
+    n = args.global_batch_size if args.global_batch_size is not None else 8 * args.num_gpus
+    if n < 1:
+        raise UserError(f"--global-batch-size={n} must be >= 1")
+    return [n]
+
+
+def check_args(args: argparse.Namespace) -> int:
+    if not args.memory_gb > 0:
+        raise UserError(f"--memory-gb={args.memory_gb} must be > 0")
+    if args.num_gpus < 1 or args.num_nodes < 1 or args.num_gpus % args.num_nodes:
+        raise UserError(f"--num-gpus={args.num_gpus} must be a positive multiple of --num-nodes={args.num_nodes}")
+    for flag in ("max_tp", "max_pp", "top_k", "threads"):
+        v = getattr(args, flag)
+        if v is not None and v < 1:
+            raise UserError(f"--{flag.replace('_', '-')}={v} must be >= 1")
+    return args.num_gpus // args.num_nodes
+
+
+def summarize_layers(result: Result) -> str:
+    runs = [(len(list(g)), k) for k, g in groupby(label(s) for s in result.plan.layers)]
+    return ", ".join(f"{n}x {k}" for n, k in runs)
+
+
+def alternatives_table(results: List[Result]) -> str:
+    lines = [f"{'#':>2} {'tokens/s':>10} {'iter s':>8} {'pp':>3} {'bsz':>5} {'mbs':>4} {'pipe':>5} "
+             f"{'vocab':>16} {'peak GB':>8}  division / layers"]
+    for i, r in enumerate(results, 1):
+        p, c = r.plan, r.candidate
+        lines.append(f"{i:>2} {r.tokens_per_s:>10.0f} {r.prediction.iter_time_s:>8.4f} {p.pp_deg:>3} "
+                     f"{p.global_bsz:>5} {p.micro_batch_size:>4} {p.pipeline_type:>5} {label(c.vocab):>16} "
+                     f"{max(r.prediction.peak_mem_gb):>8.2f}  {p.pp_division}: {summarize_layers(r)}")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> None:
+    args = build_parser().parse_args(argv)
+    with exit_on_user_error(PROG):
+        gpus_per_node = check_args(args)
+        cfg = model_config_from_args(args)
+        sizes = batch_sizes(args)
+        hw, model_profile = load_profiles(args.profile_dir)
+        check_model_matches(model_profile, cfg.to_dict())
+        cost = CostModel(cfg, model_profile, Network(hw, args.num_gpus, gpus_per_node))
+        space = Space(max_tp=args.max_tp or gpus_per_node, allow_zero3=not args.disable_sdp,
+                      allow_checkpoint=not args.disable_checkpoint, sequence_parallel=args.sequence_parallel)
+        types = ["1f1b", "gpipe"] if args.pipeline_type == "search" else [args.pipeline_type]
+        searcher = Searcher(cost, args.num_gpus, args.memory_gb, space, sizes, types, args.max_pp, args.threads)
+        t0 = time.perf_counter()
+        results = searcher.run(top_k=args.top_k, progress=not args.quiet)
+        elapsed = time.perf_counter() - t0
+        best = results[0].plan
+        best.validate(cfg.shape(), args.num_gpus)
+        best.save(args.output)
+        print(best.describe())
+        print(f"\ntop {len(results)} plans:")
+        print(alternatives_table(results))
+        st = searcher.stats
+        print(f"\nsearched {st.candidates} candidates in {elapsed:.2f} s: {st.evaluated} solved "
+              f"({st.dp_runs} DP runs), {st.pruned_by_memory} over the memory bound, "
+              f"{st.pruned_by_bound} cut by the time bound")
+        print(f"wrote {args.output}")
+        if not args.no_plot:
+            from search.plot import save_plan_picture
+            path = args.plot or os.path.splitext(args.output)[0] + ".png"
+            save_plan_picture(best, path, args.memory_gb)
+            print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,80 @@
+"""Benchmark searched / hand-written plans against plain PyTorch DDP and FSDP2 in one run.
+
+    torchrun --nproc-per-node 2 tools/benchmark.py --model-family gpt2 --num-layers 24 \
+        --hidden-size 2048 --num-attention-heads 16 --seq-length 2048 --vocab-size 50304 --bf16 \
+        --plans plan.json --global-plans "tp=1,dp=zero2,gbs=16,chunks=2" --out results.json
+
+Every configuration trains the same model on the same GPUs; each line of the printed table
+gives tokens/s/GPU, TFLOP/s/GPU, MFU, peak allocated memory and, for plans, the predicted
+iteration time and memory next to the measured ones.
+"""
+import json
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import torch.distributed as dist  # noqa: E402
+
+from megatron_galvatron import plan as plan_mod  # noqa: E402
+from megatron_galvatron.benchmark.runner import as_dict, run_baseline, run_plan, table  # noqa: E402
+from megatron_galvatron.errors import UserError, exit_on_user_error  # noqa: E402
+from megatron_galvatron.parallel_state import detect_device, init_distributed  # noqa: E402
+from megatron_galvatron.training.arguments import build_parser, check_plan, model_config  # noqa: E402
+
+
+def parse_global_plan(spec: str, world: int, num_layers: int) -> plan_mod.Plan:
+    """'tp=2,pp=1,dp=zero3,sp=1,ckpt=1,gbs=16,chunks=2,consec=1,vtp=2,sched=1f1b'."""
+    kv = dict(item.split("=", 1) for item in spec.split(",") if item)
+    known = {"tp", "pp", "dp", "sp", "ckpt", "gbs", "chunks", "consec", "vtp", "sched"}
+    if set(kv) - known:
+        raise UserError(f"--global-plans {spec!r}: unknown key(s) {sorted(set(kv) - known)}; known: {sorted(known)}")
+    tp = int(kv.get("tp", 1))
+    return plan_mod.uniform(world, num_layers, pp_deg=int(kv.get("pp", 1)), tp=tp,
+                            tp_consec=bool(int(kv.get("consec", 1))), dp_type=kv.get("dp", "ddp"),
+                            sp=bool(int(kv.get("sp", 0))), checkpoint=bool(int(kv.get("ckpt", 0))),
+                            global_bsz=int(kv.get("gbs", 8)), chunks=int(kv.get("chunks", 1)),
+                            pipeline_type=kv.get("sched", "1f1b"), vocab_tp=int(kv.get("vtp", tp)))
+
+
+def main() -> None:
+    p = build_parser("Benchmark plans against plain PyTorch DDP and FSDP2")
+    b = p.add_argument_group("benchmark")
+    b.add_argument("--plans", nargs="*", default=[], help="plan files (search output or hand-written)")
+    b.add_argument("--global-plans", nargs="*", default=[], help="uniform plans, e.g. tp=1,dp=zero2,gbs=16,chunks=2")
+    b.add_argument("--baselines", default="ddp,fsdp2", help="comma list of ddp, fsdp2, ddp+ckpt, fsdp2+ckpt")
+    b.add_argument("--baseline-micro-batches", default="1,2,4,8,16")
+    b.add_argument("--iters", type=int, default=10)
+    b.add_argument("--warmup", type=int, default=3)
+    b.add_argument("--out", default=None, help="write all results as JSON here")
+    args = p.parse_args()
+    with exit_on_user_error("benchmark.py"):
+        device = detect_device(int(os.environ.get("LOCAL_RANK", "0")))
+        rank, world = init_distributed(device)
+        cfg = model_config(args)
+        results = []
+        plans = [(os.path.basename(f), plan_mod.load(f, world_size=world)) for f in args.plans]
+        plans += [(s, parse_global_plan(s, world, cfg.num_layers)) for s in args.global_plans]
+        for name, plan in plans:
+            check_plan(plan, cfg, world)
+            results.append(run_plan(name, args, plan, args.iters, args.warmup))
+            if rank == 0:
+                print(table(results[-1:]).splitlines()[-1], flush=True)
+        mbs = [int(x) for x in args.baseline_micro_batches.split(",")]
+        for kind in [k for k in args.baselines.split(",") if k]:
+            base, ckpt = kind.split("+")[0], kind.endswith("+ckpt")
+            results.append(run_baseline(base, cfg, device, args.seed, args.bf16, mbs, args.iters, args.warmup, ckpt))
+            if rank == 0:
+                print(table(results[-1:]).splitlines()[-1], flush=True)
+        if rank == 0:
+            print("\n" + table(results), flush=True)
+            if args.out:
+                with open(args.out, "w") as f:
+                    json.dump({"model": vars(cfg), "world_size": world, "device": str(device),
+                               "results": [as_dict(r) for r in results]}, f, indent=2, default=str)
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()
