@@ -20,5 +20,5 @@ setup(
     cmdclass={"build_ext": build_ext},
     python_requires=">=3.9",
     install_requires=["torch>=2.6", "numpy", "pybind11>=2.10", "sentencepiece", "safetensors", "tqdm"],
-    extras_require={"plot": ["matplotlib"], "test": ["pytest", "transformers"]},
+    extras_require={"plot": ["matplotlib"], "test": ["pytest", "transformers", "tokenizers", "matplotlib"]},
 )

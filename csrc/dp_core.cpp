@@ -39,7 +39,12 @@ struct Problem {
     const int64_t* mem = nullptr;    // L x S, memory units, >= 0
     const int32_t* group = nullptr;  // S, layout id in [0, G)
     const double* gtrans = nullptr;  // G x G
-    std::vector<double> final_cost; // S, paid after the last layer (e.g. re-layout into the LM head)
+    std::vector<double> finals;      // F x S, paid after the last layer (e.g. re-layout into the LM head)
+    int64_t F = 1;
+    // group_trans = d on the diagonal and c elsewhere (one price for any layout change): the
+    // min over layouts then needs the two best layouts only, O(G) instead of O(G^2)
+    bool uniform = false;
+    double diag = 0.0, off = 0.0;
 };
 
 struct Answer {
@@ -49,7 +54,7 @@ struct Answer {
 };
 
 Problem make_problem(const F64& intra, const I64& mem, const I32& group, const F64& group_trans,
-                     const py::object& final_cost) {
+                     const py::object& final_cost, bool allow_many_finals = false) {
     if (intra.ndim() != 2 || mem.ndim() != 2)
         throw std::invalid_argument("intra and mem must be 2-D arrays of shape (layers, strategies)");
     Problem p;
@@ -73,48 +78,41 @@ Problem make_problem(const F64& intra, const I64& mem, const I32& group, const F
             throw std::invalid_argument("group ids must lie in [0, group_trans.shape[0])");
     for (int64_t i = 0; i < p.L * p.S; ++i)
         if (p.mem[i] < 0) throw std::invalid_argument("mem must be non-negative");
-    p.final_cost.assign(p.S, 0.0);
+    p.finals.assign(p.S, 0.0);
     if (!final_cost.is_none()) {
         F64 fc = final_cost.cast<F64>();
-        if (fc.ndim() != 1 || fc.shape(0) != p.S)
-            throw std::invalid_argument("final must be a 1-D array with one cost per strategy");
-        for (int64_t s = 0; s < p.S; ++s) p.final_cost[s] = fc.data()[s];
+        if (!((fc.ndim() == 1 && fc.shape(0) == p.S) || (allow_many_finals && fc.ndim() == 2 && fc.shape(1) == p.S)))
+            throw std::invalid_argument(allow_many_finals
+                ? "final must have shape (strategies,) or (F, strategies)"
+                : "final must be a 1-D array with one cost per strategy");
+        p.F = fc.ndim() == 1 ? 1 : fc.shape(0);
+        p.finals.assign(fc.data(), fc.data() + p.F * p.S);
     }
+    p.diag = p.gtrans[0];
+    p.off = p.G > 1 ? p.gtrans[1] : 0.0;
+    p.uniform = true;
+    for (int64_t a = 0; a < p.G && p.uniform; ++a)
+        for (int64_t b = 0; b < p.G; ++b)
+            if (p.gtrans[a * p.G + b] != (a == b ? p.diag : p.off)) { p.uniform = false; break; }
     return p;
 }
 
-// Runs the recurrence over all L layers with memory axis 0..M (M = max budget) and answers,
-// for every n in `lengths`, the best assignment of the first n layers within budgets[n-1].
-std::vector<Answer> run_dp(const Problem& p, const std::vector<int64_t>& budgets,
-                           const std::vector<int64_t>& lengths) {
-    const int64_t L = p.L, S = p.S, G = p.G;
-    int64_t M = 0;
-    for (int64_t n : lengths) M = std::max(M, budgets[n - 1]);
-    const int64_t W = M + 1;
-
-    // choice[l][m][g]: the strategy of layer l-1 that feeds, at memory m, a layer l of layout g.
-    std::vector<int16_t> choice(static_cast<size_t>(L) * W * G, -1);
-    std::vector<double> prev(static_cast<size_t>(W) * S, kInf), cur(static_cast<size_t>(W) * S, kInf);
+// The recurrence over all layers with memory axis 0..M. After each layer l, `on_layer(l, f)`
+// sees f[l][m][s] (row-major (M+1) x S). With `choice`, records for backtracking, per layer l,
+// memory m and layout g, the strategy of layer l-1 that feeds it.
+template <class OnLayer>
+void forward(const Problem& p, int64_t M, std::vector<int16_t>* choice, OnLayer on_layer) {
+    const int64_t L = p.L, S = p.S, G = p.G, W = M + 1;
+    if (choice) choice->assign(static_cast<size_t>(L) * W * G, -1);
+    std::vector<double> prev(static_cast<size_t>(W) * S), cur(static_cast<size_t>(W) * S);
     std::vector<double> h(static_cast<size_t>(W) * G), gmin(G);
     std::vector<int32_t> garg(G);
-    std::vector<std::vector<double>> last_rows(L);  // f[n-1][budget_n][*] for requested n
-
-    std::vector<char> wanted(L, 0);
-    for (int64_t n : lengths) wanted[n - 1] = 1;
-
-    auto keep_row = [&](int64_t l, const std::vector<double>& f) {
-        if (!wanted[l]) return;
-        const int64_t b = budgets[l];
-        last_rows[l].assign(f.begin() + b * S, f.begin() + (b + 1) * S);
-    };
-
     for (int64_t m = 0; m < W; ++m)
         for (int64_t s = 0; s < S; ++s)
             prev[m * S + s] = (p.mem[s] <= m) ? p.intra[s] : kInf;
-    keep_row(0, prev);
-
+    on_layer(0, prev);
     for (int64_t l = 1; l < L; ++l) {
-        int16_t* ch = &choice[static_cast<size_t>(l) * W * G];
+        int16_t* ch = choice ? &(*choice)[static_cast<size_t>(l) * W * G] : nullptr;
         for (int64_t m = 0; m < W; ++m) {
             const double* pm = &prev[m * S];
             for (int64_t g = 0; g < G; ++g) { gmin[g] = kInf; garg[g] = -1; }
@@ -123,15 +121,40 @@ std::vector<Answer> run_dp(const Problem& p, const std::vector<int64_t>& budgets
                 if (pm[s] < gmin[g]) { gmin[g] = pm[s]; garg[g] = static_cast<int32_t>(s); }
             }
             double* hm = &h[m * G];
-            int16_t* cm = &ch[m * G];
-            for (int64_t g = 0; g < G; ++g) { hm[g] = kInf; cm[g] = -1; }
+            int16_t* cm = ch ? &ch[m * G] : nullptr;
+            if (p.uniform) {
+                // first-occurrence best and runner-up layouts, so ties resolve as in the general loop
+                double m1 = kInf, m2 = kInf;
+                int64_t a1 = -1, a2 = -1;
+                for (int64_t g = 0; g < G; ++g) {
+                    if (garg[g] < 0) continue;
+                    if (gmin[g] < m1) { m2 = m1; a2 = a1; m1 = gmin[g]; a1 = g; }
+                    else if (gmin[g] < m2) { m2 = gmin[g]; a2 = g; }
+                }
+                for (int64_t g = 0; g < G; ++g) {
+                    const double own = garg[g] >= 0 ? gmin[g] + p.diag : kInf;
+                    const int64_t oi = (a1 != g) ? a1 : a2;
+                    const double other = oi >= 0 ? ((a1 != g) ? m1 : m2) + p.off : kInf;
+                    int64_t pick = -1;
+                    double v = kInf;
+                    if (own < other || (own == other && own < kInf && g < oi)) { v = own; pick = g; }
+                    else if (other < kInf) { v = other; pick = oi; }
+                    hm[g] = v;
+                    if (cm) cm[g] = pick >= 0 ? static_cast<int16_t>(garg[pick]) : int16_t(-1);
+                }
+                continue;
+            }
+            for (int64_t g = 0; g < G; ++g) hm[g] = kInf;
             for (int64_t gp = 0; gp < G; ++gp) {
                 if (garg[gp] < 0) continue;
                 const double base = gmin[gp];
                 const double* tr = &p.gtrans[gp * G];
                 for (int64_t g = 0; g < G; ++g) {
                     const double v = base + tr[g];
-                    if (v < hm[g]) { hm[g] = v; cm[g] = static_cast<int16_t>(garg[gp]); }
+                    if (v < hm[g]) {
+                        hm[g] = v;
+                        if (cm) cm[g] = static_cast<int16_t>(garg[gp]);
+                    }
                 }
             }
         }
@@ -145,73 +168,90 @@ std::vector<Answer> run_dp(const Problem& p, const std::vector<int64_t>& budgets
             }
         }
         std::swap(prev, cur);
-        keep_row(l, prev);
+        on_layer(l, prev);
     }
-
-    std::vector<Answer> out;
-    out.reserve(lengths.size());
-    for (int64_t n : lengths) {
-        Answer a;
-        const std::vector<double>& row = last_rows[n - 1];
-        int64_t best = -1;
-        for (int64_t s = 0; s < S; ++s) {
-            const double v = row[s] + p.final_cost[s];
-            if (row[s] < kInf && v < a.cost) { a.cost = v; best = s; }
-        }
-        if (best >= 0) {
-            a.strategies.assign(n, 0);
-            int64_t m = budgets[n - 1], s = best, used = 0;
-            for (int64_t l = n - 1; l >= 0; --l) {
-                a.strategies[l] = s;
-                used += p.mem[l * S + s];
-                if (l == 0) break;
-                const int64_t rest = m - p.mem[l * S + s];
-                s = choice[(static_cast<size_t>(l) * W + rest) * G + p.group[s]];
-                m = rest;
-            }
-            a.mem_left = budgets[n - 1] - used;
-        }
-        out.push_back(std::move(a));
-    }
-    return out;
 }
 
-py::tuple to_tuple(const Answer& a) {
-    return py::make_tuple(a.cost, a.strategies, a.mem_left);
+Answer solve_impl(const Problem& p, int64_t budget) {
+    Answer a;
+    std::vector<int16_t> choice;
+    std::vector<double> last;
+    forward(p, budget, &choice, [&](int64_t l, const std::vector<double>& f) {
+        if (l == p.L - 1) last.assign(f.begin() + budget * p.S, f.begin() + (budget + 1) * p.S);
+    });
+    int64_t best = -1;
+    for (int64_t s = 0; s < p.S; ++s) {
+        const double v = last[s] + p.finals[s];
+        if (last[s] < kInf && v < a.cost) { a.cost = v; best = s; }
+    }
+    if (best < 0) return a;
+    const int64_t W = budget + 1, G = p.G;
+    a.strategies.assign(p.L, 0);
+    int64_t m = budget, s = best, used = 0;
+    for (int64_t l = p.L - 1; l >= 0; --l) {
+        a.strategies[l] = s;
+        used += p.mem[l * p.S + s];
+        if (l == 0) break;
+        const int64_t rest = m - p.mem[l * p.S + s];
+        s = choice[(static_cast<size_t>(l) * W + rest) * G + p.group[s]];
+        m = rest;
+    }
+    a.mem_left = budget - used;
+    return a;
 }
 
 py::tuple solve(const F64& intra, const I64& mem, const I32& group, const F64& group_trans, int64_t budget,
                 const py::object& final_cost) {
     Problem p = make_problem(intra, mem, group, group_trans, final_cost);
-    if (budget < 0) return to_tuple(Answer{});
-    std::vector<int64_t> budgets(p.L, budget);
-    std::vector<Answer> ans;
-    {
+    Answer a;
+    if (budget >= 0) {
         py::gil_scoped_release release;
-        ans = run_dp(p, budgets, {p.L});
+        a = solve_impl(p, budget);
     }
-    return to_tuple(ans[0]);
+    return py::make_tuple(a.cost, a.strategies, a.mem_left);
 }
 
-py::list solve_lengths(const F64& intra, const I64& mem, const I32& group, const F64& group_trans,
-                       const I64& budgets_arr, const py::object& final_cost) {
-    Problem p = make_problem(intra, mem, group, group_trans, final_cost);
-    if (budgets_arr.ndim() != 1 || budgets_arr.shape(0) != p.L)
-        throw std::invalid_argument("budgets must hold one budget per prefix length (shape (layers,))");
-    std::vector<int64_t> budgets(budgets_arr.data(), budgets_arr.data() + p.L);
-    std::vector<int64_t> lengths;
-    for (int64_t n = 1; n <= p.L; ++n)
-        if (budgets[n - 1] >= 0) lengths.push_back(n);
-    std::vector<Answer> ans;
-    if (!lengths.empty()) {
+py::array_t<double> cost_table(const F64& intra, const I64& mem, const I32& group, const F64& group_trans,
+                               int64_t budget, const py::object& final_cost) {
+    Problem p = make_problem(intra, mem, group, group_trans, final_cost, true);
+    if (budget < 0) throw std::invalid_argument("budget must be >= 0");
+    const int64_t W = budget + 1, S = p.S, L = p.L, F = p.F;
+    const bool many = !final_cost.is_none() && final_cost.cast<F64>().ndim() == 2;
+    py::array_t<double> out = many ? py::array_t<double>({F, L, W}) : py::array_t<double>({L, W});
+    double* o = out.mutable_data();
+    // finals that are constant within each layout (re-layout into the head) reduce to the best
+    // strategy per layout: G work per memory value instead of S
+    std::vector<int64_t> first_of(p.G, -1);
+    for (int64_t s = 0; s < S; ++s)
+        if (first_of[p.group[s]] < 0) first_of[p.group[s]] = s;
+    bool by_group = true;
+    for (int64_t k = 0; k < F && by_group; ++k)
+        for (int64_t s = 0; s < S; ++s)
+            if (p.finals[k * S + s] != p.finals[k * S + first_of[p.group[s]]]) { by_group = false; break; }
+    {
         py::gil_scoped_release release;
-        ans = run_dp(p, budgets, lengths);
-    }
-    py::list out;
-    size_t k = 0;
-    for (int64_t n = 1; n <= p.L; ++n) {
-        if (budgets[n - 1] >= 0) out.append(to_tuple(ans[k++]));
-        else out.append(to_tuple(Answer{}));
+        std::vector<double> gmin(p.G);
+        forward(p, budget, nullptr, [&](int64_t l, const std::vector<double>& f) {
+            for (int64_t m = 0; m < W; ++m) {
+                const double* fm = &f[m * S];
+                if (by_group) {
+                    std::fill(gmin.begin(), gmin.end(), kInf);
+                    for (int64_t s = 0; s < S; ++s) gmin[p.group[s]] = std::min(gmin[p.group[s]], fm[s]);
+                }
+                for (int64_t k = 0; k < F; ++k) {
+                    const double* fin = &p.finals[k * S];
+                    double best = kInf;
+                    if (by_group) {
+                        for (int64_t g = 0; g < p.G; ++g)
+                            if (gmin[g] < kInf && first_of[g] >= 0) best = std::min(best, gmin[g] + fin[first_of[g]]);
+                    } else {
+                        for (int64_t s = 0; s < S; ++s)
+                            if (fm[s] < kInf) best = std::min(best, fm[s] + fin[s]);
+                    }
+                    o[(k * L + l) * W + m] = best;
+                }
+            }
+        });
     }
     return out;
 }
@@ -227,8 +267,9 @@ PYBIND11_MODULE(_dp_core, m) {
           "group[s]: layout id of s; group_trans[g', g]: cost of going from layout g' to g between\n"
           "adjacent layers; final[s]: cost paid after the last layer. Returns (cost, strategies,\n"
           "mem_left); (inf, [], -1) when nothing fits.");
-    m.def("solve_lengths", &solve_lengths, py::arg("intra"), py::arg("mem"), py::arg("group"),
-          py::arg("group_trans"), py::arg("budgets"), py::arg("final") = py::none(),
-          "One pass of solve() answering every prefix: element n-1 is the best assignment of the\n"
-          "first n layers within budgets[n-1] (a negative budget gives (inf, [], -1)).");
+    m.def("cost_table", &cost_table, py::arg("intra"), py::arg("mem"), py::arg("group"),
+          py::arg("group_trans"), py::arg("budget"), py::arg("final") = py::none(),
+          "table[n-1, m]: the cost solve() returns for the first n layers within memory m, for\n"
+          "every n and every m <= budget, from one pass (inf where nothing fits). A 2-D final\n"
+          "(F, strategies) gives one such table per row: shape (F, layers, budget + 1).");
 }

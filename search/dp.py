@@ -28,22 +28,23 @@ def _fallback_warning() -> None:
                       "which is much slower", RuntimeWarning, stacklevel=3)
 
 
-def solve_lengths(intra: np.ndarray, mem: np.ndarray, group: np.ndarray, group_trans: np.ndarray,
-                  budgets: np.ndarray, final: Optional[np.ndarray] = None) -> List[Tuple[float, List[int], int]]:
-    """Best assignment of the first n layers within budgets[n-1], for every n (see csrc/dp_core.cpp)."""
+def cost_table(intra: np.ndarray, mem: np.ndarray, group: np.ndarray, group_trans: np.ndarray, budget: int,
+               final: Optional[np.ndarray] = None) -> np.ndarray:
+    """table[n-1, m]: cheapest cost of the first n layers within memory m (see csrc/dp_core.cpp)."""
     group = np.ascontiguousarray(group, dtype=np.int32)
     if _dp_core is not None:
-        return _dp_core.solve_lengths(intra, mem, group, group_trans, np.asarray(budgets, dtype=np.int64), final)
+        return _dp_core.cost_table(intra, mem, group, group_trans, int(budget), final)
     _fallback_warning()
-    trans = np.asarray(group_trans, dtype=np.float64)[group][:, group]
-    return dp_reference.solve_lengths(intra, mem, trans, budgets, final)
+    return dp_reference.cost_table(intra, mem, np.asarray(group_trans, dtype=np.float64)[group][:, group],
+                                   int(budget), final)
 
 
 def solve(intra: np.ndarray, mem: np.ndarray, group: np.ndarray, group_trans: np.ndarray, budget: int,
           final: Optional[np.ndarray] = None) -> Tuple[float, List[int], int]:
+    """Cheapest strategy per layer within `budget`: (cost, strategies, mem_left) (see csrc/dp_core.cpp)."""
     group = np.ascontiguousarray(group, dtype=np.int32)
     if _dp_core is not None:
         return _dp_core.solve(intra, mem, group, group_trans, int(budget), final)
     _fallback_warning()
-    trans = np.asarray(group_trans, dtype=np.float64)[group][:, group]
-    return dp_reference.solve(intra, mem, trans, int(budget), final)
+    return dp_reference.solve(intra, mem, np.asarray(group_trans, dtype=np.float64)[group][:, group],
+                              int(budget), final)

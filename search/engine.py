@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 import sys
 import threading
+from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -30,6 +31,7 @@ from search.cost_model import GiB, CostModel, Prediction, microbatches_in_flight
 from search.strategies import Space, divisors, layer_strategies, layout, vocab_strategies
 
 MiB = float(2 ** 20)
+SURFACE_CACHE_BYTES = 1 << 30
 
 
 class InfeasibleError(UserError):
@@ -70,8 +72,10 @@ class Result:
         return self.prediction.tokens_per_s
 
     def sort_key(self) -> Tuple:
-        c = self.candidate
-        return (-self.tokens_per_s, max(self.prediction.stage_reserved), c.pp, c.chunks,
+        """Fastest first; among equally fast plans the simplest (fewest ZeRO-3 / checkpointed modules)."""
+        c, p = self.candidate, self.plan
+        fancy = sum((s.dp_type == "zero3") + s.checkpoint for s in p.layers) + (c.vocab.dp_type == "zero3")
+        return (-self.tokens_per_s, fancy, max(self.prediction.stage_reserved), c.pp, c.chunks,
                 c.pipeline_type != "1f1b", c.vocab.tp, c.vocab.dp_type, c.vocab.sp)
 
 
@@ -88,6 +92,7 @@ class Table:
     layouts: List[Tuple]
     layout_id: np.ndarray
     relayout: float
+    vocab_layouts: List[Tuple]  # layouts the embedding / LM head can have in this stage
 
 
 @dataclass
@@ -130,7 +135,8 @@ class Searcher:
         self.threads = max(1, threads)
         self.stats = Stats()
         self._tables: Dict[Tuple[int, int], Optional[Table]] = {}
-        self._stage_cache: Dict[Tuple, List[Tuple[float, List[int]]]] = {}
+        self._surfaces: "OrderedDict[Tuple, Surface]" = OrderedDict()
+        self._surface_bytes = 0
         self._middle_frames: Dict[Tuple, StageFrame] = {}
         self._bounds: Dict[Tuple, np.ndarray] = {}
 
@@ -173,7 +179,9 @@ class Searcher:
                   np.array([m.states for m in mems]), np.array([m.activation for m in mems]),
                   np.array([m.transient for m in mems]), layouts,
                   np.array([index[layout(s, stage_world)] for s in strategies], dtype=np.int32),
-                  c.relayout(stage_world, micro_batch))
+                  c.relayout(stage_world, micro_batch),
+                  sorted({layout(v, stage_world) for v in vocab_strategies(stage_world, micro_batch, self.model,
+                                                                           self.space)}))
         self._tables[key] = t
         return t
 
@@ -260,91 +268,88 @@ class Searcher:
         return max(per_stage[i][n - 1] for i, n in enumerate(split))
 
     # ---------------------------------------------------------------- stage DP
-    def _levels(self, table: Table, frame: StageFrame) -> np.ndarray:
-        return np.unique(np.maximum(table.transient, frame.vocab_transient))[::-1]
+    @staticmethod
+    def _ends(frame: StageFrame) -> Tuple[Optional[Tuple], Optional[Tuple], bool]:
+        """(layout fed into the first layer, layout the last layer hands over to, reversed).
 
-    def _run_level(self, table: Table, frame: StageFrame, k: int, n_hi: int, level: float
-                   ) -> List[Tuple[float, List[int]]]:
-        reserve = np.maximum(table.transient, frame.vocab_transient)
-        idx = np.nonzero(reserve <= level)[0]
-        cost = k * table.per_mb[idx] + table.per_iter[idx]
-        mem = table.states[idx] + frame.in_flight * table.activation[idx]
-        idx, cost, mem = _pareto(idx, cost, mem, table.layout_id[idx])
-        groups_raw = table.layout_id[idx]
-        used = np.unique(groups_raw)
-        group = np.searchsorted(used, groups_raw).astype(np.int32)
-        G = len(used)
-        gtrans = k * table.relayout * (1.0 - np.eye(G))
-        floor = mem.min()
-        excess = mem - floor
-        room = self.budget - frame.vocab_persistent - level - np.arange(1, n_hi + 1) * floor
-        if room[0] < 0:
-            return [(math.inf, [])] * n_hi
-        need = n_hi * excess.max()
-        units = min(4096, max(256, 32 * n_hi))
-        unit = max(MiB, min(room[0], need) / units)
-        mem_u = np.ceil(excess / unit - 1e-9).astype(np.int64)
-        cap = int(math.ceil(need / unit)) if need > 0 else 0
-        budgets = np.where(room >= 0, np.minimum(np.floor(room / unit), cap), -1).astype(np.int64)
-        intra = np.tile(cost, (n_hi, 1))
-        layouts = [table.layouts[g] for g in used]
+        Alike layers and symmetric re-layout prices make a stage read backwards cost the same, so
+        a first stage (embedding in front, nothing after) is solved as a stage with the embedding
+        after it: every stage without both ends then shares one DP whatever the vocab strategy.
+        """
+        if frame.in_layout is not None and frame.out_layout is not None:
+            return frame.in_layout, frame.out_layout, False
         if frame.in_layout is not None:
-            intra[0] += np.array([0.0 if layouts[g] == frame.in_layout else k * table.relayout for g in group])
-        final = None
-        if frame.out_layout is not None:
-            final = np.array([0.0 if layouts[g] == frame.out_layout else k * table.relayout for g in group])
+            return None, frame.in_layout, True
+        return None, frame.out_layout, False
+
+    def surface(self, table: Table, k: int, in_flight: int, level: float, in_layout, n_hi: int) -> Surface:
+        """The DP of a stage whose layers may reserve `level` bytes for the transient peak (cached)."""
+        allowed = table.transient[table.transient <= level]
+        level = float(allowed.max()) if len(allowed) else level  # same strategies, same DP
+        key = (id(table), k, in_flight, level, in_layout, n_hi)
+        with self.stats.lock:
+            hit = self._surfaces.get(key)
+            if hit is not None:
+                self._surfaces.move_to_end(key)
+                return hit
+        outs = [in_layout] if in_layout is not None else [None] + table.vocab_layouts
+        surf = Surface(table, k, in_flight, level, in_layout, outs, n_hi, self.budget)
         with self.stats.lock:
             self.stats.dp_runs += 1
-        answers = dp.solve_lengths(intra, np.tile(mem_u, (n_hi, 1)), group, gtrans, budgets, final)
-        return [(c, [int(idx[s]) for s in strat]) for c, strat, _ in answers]
+            self._surfaces[key] = surf
+            self._surface_bytes += surf.nbytes
+            while self._surface_bytes > SURFACE_CACHE_BYTES and len(self._surfaces) > 1:
+                _, old = self._surfaces.popitem(last=False)
+                self._surface_bytes -= old.nbytes
+        return surf
 
-    def solve_stage(self, table: Table, frame: StageFrame, k: int, n_hi: int, n_ref: int
-                    ) -> List[Tuple[float, List[int]]]:
-        """Best (objective, strategy indices) of the stage for every length n = 1..n_hi."""
-        key = (id(table), frame.in_flight, frame.vocab_persistent, frame.vocab_transient, frame.in_layout,
-               frame.out_layout, k, n_hi)
-        hit = self._stage_cache.get(key)
-        if hit is not None:
-            return hit
-        levels = self._levels(table, frame)
-        best: List[Tuple[float, List[int]]] = [(math.inf, [])] * n_hi
-        done = set()
+    def stage_answers(self, table: Table, frame: StageFrame, k: int, n_hi: int, n_ref: int
+                      ) -> List[Tuple[float, Optional[Surface], float]]:
+        """Best (objective, DP surface, reserved level) of the stage for every length n = 1..n_hi."""
         reserve = np.maximum(table.transient, frame.vocab_transient)
+        levels = np.unique(reserve)[::-1]
         obj = k * table.per_mb + table.per_iter
         mem = table.states + frame.in_flight * table.activation
         n = np.arange(1, n_hi + 1)
+        in_layout, out_layout, _ = self._ends(frame)
+        best_cost = np.full(n_hi, np.inf)
+        best: List[Tuple[float, Optional[Surface], float]] = [(math.inf, None, 0.0)] * n_hi
+        done = set()
+
+        def room(level: float) -> float:
+            return self.budget - frame.vocab_persistent - level
 
         def run(level: float) -> None:
             if level in done:
                 return
             done.add(level)
             ok = reserve <= level
-            lb = lp_bound(obj[ok], mem[ok], n, np.full(n_hi, self.budget - frame.vocab_persistent - level))
-            if all(lb[i] >= best[i][0] * (1 - 1e-12) for i in range(n_hi)):
+            lb = lp_bound(obj[ok], mem[ok], n, np.full(n_hi, room(level)))
+            if np.all(lb >= best_cost * (1 - 1e-12)):
                 return
-            for i, ans in enumerate(self._run_level(table, frame, k, n_hi, level)):
-                if ans[0] < best[i][0]:
-                    best[i] = ans
-        # the top level, then down from the reservation the answer for n_ref actually needs
+            surf = self.surface(table, k, frame.in_flight, level, in_layout, n_hi)
+            costs = surf.costs(room(level), out_layout)
+            for i in np.nonzero(costs < best_cost)[0]:
+                best_cost[i] = costs[i]
+                best[i] = (float(costs[i]), surf, level)
+
+        # the level the linear relaxation for n_ref settles on, then the top level
         level = float(levels[0])
-        for _ in range(4):
-            run(level)
-            c, strat = best[n_ref - 1]
-            if math.isfinite(c):
-                used = float(max(reserve[s] for s in strat))
-                lower = [x for x in levels if x < used]
-                nxt = used if used < level else (float(lower[0]) if lower else None)
-            else:
-                lower = [x for x in levels if x < level]
-                nxt = float(lower[0]) if lower else None
-            if nxt is None or nxt in done:
+        for _ in range(len(levels)):
+            ok = np.nonzero(reserve <= level)[0]
+            mix = lp_mix(obj[ok], mem[ok], room(level) / n_ref)
+            if not mix:
                 break
-            level = nxt
-        # the memory-minimising level of every length, so feasibility matches min_memory()
-        for i in range(n_hi):
-            if not math.isfinite(best[i][0]):
-                run(float(min(levels, key=lambda t: (n[i] * mem[reserve <= t].min() + t, -t))))
-        self._stage_cache[key] = best
+            need = float(max(reserve[ok[j]] for j in mix))
+            if need >= level:
+                break
+            level = need
+        run(level)
+        run(float(levels[0]))
+        # the memory-minimising level of every length still without a plan, so that feasibility
+        # agrees with min_memory()
+        for i in np.nonzero(~np.isfinite(best_cost))[0]:
+            run(float(min(levels, key=lambda t: (n[i] * mem[reserve <= t].min() + t, -t))))
         return best
 
     # ---------------------------------------------------------------- one candidate
@@ -355,17 +360,22 @@ class Searcher:
         L, pp, k = self.model.num_layers, cand.pp, cand.k
         n_hi = self.n_max(pp)
         n_ref = min(n_hi, math.ceil(L / pp))
-        stage_answers, totals = [], []
+        answers, totals = [], []
         for f in frames:
-            ans = self.solve_stage(t, f, k, n_hi, n_ref)
-            stage_answers.append(ans)
-            totals.append(np.array([c + k * f.fixed_mb + f.fixed_iter for c, _ in ans]))
+            ans = self.stage_answers(t, f, k, n_hi, n_ref)
+            answers.append(ans)
+            totals.append(np.array([c for c, _, _ in ans]) + k * f.fixed_mb + f.fixed_iter)
         split = [L] if pp == 1 else min_max_partition(totals, L)
         if split is None or not all(math.isfinite(totals[i][n - 1]) for i, n in enumerate(split)):
             return None
         layers: List[LayerStrategy] = []
         for i, n in enumerate(split):
-            layers += [t.strategies[s] for s in stage_answers[i][n - 1][1]]
+            _, surf, level = answers[i][n - 1]
+            _, out_layout, backwards = self._ends(frames[i])
+            picked = surf.solve(n, self.budget - frames[i].vocab_persistent - level, out_layout)
+            if backwards:
+                picked.reverse()
+            layers += canonical_order([t.strategies[s] for s in picked], sw)
         plan = Plan(world_size=self.num_gpus, pp_deg=pp, pp_division=list(split), global_bsz=cand.global_bsz,
                     chunks=cand.chunks, layers=layers, vocab=cand.vocab, pipeline_type=cand.pipeline_type)
         pred = self.cost.evaluate(plan)
@@ -463,20 +473,128 @@ class Searcher:
             f"raise --memory-gb to at least {need_gb:.2f}, use more GPUs or a smaller batch")
 
 
+class Surface:
+    """One stage DP: the best objective of n = 1..n_hi alike layers within any memory.
+
+    Strategies are those whose transient peak fits the reserved `level`, less any that another
+    strategy of the same layout beats on both time and memory. Memory is counted in units above
+    the smallest strategy's (so the memory-minimal plan costs 0 units and is never lost to
+    rounding); units are rounded up, so a plan the DP accepts always fits. One table per layout
+    the last layer may have to hand over to (None: no hand-over).
+    """
+
+    def __init__(self, table: Table, k: int, in_flight: int, level: float, in_layout,
+                 out_layouts: Sequence, n_hi: int, budget: float):
+        idx = np.nonzero(table.transient <= level)[0]
+        cost = k * table.per_mb[idx] + table.per_iter[idx]
+        mem = table.states[idx] + in_flight * table.activation[idx]
+        self.idx, cost, mem = _pareto(idx, cost, mem, table.layout_id[idx])
+        used = np.unique(table.layout_id[self.idx])
+        self.group = np.searchsorted(used, table.layout_id[self.idx]).astype(np.int32)
+        layouts = [table.layouts[g] for g in used]
+        hop = k * table.relayout
+        self.gtrans = hop * (1.0 - np.eye(len(used)))
+        self.in_cost = None if in_layout is None else np.array(
+            [0.0 if layouts[g] == in_layout else hop for g in self.group])
+        self.out = {o: i for i, o in enumerate(out_layouts)}
+        self.finals = np.array([[0.0 if o is None or layouts[g] == o else hop for g in self.group]
+                                for o in out_layouts])
+        self.cost = cost
+        self.floor = float(mem.min())
+        excess = mem - self.floor
+        span = min(n_hi * float(excess.max()), max(budget, 0.0))
+        units = min(4096, max(256, 32 * n_hi))
+        self.unit = max(MiB, span / units)
+        self.mem_u = np.ceil(excess / self.unit - 1e-9).astype(np.int64)
+        self.cap = int(math.ceil(span / self.unit)) + n_hi  # enough for every rounded-up assignment
+        self.table = dp.cost_table(self._intra(n_hi), np.tile(self.mem_u, (n_hi, 1)), self.group, self.gtrans,
+                                   self.cap, self.finals)
+
+    @property
+    def nbytes(self) -> int:
+        return self.table.nbytes
+
+    def _intra(self, n: int) -> np.ndarray:
+        intra = np.tile(self.cost, (n, 1))
+        if self.in_cost is not None:
+            intra[0] += self.in_cost
+        return intra
+
+    def budget_units(self, room: float, n: np.ndarray) -> np.ndarray:
+        left = room - n * self.floor
+        return np.where(left < 0, -1, np.minimum(np.floor(np.maximum(left, 0) / self.unit), self.cap)).astype(np.int64)
+
+    def costs(self, room: float, out_layout) -> np.ndarray:
+        """Best objective of n layers, n = 1..n_hi, when the layers may use `room` bytes."""
+        t = self.table[self.out[out_layout]]
+        n = np.arange(1, t.shape[0] + 1)
+        b = self.budget_units(room, n)
+        return np.where(b < 0, np.inf, t[n - 1, np.maximum(b, 0)])
+
+    def solve(self, n: int, room: float, out_layout) -> List[int]:
+        """The strategies (table indices) behind costs(room, out_layout)[n - 1]."""
+        b = int(self.budget_units(room, np.array([n]))[0])
+        final = self.finals[self.out[out_layout]]
+        _, strategies, _ = dp.solve(self._intra(n), np.tile(self.mem_u, (n, 1)), self.group, self.gtrans, b, final)
+        return [int(self.idx[s]) for s in strategies]
+
+
 # -------------------------------------------------------------------- helpers
 
-def _pareto(idx: np.ndarray, cost: np.ndarray, mem: np.ndarray, group: np.ndarray):
-    """Drop strategies another strategy of the same layout beats on both time and memory."""
-    order = np.lexsort((idx, mem, cost, group))
-    keep = []
-    last_group, best_mem = None, math.inf
+def canonical_order(layers: List[LayerStrategy], stage_world: int) -> List[LayerStrategy]:
+    """Sort each run of same-layout layers (ddp before zero2 before zero3, plain before checkpointed);
+    the cost does not change since only layout changes cost anything."""
+    out, start = [], 0
+    rank = {"ddp": 0, "zero2": 1, "zero3": 2}
+    for i in range(1, len(layers) + 1):
+        if i == len(layers) or layout(layers[i], stage_world) != layout(layers[start], stage_world):
+            out += sorted(layers[start:i], key=lambda s: (rank[s.dp_type], s.checkpoint))
+            start = i
+    return out
+
+
+def lp_mix(cost: np.ndarray, mem: np.ndarray, per_layer: float) -> List[int]:
+    """Indices of the (at most two) strategies the linear relaxation mixes at `per_layer` bytes."""
+    hull = _hull(cost, mem)
+    hm = [mem[j] for j in hull]
+    if per_layer < hm[0]:
+        return []
+    pos = int(np.searchsorted(hm, per_layer, side="right"))
+    if pos >= len(hull):
+        return [hull[-1]]
+    return [hull[pos - 1], hull[pos]]
+
+
+def _hull(cost: np.ndarray, mem: np.ndarray) -> List[int]:
+    """Indices of the lower-left convex envelope of (mem, cost), by increasing memory."""
+    order = np.lexsort((cost, mem))
+    hull: List[int] = []
+    best = math.inf
     for j in order:
-        if group[j] != last_group:
-            last_group, best_mem = group[j], math.inf
-        if mem[j] < best_mem:
+        if cost[j] >= best:
+            continue
+        best = cost[j]
+        while len(hull) >= 2:
+            a, b = hull[-2], hull[-1]
+            if (cost[b] - cost[a]) * (mem[j] - mem[a]) >= (cost[j] - cost[a]) * (mem[b] - mem[a]):
+                hull.pop()
+            else:
+                break
+        hull.append(int(j))
+    return hull
+
+def _pareto(idx: np.ndarray, cost: np.ndarray, mem: np.ndarray, group: np.ndarray):
+    """Drop strategies another strategy of the same layout beats: strictly faster in no more memory,
+    or an exact duplicate. Equally fast ones that need more memory stay, so that ties go to the
+    simpler strategy (enumeration order: ddp before ZeRO, no checkpointing first)."""
+    keep = []
+    for j in range(len(idx)):
+        same = group == group[j]
+        beaten = same & (mem <= mem[j]) & ((cost < cost[j]) | ((cost == cost[j]) & (mem == mem[j])
+                                                                 & (np.arange(len(idx)) < j)))
+        if not beaten.any():
             keep.append(j)
-            best_mem = mem[j]
-    keep = np.sort(np.array(keep, dtype=np.int64))
+    keep = np.array(keep, dtype=np.int64)
     return idx[keep], cost[keep], mem[keep]
 
 
@@ -486,21 +604,11 @@ def lp_bound(cost: np.ndarray, mem: np.ndarray, n: np.ndarray, room: np.ndarray)
     The linear relaxation of choosing one strategy per layer: n x the lower convex envelope of
     the (memory, cost) points at room / n; inf where even the smallest memory does not fit.
     """
-    order = np.lexsort((cost, mem))
-    m, c = mem[order], cost[order]
-    before = np.minimum.accumulate(np.concatenate(([np.inf], c[:-1])))
-    m, c = m[c < before], c[c < before]
-    hm, hc = [m[0]], [c[0]]
-    for x, y in zip(m[1:], c[1:]):
-        while len(hm) >= 2 and (hc[-1] - hc[-2]) * (x - hm[-2]) >= (y - hc[-2]) * (hm[-1] - hm[-2]):
-            hm.pop()
-            hc.pop()
-        hm.append(x)
-        hc.append(y)
+    hull = _hull(cost, mem)
+    hm, hc = mem[hull], cost[hull]
     n = np.asarray(n, dtype=float)
     per = np.asarray(room, dtype=float) / n
-    g = np.interp(per, hm, hc)
-    return np.where(per >= hm[0], n * g, np.inf)
+    return np.where(per >= hm[0], n * np.interp(per, hm, hc), np.inf)
 
 
 def min_max_partition(costs: Sequence[np.ndarray], total: int) -> Optional[List[int]]:

@@ -92,12 +92,12 @@ def summarize_layers(result: Result) -> str:
 
 
 def alternatives_table(results: List[Result]) -> str:
-    lines = [f"{'#':>2} {'tokens/s':>10} {'iter s':>8} {'pp':>3} {'bsz':>5} {'mbs':>4} {'pipe':>5} "
+    lines = [f"{'#':>2} {'tokens/s':>10} {'iter s':>8} {'pp':>3} {'bsz':>5} {'chunks':>6} {'pipe':>5} "
              f"{'vocab':>16} {'peak GB':>8}  division / layers"]
     for i, r in enumerate(results, 1):
         p, c = r.plan, r.candidate
         lines.append(f"{i:>2} {r.tokens_per_s:>10.0f} {r.prediction.iter_time_s:>8.4f} {p.pp_deg:>3} "
-                     f"{p.global_bsz:>5} {p.micro_batch_size:>4} {p.pipeline_type:>5} {label(c.vocab):>16} "
+                     f"{p.global_bsz:>5} {p.chunks:>6} {p.pipeline_type:>5} {label(c.vocab):>16} "
                      f"{max(r.prediction.peak_mem_gb):>8.2f}  {p.pp_division}: {summarize_layers(r)}")
     return "\n".join(lines)
 

@@ -37,10 +37,14 @@ def global_grad_norm(params_with_factor: List[Tuple[torch.Tensor, float]], group
     hold an identical copy of it, then summed over the world."""
     device = params_with_factor[0][0].device if params_with_factor else torch.device("cpu")
     total = torch.zeros((), dtype=torch.float32, device=device)
+    by_factor = {}
     for p, factor in params_with_factor:
         g = local_grad(p)
         if g is not None:
-            total += g.float().pow(2).sum() / factor
+            by_factor.setdefault(factor, []).append(g)
+    for factor, grads in by_factor.items():  # a few multi-tensor kernels instead of one per parameter
+        norms = torch._foreach_norm(grads, 2.0, dtype=torch.float32)
+        total += torch.stack(norms).pow(2).sum() / factor
     if group is not None:
         dist.all_reduce(total, group=group)
     return total.sqrt()

@@ -4,6 +4,7 @@ Each layer (and the vocab module) gets its own wrapper on its own DP group: FSDP
 zero2/zero3, a flat-buffer all-reduce bucket for ddp (and for any DP degree of 1). The result
 knows how to drive gradient synchronisation for a step and which parameters to clip.
 """
+import functools
 from dataclasses import dataclass, field
 from typing import List, Tuple
 
@@ -71,6 +72,19 @@ def _prefixed_modules(stage: StageModel):
     return out
 
 
+def _autocast_methods(module: nn.Module, names, device: torch.device) -> None:
+    """bf16 compute for a unit whose master parameters stay fp32 (checkpoint recomputation
+    replays the autocast state it recorded)."""
+    for name in names:
+        fn = getattr(module, name)
+
+        @functools.wraps(fn)
+        def wrapped(*args, _fn=fn, **kwargs):
+            with torch.autocast(device_type=device.type, dtype=torch.bfloat16):
+                return _fn(*args, **kwargs)
+        setattr(module, name, wrapped)
+
+
 def parallelize(stage: StageModel, bf16: bool) -> ParallelModel:
     plan, ps = stage.plan, stage.ps
     pm = ParallelModel(stage=stage)
@@ -96,6 +110,8 @@ def parallelize(stage: StageModel, bf16: bool) -> ParallelModel:
             pm.sharded.append(module)
         else:
             pm.buckets.append(GradBucket(module, groups.dp_group))
+            if bf16:
+                _autocast_methods(module, methods or ("forward",), ps.device)
     if tied_across_stages:
         pm.tied_pair_group = ps.group(ps.embedding_ranks)
     # FSDP swaps parameters for DTensor ones, so look them up again by name.

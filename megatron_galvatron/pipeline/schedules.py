@@ -128,3 +128,22 @@ class Schedule:
             bwd_i += 1
             self.p2p.send_backward(gx)
         return StepStats(loss, live)
+
+
+def forward_only(is_last_stage: bool, chunks: int, p2p: Optional[P2P], forward_fn: Callable, autocast,
+                 device) -> torch.Tensor:
+    """Evaluation: every micro-batch forward through the pipeline, without autograd. Nothing
+    waits for a backward, so each stage just receives, computes and sends one micro-batch at a
+    time. Returns the summed loss on the last stage (zero elsewhere)."""
+    loss = torch.zeros((), device=device)
+    autocast = autocast or nullcontext
+    with torch.no_grad():
+        for i in range(chunks):
+            x = p2p.recv_forward() if p2p is not None else None
+            with autocast():
+                y = forward_fn(i, x)
+            if is_last_stage:
+                loss += y.detach().float()
+            else:
+                p2p.send_forward(y)
+    return loss

@@ -20,9 +20,9 @@ from megatron_galvatron.model.relayout import block_of
 from megatron_galvatron.model.stage import StageModel
 from megatron_galvatron.parallel_state import ParallelState, detect_device, init_distributed
 from megatron_galvatron.pipeline.p2p import P2P
-from megatron_galvatron.pipeline.schedules import Schedule, StepStats
+from megatron_galvatron.pipeline.schedules import Schedule, StepStats, forward_only
 from megatron_galvatron.plan import Plan
-from megatron_galvatron.training import arguments, metrics
+from megatron_galvatron.training import arguments, checkpointing, metrics
 from megatron_galvatron.training.optimizer import LRSchedule, build_optimizer
 
 
@@ -40,6 +40,8 @@ class Trainer:
     iteration: int = 0
     consumed_samples: int = 0
     log: List[dict] = field(default_factory=list)
+    eval_log: List[dict] = field(default_factory=list)
+    last_saved_iteration: Optional[int] = None  # under --save, to skip saving the same state twice
 
     @property
     def device(self):
@@ -50,8 +52,10 @@ class Trainer:
         return self.model.stage
 
 
-def build_datasets(args, cfg: GPTConfig, plan: Plan):
-    n_train = args.train_iters * plan.global_bsz
+def build_datasets(args, cfg: GPTConfig, plan: Plan, consumed_samples: int = 0, iteration: int = 0):
+    # A resumed run reads on from consumed_samples, possibly with another global batch size.
+    n_train = max(args.train_iters * plan.global_bsz,
+                  consumed_samples + max(0, args.train_iters - iteration) * plan.global_bsz)
     n_eval = (args.train_iters // args.eval_interval + 1) * args.eval_iters * plan.global_bsz \
         if args.eval_interval and args.eval_iters else args.eval_iters * plan.global_bsz
     if args.data_path:
@@ -81,8 +85,21 @@ def setup(args, plan: Optional[Plan] = None) -> Trainer:
     optimizer = build_optimizer(stage, args.lr, args.weight_decay, (args.adam_beta1, args.adam_beta2), args.adam_eps)
     decay = args.lr_decay_iters or args.train_iters
     sched = LRSchedule(args.lr, args.min_lr, args.lr_warmup_iters, decay, args.lr_decay_style)
-    train, valid = build_datasets(args, cfg, plan)
-    return Trainer(args, cfg, plan, ps, model, optimizer, sched, train, valid)
+    tr = Trainer(args, cfg, plan, ps, model, optimizer, sched, None, None)
+    save_dir, load_dir = getattr(args, "save", None), getattr(args, "load", None)
+    if save_dir:
+        checkpointing.check_writable(save_dir, rank)
+    if load_dir:
+        # --load X --save X is the resume-or-start idiom: an empty X starts from scratch.
+        same = bool(save_dir) and os.path.realpath(save_dir) == os.path.realpath(load_dir)
+        loaded = checkpointing.load_checkpoint(tr, load_dir, missing_ok=same)
+        if loaded and rank == 0:
+            print(f"loaded checkpoint {loaded} at iteration {tr.iteration} "
+                  f"({tr.consumed_samples} samples consumed)", flush=True)
+        if loaded and same:
+            tr.last_saved_iteration = tr.iteration
+    tr.train_data, tr.valid_data = build_datasets(args, cfg, plan, tr.consumed_samples, tr.iteration)
+    return tr
 
 
 def _microbatches(tr: Trainer, dataset, start_sample: int):
@@ -134,9 +151,9 @@ def _p2p(tr: Trainer, dtype) -> Optional[P2P]:
 
 
 def _autocast(tr: Trainer):
-    if not tr.args.bf16:
-        return None
-    return partial(torch.autocast, device_type=tr.device.type, dtype=torch.bfloat16)
+    # Mixed precision is set per unit by model.parallelize: FSDP units compute on bf16
+    # parameters directly; replicated (fp32-parameter) units run under autocast.
+    return None
 
 
 def train_step(tr: Trainer) -> StepStats:
@@ -156,6 +173,60 @@ def train_step(tr: Trainer) -> StepStats:
     return stats
 
 
+def evaluate(tr: Trainer, iters: Optional[int] = None) -> float:
+    """Mean validation loss over the first `iters` global batches of the valid split (the same
+    batches every time, so evaluations are comparable), forward only. Same value on every rank."""
+    iters = tr.args.eval_iters if iters is None else iters
+    if iters < 1:
+        raise UserError("evaluation needs --eval-iters N with N >= 1")
+    if tr.valid_data is None:
+        raise UserError("evaluation needs a validation split: give --split a non-zero valid weight (e.g. 949,50,1)")
+    dtype = torch.bfloat16 if tr.args.bf16 else torch.float32
+    tr.stage.eval()
+    total = torch.zeros((), device=tr.device)
+    for k in range(iters):
+        batches = _microbatches(tr, tr.valid_data, k * tr.plan.global_bsz)
+        total += forward_only(tr.ps.is_last_stage, tr.plan.chunks, _p2p(tr, dtype), partial(_forward_fn, tr, batches),
+                              _autocast(tr), tr.device)
+    tr.stage.train()
+    for module in tr.model.sharded:  # zero2 keeps parameters gathered after a forward without backward
+        module.reshard()
+    loss = reduce_loss(tr, total) / iters
+    if tr.ps.world_size > 1:
+        dist.broadcast(loss, src=tr.ps.world_size - 1)
+    return loss.item()
+
+
+def save_checkpoint(tr: Trainer) -> str:
+    t0 = time.perf_counter()
+    path = checkpointing.save_checkpoint(tr, tr.args.save)
+    tr.last_saved_iteration = tr.iteration
+    if tr.ps.rank == 0:
+        print(f"saved checkpoint {path} at iteration {tr.iteration} in {time.perf_counter() - t0:.2f} s", flush=True)
+    return path
+
+
+def _evaluate_and_log(tr: Trainer, writer) -> float:
+    loss = evaluate(tr)
+    rec = {"iteration": tr.iteration, "validation_loss": loss}
+    tr.eval_log.append(rec)
+    if is_logging_rank(tr):
+        print(f"iteration {tr.iteration:>6} | validation loss: {loss:.6E}", flush=True)
+        if writer is not None:
+            writer(rec)
+    return loss
+
+
+def _periodic(tr: Trainer, writer) -> float:
+    """Evaluation and checkpoint due after this iteration; returns the seconds they took."""
+    args, t0 = tr.args, time.perf_counter()
+    if args.eval_interval and args.eval_iters and tr.iteration % args.eval_interval == 0:
+        _evaluate_and_log(tr, writer)
+    if args.save and args.save_interval and tr.iteration % args.save_interval == 0:
+        save_checkpoint(tr)
+    return time.perf_counter() - t0
+
+
 def reduce_loss(tr: Trainer, loss_sum: torch.Tensor) -> torch.Tensor:
     """Mean loss over the global batch: sum the last stage's DP shares (TP ranks hold copies)."""
     loss = loss_sum.clone()
@@ -172,6 +243,12 @@ def is_logging_rank(tr: Trainer) -> bool:
 
 def train(tr: Trainer) -> List[dict]:
     args, device = tr.args, tr.device
+    if getattr(args, "skip_train", False):
+        loss = evaluate(tr)
+        tr.eval_log.append({"iteration": tr.iteration, "validation_loss": loss})
+        if is_logging_rank(tr):
+            print(f"validation loss: {loss:.6E}", flush=True)
+        return tr.log
     flops_token = tr.cfg.flops_per_token()
     peak = metrics.peak_flops(device) if args.bf16 else None
     tokens_per_iter = tr.plan.global_bsz * tr.cfg.seq_length
@@ -208,6 +285,9 @@ def train(tr: Trainer) -> List[dict]:
             interval_loss.zero_()
             interval_n = 0
             t0 = time.perf_counter()
+        t0 += _periodic(tr, writer)  # not counted in the iteration time
+    if args.save and tr.last_saved_iteration != tr.iteration:
+        save_checkpoint(tr)
     return tr.log
 
 

@@ -1,0 +1,347 @@
+"""Per-layer time and memory of one model on one device -> model.json.
+
+Each TP degree (and sequence parallelism) is measured on the real TransformerLayer and
+VocabModule built with the shard shapes of TP rank 0 (profiling/shards.py), run as training
+runs them: fp32 master parameters under bf16 autocast on CUDA (plain fp32 on CPU unless
+--dtype bf16), inputs in the parameters' dtype as the embedding produces them.
+"""
+import dataclasses
+from contextlib import nullcontext
+from dataclasses import dataclass
+from functools import partial
+from typing import Callable, Dict, List, Tuple
+
+import torch
+from torch import nn
+
+from megatron_galvatron.errors import UserError
+from megatron_galvatron.model.config import GPTConfig
+from megatron_galvatron.model.init import init_params_
+from megatron_galvatron.model.transformer_layer import TransformerLayer
+from megatron_galvatron.model.vocab import VocabModule
+from megatron_galvatron.profiling.fit import bytes_per_token, time_entry
+from megatron_galvatron.profiling.hardware import (
+    MODEL_SCHEMA,
+    Stopwatch,
+    command_line,
+    describe,
+    median,
+    synchronize,
+    time_repeated,
+)
+from megatron_galvatron.profiling.memory import allocator_stats, saved_bytes
+from megatron_galvatron.profiling.shards import ShardGroups
+from megatron_galvatron.training.optimizer import build_optimizer
+
+DTYPES = ("bf16", "fp32")
+
+
+@dataclass
+class ModelSettings:
+    micro_batch_sizes: List[int]
+    seq_lengths: List[int]
+    tp_degrees: List[int]
+    sequence_parallel: bool = True
+    dtype: str = "bf16"
+    warmup: int = 2
+    iters: int = 5
+    optimizer_params: int = 2 ** 27
+    seed: int = 1234
+    progress: bool = True
+
+
+def valid_tp_degrees(cfg: GPTConfig, wanted: List[int]) -> List[int]:
+    """The degrees whose shards the model allows (heads, KV groups and FFN all split evenly)."""
+    ok = [t for t in wanted if t >= 1 and cfg.num_attention_heads % t == 0 and cfg.num_query_groups % t == 0
+          and cfg.ffn_hidden_size % t == 0]
+    return sorted(set(ok) | {1})
+
+
+def _points(settings: ModelSettings, tp: int, sp: bool) -> List[Tuple[int, int]]:
+    return [(mb, s) for s in settings.seq_lengths for mb in settings.micro_batch_sizes
+            if not sp or s % tp == 0]
+
+
+class ModelProfiler:
+    def __init__(self, cfg: GPTConfig, device: torch.device, settings: ModelSettings):
+        self.device, self.s = device, settings
+        if settings.dtype not in DTYPES:
+            raise UserError(f"--dtype {settings.dtype!r}: use one of {', '.join(DTYPES)}")
+        # Positions up to the longest profiled sequence; the recorded config stays the user's.
+        self.user_cfg = cfg
+        self.cfg = dataclasses.replace(cfg, max_position_embeddings=max([cfg.max_position_embeddings]
+                                                                        + settings.seq_lengths))
+        self.tps = valid_tp_degrees(cfg, settings.tp_degrees)
+        skipped = sorted(set(settings.tp_degrees) - set(self.tps))
+        self.notes: List[str] = [f"tp {skipped} skipped: they do not divide the heads, KV groups and FFN size"] \
+            if skipped else []
+        self.bf16 = settings.dtype == "bf16"
+        self.param_dtype = torch.float32
+
+    def autocast(self):
+        if not self.bf16:
+            return nullcontext()
+        return torch.autocast(self.device.type, dtype=torch.bfloat16)
+
+    # ---------------------------------------------------------------- building blocks
+    def _init(self, module: nn.Module, groups) -> nn.Module:
+        for p in module.parameters():
+            p.tp_rank, p.tp_size = groups.tp_rank, groups.tp
+        init_params_(module, self.cfg.init_std, self.cfg.num_layers, self.s.seed)
+        return module
+
+    def layer(self, shards: ShardGroups, tp: int, sp: bool, checkpoint: bool = False) -> TransformerLayer:
+        g = shards.layer_groups(tp, sp)
+        return self._init(TransformerLayer(self.cfg, g, g.layout.sp, checkpoint, self.s.seed, self.device), g)
+
+    def vocab(self, shards: ShardGroups, tp: int) -> VocabModule:
+        g = shards.layer_groups(tp, False)
+        return self._init(VocabModule(self.cfg, g, False, True, True, self.s.seed, self.device), g)
+
+    def hidden(self, seq: int, mb: int, requires_grad: bool = True) -> torch.Tensor:
+        return torch.randn(seq, mb, self.cfg.hidden_size, device=self.device, dtype=self.param_dtype,
+                           requires_grad=requires_grad)
+
+    def tokens(self, seq: int, mb: int) -> torch.Tensor:
+        return torch.randint(0, self.cfg.vocab_size, (seq, mb), device=self.device)
+
+    # ---------------------------------------------------------------- timing
+    def _fwd_bwd(self, forward: Callable[[], torch.Tensor]) -> Tuple[float, float]:
+        """Median forward and backward seconds; gradients accumulate across repeats as over micro-batches."""
+        fw, bw = [], []
+        for i in range(self.s.warmup + self.s.iters):
+            sf, sb = Stopwatch(self.device), Stopwatch(self.device)
+            with self.autocast():
+                sf.start()
+                y = forward()
+                sf.stop()
+            grad = torch.ones_like(y)
+            sb.start()
+            y.backward(grad)
+            sb.stop()
+            synchronize(self.device)
+            if i >= self.s.warmup:
+                fw.append(sf.seconds())
+                bw.append(sb.seconds())
+            del y, grad
+        return median(fw), median(bw)
+
+    def _sweep(self, tp: int, sp: bool, build: Callable[[], nn.Module],
+               measure: Callable[[nn.Module, int, int], List[float]], bar) -> Dict[Tuple[int, int], List[float]]:
+        """measure(module, mb, seq) at every point; points that run out of GPU memory are dropped."""
+        module = build()
+        out = {}
+        for mb, seq in _points(self.s, tp, sp):
+            try:
+                out[(mb, seq)] = measure(module, mb, seq)
+            except torch.OutOfMemoryError:
+                self.notes.append(f"tp{tp}{'_sp' if sp else ''} micro-batch {mb} x seq {seq}: out of memory, "
+                                  f"point dropped")
+                torch.cuda.empty_cache()
+            bar.update(1)
+        del module
+        return out
+
+    def _layer_point(self, layer: TransformerLayer, tp: int, sp: bool, mb: int, seq: int) -> List[float]:
+        x = self.hidden(seq // tp if sp else seq, mb)
+        fwd, bwd = self._fwd_bwd(lambda: layer(x))
+        layer.zero_grad(set_to_none=True)
+        mem = []
+        for ckpt in (False, True):
+            layer.use_checkpoint = ckpt
+            mem += list(saved_bytes(layer, lambda: layer(x), self.autocast))
+        layer.use_checkpoint = False
+        return [fwd, bwd] + mem
+
+    def _vocab_point(self, vocab: VocabModule, mb: int, seq: int) -> List[float]:
+        tokens, labels = self.tokens(seq, mb), self.tokens(seq, mb)
+        x = self.hidden(seq, mb)
+        head_f, head_b = self._fwd_bwd(lambda: vocab.head(x, labels))
+        emb_f, emb_b = self._fwd_bwd(lambda: vocab.embed(tokens))
+        vocab.zero_grad(set_to_none=True)
+        head_mem, head_alloc = saved_bytes(vocab, lambda: vocab.head(x, labels), self.autocast)
+        emb_mem, _ = saved_bytes(vocab, lambda: vocab.embed(tokens), self.autocast)
+        return [head_f, head_b, emb_f, emb_b, head_mem, emb_mem, head_alloc]
+
+    # ---------------------------------------------------------------- the whole profile
+    def layer_profile(self, shards: ShardGroups, bar) -> Dict:
+        times, act, ckpt, const, points = {}, {}, {}, {}, {}
+        for tp in self.tps:
+            for sp in ((False, True) if tp > 1 and self.s.sequence_parallel else (False,)):
+                key = f"tp{tp}{'_sp' if sp else ''}"
+                res = self._sweep(tp, sp, partial(self.layer, shards, tp, sp),
+                                  lambda m, mb, seq, tp=tp, sp=sp: self._layer_point(m, tp, sp, mb, seq), bar)
+                if not res:
+                    if tp == 1:
+                        raise UserError("no micro-batch size fits in GPU memory at tp 1: lower "
+                                        "--micro-batch-sizes or --seq-lengths")
+                    continue
+                pts = sorted(res.items())
+                times[key] = {"fwd": time_entry([[mb, s, r[0]] for (mb, s), r in pts]),
+                              "bwd": time_entry([[mb, s, r[1]] for (mb, s), r in pts])}
+                act[key], const[key] = bytes_per_token([[mb, s, r[2]] for (mb, s), r in pts])
+                ckpt[key], _ = bytes_per_token([[mb, s, r[4]] for (mb, s), r in pts])
+                points[key] = {"saved_bytes": [[mb, s, r[2]] for (mb, s), r in pts],
+                               "checkpoint_saved_bytes": [[mb, s, r[4]] for (mb, s), r in pts]}
+                if self.device.type == "cuda":
+                    points[key]["cuda_allocated_delta"] = [[mb, s, r[3]] for (mb, s), r in pts]
+                    points[key]["checkpoint_cuda_allocated_delta"] = [[mb, s, r[5]] for (mb, s), r in pts]
+        shard_counts = {f"tp{tp}": sum(p.numel() for p in self.layer(shards, tp, False).parameters())
+                        for tp in self.tps}
+        return {"time": times,
+                "memory": {"param_count": shard_counts["tp1"], "param_count_per_shard": shard_counts,
+                           "activation_bytes_per_token": act, "checkpoint_bytes_per_token": ckpt,
+                           # kept per micro-batch in flight whatever its size: under bf16 autocast,
+                           # the bf16 copies of the weights the matmuls save for backward
+                           "activation_constant_bytes": const,
+                           "points": points}}
+
+    def vocab_profile(self, shards: ShardGroups, bar) -> Dict:
+        times, emb_times, act, const, emb_act, points = {}, {}, {}, {}, {}, {}
+        for tp in self.tps:
+            key = f"tp{tp}"
+            res = self._sweep(tp, False, partial(self.vocab, shards, tp),
+                              lambda m, mb, seq: self._vocab_point(m, mb, seq), bar)
+            if not res:
+                if tp == 1:
+                    raise UserError("the LM head does not fit in GPU memory at tp 1 for any micro-batch size: "
+                                    "lower --micro-batch-sizes")
+                continue
+            pts = sorted(res.items())
+            times[key] = {"fwd": time_entry([[mb, s, r[0]] for (mb, s), r in pts]),
+                          "bwd": time_entry([[mb, s, r[1]] for (mb, s), r in pts])}
+            emb_times[key] = {"fwd": time_entry([[mb, s, r[2]] for (mb, s), r in pts]),
+                              "bwd": time_entry([[mb, s, r[3]] for (mb, s), r in pts])}
+            act[key], const[key] = bytes_per_token([[mb, s, r[4]] for (mb, s), r in pts])
+            emb_act[key], _ = bytes_per_token([[mb, s, r[5]] for (mb, s), r in pts])
+            points[key] = {"saved_bytes": [[mb, s, r[4]] for (mb, s), r in pts],
+                           "embedding_saved_bytes": [[mb, s, r[5]] for (mb, s), r in pts]}
+            if self.device.type == "cuda":
+                points[key]["cuda_allocated_delta"] = [[mb, s, r[6]] for (mb, s), r in pts]
+        v = self.vocab(shards, 1)
+        padded = v.padded_vocab * self.cfg.hidden_size
+        del v
+        return {"param_count": self.cfg.vocab_size * self.cfg.hidden_size, "padded_param_count": padded,
+                "time": times, "activation_bytes_per_token": act, "activation_constant_bytes": const,
+                "embedding_time": emb_times, "embedding_activation_bytes_per_token": emb_act,
+                "memory_points": points}
+
+    def optimizer_profile(self) -> Dict:
+        """AdamW step (fused on CUDA, foreach on CPU, as training builds it) over flat fp32 tensors."""
+        pts = []
+        n_total = self.s.optimizer_params
+        for n in (n_total // 4, n_total // 2, n_total):
+            chunks = 8
+            per = max(1, n // chunks)
+            params = nn.ParameterList([nn.Parameter(torch.zeros(per, 1, device=self.device))
+                                       for _ in range(chunks)])
+            for p in params:
+                p.grad = torch.randn_like(p)
+            opt = build_optimizer(params, lr=1e-4, weight_decay=0.01, betas=(0.9, 0.95), eps=1e-8)
+            t = time_repeated(opt.step, self.device, max(1, self.s.warmup), max(3, self.s.iters))
+            pts.append([per * chunks, t])
+            del opt, params
+        return {"step_s_per_param": pts[-1][1] / pts[-1][0], "points": pts,
+                "method": "median AdamW step over fp32 parameters (fused on CUDA), largest size's time / params"}
+
+    def allocator_profile(self, shards: ShardGroups) -> Dict:
+        """Peak reserved / peak allocated over a training-like step (two layers, LM head, optimizer)."""
+        if self.device.type != "cuda":
+            return {"reserved_over_allocated": 1.0, "fixed_overhead_bytes": 0.0, "note": "not measured on cpu"}
+        tp = max(self.tps)
+        for mb in sorted(self.s.micro_batch_sizes, reverse=True):
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats(self.device)
+            try:
+                stats = self._training_like_step(shards, tp, mb)
+                break
+            except torch.OutOfMemoryError:
+                continue
+        else:
+            return {"reserved_over_allocated": 1.0, "fixed_overhead_bytes": 0.0,
+                    "note": "the training-like step did not fit at any micro-batch size; not measured"}
+        ratio = max(1.0, stats["max_reserved"] / max(1, stats["max_allocated"]))
+        fixed = max(0.0, float(stats["device_used"] - stats["reserved"]))
+        return {"reserved_over_allocated": ratio, "fixed_overhead_bytes": fixed, "stats": stats,
+                "method": f"two tp{tp} layers + LM head, micro-batch {mb}, AdamW step; fixed = GPU memory in use "
+                          f"outside the caching allocator (CUDA context, library workspaces; not NCCL buffers)"}
+
+    def _training_like_step(self, shards: ShardGroups, tp: int, mb: int) -> Dict:
+        seq = max(self.s.seq_lengths)
+        layers = nn.ModuleList([self.layer(shards, tp, False) for _ in range(2)])
+        vocab = self.vocab(shards, tp)
+        model = nn.ModuleList([layers, vocab])
+        opt = build_optimizer(model, lr=1e-4, weight_decay=0.01, betas=(0.9, 0.95), eps=1e-8)
+        tokens, labels = self.tokens(seq, mb), self.tokens(seq, mb)
+        for _ in range(2):
+            with self.autocast():
+                x = vocab.embed(tokens)
+                for layer in layers:
+                    x = layer(x)
+                loss = vocab.head(x, labels).float().mean()
+            loss.backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+        synchronize(self.device)
+        return allocator_stats(self.device)
+
+    def run(self) -> Dict:
+        from tqdm import tqdm
+        shards = ShardGroups(max(self.tps))
+        n_layer = sum(len(_points(self.s, tp, sp)) for tp in self.tps
+                      for sp in ((False, True) if tp > 1 and self.s.sequence_parallel else (False,)))
+        n_vocab = sum(len(_points(self.s, tp, False)) for tp in self.tps)
+        prev_flush = torch.set_flush_denormal(True) if self.device.type == "cpu" else None
+        try:
+            with tqdm(total=n_layer + n_vocab + 2, disable=not self.s.progress, desc="profile_model",
+                      unit="pt") as bar:
+                layer = self.layer_profile(shards, bar)
+                vocab = self.vocab_profile(shards, bar)
+                optimizer = self.optimizer_profile()
+                bar.update(1)
+                allocator = self.allocator_profile(shards)
+                bar.update(1)
+        finally:
+            shards.close()
+            if prev_flush is not None:
+                torch.set_flush_denormal(False)
+        return {
+            "schema": MODEL_SCHEMA,
+            "model": dataclasses.asdict(self.user_cfg),
+            "dtype": self.s.dtype,
+            "hardware": describe(self.device, 1, 1),
+            "command": command_line(),
+            "settings": {"micro_batch_sizes": self.s.micro_batch_sizes, "seq_lengths": self.s.seq_lengths,
+                         "tp_degrees": self.tps, "sequence_parallel": self.s.sequence_parallel,
+                         "warmup": self.s.warmup, "iters": self.s.iters,
+                         "time_method": "median of per-call CUDA events (wall clock on CPU), fwd and bwd apart",
+                         "memory_method": "unique storages saved for backward (saved_tensors_hooks), "
+                                          "parameters excluded; per token = slope over the token count"},
+            "layer": layer,
+            "vocab": vocab,
+            "optimizer": optimizer,
+            "allocator": allocator,
+            "notes": self.notes,
+        }
+
+
+def default_optimizer_params(device: torch.device) -> int:
+    return 2 ** 27 if device.type == "cuda" else 2 ** 18
+
+
+def default_dtype(device: torch.device) -> str:
+    return "bf16" if device.type == "cuda" else "fp32"
+
+
+def check_settings(cfg: GPTConfig, s: ModelSettings) -> None:
+    for name, values in (("--micro-batch-sizes", s.micro_batch_sizes), ("--seq-lengths", s.seq_lengths),
+                         ("--tp", s.tp_degrees)):
+        if not values or min(values) < 1:
+            raise UserError(f"{name} needs positive integers, got {values}")
+    if len(set(s.micro_batch_sizes)) * len(set(s.seq_lengths)) < 2:
+        raise UserError("give at least two --micro-batch-sizes (or --seq-lengths): the per-token fits need "
+                        "two token counts")
+    if s.warmup < 0 or s.iters < 1:
+        raise UserError(f"--warmup={s.warmup} must be >= 0 and --iters={s.iters} >= 1")
+    if s.optimizer_params < 64:
+        raise UserError(f"--optimizer-params={s.optimizer_params} must be at least 64")

@@ -1,0 +1,77 @@
+"""Sizes on the command line, writing a profile file, and the summaries the tools print."""
+import json
+import os
+import re
+from typing import Callable, Dict, List, Optional
+
+from megatron_galvatron.errors import UserError
+
+_SIZE = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*([KMG]?)i?B?\s*$", re.IGNORECASE)
+_UNIT = {"": 1, "K": 2 ** 10, "M": 2 ** 20, "G": 2 ** 30}
+
+
+def parse_size(text: str) -> int:
+    m = _SIZE.match(text)
+    if not m:
+        raise UserError(f"size {text!r}: use bytes with an optional K, M or G suffix (e.g. 4K, 512M)")
+    n = int(float(m.group(1)) * _UNIT[m.group(2).upper()])
+    if n < 1:
+        raise UserError(f"size {text!r} must be at least 1 byte")
+    return n
+
+
+def sweep(lo: int, hi: int) -> List[int]:
+    """lo, 2 lo, 4 lo, ... up to hi."""
+    if hi < lo:
+        raise UserError(f"the largest size ({hi} bytes) is below the smallest ({lo} bytes)")
+    out = [lo]
+    while out[-1] * 2 <= hi:
+        out.append(out[-1] * 2)
+    return out
+
+
+def write_profile(profile: Dict, out_dir: str, filename: str,
+                  validate: Optional[Callable[[Dict, str], object]] = None) -> str:
+    """Check the profile with the search's own reader (when given) and write it as JSON."""
+    path = os.path.join(out_dir, filename)
+    if validate is not None:
+        validate(profile, path)
+    os.makedirs(out_dir, exist_ok=True)
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(profile, f, indent=1)
+        f.write("\n")
+    os.replace(tmp, path)
+    return path
+
+
+def comm_summary(profile: Dict) -> str:
+    lines = [f"{'collective':<15}{'group':>12}{'nodes':>7}{'latency us':>12}{'busbw GB/s':>12}{'fit err':>9}"]
+    rows = [(op, key, e) for op, t in profile["collectives"].items() for key, e in t.items()]
+    rows += [("p2p", f"pp{key}", e) for key, e in profile["p2p"].items()]
+    for op, key, e in rows:
+        lines.append(f"{op:<15}{key:>12}{'multi' if e['spans_nodes'] else 'one':>7}{e['latency_s'] * 1e6:>12.1f}"
+                     f"{e['bandwidth_GBps']:>12.2f}{e['max_rel_error']:>9.1%}")
+    ov = profile["overlap"]
+    lines.append(f"overlap: compute x{ov['compute_slowdown']:.3f}, communication x{ov['comm_slowdown']:.3f}"
+                 + (f" ({ov['note']})" if "note" in ov else ""))
+    return "\n".join(lines)
+
+
+def model_summary(profile: Dict) -> str:
+    lines = [f"{'layer':<10}{'fwd us/tok':>12}{'bwd us/tok':>12}{'fwd+bwd err':>12}{'act B/tok':>12}"
+             f"{'ckpt B/tok':>12}"]
+    mem = profile["layer"]["memory"]
+    for key, t in profile["layer"]["time"].items():
+        err = max(t["fwd"]["max_rel_error"], t["bwd"]["max_rel_error"])
+        lines.append(f"{key:<10}{t['fwd']['per_token_s'] * 1e6:>12.3f}{t['bwd']['per_token_s'] * 1e6:>12.3f}"
+                     f"{err:>12.1%}{mem['activation_bytes_per_token'][key]:>12.0f}"
+                     f"{mem['checkpoint_bytes_per_token'][key]:>12.0f}")
+    for key, t in profile["vocab"]["time"].items():
+        lines.append(f"{'vocab ' + key:<10}{t['fwd']['per_token_s'] * 1e6:>12.3f}{t['bwd']['per_token_s'] * 1e6:>12.3f}"
+                     f"{max(t['fwd']['max_rel_error'], t['bwd']['max_rel_error']):>12.1%}"
+                     f"{profile['vocab']['activation_bytes_per_token'][key]:>12.0f}")
+    opt, alloc = profile["optimizer"], profile["allocator"]
+    lines.append(f"optimizer step: {opt['step_s_per_param'] * 1e12:.2f} ps/param; allocator: reserved/allocated "
+                 f"{alloc['reserved_over_allocated']:.3f}, fixed {alloc['fixed_overhead_bytes'] / 2 ** 20:.0f} MiB")
+    return "\n".join(lines)

@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# Install (CPU torch, the package with its compiled search core, test extras) and run every test.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+python -m pip install -q torch==2.13.0 pybind11 numpy
+python -m pip install -q --no-build-isolation -e ".[test]"
+python -m pytest -q tests

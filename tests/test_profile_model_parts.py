@@ -1,0 +1,85 @@
+"""Pieces of the model profiler against numbers worked out by hand."""
+import torch
+from torch import nn
+
+from megatron_galvatron.model.config import GPTConfig
+from megatron_galvatron.parallel_state import Layout
+from megatron_galvatron.profiling.comm import group_sizes, partition
+from megatron_galvatron.profiling.memory import saved_bytes
+from megatron_galvatron.profiling.model import ModelProfiler, ModelSettings, valid_tp_degrees
+from megatron_galvatron.profiling.shards import ShardGroups
+
+
+def test_saved_bytes_of_an_mlp():
+    h, f, tokens = 16, 64, 10
+    mlp = nn.Sequential(nn.Linear(h, f), nn.ReLU(), nn.Linear(f, h))
+    x = torch.randn(tokens, h, requires_grad=True)
+    # Linear saves its input, ReLU its output (= the second Linear's input, one storage)
+    got, delta = saved_bytes(mlp, lambda: mlp(x))
+    assert got == 4 * tokens * (h + f)
+    assert delta == -1  # no CUDA allocator to ask on CPU
+
+
+def _cfg(**kw):
+    base = dict(family="gpt2", num_layers=2, hidden_size=32, num_attention_heads=4, vocab_size=100, seq_length=16)
+    base.update(kw)
+    return GPTConfig(**base)
+
+
+def test_shard_shapes_are_those_of_tp_rank_0():
+    cfg = _cfg(family="llama", num_query_groups=2, ffn_hidden_size=48)
+    prof = ModelProfiler(cfg, torch.device("cpu"), ModelSettings([1, 2], [16], [1, 2], dtype="fp32"))
+    shards = ShardGroups(2)
+    try:
+        layer = prof.layer(shards, 2, False)
+        shapes = {n: tuple(p.shape) for n, p in layer.named_parameters()}
+    finally:
+        shards.close()
+    h, hd, f = 32, 8, 48
+    assert shapes["attention.qkv.weight"] == ((4 + 2 * 2) * hd // 2, h)
+    assert shapes["attention.dense.weight"] == (h, 4 * hd // 2)
+    assert shapes["mlp.gate_up.weight"] == (2 * f // 2, h)
+    assert shapes["mlp.fc2.weight"] == (h, f // 2)
+    assert shapes["input_norm.weight"] == (h,)
+
+
+def test_valid_tp_degrees():
+    cfg = _cfg(num_attention_heads=4, ffn_hidden_size=96)
+    assert valid_tp_degrees(cfg, [1, 2, 3, 4, 8]) == [1, 2, 4]
+
+
+def test_layer_memory_per_token():
+    cfg = _cfg()
+    s = ModelSettings(micro_batch_sizes=[1, 3], seq_lengths=[16], tp_degrees=[1, 2], dtype="fp32",
+                      warmup=0, iters=1, progress=False)
+    prof = ModelProfiler(cfg, torch.device("cpu"), s)
+    shards = ShardGroups(2)
+
+    class Bar:
+        def update(self, n):
+            pass
+    try:
+        layer = prof.layer_profile(shards, Bar())
+    finally:
+        shards.close()
+    mem = layer["memory"]
+    h = cfg.hidden_size
+    # a checkpointed layer keeps only its fp32 input, sequence-sharded under sp
+    assert mem["checkpoint_bytes_per_token"]["tp1"] == 4 * h
+    assert mem["checkpoint_bytes_per_token"]["tp2"] == 4 * h
+    assert mem["checkpoint_bytes_per_token"]["tp2_sp"] == 4 * h / 2
+    act = mem["activation_bytes_per_token"]
+    # sp shards what the two LayerNorms save: their fp32 inputs and per-token mean and rstd;
+    # the norms' outputs are gathered to full length before the linears save them either way
+    assert act["tp1"] > act["tp2"] > act["tp2_sp"]
+    assert act["tp2"] - act["tp2_sp"] == 2 * (4 * h + 2 * 4) / 2
+    assert mem["param_count"] == cfg.layer_param_count()
+
+
+def test_comm_groups_match_the_runtime_layout():
+    for world in (2, 4, 8):
+        for n in group_sizes(world):
+            for consec in (True, False):
+                tp_groups, _ = Layout(n, consec, False).groups(range(world))
+                assert partition(world, n, "consec" if consec else "strided") == tp_groups
+    assert group_sizes(8) == [2, 4, 8] and group_sizes(6) == [2, 6] and group_sizes(1) == []

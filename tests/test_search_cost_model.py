@@ -1,0 +1,254 @@
+"""Every cost-model term against numbers worked out by hand from a small hand-written profile.
+
+Cluster: 8 GPUs, 2 nodes of 4. Intra-node links 100 GB/s bus bandwidth and 10 us latency,
+inter-node 10 GB/s and 20 us; p2p 25 GB/s. Overlap slows compute 1.1x and communication 1.25x.
+Model: gpt2, hidden 64, seq 128; a layer has 50,000 parameters, the vocab matrix 64,000.
+"""
+import pytest
+
+from megatron_galvatron.plan import LayerStrategy, Plan, VocabStrategy
+from search.comm import Network
+from search.cost_model import CostModel, microbatches_in_flight, model_state_bytes, pipeline_iteration_time
+from search.model_config import ModelConfig
+from search.profiles import parse_hardware, parse_model
+
+INTRA = {"latency_s": 1e-5, "bandwidth_GBps": 100.0, "points": []}
+INTER = {"latency_s": 2e-5, "bandwidth_GBps": 10.0, "points": []}
+
+
+def fit(intercept, per_token):
+    return {"intercept_s": intercept, "per_token_s": per_token, "points": []}
+
+
+def hardware_dict():
+    # "2_strided" / "4_strided" are measured with stride 4 / 2 over 8 GPUs: they cross nodes
+    groups = {"2_consec": INTRA, "4_consec": INTRA, "8_consec": INTER, "2_strided": INTER, "4_strided": INTER}
+    return {
+        "schema": "megatron_galvatron.hardware_profile/1",
+        "hardware": {"gpu_name": "test", "num_gpus": 8, "num_nodes": 2, "gpus_per_node": 4, "torch": "x",
+                     "nccl": "x"},
+        "command": "hand-written",
+        "collectives": {op: dict(groups) for op in ("all_reduce", "all_gather", "reduce_scatter")},
+        "p2p": {"2": {"latency_s": 1e-5, "bandwidth_GBps": 25.0, "points": []}},
+        "overlap": {"compute_slowdown": 1.1, "comm_slowdown": 1.25},
+    }
+
+
+CFG = ModelConfig(family="gpt2", num_layers=4, hidden_size=64, num_attention_heads=4, num_query_groups=4,
+                  ffn_hidden_size=256, vocab_size=1000, seq_length=128)
+
+
+def model_dict(cfg=CFG):
+    return {
+        "schema": "megatron_galvatron.model_profile/1",
+        "model": cfg.to_dict(), "dtype": "bf16", "hardware": {}, "command": "hand-written",
+        "layer": {
+            "time": {"tp1": {"fwd": fit(1e-3, 1e-6), "bwd": fit(2e-3, 2e-6)},
+                     "tp2": {"fwd": fit(1e-3, 6e-7), "bwd": fit(2e-3, 1.2e-6)},
+                     "tp2_sp": {"fwd": fit(1e-3, 5e-7), "bwd": fit(2e-3, 1.2e-6)}},
+            "memory": {"param_count": 50000,
+                       "activation_bytes_per_token": {"tp1": 2000, "tp2": 1200, "tp2_sp": 800},
+                       "checkpoint_bytes_per_token": {"tp1": 128, "tp2": 128, "tp2_sp": 64}}},
+        "vocab": {"param_count": 64000,
+                  "time": {"tp1": {"fwd": fit(5e-4, 1e-7), "bwd": fit(1e-3, 2e-7)}},
+                  "activation_bytes_per_token": {"tp1": 4000, "tp2": 2000}},
+        "optimizer": {"step_s_per_param": 1e-10},
+        "allocator": {"reserved_over_allocated": 1.25, "fixed_overhead_bytes": 1e9},
+    }
+
+
+@pytest.fixture
+def cm():
+    hw = parse_hardware(hardware_dict())
+    return CostModel(CFG, parse_model(model_dict()), Network(hw, num_gpus=8, gpus_per_node=4))
+
+
+def ddp(tp=1, **kw):
+    return LayerStrategy(tp=tp, **kw)
+
+
+# ------------------------------------------------------------------ communication
+
+def test_collective_bus_bandwidth_times(cm):
+    net = cm.net
+    assert net.collective("all_reduce", 4, 1, 1e6) == pytest.approx(1e-5 + 2 * 3 / 4 * 1e6 / 100e9)
+    assert net.collective("all_gather", 2, 1, 1e6) == pytest.approx(1e-5 + 1 / 2 * 1e6 / 100e9)
+    assert net.collective("reduce_scatter", 4, 1, 1e6) == pytest.approx(1e-5 + 3 / 4 * 1e6 / 100e9)
+    # ranks 0 and 4 sit on different nodes: the inter-node measurement
+    assert net.collective("all_reduce", 2, 4, 1e6) == pytest.approx(2e-5 + 1e6 / 10e9)
+    # ranks 0 and 2 share a node: the profile's "2_strided" crossed nodes, so "2_consec" is used
+    assert net.collective("all_reduce", 2, 2, 1e6) == pytest.approx(1e-5 + 1e6 / 100e9)
+    assert net.collective("all_reduce", 1, 1, 1e6) == 0.0
+    assert net.p2p(2, 4, 1e6) == pytest.approx(1e-5 + 1e6 / 25e9)
+
+
+def test_overlap_of_compute_and_communication(cm):
+    assert cm.net.overlap(1.0, 0.0) == 1.0
+    assert cm.net.overlap(1.0, 0.5) == pytest.approx(1.1)
+    assert cm.net.overlap(1.0, 2.0) == pytest.approx(2.5)
+
+
+# ------------------------------------------------------------------ layer time
+# stage of 4 ranks, micro-batch of 8 samples
+
+def test_compute_scaled_by_tp_and_sp(cm):
+    # tp1: dp 4, 2 samples = 256 tokens per rank
+    assert cm.layer_compute(ddp(), 4, 8) == pytest.approx((1e-3 + 256e-6, 2e-3 + 512e-6))
+    # tp2: dp 2, 4 samples = 512 tokens
+    assert cm.layer_compute(ddp(2), 4, 8) == pytest.approx((1e-3 + 6e-7 * 512, 2e-3 + 1.2e-6 * 512))
+    assert cm.layer_compute(ddp(2, sp=True), 4, 8)[0] == pytest.approx(1e-3 + 5e-7 * 512)
+    # tp4 was not profiled: scaled from tp2 by 2/4
+    assert cm.layer_compute(ddp(4), 4, 8) == pytest.approx((1e-3 + 3e-7 * 1024, 2e-3 + 6e-7 * 1024))
+
+
+def test_tensor_parallel_communication(cm):
+    act = 4 * 128 * 64 * 2  # 4 samples x seq x hidden, bf16
+    ar = 1e-5 + 2 * (1 / 2) * act / 100e9
+    assert cm.tp_comm(ddp(2), 4, 8) == pytest.approx(2 * ar)
+    ag = rs = 1e-5 + (1 / 2) * act / 100e9
+    assert cm.tp_comm(ddp(2, sp=True), 4, 8) == pytest.approx(2 * (ag + rs))
+    assert cm.tp_comm(ddp(1), 4, 8) == 0.0
+
+
+def test_ddp_gradient_all_reduce_overlaps_last_backward(cm):
+    fwd, bwd = 1e-3 + 256e-6, 2e-3 + 512e-6
+    ar = 1e-5 + 2 * 3 / 4 * (4 * 50000) / 100e9
+    t = cm.layer_time(ddp(), 4, 8)
+    assert t.per_mb == pytest.approx(fwd + bwd)
+    assert t.per_iter == pytest.approx(max(1.1 * bwd, 1.25 * ar) - bwd + 1e-10 * 50000)
+
+
+def test_zero2_reduce_scatter_and_all_gather_once_per_iteration(cm):
+    fwd, bwd = 1e-3 + 256e-6, 2e-3 + 512e-6
+    rs = 1e-5 + 3 / 4 * (4 * 50000) / 100e9
+    ag = 1e-5 + 3 / 4 * (2 * 50000) / 100e9
+    t = cm.layer_time(ddp(dp_type="zero2"), 4, 8)
+    assert t.per_mb == pytest.approx(fwd + bwd)
+    assert t.per_iter == pytest.approx((1.1 * bwd - bwd) + (1.1 * fwd - fwd) + 1e-10 * 50000 / 4)
+    assert 1.1 * bwd > 1.25 * rs and 1.1 * fwd > 1.25 * ag  # the branch the line above assumes
+
+
+def test_zero3_gathers_every_micro_batch(cm):
+    fwd, bwd = 1e-3 + 256e-6, 2e-3 + 512e-6
+    ag = 1e-5 + 3 / 4 * (2 * 50000) / 100e9
+    rs = 1e-5 + 3 / 4 * (4 * 50000) / 100e9
+    t = cm.layer_time(ddp(dp_type="zero3"), 4, 8)
+    assert t.per_mb == pytest.approx(max(1.1 * fwd, 1.25 * ag) + max(1.1 * bwd, 1.25 * (ag + rs)))
+    assert t.per_iter == pytest.approx(1e-10 * 50000 / 4)
+
+
+def test_checkpoint_recomputes_forward_and_its_tp_comm(cm):
+    fwd, bwd = 1e-3 + 6e-7 * 512, 2e-3 + 1.2e-6 * 512
+    act = 4 * 128 * 64 * 2
+    tpc = 2 * (1e-5 + act / 100e9)
+    # dp group: ranks 0 and 2 (stride 2) share a node
+    ar = 1e-5 + 2 * (1 / 2) * (4 * 25000) / 100e9
+    t = cm.layer_time(ddp(2, checkpoint=True), 4, 8)
+    assert t.per_mb == pytest.approx(fwd + tpc + (bwd + fwd) + tpc + tpc)
+    assert t.per_iter == pytest.approx(max(1.1 * (bwd + fwd), 1.25 * ar) - (bwd + fwd) + 1e-10 * 25000)
+
+
+def test_relayout_and_p2p(cm):
+    full = 8 * 128 * 64 * 2
+    assert cm.relayout(4, 8) == pytest.approx(2 * (1e-5 + 3 / 4 * full / 100e9))
+    assert cm.p2p(2, 4, 8) == pytest.approx(1e-5 + full / 4 / 25e9)
+
+
+def test_optimizer_step(cm):
+    assert cm.optimizer_step(1e6) == pytest.approx(1e-4)
+
+
+# ------------------------------------------------------------------ memory
+
+def test_model_states_per_dp_type():
+    assert model_state_bytes(1000, 4, "ddp") == 16000
+    assert model_state_bytes(1000, 4, "zero2") == 4000 + 12000 / 4
+    assert model_state_bytes(1000, 4, "zero3") == 16000 / 4
+    assert model_state_bytes(1000, 1, "zero3") == 16000
+
+
+def test_layer_memory(cm):
+    m = cm.layer_memory(ddp(), 4, 8)
+    assert (m.states, m.activation, m.transient) == (16 * 50000, 2000 * 256, 0)
+    m = cm.layer_memory(ddp(dp_type="zero3"), 4, 8)
+    assert (m.states, m.activation, m.transient) == (16 * 50000 / 4, 2000 * 256, 2 * 50000)
+    m = cm.layer_memory(ddp(2, sp=True, checkpoint=True), 4, 8)
+    assert (m.states, m.activation, m.transient) == (16 * 25000, 64 * 512, 800 * 512)
+    assert m.persistent(3) == 16 * 25000 + 3 * 64 * 512
+
+
+def test_micro_batches_in_flight():
+    assert [microbatches_in_flight("gpipe", 8, 4, s) for s in range(4)] == [8, 8, 8, 8]
+    assert [microbatches_in_flight("1f1b", 8, 4, s) for s in range(4)] == [4, 3, 2, 1]
+    assert [microbatches_in_flight("1f1b", 2, 4, s) for s in range(4)] == [2, 2, 2, 1]
+    assert microbatches_in_flight("1f1b", 8, 1, 0) == 1
+
+
+def test_vocab_memory_copies_and_logits(cm):
+    v = VocabStrategy(tp=1)
+    assert [cm.vocab_copies(1, 0), cm.vocab_copies(2, 0), cm.vocab_copies(2, 1), cm.vocab_copies(3, 1)] == [1, 1, 1, 0]
+    _, m = cm.vocab(v, 4, 8, 2, 1)
+    assert (m.states, m.activation, m.transient) == (16 * 64000, 4000 * 256, 0)
+    _, m = cm.vocab(v, 4, 8, 2, 0)
+    assert (m.states, m.activation) == (16 * 64000, 0)
+    _, m = cm.vocab(VocabStrategy(tp=2, dp_type="zero3"), 4, 8, 1, 0)
+    assert (m.states, m.activation, m.transient) == (16 * 32000 / 2, 2000 * 512, 2 * 32000)
+
+
+def test_vocab_time_on_the_last_stage(cm):
+    fwd, bwd = 5e-4 + 1e-7 * 256, 1e-3 + 2e-7 * 256
+    ar = 1e-5 + 2 * 3 / 4 * (4 * 64000) / 100e9
+    tied = 1e-5 + 4 * 64000 / 25e9  # the two embedding copies' gradients
+    t, _ = cm.vocab(VocabStrategy(tp=1), 4, 8, 2, 1)
+    assert t.per_mb == pytest.approx(fwd + bwd)
+    assert t.per_iter == pytest.approx(max(1.1 * bwd, 1.25 * ar) - bwd + tied + 1e-10 * 64000)
+    t, _ = cm.vocab(VocabStrategy(tp=1), 4, 8, 2, 0)
+    assert t.per_mb == 0.0
+    assert t.per_iter == pytest.approx(1.25 * ar + tied + 1e-10 * 64000)  # nothing to hide it behind
+
+
+def test_allocator_overhead(cm):
+    assert cm.reserved(1e9) == pytest.approx(1.25e9 + 1e9)
+    assert cm.allocatable(2.25e9) == pytest.approx(1e9)
+
+
+# ------------------------------------------------------------------ whole plans
+
+def test_pipeline_iteration_time():
+    assert pipeline_iteration_time([1.0, 2.0], [0.5, 0.1], chunks=4) == pytest.approx((4 + 2 - 1) * 2.0 + 0.5)
+
+
+def test_evaluate_two_stage_plan_by_hand(cm):
+    layer = LayerStrategy()
+    plan = Plan(world_size=8, pp_deg=2, pp_division=[2, 2], global_bsz=32, chunks=4, layers=[layer] * 4,
+                vocab=VocabStrategy(), pipeline_type="1f1b")
+    fwd, bwd = 1e-3 + 256e-6, 2e-3 + 512e-6
+    layer_iter = max(1.1 * bwd, 1.25 * (1e-5 + 1.5 * 2e5 / 1e11)) - bwd + 5e-6
+    p2p = 1e-5 + 8 * 128 * 64 * 2 / 4 / 25e9
+    vfwd, vbwd = 5e-4 + 1e-7 * 256, 1e-3 + 2e-7 * 256
+    var = 1e-5 + 1.5 * 256000 / 1e11
+    tied = 1e-5 + 256000 / 25e9
+    per_mb = [2 * (fwd + bwd) + p2p, 2 * (fwd + bwd) + p2p + vfwd + vbwd]
+    per_iter = [2 * layer_iter + 1.25 * var + tied + 6.4e-6,
+                2 * layer_iter + max(1.1 * vbwd, 1.25 * var) - vbwd + tied + 6.4e-6]
+    pred = cm.evaluate(plan)
+    assert pred.stage_per_mb == pytest.approx(per_mb)
+    assert pred.stage_per_iter == pytest.approx(per_iter)
+    assert pred.iter_time_s == pytest.approx(5 * max(per_mb) + max(per_iter))
+    assert pred.tokens_per_s == pytest.approx(32 * 128 / pred.iter_time_s)
+    # stage 0 holds 2 micro-batches of activations, stage 1 one plus the logits
+    alloc = [2 * 16 * 50000 + 2 * 2 * 512000 + 16 * 64000,
+             2 * 16 * 50000 + 2 * 512000 + 16 * 64000 + 4000 * 256]
+    assert pred.stage_allocated == pytest.approx(alloc)
+    assert pred.stage_reserved == pytest.approx([1.25 * a + 1e9 for a in alloc])
+
+
+def test_evaluate_prices_relayout_between_different_layers(cm):
+    a, b = LayerStrategy(tp=1), LayerStrategy(tp=2)
+    base = Plan(world_size=4, pp_deg=1, pp_division=[2], global_bsz=8, chunks=1, layers=[a, a])
+    mixed = Plan(world_size=4, pp_deg=1, pp_division=[2], global_bsz=8, chunks=1, layers=[a, b])
+    hop = cm.relayout(4, 8)
+    # b differs from a and from the vocab layout (tp1) on its way into the head: two re-layouts
+    got = cm.stage_costs(mixed, 0)[0] - cm.stage_costs(base, 0)[0]
+    t_a, t_b = cm.layer_time(a, 4, 8), cm.layer_time(b, 4, 8)
+    assert got == pytest.approx(t_b.per_mb - t_a.per_mb + 2 * hop)

@@ -1,0 +1,99 @@
+"""Measure per-layer forward/backward time and memory of a model on one device.
+
+    python tools/profile_model.py --out-dir profiles/h100 --model-family llama --num-layers 32 \\
+        --hidden-size 4096 --num-attention-heads 32 --ffn-hidden-size 11008 --seq-length 4096 \\
+        --vocab-size 32000 --micro-batch-sizes 1 2 4 8 --tp 1 2 4 8
+
+writes OUT_DIR/model.json (docs/profile_format.md); docs/profiling.md has the details.
+"""
+import argparse
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import torch  # noqa: E402
+
+from megatron_galvatron.errors import UserError, exit_on_user_error  # noqa: E402
+from megatron_galvatron.profiling.hardware import MODEL_FILE  # noqa: E402
+from megatron_galvatron.profiling.model import (  # noqa: E402
+    DTYPES,
+    ModelProfiler,
+    ModelSettings,
+    check_settings,
+    default_dtype,
+    default_optimizer_params,
+)
+from megatron_galvatron.profiling.report import model_summary, write_profile  # noqa: E402
+from megatron_galvatron.training.arguments import add_model_args, model_config  # noqa: E402
+from search.profiles import parse_model  # noqa: E402
+
+PROG = "profile_model.py"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
+    p.add_argument("--out-dir", required=True, help=f"directory to write {MODEL_FILE} into")
+    g = p.add_argument_group("what to measure")
+    g.add_argument("--micro-batch-sizes", type=int, nargs="+", default=[1, 2, 4, 8],
+                   help="samples per micro-batch on one rank (default 1 2 4 8)")
+    g.add_argument("--seq-lengths", type=int, nargs="+", default=None, help="default: --seq-length")
+    g.add_argument("--tp", type=int, nargs="+", default=[1, 2, 4, 8],
+                   help="tensor-parallel degrees (those the model cannot split are skipped; 1 is always measured)")
+    g.add_argument("--no-sequence-parallel", action="store_true", help="skip the sequence-parallel variants")
+    g.add_argument("--dtype", choices=("auto",) + DTYPES, default="auto",
+                   help="auto: bf16 autocast on CUDA, fp32 on CPU (the search accepts bf16 profiles only)")
+    g.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto")
+    g.add_argument("--warmup", type=int, default=2, help="untimed repeats per point")
+    g.add_argument("--iters", type=int, default=5, help="timed repeats per point (their median is the point)")
+    g.add_argument("--optimizer-params", type=int, default=None,
+                   help="parameters in the optimizer-step measurement (default 2^27 on CUDA, 2^18 on CPU)")
+    g.add_argument("--seed", type=int, default=1234)
+    g.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_model_args(p)
+    return p
+
+
+def pick_device(choice: str) -> torch.device:
+    if choice == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda but no CUDA device is visible")
+    if choice == "cpu" or not torch.cuda.is_available():
+        return torch.device("cpu")
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    torch.cuda.set_device(local)
+    return torch.device("cuda", local)
+
+
+def validate(profile, path) -> None:
+    # The search prices bf16 only and rejects other dtypes by design; an fp32 profile (CPU runs)
+    # is still checked for everything else.
+    parse_model(dict(profile, dtype="bf16"), path)
+
+
+def main(argv=None) -> None:
+    args = build_parser().parse_args(argv)
+    with exit_on_user_error(PROG):
+        cfg = model_config(args)
+        device = pick_device(args.device)
+        settings = ModelSettings(
+            micro_batch_sizes=sorted(set(args.micro_batch_sizes)),
+            seq_lengths=sorted(set(args.seq_lengths or [cfg.seq_length])),
+            tp_degrees=sorted(set(args.tp)), sequence_parallel=not args.no_sequence_parallel,
+            dtype=default_dtype(device) if args.dtype == "auto" else args.dtype,
+            warmup=args.warmup, iters=args.iters,
+            optimizer_params=args.optimizer_params or default_optimizer_params(device),
+            seed=args.seed, progress=not args.quiet)
+        check_settings(cfg, settings)
+        profile = ModelProfiler(cfg, device, settings).run()
+        path = write_profile(profile, args.out_dir, MODEL_FILE, validate)
+        print(model_summary(profile))
+        for note in profile["notes"]:
+            print(f"note: {note}")
+        if profile["dtype"] != "bf16":
+            print(f"note: measured in {profile['dtype']}; search/run.py accepts bf16 profiles only "
+                  f"(pass --dtype bf16)")
+        print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
