@@ -3,6 +3,7 @@
     torchrun --nproc-per-node 8 pretrain_gpt.py --galvatron-config plan.json <model flags> ...
     torchrun --nproc-per-node 4 pretrain_gpt.py --global-tp-deg 2 --default-dp-type zero3 ...
 """
+import gc
 import os
 import sys
 
@@ -23,6 +24,10 @@ def main(argv=None) -> None:
     import torch.distributed as dist
     if dist.is_initialized():
         dist.destroy_process_group()
+    # The model holds its process groups in reference cycles; left to interpreter shutdown, a
+    # gloo worker thread still releasing its last work cannot take the GIL and aborts the process.
+    del trainer
+    gc.collect()
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ memory (so that a budget the minimum says fits always finds a plan).
 """
 from __future__ import annotations
 
+import heapq
 import math
 import sys
 import threading
@@ -31,7 +32,7 @@ from search.cost_model import GiB, CostModel, Prediction, microbatches_in_flight
 from search.strategies import Space, divisors, layer_strategies, layout, vocab_strategies
 
 MiB = float(2 ** 20)
-SURFACE_CACHE_BYTES = 1 << 30
+SURFACE_CACHE_BYTES = 512 << 20
 
 
 class InfeasibleError(UserError):
@@ -66,6 +67,7 @@ class Result:
     candidate: Candidate
     plan: Plan
     prediction: Prediction
+    stage_objective: List[float]  # the DP's (chunks + pp - 1) x per_mb + per_iter of every stage
 
     @property
     def tokens_per_s(self) -> float:
@@ -115,7 +117,6 @@ class Stats:
     dp_runs: int = 0
     pruned_by_bound: int = 0
     pruned_by_memory: int = 0
-    min_memory: Optional[Tuple[float, Candidate]] = None
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
 
@@ -215,14 +216,6 @@ class Searcher:
             return [first]
         return [first] + [self.frame(cand, i) for i in range(1, cand.pp)]
 
-    def lower_bound(self, cand: Candidate, frames: List[StageFrame]) -> float:
-        """Iteration time no plan of this candidate can beat (fastest strategy everywhere, no re-layout)."""
-        t = self.table(self.num_gpus // cand.pp, cand.micro_batch)
-        a, b, L, pp = t.per_mb.min(), t.per_iter.min(), self.model.num_layers, cand.pp
-        mb = max(max(a + f.fixed_mb for f in frames), (L * a + sum(f.fixed_mb for f in frames)) / pp)
-        it = max(max(b + f.fixed_iter for f in frames), (L * b + sum(f.fixed_iter for f in frames)) / pp)
-        return cand.k * mb + it
-
     def memory_aware_bound(self, cand: Candidate, frames: List[StageFrame]) -> float:
         """Iteration time bound that respects memory (see lp_bound); inf when nothing can fit."""
         t = self.table(self.num_gpus // cand.pp, cand.micro_batch)
@@ -244,16 +237,27 @@ class Searcher:
         split = min_max_partition(arrays, L)
         return math.inf if split is None else float(max(arrays[i][m - 1] for i, m in enumerate(split)))
 
+    def min_memory_levels(self, table: Table, in_flight: int, vocab_transient: float, n_hi: int
+                          ) -> Tuple[np.ndarray, np.ndarray]:
+        """For n = 1..n_hi alike layers: the fewest bytes they need (persistent memory plus the
+        transient reservation), and the reservation level that achieves it (the higher on ties)."""
+        key = ("minmem", id(table), in_flight, vocab_transient, n_hi)
+        hit = self._bounds.get(key)
+        if hit is None:
+            reserve = np.maximum(table.transient, vocab_transient)
+            order = np.argsort(reserve, kind="stable")
+            r = reserve[order]
+            m = np.minimum.accumulate((table.states + in_flight * table.activation)[order])
+            last = np.concatenate((np.nonzero(np.diff(r))[0], [len(r) - 1]))
+            levels, floor = r[last][::-1], m[last][::-1]
+            need = np.arange(1, n_hi + 1)[None, :] * floor[:, None] + levels[:, None]
+            pick = need.argmin(axis=0)
+            hit = self._bounds[key] = (need[pick, np.arange(n_hi)], levels[pick])
+        return hit
+
     def stage_min_memory(self, table: Table, frame: StageFrame, n_hi: int) -> np.ndarray:
         """Smallest allocated bytes of the stage with n = 1..n_hi layers."""
-        mem = table.states + frame.in_flight * table.activation
-        levels = np.unique(np.maximum(table.transient, frame.vocab_transient))
-        best = np.full(n_hi, np.inf)
-        n = np.arange(1, n_hi + 1)
-        for tau in levels:
-            allowed = np.maximum(table.transient, frame.vocab_transient) <= tau
-            best = np.minimum(best, n * mem[allowed].min() + tau)
-        return best + frame.vocab_persistent
+        return self.min_memory_levels(table, frame.in_flight, frame.vocab_transient, n_hi)[0] + frame.vocab_persistent
 
     def min_memory(self, cand: Candidate, frames: List[StageFrame]) -> float:
         t = self.table(self.num_gpus // cand.pp, cand.micro_batch)
@@ -348,8 +352,9 @@ class Searcher:
         run(float(levels[0]))
         # the memory-minimising level of every length still without a plan, so that feasibility
         # agrees with min_memory()
+        lightest = self.min_memory_levels(table, frame.in_flight, frame.vocab_transient, n_hi)[1]
         for i in np.nonzero(~np.isfinite(best_cost))[0]:
-            run(float(min(levels, key=lambda t: (n[i] * mem[reserve <= t].min() + t, -t))))
+            run(float(lightest[i]))
         return best
 
     # ---------------------------------------------------------------- one candidate
@@ -369,6 +374,7 @@ class Searcher:
         if split is None or not all(math.isfinite(totals[i][n - 1]) for i, n in enumerate(split)):
             return None
         layers: List[LayerStrategy] = []
+        objective = [float(totals[i][n - 1]) for i, n in enumerate(split)]
         for i, n in enumerate(split):
             _, surf, level = answers[i][n - 1]
             _, out_layout, backwards = self._ends(frames[i])
@@ -381,7 +387,7 @@ class Searcher:
         pred = self.cost.evaluate(plan)
         plan.predicted = {"iter_time_s": round(pred.iter_time_s, 6), "tokens_per_s": round(pred.tokens_per_s, 1),
                           "peak_mem_gb": [round(g, 3) for g in pred.peak_mem_gb]}
-        return Result(cand, plan, pred)
+        return Result(cand, plan, pred, objective)
 
     # ---------------------------------------------------------------- the search
     def run(self, top_k: int = 5, progress: bool = True) -> List[Result]:
@@ -393,14 +399,20 @@ class Searcher:
                 f"data-parallel degrees of {self.num_gpus} GPUs divide (with --max-tp={self.space.max_tp}); "
                 f"use a global batch size that is a multiple of {self.num_gpus}")
         seq = self.model.seq_length
+        stats = self.stats
         scored = []
-        for c in cands:
+        for c in cands:  # bounds first, so that the likely best plans are solved first
             frames = self._frames(c)
-            scored.append((c.global_bsz * seq / self.lower_bound(c, frames), c, frames))
+            bound = self.memory_aware_bound(c, frames)  # inf: not even the relaxation fits
+            if math.isfinite(bound):
+                scored.append((c.global_bsz * seq / bound, c, frames))
+            else:
+                stats.pruned_by_memory += 1
+        if not scored:
+            raise self._infeasible(cands)
         scored.sort(key=lambda x: -x[0])
         bar = _progress(len(scored), progress)
         best: Dict[Tuple, Result] = {}  # the best plan of every pipeline shape seen
-        stats = self.stats
 
         def kth() -> float:
             vals = sorted((r.tokens_per_s for r in best.values()), reverse=True)
@@ -411,18 +423,9 @@ class Searcher:
             return ub > kth() and (r is None or ub > r.tokens_per_s)
 
         def work(item) -> Optional[Result]:
-            _, c, frames = item
-            if self.min_memory(c, frames) > self.budget:
-                with stats.lock:
-                    stats.pruned_by_memory += 1
-                return None
-            if not worth(c.global_bsz * seq / self.memory_aware_bound(c, frames), c):
-                with stats.lock:
-                    stats.pruned_by_bound += 1
-                return None
             with stats.lock:
                 stats.evaluated += 1
-            return self.evaluate(c, frames)
+            return self.evaluate(item[1], item[2])
 
         pool = ThreadPoolExecutor(self.threads) if self.threads > 1 else None
         try:
@@ -453,20 +456,15 @@ class Searcher:
             bar.close()
             if pool:
                 pool.shutdown()
-        if not best:
-            raise self._infeasible(scored)
+        if not best:  # only the relaxation fitted
+            raise self._infeasible(cands)
         return sorted(best.values(), key=Result.sort_key)[:top_k]
 
-    def _infeasible(self, scored) -> InfeasibleError:
-        best = None
-        for _, c, frames in scored:
-            m = self.min_memory(c, frames)
-            if best is None or m < best[0]:
-                best = (m, c)
-        if best[0] <= self.budget:  # the DP and the memory bound disagree: a bug, not a user error
-            raise RuntimeError(f"search found no plan although {best[1]} fits in memory")
-        need_gb = math.ceil(self.cost.reserved(best[0]) / GiB * 100) / 100
-        c = best[1]
+    def _infeasible(self, cands: List[Candidate]) -> InfeasibleError:
+        need, c = min(((self.min_memory(c, self._frames(c)), c) for c in cands), key=lambda x: x[0])
+        if need <= self.budget:  # the relaxation and the exact minimum disagree: a bug, not a user error
+            raise RuntimeError(f"memory bounds disagree on {c}")
+        need_gb = math.ceil(self.cost.reserved(need) / GiB * 100) / 100
         return InfeasibleError(
             f"no plan fits in {self.memory_gb:g} GB per GPU: the smallest budget that fits is {need_gb:.2f} GB "
             f"(pp={c.pp}, global batch {c.global_bsz} in {c.chunks} micro-batches); "
@@ -611,36 +609,45 @@ def lp_bound(cost: np.ndarray, mem: np.ndarray, n: np.ndarray, room: np.ndarray)
     return np.where(per >= hm[0], n * np.interp(per, hm, hc), np.inf)
 
 
-def min_max_partition(costs: Sequence[np.ndarray], total: int) -> Optional[List[int]]:
+def min_max_partition(costs: Sequence[Sequence[float]], total: int) -> Optional[List[int]]:
     """Layer counts n_i >= 1 summing to `total` that minimise max_i costs[i][n_i - 1].
 
     Every stage's layers are alike, so only the counts matter; a stage's cost is made monotone in
     n (a longer stage never counts as cheaper), then the smallest threshold whose largest
     admissible counts add up to `total` is found by bisection.
     """
-    mono = [np.maximum.accumulate(np.asarray(c, dtype=float)) for c in costs]
-    if sum(len(m) for m in mono) < total or len(mono) > total:
+    mono = np.maximum.accumulate(np.asarray(costs, dtype=float), axis=1)
+    stages, longest = mono.shape
+    if stages > total or stages * longest < total:
         return None
-    values = np.unique(np.concatenate(mono))
-    values = values[np.isfinite(values)]
+    values = np.unique(mono[np.isfinite(mono)])
 
-    def caps(x: float) -> List[int]:
-        return [int(np.searchsorted(m, x, side="right")) for m in mono]
+    def caps(x: float) -> np.ndarray:
+        return (mono <= x).sum(axis=1)
 
+    def enough(c: np.ndarray) -> bool:
+        return c.sum() >= total and c.min() >= 1
+
+    if len(values) == 0 or not enough(caps(values[-1])):
+        return None
     lo, hi = 0, len(values) - 1
-    if hi < 0 or sum(caps(values[hi])) < total or min(caps(values[hi])) < 1:
-        return None
     while lo < hi:
         mid = (lo + hi) // 2
-        c = caps(values[mid])
-        if sum(c) >= total and min(c) >= 1:
+        if enough(caps(values[mid])):
             hi = mid
         else:
             lo = mid + 1
-    n = caps(values[lo])
-    while sum(n) > total:  # shorten the currently most expensive stage that can give a layer
-        i = max((j for j in range(len(n)) if n[j] > 1), key=lambda j: (mono[j][n[j] - 1], n[j], -j))
+    n = [int(x) for x in caps(values[lo])]
+    # give back layers from the currently most expensive stages (ties: the longer, then the earlier)
+    heap = [(-mono[i, n[i] - 1], -n[i], i) for i in range(stages) if n[i] > 1]
+    heapq.heapify(heap)
+    extra = sum(n) - total
+    while extra > 0:
+        _, _, i = heapq.heappop(heap)
         n[i] -= 1
+        extra -= 1
+        if n[i] > 1:
+            heapq.heappush(heap, (-mono[i, n[i] - 1], -n[i], i))
     return n
 
 

@@ -56,7 +56,8 @@ def test_loader_accepts_both_files(profile_dir):
 
 
 def test_files_carry_provenance(profile_dir):
-    for name, tool in ((profiles.HARDWARE_FILE, "tools/profile_comm.py"), (profiles.MODEL_FILE, "tools/profile_model.py")):
+    for name, tool in ((profiles.HARDWARE_FILE, "tools/profile_comm.py"),
+                       (profiles.MODEL_FILE, "tools/profile_model.py")):
         d = _load(os.path.join(profile_dir, name))
         hw = d["hardware"]
         assert hw["torch"] and hw["gpu_name"] and "nccl" in hw

@@ -7,6 +7,7 @@ import sys
 import pytest
 
 from megatron_galvatron import plan as plan_mod
+from search import _dp_core  # noqa: F401  (CI builds it; without it the searches below crawl)
 from search import synthetic
 from search.model_config import ModelConfig
 

@@ -6,13 +6,14 @@ import warnings
 import pytest
 
 from megatron_galvatron.plan import Plan
+from search import _dp_core  # noqa: F401  (CI builds it; without it these tests would crawl)
 from search import dp, synthetic
 from search.comm import Network
 from search.cost_model import GiB, CostModel
 from search.engine import InfeasibleError, Searcher, min_max_partition
 from search.model_config import ModelConfig
 from search.profiles import load_profiles
-from search.strategies import Space, divisors, layer_strategies, vocab_strategies
+from search.strategies import Space, divisors, layer_strategies, layout, vocab_strategies
 
 GPT = ModelConfig(family="gpt2", num_layers=8, hidden_size=1024, num_attention_heads=16, num_query_groups=16,
                   ffn_hidden_size=4096, vocab_size=50304, seq_length=1024)
@@ -69,15 +70,23 @@ def test_below_the_minimum_the_error_quotes_a_budget_that_works(tmp_path):
         factory(minimum - 0.02).run(progress=False)
 
 
-def test_every_plan_fits_and_validates(tmp_path):
-    cfg = ModelConfig(family="llama", num_layers=12, hidden_size=2048, num_attention_heads=16, num_query_groups=4,
-                      ffn_hidden_size=5632, vocab_size=32000, seq_length=2048)
-    results = make_searcher(tmp_path, cfg, 24, num_gpus=16, batch=(16, 64)).run(top_k=5, progress=False)
-    assert 1 < len(results) <= 5
+def test_every_plan_fits_validates_and_costs_what_the_dp_said(tmp_path):
+    # cheap links and little memory: plans mix layouts, stages and vocab layouts
+    cfg = ModelConfig(family="llama", num_layers=16, hidden_size=4096, num_attention_heads=32, num_query_groups=8,
+                      ffn_hidden_size=11008, vocab_size=32000, seq_length=4096)
+    s = make_searcher(tmp_path, cfg, 8, preset="fast-links", num_gpus=16, batch=(64,))
+    results = s.run(top_k=5, progress=False)
+    assert len(results) == 5
     assert [r.tokens_per_s for r in results] == sorted((r.tokens_per_s for r in results), reverse=True)
+    assert any(r.plan.pp_deg > 1 for r in results)
+    assert any(len({layout(x, r.plan.stage_world) for x in r.plan.layers + [r.plan.vocab]}) > 1 for r in results)
     for r in results:
-        assert max(r.prediction.peak_mem_gb) <= 24
+        assert max(r.prediction.peak_mem_gb) <= 8
         Plan.from_dict(r.plan.to_dict()).validate(cfg.shape(), 16)
+        # the DP's per-stage objective, re-priced layer by layer by the cost model
+        k = r.plan.chunks + r.plan.pp_deg - 1
+        repriced = [k * mb + it for mb, it in zip(r.prediction.stage_per_mb, r.prediction.stage_per_iter)]
+        assert r.stage_objective == pytest.approx(repriced, rel=1e-9)
 
 
 TINY = ModelConfig(family="gpt2", num_layers=3, hidden_size=1024, num_attention_heads=8, num_query_groups=8,
