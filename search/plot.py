@@ -28,6 +28,7 @@ def save_plan_picture(plan: Plan, path: str, memory_gb: float = None) -> None:
     ax.set_xlim(-0.5, len(labels) - 0.5)
     ax.set_xlabel("layer (vertical lines: pipeline stages; hatched: checkpointed)")
     ax.set_ylabel("tensor-parallel degree")
+    ax.set_yticks(sorted({s.tp for s in plan.layers} | {1}))
     ax.set_title(f"{plan.world_size} GPUs, pp {plan.pp_deg} {plan.pipeline_type}, batch {plan.global_bsz} "
                  f"in {plan.chunks}, vocab {label(plan.vocab)}", fontsize=9)
     ax.legend(handles=[Patch(facecolor=color[k], label=k) for k in kinds], fontsize=7, loc="upper left",
@@ -39,6 +40,7 @@ def save_plan_picture(plan: Plan, path: str, memory_gb: float = None) -> None:
         mem_ax.axhline(memory_gb, color="tab:red", linestyle="--", label=f"budget {memory_gb:g} GB")
         mem_ax.legend(fontsize=7, loc="lower right")
     mem_ax.set_xlabel("stage")
+    mem_ax.set_xticks(range(len(peaks)) if len(peaks) <= 16 else range(0, len(peaks), max(1, len(peaks) // 8)))
     mem_ax.set_ylabel("predicted peak memory (GB)")
     it = plan.predicted.get("iter_time_s")
     if it:

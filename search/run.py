@@ -33,7 +33,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
     p.add_argument("--memory-gb", type=float, required=True, help="memory per GPU the plan may use (GiB)")
     p.add_argument("--num-gpus", type=int, required=True, help="world size of the training job")
-    p.add_argument("--num-nodes", type=int, default=1, help="nodes the GPUs are spread over (equal per node)")
+    p.add_argument("--num-nodes", type=int, default=None,
+                   help="nodes the GPUs are spread over, equally (default: as many as the hardware profile's "
+                        "GPUs per node make)")
     p.add_argument("--profile-dir", required=True, help="directory with hardware.json and model.json")
     p.add_argument("--output", default="plan.json", help="plan JSON to write")
     add_model_args(p)
@@ -75,15 +77,30 @@ def batch_sizes(args: argparse.Namespace) -> List[int]:
 
 
 def check_args(args: argparse.Namespace) -> int:
+    for flag, path in (("--output", args.output), ("--plot", args.plot)):
+        folder = os.path.dirname(os.path.abspath(path)) if path else None
+        if folder and not os.path.isdir(folder):
+            raise UserError(f"{flag} {path}: folder {folder} does not exist")
     if not args.memory_gb > 0:
         raise UserError(f"--memory-gb={args.memory_gb} must be > 0")
-    if args.num_gpus < 1 or args.num_nodes < 1 or args.num_gpus % args.num_nodes:
+    if args.num_gpus < 1:
+        raise UserError(f"--num-gpus={args.num_gpus} must be >= 1")
+    if args.num_nodes is not None and (args.num_nodes < 1 or args.num_gpus % args.num_nodes):
         raise UserError(f"--num-gpus={args.num_gpus} must be a positive multiple of --num-nodes={args.num_nodes}")
     for flag in ("max_tp", "max_pp", "top_k", "threads"):
         v = getattr(args, flag)
         if v is not None and v < 1:
             raise UserError(f"--{flag.replace('_', '-')}={v} must be >= 1")
-    return args.num_gpus // args.num_nodes
+
+
+def gpus_per_node(args: argparse.Namespace, profiled_per_node: int) -> int:
+    if args.num_nodes is not None:
+        return args.num_gpus // args.num_nodes
+    per_node = min(profiled_per_node, args.num_gpus)
+    if args.num_gpus % per_node:
+        raise UserError(f"--num-gpus={args.num_gpus} is not a whole number of {per_node}-GPU nodes (the hardware "
+                        f"profile's): pass --num-nodes")
+    return per_node
 
 
 def summarize_layers(result: Result) -> str:
@@ -105,13 +122,14 @@ def alternatives_table(results: List[Result]) -> str:
 def main(argv=None) -> None:
     args = build_parser().parse_args(argv)
     with exit_on_user_error(PROG):
-        gpus_per_node = check_args(args)
+        check_args(args)
         cfg = model_config_from_args(args)
         sizes = batch_sizes(args)
         hw, model_profile = load_profiles(args.profile_dir)
         check_model_matches(model_profile, cfg.to_dict())
-        cost = CostModel(cfg, model_profile, Network(hw, args.num_gpus, gpus_per_node))
-        space = Space(max_tp=args.max_tp or gpus_per_node, allow_zero3=not args.disable_sdp,
+        per_node = gpus_per_node(args, hw.gpus_per_node)
+        cost = CostModel(cfg, model_profile, Network(hw, args.num_gpus, per_node))
+        space = Space(max_tp=args.max_tp or per_node, allow_zero3=not args.disable_sdp,
                       allow_checkpoint=not args.disable_checkpoint, sequence_parallel=args.sequence_parallel)
         types = ["1f1b", "gpipe"] if args.pipeline_type == "search" else [args.pipeline_type]
         searcher = Searcher(cost, args.num_gpus, args.memory_gb, space, sizes, types, args.max_pp, args.threads)

@@ -48,7 +48,10 @@ def bench(name: str, gpus: int, memory_gb: float, workdir: str):
     r = subprocess.run(cmd, capture_output=True, text=True)
     total = time.perf_counter() - t0
     if r.returncode:
-        return {"model": name, "gpus": gpus, "error": r.stderr.strip().splitlines()[-1]}
+        last = r.stderr.strip().splitlines()[-1]
+        need = re.search(r"smallest budget that fits is ([0-9.]+) GB", last)
+        return {"model": name, "gpus": gpus, "nodes": nodes, "total_s": total,
+                "error": f"no plan fits in {memory_gb:g} GB (needs {need.group(1)} GB)" if need else last}
     m = re.search(r"searched (\d+) candidates in ([0-9.]+) s: (\d+) solved \((\d+) DP runs\)", r.stdout)
     best = re.search(r"^ 1 +([0-9]+) +([0-9.]+) +(\d+) +(\d+) +(\d+)", r.stdout, re.M)
     return {"model": name, "gpus": gpus, "nodes": nodes, "candidates": int(m.group(1)), "search_s": float(m.group(2)),
@@ -69,7 +72,7 @@ def main() -> None:
             for g in args.gpus:
                 r = bench(name, g, args.memory_gb, d)
                 if "error" in r:
-                    print(f"| {name} | {g} | | | | | | | {r['error']} | | |", flush=True)
+                    print(f"| {name} | {g} | {r['nodes']} | | | | | {r['total_s']:.2f} | {r['error']} | | |", flush=True)
                     continue
                 print(f"| {name} | {g} | {r['nodes']} | {r['candidates']} | {r['solved']} | {r['dp_runs']} | "
                       f"{r['search_s']:.2f} | {r['total_s']:.2f} | {r['tokens_per_s']:,} | {r['pp']} | {r['bsz']} |",

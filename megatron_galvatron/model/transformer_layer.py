@@ -3,6 +3,8 @@
 Activations are [seq, batch, hidden]: replicated over the TP group, or split along the
 sequence when the layer uses sequence parallelism.
 """
+from contextlib import nullcontext
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -62,14 +64,12 @@ class Attention(nn.Module):
         q, k, v = (t.permute(1, 2, 0, 3) for t in (q, k, v))  # [b, heads, s, hd]
         p = self.cfg.attention_dropout if self.training else 0.0
         gqa = self.groups_local != self.heads
-        if self.cfg.use_flash_attn:
-            from megatron_galvatron.model.flash import flash_attention
-            out = flash_attention(q, k, v, p)
-        elif p > 0:
-            with self.tracker.fork():  # local heads: masks differ across TP ranks
+        with self.tracker.fork() if p > 0 else nullcontext():  # local heads: masks differ across TP ranks
+            if self.cfg.use_flash_attn:
+                from megatron_galvatron.model.flash import flash_attention
+                out = flash_attention(q, k, v, p)
+            else:
                 out = F.scaled_dot_product_attention(q, k, v, dropout_p=p, is_causal=True, enable_gqa=gqa)
-        else:
-            out = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=gqa)
         out = out.permute(2, 0, 1, 3).reshape(s, b, self.heads * hd)
         return self.dense(out)
 
