@@ -1,8 +1,9 @@
 """Cross entropy over logits split along the vocab across a TP group.
 
-Never gathers the vocab: max, sum-exp and the target logit are reduced over the group. Works
-in fp32 internally on a bf16 input without keeping a second fp32 copy of the logits for
-backward (the softmax is recomputed from the saved input). Columns at or beyond
+Never gathers the vocab: max, sum-exp and the target logit are reduced over the group.
+Nothing of vocab size is saved for backward but the (bf16) logits themselves; the softmax is
+recomputed there. On CUDA the elementwise pieces between the collectives are compiled into
+single passes over the logits, which are the largest tensor of the step. Columns at or beyond
 ``true_vocab`` are padding and never receive probability.
 """
 import torch
@@ -11,43 +12,69 @@ import torch.distributed as dist
 from megatron_galvatron.tensor_parallel.layers import group_rank, group_size
 
 
+def _masked(logits: torch.Tensor, pad_from: int) -> torch.Tensor:
+    x = logits.float()
+    if pad_from < x.shape[-1]:
+        col = torch.arange(x.shape[-1], device=x.device)
+        x = x.masked_fill(col >= pad_from, float("-inf"))
+    return x
+
+
+def _local_max(logits, pad_from: int):
+    return _masked(logits, pad_from).amax(dim=-1)
+
+
+def _sumexp_and_target(logits, m, local_t, pad_from: int):
+    x = _masked(logits, pad_from) - m.unsqueeze(-1)
+    per_rank = x.shape[-1]
+    inside = (local_t >= 0) & (local_t < per_rank)
+    tgt = torch.gather(x, -1, local_t.clamp(0, per_rank - 1).unsqueeze(-1)).squeeze(-1)
+    return x.exp().sum(dim=-1), tgt.masked_fill(~inside, 0.0)
+
+
+def _grad(logits, m, sumexp, local_t, g, pad_from: int):
+    p = (_masked(logits, pad_from) - m.unsqueeze(-1)).exp() / sumexp.unsqueeze(-1)
+    col = torch.arange(p.shape[-1], device=p.device)
+    p = p - (col == local_t.unsqueeze(-1)).to(p.dtype)  # never true for targets on other ranks
+    return (p * g.unsqueeze(-1)).to(logits.dtype)
+
+
+_compiled = {}
+
+
+def _fn(name: str, fn, device: torch.device):
+    if device.type != "cuda":
+        return fn
+    if name not in _compiled:
+        _compiled[name] = torch.compile(fn, dynamic=False)
+    return _compiled[name]
+
+
 class _VocabParallelCE(torch.autograd.Function):
     @staticmethod
     def forward(ctx, logits, target, group, true_vocab):
-        tp = group_size(group)
         per_rank = logits.shape[-1]
         start = group_rank(group) * per_rank
-        x = logits.to(torch.float32, copy=True)  # worked on in place; logits are saved for backward
         pad_from = true_vocab - start
-        if pad_from < per_rank:
-            x[..., max(pad_from, 0):] = float("-inf")
-        m = x.max(dim=-1).values
-        if tp > 1:
+        dev = logits.device
+        m = _fn("max", _local_max, dev)(logits, pad_from)
+        if group_size(group) > 1:
             dist.all_reduce(m, op=dist.ReduceOp.MAX, group=group)
-        x.sub_(m.unsqueeze(-1))
         local_t = target - start
-        inside = (local_t >= 0) & (local_t < per_rank)
-        idx = local_t.clamp(0, per_rank - 1).unsqueeze(-1)
-        tgt = torch.gather(x, -1, idx).squeeze(-1).masked_fill(~inside, 0.0)
-        sumexp = x.exp_().sum(dim=-1)  # x now holds exp(logits - max)
-        if tp > 1:
+        sumexp, tgt = _fn("sumexp", _sumexp_and_target, dev)(logits, m, local_t, pad_from)
+        if group_size(group) > 1:
             stats = torch.stack([sumexp, tgt])
             dist.all_reduce(stats, group=group)
             sumexp, tgt = stats[0], stats[1]
-        loss = sumexp.log() - tgt
-        ctx.save_for_backward(logits, m, sumexp, idx, inside)
-        ctx.start, ctx.pad_from = start, pad_from
-        return loss
+        ctx.save_for_backward(logits, m, sumexp, local_t)
+        ctx.pad_from = pad_from
+        return sumexp.log() - tgt
 
     @staticmethod
     def backward(ctx, g):
-        logits, m, sumexp, idx, inside = ctx.saved_tensors
-        p = (logits.float() - m.unsqueeze(-1)).exp_().div_(sumexp.unsqueeze(-1))
-        if ctx.pad_from < p.shape[-1]:
-            p[..., max(ctx.pad_from, 0):] = 0.0
-        p.scatter_add_(-1, idx, -inside.to(p.dtype).unsqueeze(-1))
-        p.mul_(g.unsqueeze(-1))
-        return p.to(logits.dtype), None, None, None
+        logits, m, sumexp, local_t = ctx.saved_tensors
+        grad = _fn("grad", _grad, logits.device)(logits, m, sumexp, local_t, g.contiguous(), ctx.pad_from)
+        return grad, None, None, None
 
 
 def vocab_parallel_cross_entropy(logits: torch.Tensor, target: torch.Tensor, group, true_vocab: int) -> torch.Tensor:
