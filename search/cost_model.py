@@ -200,7 +200,8 @@ class CostModel:
             f, b = self.profile.vocab_fits(v.tp)
             fwd, bwd = f(tokens), b(tokens)
             if v.sp:
-                head = net.collective("all_gather", size, stride, act) + net.collective("reduce_scatter", size, stride, act)
+                head = (net.collective("all_gather", size, stride, act)
+                        + net.collective("reduce_scatter", size, stride, act))
             else:
                 head = net.collective("all_reduce", size, stride, act)
             loss = 3 * net.collective("all_reduce", size, stride, tokens * FP32)  # max, sum-exp, target logit

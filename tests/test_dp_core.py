@@ -124,25 +124,29 @@ def test_infeasible_and_bad_input():
         _dp_core.solve(intra, -mem, group, gtrans, 10)
 
 
-def test_solve_releases_the_gil():
+def test_dp_releases_the_gil():
     rng = np.random.default_rng(0)
-    L, S = 60, 40
+    L, S = 100, 40  # every strategy its own layout: the O(L M S^2) path, a fraction of a second
     args = (rng.random((L, S)), rng.integers(0, 50, (L, S)), np.arange(S, dtype=np.int32), rng.random((S, S)))
-    done = threading.Event()
-    spins = 0
+    started, done = threading.Event(), threading.Event()
+    elapsed = []
 
     def work():
-        _dp_core.cost_table(*args, 1500)
+        started.set()
+        t0 = time.perf_counter()
+        _dp_core.cost_table(*args, 3000)
+        elapsed.append(time.perf_counter() - t0)
         done.set()
 
     t = threading.Thread(target=work)
-    start = time.perf_counter()
     t.start()
+    started.wait()
+    spins = 0
     while not done.is_set():
         spins += 1
     t.join()
-    assert time.perf_counter() - start > 0.01
-    assert spins > 1000  # this thread kept running Python while the DP ran
+    assert elapsed[0] > 0.02
+    assert spins > 10000  # this thread kept running Python while the DP ran
 
 
 def test_python_fallback_warns_and_agrees(monkeypatch):

@@ -10,7 +10,8 @@ from search import _dp_core  # noqa: F401  (CI builds it; without it these tests
 from search import dp, synthetic
 from search.comm import Network
 from search.cost_model import GiB, CostModel
-from search.engine import InfeasibleError, Searcher, min_max_partition
+from search.engine import InfeasibleError, Searcher
+from search.stage_dp import min_max_partition
 from search.model_config import ModelConfig
 from search.profiles import load_profiles
 from search.strategies import Space, divisors, layer_strategies, layout, vocab_strategies

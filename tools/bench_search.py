@@ -72,7 +72,8 @@ def main() -> None:
             for g in args.gpus:
                 r = bench(name, g, args.memory_gb, d)
                 if "error" in r:
-                    print(f"| {name} | {g} | {r['nodes']} | | | | | {r['total_s']:.2f} | {r['error']} | | |", flush=True)
+                    print(f"| {name} | {g} | {r['nodes']} | | | | | {r['total_s']:.2f} | {r['error']} | | |",
+                          flush=True)
                     continue
                 print(f"| {name} | {g} | {r['nodes']} | {r['candidates']} | {r['solved']} | {r['dp_runs']} | "
                       f"{r['search_s']:.2f} | {r['total_s']:.2f} | {r['tokens_per_s']:,} | {r['pp']} | {r['bsz']} |",
