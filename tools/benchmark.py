@@ -47,6 +47,7 @@ def main() -> None:
     b.add_argument("--iters", type=int, default=10)
     b.add_argument("--warmup", type=int, default=3)
     b.add_argument("--out", default=None, help="write all results as JSON here")
+    b.add_argument("--profile-dir", default=None, help="price every plan with the cost model on these profiles")
     args = p.parse_args()
     with exit_on_user_error("benchmark.py"):
         device = detect_device(int(os.environ.get("LOCAL_RANK", "0")))
@@ -57,6 +58,12 @@ def main() -> None:
         plans += [(s, parse_global_plan(s, world, cfg.num_layers)) for s in args.global_plans]
         for name, plan in plans:
             check_plan(plan, cfg, world)
+            if args.profile_dir and "iter_time_s" not in plan.predicted:
+                from search.predict import predict
+                pred = predict(plan, cfg, args.profile_dir)
+                plan.predicted = {"iter_time_s": pred.iter_time_s, "tokens_per_s": pred.tokens_per_s,
+                                  "peak_mem_gb": pred.peak_mem_gb,
+                                  "peak_alloc_gb": [b / 2 ** 30 for b in pred.stage_allocated]}
             results.append(run_plan(name, args, plan, args.iters, args.warmup))
             if rank == 0:
                 print(table(results[-1:]).splitlines()[-1], flush=True)

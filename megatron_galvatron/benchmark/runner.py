@@ -20,7 +20,7 @@ from megatron_galvatron.training.train import setup, train_step
 class Result:
     name: str
     status: str
-    micro_batch: int = 0
+    micro_batch: int = 0  # samples in one micro-batch over all data-parallel ranks
     global_batch: int = 0
     iter_time_s: float = 0.0
     tokens_per_s_per_gpu: float = 0.0
@@ -28,7 +28,7 @@ class Result:
     mfu: Optional[float] = None
     peak_mem_gb: float = 0.0
     predicted_iter_time_s: Optional[float] = None
-    predicted_peak_mem_gb: Optional[float] = None
+    predicted_peak_mem_gb: Optional[float] = None  # allocated, the fullest stage
     plan: Optional[dict] = None
     times: List[float] = field(default_factory=list)
 
@@ -64,16 +64,19 @@ def _finish(res: Result, cfg: GPTConfig, times, tokens_per_iter: int, world: int
     res.iter_time_s = float(np.median(times))
     res.tokens_per_s_per_gpu = tokens_per_iter / res.iter_time_s / world
     res.tflops_per_gpu = res.tokens_per_s_per_gpu * cfg.flops_per_token() / 1e12
-    peak = metrics.peak_flops(device)
-    res.mfu = res.tflops_per_gpu * 1e12 / peak if peak else None
-    res.peak_mem_gb = metrics.peak_memory_gb(device)
+    peak_flops = metrics.peak_flops(device)
+    res.mfu = res.tflops_per_gpu * 1e12 / peak_flops if peak_flops else None
+    peak = torch.tensor([metrics.peak_memory_gb(device)], device=device)
+    if dist.is_initialized():
+        dist.all_reduce(peak, op=dist.ReduceOp.MAX)  # the fullest rank (stages differ)
+    res.peak_mem_gb = peak.item()
     return res
 
 
 def run_plan(name: str, args, plan: Plan, iters: int, warmup: int) -> Result:
     res = Result(name=name, status="ok", plan=plan.to_dict(), global_batch=plan.global_bsz,
                  micro_batch=plan.micro_batch_size, predicted_iter_time_s=plan.predicted.get("iter_time_s"))
-    pm = plan.predicted.get("peak_mem_gb")
+    pm = plan.predicted.get("peak_alloc_gb", plan.predicted.get("peak_mem_gb"))
     res.predicted_peak_mem_gb = max(pm) if isinstance(pm, list) and pm else pm
     tr = None
     try:
@@ -102,7 +105,7 @@ def run_baseline(kind: str, cfg: GPTConfig, device, seed: int, bf16: bool, micro
     world = dist.get_world_size() if dist.is_initialized() else 1
     for mbs in sorted(micro_batches, reverse=True):
         model = opt = None
-        res = Result(name=f"{kind}{'+ckpt' if checkpoint else ''}", status="ok", micro_batch=mbs,
+        res = Result(name=f"{kind}{'+ckpt' if checkpoint else ''}", status="ok", micro_batch=mbs * world,
                      global_batch=mbs * world)
         try:
             _cleanup(device)
@@ -125,7 +128,7 @@ def run_baseline(kind: str, cfg: GPTConfig, device, seed: int, bf16: bool, micro
 
 
 def table(results: List[Result]) -> str:
-    head = f"{'config':<28} {'status':<6} {'mbs':>4} {'gbs':>5} {'iter s':>8} {'tok/s/GPU':>10} {'TFLOP/s':>8} " \
+    head = f"{'config':<28} {'status':<6} {'mb':>4} {'gbs':>5} {'iter s':>8} {'tok/s/GPU':>10} {'TFLOP/s':>8} " \
            f"{'MFU':>6} {'peak GB':>8} {'pred s':>8} {'pred GB':>8}"
     rows = [head]
     for r in results:
