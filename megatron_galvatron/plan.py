@@ -121,11 +121,13 @@ class Plan:
                 f"launch with --nproc-per-node x nodes = {self.world_size} or search a plan for {world_size} GPUs"
             )
         if self.world_size % self.pp_deg:
-            raise PlanError(f"pp_deg={self.pp_deg} does not divide world_size={self.world_size}")
+            raise PlanError(f"pp_deg={self.pp_deg} does not divide world_size={self.world_size}: "
+                            f"use a pp_deg that divides {self.world_size}")
         if self.pipeline_type not in PIPELINE_TYPES:
             raise PlanError(f"pipeline_type={self.pipeline_type!r}: use one of {', '.join(PIPELINE_TYPES)}")
         if not isinstance(self.pp_division, list) or len(self.pp_division) != self.pp_deg:
-            raise PlanError(f"pp_division={self.pp_division} must list {self.pp_deg} stage sizes (one per pp stage)")
+            raise PlanError(f"pp_division={self.pp_division} must list {self.pp_deg} stage sizes: "
+                            f"give one layer count per pipeline stage")
         for n in self.pp_division:
             _check_int("pp_division entry", n, 1)
         if sum(self.pp_division) != len(self.layers):
@@ -144,7 +146,8 @@ class Plan:
         _check_strategy("vocab", self.vocab, sw, None)
         # Every layer's (and the vocab's) DP degree must split the micro-batch evenly.
         if self.global_bsz % self.chunks:
-            raise PlanError(f"global_bsz={self.global_bsz} is not divisible by chunks={self.chunks}")
+            raise PlanError(f"global_bsz={self.global_bsz} is not divisible by chunks={self.chunks}: "
+                            f"make global_bsz a multiple of chunks")
         mbs = self.global_bsz // self.chunks
         for name, s in [("vocab", self.vocab)] + [(f"layers[{i}]", s) for i, s in enumerate(self.layers)]:
             dp = sw // s.tp
@@ -193,11 +196,14 @@ class Plan:
         pp_division = d["pp_division"]
         if not isinstance(pp_division, list):
             raise PlanError(f"pp_division must be a list of ints, got {pp_division!r}")
+        predicted = d.get("predicted") or {}
+        if not isinstance(predicted, dict):
+            raise PlanError(f"predicted must be an object of predicted metrics, got {predicted!r}: fix or remove it")
         return cls(
             world_size=d["world_size"], pp_deg=d["pp_deg"], pp_division=list(pp_division),
             global_bsz=d["global_bsz"], chunks=d["chunks"], layers=layers, vocab=vocab,
             pipeline_type=_pipeline_type(d.get("pipeline_type", "1f1b")),
-            predicted=dict(d.get("predicted") or {}),
+            predicted=dict(predicted),
         )
 
     def save(self, path: str) -> None:
@@ -249,12 +255,14 @@ def _check_strategy(name: str, s, stage_world: int, model: Optional[ModelShape])
         raise PlanError(f"{name}.checkpoint must be true or false, got {s.checkpoint!r}")
     if model is not None:
         if model.num_attention_heads % s.tp:
-            raise PlanError(f"{name}.tp={s.tp} does not divide --num-attention-heads={model.num_attention_heads}")
+            raise PlanError(f"{name}.tp={s.tp} does not divide --num-attention-heads={model.num_attention_heads}: "
+                            f"use a tp that divides it")
         groups = model.num_query_groups or model.num_attention_heads
         if groups % s.tp:
-            raise PlanError(f"{name}.tp={s.tp} does not divide --num-query-groups={groups}")
+            raise PlanError(f"{name}.tp={s.tp} does not divide --num-query-groups={groups}: use a tp that divides it")
         if model.ffn_hidden_size is not None and model.ffn_hidden_size % s.tp:
-            raise PlanError(f"{name}.tp={s.tp} does not divide --ffn-hidden-size={model.ffn_hidden_size}")
+            raise PlanError(f"{name}.tp={s.tp} does not divide --ffn-hidden-size={model.ffn_hidden_size}: "
+                            f"use a tp that divides it")
 
 
 def _strategy_from_dict(cls, name: str, d: Any):
@@ -263,7 +271,7 @@ def _strategy_from_dict(cls, name: str, d: Any):
     allowed = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(d) - allowed)
     if unknown:
-        raise PlanError(f"{name}: unknown key(s) {unknown}; allowed: {sorted(allowed)}")
+        raise PlanError(f"{name}: unknown key(s) {unknown}: remove them (allowed: {sorted(allowed)})")
     kwargs = {}
     for k, v in d.items():
         if k in ("tp_consec", "sp", "checkpoint") and isinstance(v, int) and not isinstance(v, bool) and v in (0, 1):
@@ -294,18 +302,38 @@ _GALVATRON_KEYS = {"pp_deg", "tp_sizes_enc", "tp_consecutive_flags", "dp_types_e
 
 
 def _int_list(key: str, v: Any) -> List[int]:
-    if isinstance(v, int) and not isinstance(v, bool):
-        return [v]
-    if isinstance(v, list):
+    if isinstance(v, (int, float)) and not isinstance(v, bool):
+        items = [v]
+    elif isinstance(v, list):
         items = v
     elif isinstance(v, str):
         items = [x for x in v.replace(" ", "").split(",") if x != ""]
     else:
         raise PlanError(f"Galvatron config key {key!r} must be a comma-separated string of integers, got {v!r}")
-    try:
-        return [int(x) for x in items]
-    except (TypeError, ValueError):
+    out = [_exact_int(x) for x in items]
+    if None in out:
         raise PlanError(f"Galvatron config key {key!r} must be a comma-separated string of integers, got {v!r}")
+    return out
+
+
+def _exact_int(x: Any) -> Optional[int]:
+    """x as an int when it spells one exactly (1, "1", 1.0); None otherwise (1.5, "a", true)."""
+    if isinstance(x, bool):
+        return None
+    if isinstance(x, int):
+        return x
+    if isinstance(x, float) and x.is_integer():
+        return int(x)
+    if isinstance(x, str) and x.strip().lstrip("-").isdigit():
+        return int(x)
+    return None
+
+
+def _galvatron_int(d: Dict[str, Any], key: str, default: Any = None) -> int:
+    v = _exact_int(d.get(key, default))
+    if v is None:
+        raise PlanError(f"Galvatron config key {key!r} must be an integer, got {d.get(key, default)!r}")
+    return v
 
 
 def from_galvatron_dict(d: Dict[str, Any], world_size: Optional[int] = None) -> Plan:
@@ -317,6 +345,8 @@ def from_galvatron_dict(d: Dict[str, Any], world_size: Optional[int] = None) -> 
     world size; it is derived from the first layer (tp * dp is not recorded either), so the
     caller passes the launch world size.
     """
+    if not isinstance(d, dict):
+        raise PlanError("a Galvatron config must be a JSON object of its keys (pp_deg, tp_sizes_enc, ...)")
     unknown = sorted(set(d) - _GALVATRON_KEYS)
     if unknown:
         raise PlanError(f"Galvatron config has key(s) {unknown} this runtime does not know; remove them "
@@ -347,8 +377,7 @@ def from_galvatron_dict(d: Dict[str, Any], world_size: Optional[int] = None) -> 
     if any(c != 1 for c in cp):
         raise PlanError("Galvatron config sets cp_sizes_enc > 1 (context parallelism), which this runtime does not "
                         "implement: set every entry to 1")
-    vsp = d.get("vsp", d.get("vocab_sp", 0))
-    if int(vsp):
+    if _galvatron_int(d, "vsp" if "vsp" in d else "vocab_sp", 0):
         raise PlanError("Galvatron config sets vsp=1 (Ulysses sequence parallelism for the vocab layers), which this "
                         "runtime does not implement: set vsp to 0")
     default_dp = d.get("default_dp_type", "ddp")
@@ -359,15 +388,17 @@ def from_galvatron_dict(d: Dict[str, Any], world_size: Optional[int] = None) -> 
             raise PlanError(f"Galvatron config {name!r} entries must be 0 or 1, got {vals}")
     layers = [LayerStrategy(tp=tp[i], tp_consec=bool(consec[i]), dp_type="zero3" if sdp[i] else default_dp,
                             sp=False, checkpoint=bool(ckpt[i])) for i in range(n)]
-    pp_deg = int(d["pp_deg"])
+    pp_deg = _galvatron_int(d, "pp_deg")
     division = _int_list("pp_division", d["pp_division"]) if "pp_division" in d else even_division(n, pp_deg)
-    vtp = int(d.get("vtp", d.get("vocab_tp", 1)))
-    embed_sdp = int(d.get("embed_sdp", 0))
+    vtp = _galvatron_int(d, "vtp" if "vtp" in d else "vocab_tp", 1)
+    embed_sdp = _galvatron_int(d, "embed_sdp", 0)
+    if embed_sdp not in (0, 1):
+        raise PlanError(f"Galvatron config embed_sdp={embed_sdp}: use 0 (default_dp_type) or 1 (zero3)")
     vocab = VocabStrategy(tp=vtp, tp_consec=True, dp_type="zero3" if embed_sdp else default_dp, sp=False)
     if world_size is None:
         raise PlanError("a Galvatron config does not record the world size: pass the launch world size")
-    return Plan(world_size=world_size, pp_deg=pp_deg, pp_division=division, global_bsz=int(d["global_bsz"]),
-                chunks=int(d["chunks"]), layers=layers, vocab=vocab,
+    return Plan(world_size=world_size, pp_deg=pp_deg, pp_division=division, global_bsz=_galvatron_int(d, "global_bsz"),
+                chunks=_galvatron_int(d, "chunks"), layers=layers, vocab=vocab,
                 pipeline_type=_pipeline_type(d.get("pipeline_type", "gpipe")))
 
 
@@ -377,7 +408,7 @@ def load(path: str, world_size: Optional[int] = None) -> Plan:
         with open(path) as f:
             d = json.load(f)
     except FileNotFoundError:
-        raise PlanError(f"plan file {path} does not exist")
+        raise PlanError(f"plan file {path} does not exist: check the path")
     except json.JSONDecodeError as e:
         raise PlanError(f"plan file {path} is not valid JSON ({e.msg} at line {e.lineno}): fix or regenerate it")
     if isinstance(d, dict) and "format" not in d and "tp_sizes_enc" in d:

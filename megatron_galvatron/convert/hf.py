@@ -11,7 +11,7 @@ import os
 import pickle
 import shutil
 import zipfile
-from typing import Callable, Dict, Iterable, Optional, Tuple
+from typing import Dict, Iterable, Tuple
 
 import torch
 

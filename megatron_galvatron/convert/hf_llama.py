@@ -107,9 +107,10 @@ def to_ours(cfg: GPTConfig, get: Callable[[str], torch.Tensor], has: Callable[[s
         p = f"model.layers.{i}."
         for ours, theirs in _LAYER:
             yield f"layers.{i}.{ours}", get(p + theirs)
-        yield f"layers.{i}.attention.qkv.weight", torch.cat(
-            [get(p + "self_attn.q_proj.weight"), get(p + "self_attn.k_proj.weight"), get(p + "self_attn.v_proj.weight")])
-        yield f"layers.{i}.mlp.gate_up.weight", torch.cat([get(p + "mlp.gate_proj.weight"), get(p + "mlp.up_proj.weight")])
+        qkv = [get(p + f"self_attn.{x}_proj.weight") for x in "qkv"]
+        yield f"layers.{i}.attention.qkv.weight", torch.cat(qkv)
+        yield f"layers.{i}.mlp.gate_up.weight", torch.cat([get(p + "mlp.gate_proj.weight"),
+                                                            get(p + "mlp.up_proj.weight")])
 
 
 def to_hf(cfg: GPTConfig, get: Callable[[str], torch.Tensor]) -> Iterator[Tuple[str, torch.Tensor]]:

@@ -29,8 +29,7 @@ def reshard(load: str, plan_path: str, world_size: Optional[int] = None, save: O
     arguments.check_plan(plan, cfg, plan.world_size)
     if save is None:
         return d, plan, None
-    same = ckpt._plan_key(meta.get("plan")) == ckpt._plan_key(plan.to_dict()) and \
-        meta.get("world_size") == plan.world_size
+    same = ckpt.same_plan(meta, plan)
     files = {f: info for f, info in meta["files"].items() if same or not f.startswith("rng_")}
     name, tmp = ckpt.begin_save(save, int(meta["iteration"]))
     try:

@@ -50,7 +50,8 @@ class StageModel(nn.Module):
         for i in self.layer_ids:
             s = plan.layers[i]
             groups = ps.layer_groups(s)
-            self.layers[str(i)] = TransformerLayer(cfg, groups, groups.layout.sp, s.checkpoint, seed, device)
+            self.layers[str(i)] = TransformerLayer(cfg, groups, groups.layout.sp, s.checkpoint, seed, device,
+                                                   layer_idx=i)
             self.layouts.append(groups.layout)
         # Layout of what arrives from the previous stage (its last layer's).
         self.input_layout = (self.vocab_layout if ps.is_first_stage

@@ -94,10 +94,11 @@ class MLP(nn.Module):
 
 
 class TransformerLayer(nn.Module):
-    def __init__(self, cfg: GPTConfig, groups: LayerGroups, sp: bool, checkpoint: bool, seed: int, device):
+    def __init__(self, cfg: GPTConfig, groups: LayerGroups, sp: bool, checkpoint: bool, seed: int, device,
+                 layer_idx: int = 0):
         super().__init__()
         self.cfg, self.groups, self.sp, self.use_checkpoint = cfg, groups, sp, checkpoint
-        self.tracker = RNGTracker(seed, groups.tp_rank, device)
+        self.tracker = RNGTracker(seed, groups.tp_rank, device, stream=1 + layer_idx)
         kind = norm_kind(cfg.family)
         self.input_norm = Norm(cfg.hidden_size, kind, cfg.norm_eps, sp, device)
         self.attention = Attention(cfg, groups, sp, self.tracker, device)
@@ -113,13 +114,24 @@ class TransformerLayer(nn.Module):
                 return F.dropout(x, p, True)
         return F.dropout(x, p, True)
 
-    def _forward(self, x: torch.Tensor, tracker_state=None) -> torch.Tensor:
-        if tracker_state is not None:  # recomputation replays the dropout masks of the first pass
-            self.tracker.generator.set_state(tracker_state)
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x + self._dropout(self.attention(self.input_norm(x)))
         return x + self._dropout(self.mlp(self.post_attention_norm(x)))
 
+    def _checkpointed(self, x: torch.Tensor, first_state: torch.Tensor, done: list) -> torch.Tensor:
+        if not done:  # the first pass draws from the live stream
+            done.append(True)
+            return self._forward(x)
+        # Recomputation replays the first pass's masks. Other micro-batches may have drawn since
+        # (pipeline warm-up), so the live stream is put back afterwards, not left at the replay's end.
+        live = self.tracker.generator.get_state()
+        self.tracker.generator.set_state(first_state)
+        try:
+            return self._forward(x)
+        finally:
+            self.tracker.generator.set_state(live)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.use_checkpoint and self.training and torch.is_grad_enabled():
-            return checkpoint(self._forward, x, self.tracker.generator.get_state(), use_reentrant=False)
+            return checkpoint(self._checkpointed, x, self.tracker.generator.get_state(), [], use_reentrant=False)
         return self._forward(x)

@@ -19,9 +19,11 @@ from megatron_galvatron.errors import UserError
 from megatron_galvatron.profiling.fit import bus_factor, comm_entry
 from megatron_galvatron.profiling.hardware import (
     HARDWARE_SCHEMA,
+    HostAhead,
     Stopwatch,
     command_line,
     describe,
+    host_seconds,
     median,
     synchronize,
 )
@@ -116,14 +118,17 @@ def _collective_call(op: str, nbytes: int, n: int, group, inp: torch.Tensor,
     raise ValueError(op)
 
 
-def _time_block(fn: Callable[[], None], device: torch.device, warmup: int, iters: int) -> float:
+def _time_block(fn: Callable[[], None], device: torch.device, warmup: int, iters: int,
+                ahead: HostAhead) -> float:
     """Median seconds of one call over `iters` back-to-back calls, all ranks started together.
     The median, not the mean: a descheduled process (CPU runs, shared hosts) would otherwise
     turn one slow call into a slow point."""
+    host = 0.0
     for _ in range(warmup):
-        fn()
+        host, _ = host_seconds(fn)
     synchronize(device)
     dist.barrier()
+    ahead.hold(2 * iters * host + 1e-3)
     watches = [Stopwatch(device) for _ in range(iters)]
     for sw in watches:
         sw.start()
@@ -141,6 +146,7 @@ class CommProfiler:
             raise UserError(f"the {self.world} ranks are spread unevenly over {self.topo.num_nodes} nodes: "
                             f"launch the same number of processes on every node")
         self.groups = _Groups(self.world)
+        self.ahead = HostAhead(device)
         elems = max(settings.sizes) // torch.tensor([], dtype=BUFFER_DTYPE).element_size() + self.world
         self.inp = torch.ones(elems, dtype=BUFFER_DTYPE, device=device)
         self.out = torch.zeros(elems, dtype=BUFFER_DTYPE, device=device)
@@ -173,7 +179,7 @@ class CommProfiler:
                 _collective_call(op, self.s.sizes[0], n, group, self.inp, self.out)()
                 for nbytes in self.s.sizes:
                     fn = _collective_call(op, nbytes, n, group, self.inp, self.out)
-                    local.append(_time_block(fn, self.device, self.s.warmup, self.s.iters))
+                    local.append(_time_block(fn, self.device, self.s.warmup, self.s.iters, self.ahead))
                     bar.update(1)
                 index.append((op, n, layout, ranks))
         slowest = self._max_over_ranks(local)
@@ -215,7 +221,7 @@ class CommProfiler:
                     for op in ((dist.isend, dist.irecv) if first else (dist.irecv, dist.isend)):
                         for req in dist.batch_isend_irecv([dist.P2POp(op, buf, peer)]):
                             req.wait()
-                local.append(_time_block(ping, self.device, self.s.warmup, self.s.iters) / 2)
+                local.append(_time_block(ping, self.device, self.s.warmup, self.s.iters, self.ahead) / 2)
                 bar.update(1)
         slowest = self._max_over_ranks(local)
         out, k = {}, len(self.s.sizes)

@@ -4,7 +4,7 @@ import platform
 import shlex
 import sys
 import time
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
 
@@ -84,22 +84,57 @@ class Stopwatch:
         return self._t1 - self._t0
 
 
+class HostAhead:
+    """Holds the GPU back (a spin kernel) while the host queues the work to be timed, so that
+    CUDA events time the GPU's execution and not the host's pace of launching it. Without it,
+    work smaller than its launch overhead (small messages, thin TP shards) would be timed as
+    the Python and launch cost between kernels. No-op on CPU."""
+
+    def __init__(self, device: torch.device):
+        self.rate = 0.0  # spin cycles per second
+        if device.type != "cuda" or not hasattr(torch.cuda, "_sleep"):
+            return
+        torch.cuda._sleep(1000)
+        synchronize(device)
+        sw = Stopwatch(device)
+        cycles = 10_000_000
+        sw.start()
+        torch.cuda._sleep(cycles)
+        sw.stop()
+        self.rate = cycles / max(sw.seconds(), 1e-6)
+
+    def hold(self, seconds: float) -> None:
+        if self.rate:
+            torch.cuda._sleep(int(min(seconds, 0.5) * self.rate))
+
+
+def host_seconds(fn: Callable[[], object]) -> Tuple[float, object]:
+    """Host time to issue fn (no synchronisation), and its result."""
+    t0 = time.perf_counter()
+    out = fn()
+    return time.perf_counter() - t0, out
+
+
 def median(xs: List[float]) -> float:
     s = sorted(xs)
     n = len(s)
     return s[n // 2] if n % 2 else 0.5 * (s[n // 2 - 1] + s[n // 2])
 
 
-def time_repeated(fn: Callable[[], None], device: torch.device, warmup: int, iters: int) -> float:
-    """Median seconds of one call to fn (each call timed on its own)."""
+def time_repeated(fn: Callable[[], None], device: torch.device, warmup: int, iters: int,
+                  ahead: Optional[HostAhead] = None) -> float:
+    """Median seconds of one call to fn, each call timed on its own."""
+    host = 0.0
     for _ in range(warmup):
-        fn()
+        host, _ = host_seconds(fn)
     synchronize(device)
     times = []
     for _ in range(iters):
+        if ahead is not None:
+            ahead.hold(2 * host + 5e-4)
         sw = Stopwatch(device)
         sw.start()
-        fn()
+        host, _ = host_seconds(fn)
         sw.stop()
         times.append(sw.seconds())
     return median(times)

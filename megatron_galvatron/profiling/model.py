@@ -22,9 +22,11 @@ from megatron_galvatron.model.vocab import VocabModule
 from megatron_galvatron.profiling.fit import bytes_per_token, time_entry
 from megatron_galvatron.profiling.hardware import (
     MODEL_SCHEMA,
+    HostAhead,
     Stopwatch,
     command_line,
     describe,
+    host_seconds,
     median,
     synchronize,
     time_repeated,
@@ -76,6 +78,7 @@ class ModelProfiler:
         self.notes: List[str] = [f"tp {skipped} skipped: they do not divide the heads, KV groups and FFN size"] \
             if skipped else []
         self.bf16 = settings.dtype == "bf16"
+        self.ahead = HostAhead(device)
         self.param_dtype = torch.float32
 
     def autocast(self):
@@ -109,18 +112,22 @@ class ModelProfiler:
     def _fwd_bwd(self, forward: Callable[[], torch.Tensor]) -> Tuple[float, float]:
         """Median forward and backward seconds; gradients accumulate across repeats as over micro-batches."""
         fw, bw = [], []
-        for i in range(self.s.warmup + self.s.iters):
+        host_f = host_b = 0.0
+        warmup = max(1, self.s.warmup)  # the first call compiles, autotunes and allocates
+        for i in range(warmup + self.s.iters):
             sf, sb = Stopwatch(self.device), Stopwatch(self.device)
+            self.ahead.hold(2 * host_f + 5e-4)
             with self.autocast():
                 sf.start()
-                y = forward()
+                host_f, y = host_seconds(forward)
                 sf.stop()
             grad = torch.ones_like(y)
+            self.ahead.hold(2 * host_b + 5e-4)
             sb.start()
-            y.backward(grad)
+            host_b, _ = host_seconds(partial(y.backward, grad))
             sb.stop()
             synchronize(self.device)
-            if i >= self.s.warmup:
+            if i >= warmup:
                 fw.append(sf.seconds())
                 bw.append(sb.seconds())
             del y, grad
@@ -238,7 +245,7 @@ class ModelProfiler:
             for p in params:
                 p.grad = torch.randn_like(p)
             opt = build_optimizer(params, lr=1e-4, weight_decay=0.01, betas=(0.9, 0.95), eps=1e-8)
-            t = time_repeated(opt.step, self.device, max(1, self.s.warmup), max(3, self.s.iters))
+            t = time_repeated(opt.step, self.device, max(1, self.s.warmup), max(3, self.s.iters), self.ahead)
             pts.append([per * chunks, t])
             del opt, params
         return {"step_s_per_param": pts[-1][1] / pts[-1][0], "points": pts,
@@ -291,6 +298,7 @@ class ModelProfiler:
         n_layer = sum(len(_points(self.s, tp, sp)) for tp in self.tps
                       for sp in ((False, True) if tp > 1 and self.s.sequence_parallel else (False,)))
         n_vocab = sum(len(_points(self.s, tp, False)) for tp in self.tps)
+        _allow_recompiles(4 * (n_layer + n_vocab) + 8)
         prev_flush = torch.set_flush_denormal(True) if self.device.type == "cpu" else None
         try:
             with tqdm(total=n_layer + n_vocab + 2, disable=not self.s.progress, desc="profile_model",
@@ -323,6 +331,18 @@ class ModelProfiler:
             "allocator": allocator,
             "notes": self.notes,
         }
+
+
+def _allow_recompiles(n: int) -> None:
+    """Training compiles each compiled region (e.g. the loss) for its one shape; a profile
+    visits many shapes, and past dynamo's recompile limit it would time the eager fallback."""
+    try:
+        import torch._dynamo.config as dynamo_config
+    except ImportError:
+        return
+    for name in ("recompile_limit", "cache_size_limit"):
+        if isinstance(getattr(dynamo_config, name, None), int):
+            setattr(dynamo_config, name, max(getattr(dynamo_config, name), n))
 
 
 def default_optimizer_params(device: torch.device) -> int:

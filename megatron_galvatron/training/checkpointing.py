@@ -28,6 +28,7 @@ import os
 import random
 import shutil
 import time
+import zlib
 from typing import Callable, Dict, Iterable, List, Optional, Tuple
 
 import numpy as np
@@ -492,12 +493,16 @@ def _reseed(tr, seed: int, iteration: int) -> None:
     torch.manual_seed(s)
     random.seed(s)
     np.random.seed(s % 2 ** 32)
-    for _, m in _trackers(tr):
-        m.tracker.generator.manual_seed(s + TP_SEED_OFFSET + m.groups.tp_rank)
+    for name, m in _trackers(tr):  # one stream per module and TP rank, as at initialisation
+        stream = zlib.crc32(name.encode())
+        m.tracker.generator.manual_seed((s + TP_SEED_OFFSET + stream * 65_537 + m.groups.tp_rank) % 2 ** 63)
 
 
-def _plan_key(d: Optional[dict]):
-    return None if d is None else {k: v for k, v in d.items() if k != "predicted"}
+def same_plan(meta: dict, plan) -> bool:
+    """Whether a checkpoint was written under this plan (its predictions aside)."""
+    def key(d):
+        return None if d is None else {k: v for k, v in d.items() if k != "predicted"}
+    return key(meta.get("plan")) == key(plan.to_dict()) and meta.get("world_size") == plan.world_size
 
 
 # --------------------------------------------------------------------------- save / load a Trainer
@@ -512,8 +517,8 @@ def save_checkpoint(tr, root: str) -> str:
     writer = _ShardWriter(tmp, f"r{rank:05d}")
     for (cname, p, meta, group), owner in zip(entries, owners):
         mine = owner == ps.local_idx
-        tensors = [("model/" + cname, p)] + [(f"optim/{k}/{cname}", v) for k, v in _state_tensors(tr.optimizer, p)]
-        for key, t in tensors:
+        states = [(f"optim/{k}/{cname}", v) for k, v in _state_tensors(tr.optimizer, p)]
+        for key, t in [("model/" + cname, p)] + states:
             full = _full(t, meta, group)
             if mine:
                 writer.add(key, full)
@@ -525,23 +530,27 @@ def save_checkpoint(tr, root: str) -> str:
     def sync_files():
         if writer.error:
             raise CheckpointError(writer.error)
-        _fsync_dir(tmp)
+        try:
+            _fsync_dir(tmp)
+        except OSError as e:
+            raise CheckpointError(f"cannot sync {tmp}: {e.strerror or e}")
     agree(sync_files)
-    parts = [None] * world
+    parts = [(writer.files, writer.tensors)] * world
     if world > 1:
         dist.all_gather_object(parts, (writer.files, writer.tensors))
-    else:
-        parts = [(writer.files, writer.tensors)]
-    final = None
-    if rank == 0:
+
+    def commit():
+        if rank != 0:
+            return None
         files, tensors = {}, {}
         for f, t in parts:
             files.update(f)
             tensors.update(t)
-        meta = _meta(tr, files, tensors)
-        final = commit_save(root, name, tmp, meta)
-    final = _broadcast(final)
-    return final
+        try:
+            return commit_save(root, name, tmp, _meta(tr, files, tensors))
+        except OSError as e:
+            raise CheckpointError(f"cannot publish checkpoint {name} under {root}: {e.strerror or e}")
+    return _broadcast(agree(commit))
 
 
 def _meta(tr, files: dict, tensors: dict) -> dict:
@@ -650,9 +659,7 @@ def _restore_rng(tr, d: str, meta: dict) -> None:
     fname = f"rng_r{tr.ps.rank:05d}.json"
     if not any(f.startswith("rng_") for f in meta["files"]):
         return  # converted checkpoint: keep the fresh run's streams
-    same_plan = _plan_key(meta.get("plan")) == _plan_key(tr.plan.to_dict()) and \
-        meta.get("world_size") == tr.ps.world_size
-    if same_plan and fname in meta["files"]:
+    if same_plan(meta, tr.plan) and fname in meta["files"]:
         try:
             with open(os.path.join(d, fname)) as f:
                 _set_rng_state(tr, json.load(f))
