@@ -27,8 +27,13 @@ def _entry(rank, world, port, outdir, fn, args):
         torch.save({"ok": False, "error": traceback.format_exc()}, os.path.join(outdir, f"{rank}.pt"))
         raise
     finally:
+        # Drop models (and their process groups) before tearing down, so no gloo worker thread
+        # is left waiting on the interpreter at shutdown.
+        import gc
+        gc.collect()
         if dist.is_initialized():
             dist.destroy_process_group()
+        gc.collect()
 
 
 def run_distributed(world: int, fn, *args, timeout: float = 600):

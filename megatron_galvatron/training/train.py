@@ -75,8 +75,10 @@ def setup(args, plan: Optional[Plan] = None) -> Trainer:
     rank, world = init_distributed(device)
     cfg = arguments.model_config(args)
     plan = arguments.check_plan(plan, cfg, world) if plan else arguments.build_plan(args, cfg, world)
-    torch.manual_seed(args.seed)
     ps = ParallelState(plan, rank, world, device)
+    # Replicated dropout draws from the default stream: offset it per pipeline stage (as
+    # Megatron does) so that stages do not repeat each other's masks.
+    torch.manual_seed(args.seed + 100 * ps.pp_rank)
     stage = StageModel(cfg, plan, ps, args.seed)
     if args.compile:
         for layer in stage.layers.values():
@@ -112,6 +114,9 @@ def _microbatches(tr: Trainer, dataset, start_sample: int):
     for c in range(tr.plan.chunks):
         first = start_sample + c * mb
         rows = np.stack([dataset[i] for i in range(first, first + mb)]).astype(np.int64)
+        if rows.max() >= tr.cfg.vocab_size or rows.min() < 0:
+            raise UserError(f"the data holds token id {int(rows.max())} but --vocab-size is {tr.cfg.vocab_size}: "
+                            f"set --vocab-size to the tokenizer's vocabulary size (at least {int(rows.max()) + 1})")
         t = torch.from_numpy(rows).to(tr.device, non_blocking=True)
         out.append((t[:, :-1], t[:, 1:]))
     return out
