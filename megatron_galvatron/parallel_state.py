@@ -37,6 +37,20 @@ class Layout:
             return local_idx // self.tp, local_idx % self.tp
         return local_idx % dp, local_idx // dp
 
+    def block(self, local_idx: int, stage_world: int, seq: int, batch: int) -> Tuple[slice, slice]:
+        """(sequence slice, batch slice) of the full [seq, batch] micro-batch a stage rank holds."""
+        dp_rank, tp_rank = self.coords(local_idx, stage_world)
+        b = batch // (stage_world // self.tp)
+        rows = slice(dp_rank * b, (dp_rank + 1) * b)
+        if self.sp:
+            s = seq // self.tp
+            return slice(tp_rank * s, (tp_rank + 1) * s), rows
+        return slice(0, seq), rows
+
+    def is_primary(self, local_idx: int, stage_world: int) -> bool:
+        """Whether this rank's block is the one copy used when several TP ranks hold it."""
+        return self.sp or self.coords(local_idx, stage_world)[1] == 0
+
     def groups(self, stage_ranks: Sequence[int]) -> Tuple[List[Tuple[int, ...]], List[Tuple[int, ...]]]:
         """(tp groups, dp groups) as tuples of global ranks."""
         w, t = len(stage_ranks), self.tp
@@ -49,6 +63,36 @@ class Layout:
             tp_groups = [tuple(r[i::dp]) for i in range(dp)]
             dp_groups = [tuple(r[j * dp:(j + 1) * dp]) for j in range(t)]
         return tp_groups, dp_groups
+
+
+def _overlap(a: Tuple[slice, slice], b: Tuple[slice, slice]) -> bool:
+    return all(max(x.start, y.start) < min(x.stop, y.stop) for x, y in zip(a, b))
+
+
+def exchange_sets(src: Layout, dst: Layout, stage_world: int) -> List[Tuple[int, ...]]:
+    """Partition of a stage's local ranks into the sets that must exchange data to go from
+    layout src to dst (forward) and back (backward): a rank is joined to every rank whose
+    primary block overlaps the block it needs. Block geometry is scale-free, so a
+    [stage_world, stage_world] grid stands for any divisible sequence and batch."""
+    w = stage_world
+    parent = list(range(w))
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    for have, need in ((src, dst), (dst, src)):
+        for r in range(w):
+            wanted = need.block(r, w, w, w)
+            for j in range(w):
+                if have.is_primary(j, w) and _overlap(have.block(j, w, w, w), wanted):
+                    parent[root(r)] = root(j)
+    sets: Dict[int, List[int]] = {}
+    for i in range(w):
+        sets.setdefault(root(i), []).append(i)
+    return sorted(tuple(v) for v in sets.values())
 
 
 @dataclass
@@ -99,6 +143,10 @@ class ParallelState:
             for lo in layouts:
                 tp_groups, dp_groups = lo.groups(ranks)
                 tuples += tp_groups + dp_groups
+        for stage in range(pp):  # re-layout between neighbouring layers of different layouts
+            base = stage * w
+            for src, dst in self._layout_pairs(plan, stage):
+                tuples += [tuple(base + i for i in members) for members in exchange_sets(src, dst, w)]
         for i in range(w):  # pipeline neighbours and the tied-embedding pair
             tuples.append(tuple(s * w + i for s in range(pp)))
             tuples.append(tuple(sorted({i, (pp - 1) * w + i})))
@@ -109,6 +157,23 @@ class ParallelState:
                 seen.add(t)
                 ordered.append(t)
         return ordered
+
+    @staticmethod
+    def _layout_pairs(plan: Plan, stage: int) -> List[Tuple[Layout, Layout]]:
+        """Adjacent (from, to) layouts of one stage's forward walk that differ."""
+        w = plan.stage_world
+        ids = list(plan.stage_layers(stage))
+        seq = [Layout.of(plan.vocab.as_layer(), w) if stage == 0 else Layout.of(plan.layers[ids[0] - 1], w)]
+        seq += [Layout.of(plan.layers[i], w) for i in ids]
+        if stage == plan.pp_deg - 1:
+            seq.append(Layout.of(plan.vocab.as_layer(), w))
+        return [(a, b) for a, b in zip(seq, seq[1:]) if a != b]
+
+    def exchange_group(self, src: Layout, dst: Layout) -> Tuple[Optional[dist.ProcessGroup], Tuple[int, ...]]:
+        """The group (and its members' stage-local indices) this rank re-lays-out src -> dst in."""
+        members = next(m for m in exchange_sets(src, dst, self.stage_world) if self.local_idx in m)
+        base = self.pp_rank * self.stage_world
+        return self.group(tuple(base + i for i in members)), members
 
     def _build_all(self, plan: Plan) -> None:
         for t in self._all_group_tuples(plan):

@@ -17,7 +17,6 @@ import contextlib
 import gc
 import math
 
-import pytest
 import torch
 import torch.nn.functional as F
 

@@ -81,15 +81,14 @@ class StageModel(nn.Module):
     def forward(self, x: torch.Tensor, labels: Optional[torch.Tensor] = None) -> torch.Tensor:
         """First stage: x is local tokens [seq, b]; otherwise the received activation.
         Last stage returns per-token losses [seq, b]; others the activation to send."""
-        w, idx, group = self.plan.stage_world, self.ps.local_idx, self.ps.stage_group
         if self.ps.is_first_stage:
             x = self.vocab.embed(x)
         cur = self.input_layout
         for layer, layout in zip(self.layers.values(), self.layouts):
-            x = relayout(x, cur, layout, group, idx, w)
+            x = relayout(x, cur, layout, self.ps)
             x = layer(x)
             cur = layout
         if self.ps.is_last_stage:
-            x = relayout(x, cur, self.vocab_layout, group, idx, w)
+            x = relayout(x, cur, self.vocab_layout, self.ps)
             return self.vocab.head(x, labels)
         return x

@@ -1,0 +1,43 @@
+"""The exchange sets of a re-layout: a partition of the stage in which every rank finds the
+whole block it needs among the primary blocks of its own set (checked cell by cell)."""
+import itertools
+
+from megatron_galvatron.parallel_state import Layout, exchange_sets
+
+
+def layouts(w):
+    for tp in [t for t in range(1, w + 1) if w % t == 0]:
+        for consec, sp in itertools.product((True, False), (False, True)):
+            if sp and tp == 1:
+                continue
+            yield Layout(tp, consec if 1 < tp < w else True, sp)
+
+
+def covered(have: Layout, need: Layout, members, r, w):
+    """Every (seq, batch) cell of r's block under `need` is held by a primary member under `have`."""
+    ns, nb = need.block(r, w, w, w)
+    for s in range(ns.start, ns.stop):
+        for b in range(nb.start, nb.stop):
+            if not any(have.is_primary(j, w) and have.block(j, w, w, w)[0].start <= s < have.block(j, w, w, w)[0].stop
+                       and have.block(j, w, w, w)[1].start <= b < have.block(j, w, w, w)[1].stop for j in members):
+                return False
+    return True
+
+
+def test_sets_partition_the_stage_and_cover_both_directions():
+    for w in (2, 4, 8):
+        for src, dst in itertools.permutations(set(layouts(w)), 2):
+            sets = exchange_sets(src, dst, w)
+            assert sorted(i for m in sets for i in m) == list(range(w))
+            for members in sets:
+                for r in members:
+                    assert covered(src, dst, members, r, w), (src, dst, r, sets)   # forward
+                    assert covered(dst, src, members, r, w), (src, dst, r, sets)   # backward
+
+
+def test_known_sets_are_as_small_as_the_data_allows():
+    # growing TP inside consecutive groups only exchanges within the new TP group
+    assert exchange_sets(Layout(1, True, False), Layout(2, True, False), 4) == [(0, 1), (2, 3)]
+    # turning sequence parallelism off gathers within the TP group
+    assert exchange_sets(Layout(2, True, True), Layout(2, True, False), 4) == [(0, 1), (2, 3)]
+    assert exchange_sets(Layout(2, False, True), Layout(2, False, False), 4) == [(0, 2), (1, 3)]
