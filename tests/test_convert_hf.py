@@ -15,7 +15,6 @@ import torch
 import torch.nn.functional as F
 
 from megatron_galvatron.convert.hf import hf_to_ours, ours_to_hf
-from megatron_galvatron.model.relayout import relayout
 from megatron_galvatron.pipeline.schedules import forward_only
 from megatron_galvatron.plan import Plan, uniform
 from megatron_galvatron.tensor_parallel.mappings import gather_from_tp
@@ -94,24 +93,18 @@ def converted(tmp_path_factory):
 def _our_outputs(tr, tokens, labels):
     """(mean loss through the training forward, [batch, seq, vocab] logits) on the last stage."""
     stage, ps = tr.stage, tr.ps
-    w, idx, group = tr.plan.stage_world, ps.local_idx, ps.stage_group
     stage.eval()
+    logits = []
+    if ps.is_last_stage:  # also keep the (vocab-parallel) logits the loss is computed from
+        head = stage.vocab.head
+        stage.vocab.head = lambda x, y: logits.append(stage.vocab.logits(x)) or head(x, y)
     loss = forward_only(ps.is_last_stage, 1, _p2p(tr, torch.float32), partial(_forward_fn, tr, [(tokens, labels)]),
                         None, tr.device)
     loss = reduce_loss(tr, loss).item()
-    p2p = _p2p(tr, torch.float32)
-    with torch.no_grad():  # the stage's forward, stopping at the (vocab-parallel) logits
-        x = stage.vocab.embed(stage.local_tokens(tokens)) if ps.is_first_stage else p2p.recv_forward()
-        cur = stage.input_layout
-        for layer, layout in zip(stage.layers.values(), stage.layouts):
-            x = layer(relayout(x, cur, layout, group, idx, w))
-            cur = layout
-        if not ps.is_last_stage:
-            p2p.send_forward(x)
-            return None, None
-        x = relayout(x, cur, stage.vocab_layout, group, idx, w)
-        logits = gather_from_tp(stage.vocab.logits(x), stage.vocab_groups.tp_group)
-    return loss, logits[..., :tr.cfg.vocab_size].transpose(0, 1)
+    if not ps.is_last_stage:
+        return None, None
+    full = gather_from_tp(logits[0], stage.vocab_groups.tp_group)
+    return loss, full[..., :tr.cfg.vocab_size].transpose(0, 1)
 
 
 def _run(rank, world, jobs, tokens, labels):

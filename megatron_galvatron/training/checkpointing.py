@@ -490,7 +490,7 @@ def _set_rng_state(tr, st: dict) -> None:
 def _reseed(tr, seed: int, iteration: int) -> None:
     """Another plan draws other masks anyway; continue with streams fixed by (seed, iteration)."""
     s = (seed * 1_000_003 + iteration) % 2 ** 63
-    torch.manual_seed(s)
+    torch.manual_seed(s + 100 * tr.ps.pp_rank)  # stages keep distinct default streams, as at start-up
     random.seed(s)
     np.random.seed(s % 2 ** 32)
     for name, m in _trackers(tr):  # one stream per module and TP rank, as at initialisation
