@@ -98,7 +98,19 @@ class Network:
         return self.hw.num_gpus // pp_deg >= self.hw.gpus_per_node
 
     def overlap(self, compute_s: float, comm_s: float) -> float:
-        """Wall time of `compute_s` of compute running alongside `comm_s` of communication."""
+        """Wall time of `compute_s` of compute and `comm_s` of communication (each as long as it takes
+        alone) started together on two streams.
+
+        While both run, compute progresses at 1 / compute_slowdown and communication at
+        1 / comm_slowdown of their own speed; whichever finishes first leaves the other to run alone.
+        A short all-reduce under a long backward therefore costs only the compute it slowed down, not
+        the whole backward times the slowdown; when both take as long as the profiler's overlap test
+        made them, this is max(compute x compute_slowdown, comm x comm_slowdown)."""
         if comm_s <= 0:
             return compute_s
-        return max(compute_s * self.compute_slowdown, comm_s * self.comm_slowdown)
+        if compute_s <= 0:
+            return comm_s
+        cs, ms = self.compute_slowdown, self.comm_slowdown
+        if comm_s * ms <= compute_s * cs:
+            return compute_s + comm_s * ms * (1.0 - 1.0 / cs)
+        return comm_s + compute_s * cs * (1.0 - 1.0 / ms)

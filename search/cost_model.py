@@ -24,6 +24,16 @@ GiB = float(2 ** 30)
 BF16 = 2
 FP32 = 4
 ADAM_STATES = 8  # fp32 m and v
+# Bytes per parameter that a fused AdamW step moves: reads parameter, gradient, m, v; writes
+# parameter, m, v. The per-iteration gradient passes are priced at the step's measured bandwidth.
+ADAM_STEP_BYTES = 28
+# Gradient clipping reads every local fp32 gradient for the norm and again to scale it in place.
+CLIP_BYTES = 12
+# A replicated unit zeroes its flat fp32 gradient buffer at the start of every step (a sharded
+# unit drops its gradients instead).
+ZERO_GRAD_BYTES = 4
+# The runtime pads the vocab to a multiple of this times the TP degree (GPTConfig default).
+VOCAB_DIVISIBLE_BY = 128
 
 
 # -------------------------------------------------------------------- plain formulas
@@ -35,15 +45,29 @@ def microbatches_in_flight(pipeline_type: str, chunks: int, pp_deg: int, stage: 
     return min(chunks, pp_deg - stage)
 
 
+def is_sharded(dp_type: str, dp: int) -> bool:
+    """Whether the runtime wraps the unit in FSDP (bf16 parameters, no autocast) rather than
+    replicating it (fp32 parameters under bf16 autocast, flat fp32 gradient buffer)."""
+    return dp_type in ("zero2", "zero3") and dp > 1
+
+
 def model_state_bytes(params: float, dp: int, dp_type: str) -> float:
-    """fp32 master weights + fp32 gradients + Adam m, v for `params` (the rank's TP shard)."""
-    if dp_type == "ddp" or dp == 1:
+    """Bytes a unit holds for `params` (the rank's TP shard) at the stage's peak, the start of a
+    backward with every layer of the stage between its forward and its backward.
+
+    Replicated: fp32 weights, the fp32 flat gradient buffer, Adam m and v (16 B). ZeRO-3: all of
+    that sharded (the gradient shard is counted although it only appears with the first
+    micro-batch's reduce-scatter). ZeRO-2 (FSDP2 without resharding after forward): the fp32
+    weight and Adam shards, the bf16 weights gathered in the forward and kept until the layer's
+    backward, and the unsharded fp32 gradient FSDP2 accumulates over micro-batches until the last
+    one's reduce-scatter (absent with a single micro-batch, where it is an over-estimate)."""
+    if not is_sharded(dp_type, dp):
+        if dp_type not in ("ddp", "zero2", "zero3"):
+            raise ValueError(dp_type)
         return (FP32 + FP32 + ADAM_STATES) * params
     if dp_type == "zero2":
-        return (FP32 + (FP32 + ADAM_STATES) / dp) * params
-    if dp_type == "zero3":
-        return (FP32 + FP32 + ADAM_STATES) / dp * params
-    raise ValueError(dp_type)
+        return ((FP32 + ADAM_STATES) / dp + BF16 + FP32) * params
+    return (FP32 + FP32 + ADAM_STATES) / dp * params
 
 
 def pipeline_iteration_time(stage_per_mb: List[float], stage_per_iter: List[float], chunks: int) -> float:
@@ -104,8 +128,10 @@ class CostModel:
 
     # ---------------------------------------------------------------- transformer layer
     def layer_compute(self, s: LayerStrategy, stage_world: int, micro_batch: int) -> Tuple[float, float]:
-        fwd, bwd = self.profile.layer_fits(s.tp, s.sp)
-        tokens = micro_batch // (stage_world // s.tp) * self.model.seq_length
+        dp = stage_world // s.tp
+        fits = self.profile.sharded_layer_fits(s.tp, s.sp) if is_sharded(s.dp_type, dp) else None
+        fwd, bwd = fits or self.profile.layer_fits(s.tp, s.sp)
+        tokens = micro_batch // dp * self.model.seq_length
         return fwd(tokens), bwd(tokens)
 
     def tp_comm(self, s, stage_world: int, micro_batch: int) -> float:
@@ -122,25 +148,37 @@ class CostModel:
     def optimizer_step(self, params: float) -> float:
         return self.profile.step_s_per_param * params
 
+    def grad_passes(self, params: float, replicated: bool) -> float:
+        """Once per iteration over the fp32 gradients a rank holds: the clip's norm and scaling, and
+        (replicated units) zeroing the flat buffer; memory-bound, priced at the AdamW step's bandwidth."""
+        moved = CLIP_BYTES + (ZERO_GRAD_BYTES if replicated else 0)
+        return self.profile.step_s_per_param * params * moved / ADAM_STEP_BYTES
+
     def _dp_sync(self, dp_type: str, params: float, stage_world: int, s, fwd_window: float,
                  bwd_window: float) -> Tuple[float, float, float]:
-        """Data-parallel traffic of `params` (the TP shard) as (extra per micro-batch on the forward,
-        extra per micro-batch on the backward, extra per iteration), each already overlapped."""
+        """Data-parallel traffic of a layer holding `params` (the TP shard) as (extra per micro-batch on
+        the forward, extra per micro-batch on the backward, extra per iteration).
+
+        Replicated: the layer's flat fp32 gradient buffer is all-reduced once, when its last gradient
+        of the last micro-batch is ready, beside the backward of the layers before it (the layer's own
+        backward stands in for theirs). FSDP2 units: every unit is its own FSDP root, so each
+        forward's all-gather waits for the compute queued before it and nothing prefetches it: it is
+        exposed on every micro-batch, for ZeRO-2 as well (FSDP2 reshards after the backward). ZeRO-3
+        gathers again for the backward and reduce-scatters every micro-batch, ZeRO-2 reduce-scatters
+        on the last one; both beside the backward compute."""
         dp, stride = self.dp_group(s, stage_world)
         if dp == 1:
             return 0.0, 0.0, 0.0
         grad, par = FP32 * params, BF16 * params
         net = self.net
-        if dp_type == "ddp":
+        if not is_sharded(dp_type, dp):
             ar = net.collective("all_reduce", dp, stride, grad)
             return 0.0, 0.0, net.overlap(bwd_window, ar) - bwd_window
-        if dp_type == "zero2":
-            rs = net.collective("reduce_scatter", dp, stride, grad)
-            ag = net.collective("all_gather", dp, stride, par)
-            return 0.0, 0.0, (net.overlap(bwd_window, rs) - bwd_window) + (net.overlap(fwd_window, ag) - fwd_window)
         ag = net.collective("all_gather", dp, stride, par)
         rs = net.collective("reduce_scatter", dp, stride, grad)
-        return net.overlap(fwd_window, ag) - fwd_window, net.overlap(bwd_window, ag + rs) - bwd_window, 0.0
+        if dp_type == "zero2":
+            return ag, 0.0, net.overlap(bwd_window, rs) - bwd_window
+        return ag, net.overlap(bwd_window, ag + rs) - bwd_window, 0.0
 
     def layer_time(self, s: LayerStrategy, stage_world: int, micro_batch: int) -> Time:
         fwd, bwd = self.layer_compute(s, stage_world, micro_batch)
@@ -151,16 +189,53 @@ class CostModel:
         dp = stage_world // s.tp
         f_extra, b_extra, sync = self._dp_sync(s.dp_type, params, stage_world, s, fwd, bwd_window)
         per_mb = fwd + f_extra + tpc + bwd_window + b_extra + tpc + recompute_tp
-        step_params = params if s.dp_type == "ddp" else params / dp
-        return Time(per_mb, sync + self.optimizer_step(step_params))
+        sharded = is_sharded(s.dp_type, dp)
+        local = params / dp if sharded else params
+        return Time(per_mb, sync + self.optimizer_step(local) + self.grad_passes(local, not sharded))
+
+    def layer_activation(self, s: LayerStrategy, dp: int) -> Tuple[float, float, float]:
+        """(bytes per token saved for backward, bytes saved per micro-batch whatever its size,
+        bytes per token a checkpointed layer keeps) for the layer as the runtime runs it.
+
+        Replicated layers run under autocast on fp32 weights: the residual stream and the norms'
+        inputs stay fp32, and every forward keeps bf16 copies of the weights for its backward (the
+        profile's constant, else 2 bytes per local parameter). FSDP layers compute on bf16 weights
+        without autocast: no weight copies (the gathered weights themselves are saved), a bf16
+        residual stream, and each of the two norms saves a bf16 input and a bf16 output where under
+        autocast it saves an fp32 input and the bf16 cast the next matmul takes, 2 x hidden bytes
+        less per token of the norm (its tokens are sequence-sharded under sp); a checkpointed layer
+        keeps its input in bf16, half the fp32 one. Profiles that measured the bf16 layer
+        (`layer.sharded`) are used as they are."""
+        p, h = self.profile, self.model.hidden_size
+        act, ckpt = p.activation_per_token(s.tp, s.sp), p.checkpoint_per_token(s.tp, s.sp)
+        if not is_sharded(s.dp_type, dp):
+            const = p.layer_constant(s.tp, s.sp)
+            return act, (BF16 * p.layer_param_count / s.tp if const is None else const), ckpt
+        norm_tokens = 1.0 / s.tp if s.sp else 1.0
+        sact, sckpt = p.sharded_activation_per_token(s.tp, s.sp), p.sharded_checkpoint_per_token(s.tp, s.sp)
+        return (act - 2 * 2 * h * norm_tokens if sact is None else sact), 0.0, (ckpt / 2 if sckpt is None else sckpt)
+
+    def backward_work_per_token(self, s: LayerStrategy, dp: int) -> float:
+        """Gradient buffers a layer's backward adds on top of what its forward saved: the gradient of
+        the residual stream it receives (fp32 under autocast, bf16 on an FSDP unit; sequence-sharded
+        under sp) and the bf16 gradient of the MLP's widest activation, the first matmul's output
+        (its saved tensors are freed about as fast as the next gradients appear)."""
+        m = self.model
+        residual = (BF16 if is_sharded(s.dp_type, dp) else FP32) * m.hidden_size / (s.tp if s.sp else 1)
+        widest = m.ffn_hidden_size * (2 if m.family == "llama" else 1) / s.tp  # SwiGLU: gate and up together
+        return residual + BF16 * widest
 
     def layer_memory(self, s: LayerStrategy, stage_world: int, micro_batch: int) -> Memory:
         dp = stage_world // s.tp
         tokens = micro_batch // dp * self.model.seq_length
-        full = self.profile.activation_per_token(s.tp, s.sp) * tokens
-        kept = self.profile.checkpoint_per_token(s.tp, s.sp) * tokens if s.checkpoint else full
+        per_token, const, ckpt = self.layer_activation(s, dp)
+        full = per_token * tokens + const
+        kept = ckpt * tokens if s.checkpoint else full
         params = self.profile.layer_param_count / s.tp
-        transient = (full if s.checkpoint else 0.0) + (BF16 * params if s.dp_type == "zero3" and dp > 1 else 0.0)
+        # While the layer runs its backward: its gradient buffers; a checkpointed layer's rebuilt
+        # activations; a ZeRO-3 layer's bf16 weights, gathered again.
+        transient = (self.backward_work_per_token(s, dp) * tokens + (full if s.checkpoint else 0.0)
+                     + (BF16 * params if s.dp_type == "zero3" and dp > 1 else 0.0))
         return Memory(model_state_bytes(params, dp, s.dp_type), kept, transient)
 
     def relayout(self, stage_world: int, micro_batch: int) -> float:
@@ -178,26 +253,67 @@ class CostModel:
             return 1 if self.model.tied_embeddings else 2
         return int(first) + int(last)
 
+    def vocab_params(self, v: VocabStrategy, pp_deg: int, stage: int) -> Tuple[float, float]:
+        """(parameters of one vocab matrix shard, parameters of the whole vocab unit on this stage)."""
+        one = self.profile.vocab_param_count / v.tp
+        params = self.vocab_copies(pp_deg, stage) * one
+        if stage == 0 and self.model.family == "gpt2":  # learned positions, replicated over TP
+            params += self.model.seq_length * self.model.hidden_size
+        return one, params
+
+    def _vocab_dp(self, v: VocabStrategy, params: float, stage_world: int, first: bool, last: bool,
+                  bwd: float) -> Tuple[float, float]:
+        """Data-parallel traffic of the vocab unit as (per micro-batch, per iteration).
+
+        The unit's gradients are complete only after its last backward on the stage: the embedding's,
+        which ends the first stage's backward with nothing left to hide behind, or the LM head's,
+        which starts the last stage's backward (the head's backward stands in for the layers' after
+        it). FSDP2 gathers the weights for each forward method called (embedding, head), ZeRO-3
+        again for each backward; ZeRO-2 keeps them from the first forward until the first backward,
+        which reshards them, so a unit holding both ends gathers again for the embedding's backward."""
+        dp, stride = self.dp_group(v, stage_world)
+        if dp == 1:
+            return 0.0, 0.0
+        net = self.net
+        grad, par = FP32 * params, BF16 * params
+
+        def behind_head(comm: float) -> float:
+            return net.overlap(bwd, comm) - bwd
+
+        if not is_sharded(v.dp_type, dp):
+            ar = net.collective("all_reduce", dp, stride, grad)
+            return 0.0, (ar if first else behind_head(ar))
+        ag = net.collective("all_gather", dp, stride, par)
+        rs = net.collective("reduce_scatter", dp, stride, grad)
+        ends = int(first) + int(last)
+        if v.dp_type == "zero3":
+            per_mb = ends * ag + (behind_head(ag + rs) if last else 0.0) + ((ag + rs) if first else 0.0)
+            return per_mb, 0.0
+        per_mb = ag + (ag if ends == 2 else 0.0)
+        return per_mb, (behind_head(rs) if last else 0.0) + (rs if first else 0.0)
+
     def vocab(self, v: VocabStrategy, stage_world: int, micro_batch: int, pp_deg: int,
               stage: int) -> Tuple[Time, Memory]:
         """Embedding on the first stage, LM head + loss on the last (gpt2 ties them: a copy on each)."""
         first, last = stage == 0, stage == pp_deg - 1
-        copies = self.vocab_copies(pp_deg, stage)
-        if copies == 0:
+        if self.vocab_copies(pp_deg, stage) == 0:
             return Time(0.0, 0.0), Memory(0.0, 0.0, 0.0)
-        net = self.net
+        net, p, h = self.net, self.profile, self.model.hidden_size
         dp = stage_world // v.tp
+        sharded = is_sharded(v.dp_type, dp)
         samples = micro_batch // dp
         tokens = samples * self.model.seq_length
         act = self._activation_bytes(samples)
         size, stride = self.tp_group(v, stage_world)
-        one = self.profile.vocab_param_count / v.tp
-        params = copies * one
-        per_mb = fwd = bwd = 0.0
+        one, params = self.vocab_params(v, pp_deg, stage)
+        per_mb = bwd = 0.0
         if first:  # the vocab-parallel embedding sums partial lookups over the TP group
             per_mb += net.collective("reduce_scatter" if v.sp else "all_reduce", size, stride, act)
+            emb = p.embedding_fits(v.tp)
+            if emb is not None:
+                per_mb += emb[0](tokens) + emb[1](tokens)
         if last:
-            f, b = self.profile.vocab_fits(v.tp)
+            f, b = (p.sharded_vocab_fits(v.tp) if sharded else None) or p.vocab_fits(v.tp)
             fwd, bwd = f(tokens), b(tokens)
             if v.sp:
                 head = (net.collective("all_gather", size, stride, act)
@@ -205,16 +321,34 @@ class CostModel:
             else:
                 head = net.collective("all_reduce", size, stride, act)
             loss = 3 * net.collective("all_reduce", size, stride, tokens * FP32)  # max, sum-exp, target logit
-            per_mb += head + loss
-        f_extra, b_extra, sync = self._dp_sync(v.dp_type, params, stage_world, v, fwd, bwd)
-        per_mb += fwd + f_extra + bwd + b_extra
-        if self.model.tied_embeddings and pp_deg > 1:  # the two copies' gradients are summed each step
-            sync += self.net.p2p(pp_deg, stage_world, FP32 * one)
-        step_params = params if v.dp_type == "ddp" else params / dp
-        act_kept = self.profile.vocab_activation_per_token(v.tp) * tokens if last else 0.0
-        transient = BF16 * one if v.dp_type == "zero3" and dp > 1 else 0.0
-        return (Time(per_mb, sync + self.optimizer_step(step_params)),
-                Memory(model_state_bytes(params, dp, v.dp_type), act_kept, transient))
+            per_mb += fwd + bwd + head + loss
+        dp_mb, sync = self._vocab_dp(v, params, stage_world, first, last, bwd)
+        per_mb += dp_mb
+        local = params / dp if sharded else params
+        if self.model.tied_embeddings and pp_deg > 1:
+            # the two copies' gradients are summed once per step over the (first, last) stage pair
+            sync += net.collective("all_reduce", 2, (pp_deg - 1) * stage_world, FP32 * (one / dp if sharded else one))
+        time = Time(per_mb, sync + self.optimizer_step(local) + self.grad_passes(local, not sharded))
+
+        act_kept = transient = 0.0
+        if last:
+            if sharded:
+                per_token = p.sharded_vocab_activation_per_token(v.tp)
+                if per_token is None:  # the final norm's input is bf16, and no bf16 cast is saved beside it
+                    per_token = p.vocab_activation_per_token(v.tp) - 2 * h / (v.tp if v.sp else 1)
+                const = 0.0
+            else:
+                per_token = p.vocab_activation_per_token(v.tp)
+                const = p.vocab_constant(v.tp)
+                const = BF16 * one if const is None else const
+            act_kept = per_token * tokens + const
+            # The loss's backward writes the bf16 gradient of the logits while the logits are still
+            # saved, and the LM head then makes its weight gradient in bf16, at the start of the
+            # backward when every activation of the stage is still alive.
+            transient = BF16 * self.model.vocab_size / v.tp * tokens + BF16 * one
+        if v.dp_type == "zero3" and dp > 1:
+            transient += BF16 * one
+        return time, Memory(model_state_bytes(params, dp, v.dp_type), act_kept, transient)
 
     # ---------------------------------------------------------------- allocator
     def reserved(self, allocated: float) -> float:

@@ -11,7 +11,7 @@ import math
 import os
 import re
 from dataclasses import dataclass, field
-from typing import Any, Dict, Tuple
+from typing import Any, Dict, Optional, Tuple
 
 from megatron_galvatron.errors import UserError
 
@@ -80,6 +80,18 @@ class ModelProfile:
     step_s_per_param: float
     reserved_over_allocated: float
     fixed_overhead_bytes: float
+    # Optional tables (absent from older profiles; the cost model then derives them, see
+    # search/cost_model.py). "const": bytes saved per micro-batch whatever its size, i.e. the bf16
+    # weight copies autocast keeps for backward in a replicated unit. "sharded": the same layer or
+    # LM head measured as a ZeRO unit runs it, on bf16 parameters without autocast.
+    layer_activation_constant: Dict[Tuple[int, bool], float] = field(default_factory=dict)
+    vocab_activation_constant: Dict[int, float] = field(default_factory=dict)
+    sharded_layer_time: Dict[Tuple[int, bool], Tuple[TimeFit, TimeFit]] = field(default_factory=dict)
+    sharded_activation_bytes_per_token: Dict[Tuple[int, bool], float] = field(default_factory=dict)
+    sharded_checkpoint_bytes_per_token: Dict[Tuple[int, bool], float] = field(default_factory=dict)
+    sharded_vocab_time: Dict[int, Tuple[TimeFit, TimeFit]] = field(default_factory=dict)
+    sharded_vocab_activation_bytes_per_token: Dict[int, float] = field(default_factory=dict)
+    embedding_time: Dict[int, Tuple[TimeFit, TimeFit]] = field(default_factory=dict)
     _cache: Dict[Any, Any] = field(default_factory=dict, repr=False)
 
     # Degrees the profiler did not measure are scaled from the largest measured degree below them:
@@ -113,6 +125,48 @@ class ModelProfile:
     def vocab_activation_per_token(self, tp: int) -> float:
         v, f = self._nearest({(k, False): v for k, v in self.vocab_activation_bytes_per_token.items()}, tp, False)
         return v * f
+
+    # Optional tables: None when the profile does not have them.
+    def _optional(self, table: Dict, tp: int, sp: bool) -> Optional[Tuple[Any, float]]:
+        if not table or not any(k == 1 for k, _ in table):
+            return None
+        return self._nearest(table, tp, sp)
+
+    @staticmethod
+    def _by_tp(table: Dict[int, Any]) -> Dict[Tuple[int, bool], Any]:
+        return {(k, False): v for k, v in table.items()}
+
+    def layer_constant(self, tp: int, sp: bool) -> Optional[float]:
+        hit = self._optional(self.layer_activation_constant, tp, sp)
+        return None if hit is None else hit[0] * hit[1]
+
+    def vocab_constant(self, tp: int) -> Optional[float]:
+        hit = self._optional(self._by_tp(self.vocab_activation_constant), tp, False)
+        return None if hit is None else hit[0] * hit[1]
+
+    def sharded_layer_fits(self, tp: int, sp: bool) -> Optional[Tuple[TimeFit, TimeFit]]:
+        hit = self._optional(self.sharded_layer_time, tp, sp)
+        return None if hit is None else (hit[0][0].scaled(hit[1]), hit[0][1].scaled(hit[1]))
+
+    def sharded_activation_per_token(self, tp: int, sp: bool) -> Optional[float]:
+        hit = self._optional(self.sharded_activation_bytes_per_token, tp, sp)
+        return None if hit is None else hit[0] * hit[1]
+
+    def sharded_checkpoint_per_token(self, tp: int, sp: bool) -> Optional[float]:
+        hit = self._optional(self.sharded_checkpoint_bytes_per_token, tp, sp)
+        return None if hit is None else hit[0] * hit[1]
+
+    def sharded_vocab_fits(self, tp: int) -> Optional[Tuple[TimeFit, TimeFit]]:
+        hit = self._optional(self._by_tp(self.sharded_vocab_time), tp, False)
+        return None if hit is None else (hit[0][0].scaled(hit[1]), hit[0][1].scaled(hit[1]))
+
+    def sharded_vocab_activation_per_token(self, tp: int) -> Optional[float]:
+        hit = self._optional(self._by_tp(self.sharded_vocab_activation_bytes_per_token), tp, False)
+        return None if hit is None else hit[0] * hit[1]
+
+    def embedding_fits(self, tp: int) -> Optional[Tuple[TimeFit, TimeFit]]:
+        hit = self._optional(self._by_tp(self.embedding_time), tp, False)
+        return None if hit is None else (hit[0][0].scaled(hit[1]), hit[0][1].scaled(hit[1]))
 
 
 # -------------------------------------------------------------------- reading helpers
@@ -306,8 +360,55 @@ def parse_model(d: Dict, path: str = MODEL_FILE) -> ModelProfile:
     alloc = r.get(d, "allocator", "", dict)
     ratio = r.number(alloc, "reserved_over_allocated", "allocator", 1.0)
     fixed = r.number(alloc, "fixed_overhead_bytes", "allocator")
-    return ModelProfile(path, dict(model), layer_time, param_count, tables["activation_bytes_per_token"],
+    prof = ModelProfile(path, dict(model), layer_time, param_count, tables["activation_bytes_per_token"],
                         tables["checkpoint_bytes_per_token"], vocab_params, vocab_time, vocab_act, step, ratio, fixed)
+
+    # Optional keys: absent is fine, present must be well formed.
+    prof.layer_activation_constant = _optional_numbers(r, mem, "activation_constant_bytes", "layer.memory")
+    prof.vocab_activation_constant = _tp_only(_optional_numbers(r, vocab, "activation_constant_bytes", "vocab",
+                                                                allow_sp=False))
+    prof.embedding_time = _tp_only(_optional_times(r, vocab, "embedding_time", "vocab", allow_sp=False))
+    sharded = layer.get("sharded")
+    if sharded is not None:
+        if not isinstance(sharded, dict):
+            raise r.fail("key 'layer.sharded' must be an object")
+        prof.sharded_layer_time = _optional_times(r, sharded, "time", "layer.sharded")
+        prof.sharded_activation_bytes_per_token = _optional_numbers(r, sharded, "activation_bytes_per_token",
+                                                                    "layer.sharded")
+        prof.sharded_checkpoint_bytes_per_token = _optional_numbers(r, sharded, "checkpoint_bytes_per_token",
+                                                                    "layer.sharded")
+    vsharded = vocab.get("sharded")
+    if vsharded is not None:
+        if not isinstance(vsharded, dict):
+            raise r.fail("key 'vocab.sharded' must be an object")
+        prof.sharded_vocab_time = _tp_only(_optional_times(r, vsharded, "time", "vocab.sharded", allow_sp=False))
+        prof.sharded_vocab_activation_bytes_per_token = _tp_only(
+            _optional_numbers(r, vsharded, "activation_bytes_per_token", "vocab.sharded", allow_sp=False))
+    return prof
+
+
+def _tp_only(table: Dict[Tuple[int, bool], Any]) -> Dict[int, Any]:
+    return {tp: v for (tp, _), v in table.items()}
+
+
+def _optional_numbers(r: _Reader, obj: Dict, key: str, where: str, allow_sp: bool = True) -> Dict:
+    if key not in obj:
+        return {}
+    raw = r.tp_table(r.get(obj, key, where, dict), f"{where}.{key}", allow_sp)
+    return {k: r.value(v, f"{where}.{key}.{tp_key(*k)}") for k, v in raw.items()}
+
+
+def _optional_times(r: _Reader, obj: Dict, key: str, where: str, allow_sp: bool = True) -> Dict:
+    if key not in obj:
+        return {}
+    raw = r.tp_table(r.get(obj, key, where, dict), f"{where}.{key}", allow_sp)
+    out = {}
+    for k, v in raw.items():
+        name = f"{where}.{key}.{tp_key(*k)}"
+        if not isinstance(v, dict):
+            raise r.fail(f"key '{name}' must be an object with fwd and bwd")
+        out[k] = (r.time_fit(r.get(v, "fwd", name), f"{name}.fwd"), r.time_fit(r.get(v, "bwd", name), f"{name}.bwd"))
+    return out
 
 
 # -------------------------------------------------------------------- directory

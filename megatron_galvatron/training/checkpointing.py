@@ -39,7 +39,7 @@ from megatron_galvatron.errors import UserError
 from megatron_galvatron.model.config import GPTConfig
 from megatron_galvatron.model.init import canonical_name
 from megatron_galvatron.tensor_parallel.mappings import all_gather_dim0
-from megatron_galvatron.tensor_parallel.random import TP_SEED_OFFSET
+from megatron_galvatron.tensor_parallel.random import tracker_seed
 
 FORMAT = "megatron_galvatron.checkpoint/1"
 LATEST = "latest"
@@ -494,8 +494,7 @@ def _reseed(tr, seed: int, iteration: int) -> None:
     random.seed(s)
     np.random.seed(s % 2 ** 32)
     for name, m in _trackers(tr):  # one stream per module and TP rank, as at initialisation
-        stream = zlib.crc32(name.encode())
-        m.tracker.generator.manual_seed((s + TP_SEED_OFFSET + stream * 65_537 + m.groups.tp_rank) % 2 ** 63)
+        m.tracker.generator.manual_seed(tracker_seed(s, m.groups.tp_rank, zlib.crc32(name.encode())))
 
 
 def same_plan(meta: dict, plan) -> bool:
