@@ -12,7 +12,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import torch
 import torch.distributed as dist
 
-from megatron_galvatron.plan import LayerStrategy, Plan
+from megatron_galvatron.plan import Plan
 
 
 @dataclass(frozen=True)

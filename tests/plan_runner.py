@@ -1,6 +1,5 @@
 """Worker side of the equivalence tests: train a few steps under each plan and report the
 loss, the full (gathered) initial parameters, gradients and final parameters."""
-import torch
 
 from megatron_galvatron.model.canonical import gather_model
 from megatron_galvatron.plan import Plan

@@ -4,7 +4,7 @@ import random
 
 import pytest
 
-from megatron_galvatron.plan import LayerStrategy, Plan, VocabStrategy, uniform
+from megatron_galvatron.plan import uniform
 from tests.equivalence import check_plans, tiny_cfg
 from tests.random_plans import random_plan
 

@@ -83,3 +83,30 @@ def test_comm_groups_match_the_runtime_layout():
                 tp_groups, _ = Layout(n, consec, False).groups(range(world))
                 assert partition(world, n, "consec" if consec else "strided") == tp_groups
     assert group_sizes(8) == [2, 4, 8] and group_sizes(6) == [2, 6] and group_sizes(1) == []
+
+
+def test_sharded_unit_saves_a_bf16_residual_stream():
+    """With bf16 the layer is measured again as a ZeRO unit runs it (bf16 weights, no autocast):
+    each norm then saves a bf16 input and output where under autocast it saves an fp32 input and
+    the bf16 cast, and a checkpointed layer keeps a bf16 input."""
+    cfg = _cfg()
+    s = ModelSettings(micro_batch_sizes=[1, 3], seq_lengths=[16], tp_degrees=[1, 2], dtype="bf16",
+                      warmup=0, iters=1, progress=False)
+    prof = ModelProfiler(cfg, torch.device("cpu"), s)
+    shards = ShardGroups(2)
+
+    class Bar:
+        def update(self, n):
+            pass
+    try:
+        layer = prof.layer_profile(shards, Bar())
+    finally:
+        shards.close()
+    h = cfg.hidden_size
+    mem, sharded = layer["memory"], layer["sharded"]
+    assert sharded["checkpoint_bytes_per_token"] == {"tp1": 2 * h, "tp2": 2 * h, "tp2_sp": h}
+    for key, norm_tokens in (("tp1", 1.0), ("tp2", 1.0), ("tp2_sp", 0.5)):
+        saved = mem["activation_bytes_per_token"][key] - sharded["activation_bytes_per_token"][key]
+        # 2 x hidden bytes per norm token, within the norms' per-token statistics
+        assert 4 * h * norm_tokens <= saved <= (4 * h + 16) * norm_tokens
+    assert set(sharded["time"]) == {"tp1", "tp2", "tp2_sp"}

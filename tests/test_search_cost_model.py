@@ -2,7 +2,9 @@
 
 Cluster: 8 GPUs, 2 nodes of 4. Intra-node links 100 GB/s bus bandwidth and 10 us latency,
 inter-node 10 GB/s and 20 us; p2p 25 GB/s. Overlap slows compute 1.1x and communication 1.25x.
-Model: gpt2, hidden 64, seq 128; a layer has 50,000 parameters, the vocab matrix 64,000.
+Model: gpt2, hidden 64, FFN 256, seq 128; a layer has 50,000 parameters, the vocab matrix 64,000.
+The optimizer step takes 1e-10 s per parameter, so the per-iteration gradient passes (clip: 12 B
+per fp32 gradient; replicated units also zero their 4 B buffer) take 12/28 or 16/28 of that.
 """
 import pytest
 
@@ -84,8 +86,14 @@ def test_collective_bus_bandwidth_times(cm):
 
 def test_overlap_of_compute_and_communication(cm):
     assert cm.net.overlap(1.0, 0.0) == 1.0
-    assert cm.net.overlap(1.0, 0.5) == pytest.approx(1.1)
-    assert cm.net.overlap(1.0, 2.0) == pytest.approx(2.5)
+    assert cm.net.overlap(0.0, 0.5) == 0.5
+    # 0.5 s of communication takes 0.625 s beside compute; meanwhile compute runs at 1/1.1 speed,
+    # so it loses 0.625 x (1 - 1/1.1) s and finishes alone after the communication
+    assert cm.net.overlap(1.0, 0.5) == pytest.approx(1.0 + 0.625 * (1 - 1 / 1.1))
+    # compute (1.1 s beside communication) finishes first, having held the link back 1.1 x (1 - 1/1.25) s
+    assert cm.net.overlap(1.0, 2.0) == pytest.approx(2.0 + 1.1 * (1 - 1 / 1.25))
+    # both end together: compute x compute_slowdown = comm x comm_slowdown
+    assert cm.net.overlap(1.25, 1.1) == pytest.approx(1.375)
 
 
 # ------------------------------------------------------------------ layer time
@@ -115,17 +123,26 @@ def test_ddp_gradient_all_reduce_overlaps_last_backward(cm):
     ar = 1e-5 + 2 * 3 / 4 * (4 * 50000) / 100e9
     t = cm.layer_time(ddp(), 4, 8)
     assert t.per_mb == pytest.approx(fwd + bwd)
-    assert t.per_iter == pytest.approx(max(1.1 * bwd, 1.25 * ar) - bwd + 1e-10 * 50000)
+    # the all-reduce (1.25 x ar beside compute) ends first; the backward lost 1 - 1/1.1 of that time
+    assert 1.25 * ar < 1.1 * bwd
+    step = 1e-10 * 50000
+    assert t.per_iter == pytest.approx(1.25 * ar * (1 - 1 / 1.1) + step + step * 16 / 28)
 
 
-def test_zero2_reduce_scatter_and_all_gather_once_per_iteration(cm):
+def test_grad_passes_priced_at_the_optimizer_bandwidth(cm):
+    assert cm.grad_passes(28e6, replicated=True) == pytest.approx(1e-10 * 16e6)
+    assert cm.grad_passes(28e6, replicated=False) == pytest.approx(1e-10 * 12e6)
+
+
+def test_zero2_gathers_every_forward_and_reduce_scatters_once(cm):
     fwd, bwd = 1e-3 + 256e-6, 2e-3 + 512e-6
     rs = 1e-5 + 3 / 4 * (4 * 50000) / 100e9
     ag = 1e-5 + 3 / 4 * (2 * 50000) / 100e9
     t = cm.layer_time(ddp(dp_type="zero2"), 4, 8)
-    assert t.per_mb == pytest.approx(fwd + bwd)
-    assert t.per_iter == pytest.approx((1.1 * bwd - bwd) + (1.1 * fwd - fwd) + 1e-10 * 50000 / 4)
-    assert 1.1 * bwd > 1.25 * rs and 1.1 * fwd > 1.25 * ag  # the branch the line above assumes
+    # FSDP2 reshards after the backward: the next forward gathers again, with nothing to hide behind
+    assert t.per_mb == pytest.approx(fwd + ag + bwd)
+    step = 1e-10 * 50000 / 4
+    assert t.per_iter == pytest.approx(1.25 * rs * (1 - 1 / 1.1) + step + step * 12 / 28)
 
 
 def test_zero3_gathers_every_micro_batch(cm):
@@ -133,8 +150,10 @@ def test_zero3_gathers_every_micro_batch(cm):
     ag = 1e-5 + 3 / 4 * (2 * 50000) / 100e9
     rs = 1e-5 + 3 / 4 * (4 * 50000) / 100e9
     t = cm.layer_time(ddp(dp_type="zero3"), 4, 8)
-    assert t.per_mb == pytest.approx(max(1.1 * fwd, 1.25 * ag) + max(1.1 * bwd, 1.25 * (ag + rs)))
-    assert t.per_iter == pytest.approx(1e-10 * 50000 / 4)
+    # the forward's gather is exposed; the backward's gather and reduce-scatter run beside it
+    assert t.per_mb == pytest.approx(fwd + ag + bwd + 1.25 * (ag + rs) * (1 - 1 / 1.1))
+    step = 1e-10 * 50000 / 4
+    assert t.per_iter == pytest.approx(step + step * 12 / 28)
 
 
 def test_checkpoint_recomputes_forward_and_its_tp_comm(cm):
@@ -145,7 +164,8 @@ def test_checkpoint_recomputes_forward_and_its_tp_comm(cm):
     ar = 1e-5 + 2 * (1 / 2) * (4 * 25000) / 100e9
     t = cm.layer_time(ddp(2, checkpoint=True), 4, 8)
     assert t.per_mb == pytest.approx(fwd + tpc + (bwd + fwd) + tpc + tpc)
-    assert t.per_iter == pytest.approx(max(1.1 * (bwd + fwd), 1.25 * ar) - (bwd + fwd) + 1e-10 * 25000)
+    step = 1e-10 * 25000
+    assert t.per_iter == pytest.approx(1.25 * ar * (1 - 1 / 1.1) + step + step * 16 / 28)
 
 
 def test_relayout_and_p2p(cm):
@@ -162,19 +182,48 @@ def test_optimizer_step(cm):
 
 def test_model_states_per_dp_type():
     assert model_state_bytes(1000, 4, "ddp") == 16000
-    assert model_state_bytes(1000, 4, "zero2") == 4000 + 12000 / 4
+    # fp32 + Adam shards (12/4), bf16 weights kept from forward to backward (2), unsharded fp32
+    # gradient accumulated over micro-batches (4)
+    assert model_state_bytes(1000, 4, "zero2") == 3000 + 2000 + 4000
     assert model_state_bytes(1000, 4, "zero3") == 16000 / 4
+    # a ZeRO unit with one data-parallel rank is replicated by the runtime
     assert model_state_bytes(1000, 1, "zero3") == 16000
+    assert model_state_bytes(1000, 1, "zero2") == 16000
 
 
 def test_layer_memory(cm):
+    # replicated (autocast): the profile's bytes per token, plus the bf16 weight copies (2 B per
+    # parameter: this profile has no activation_constant_bytes); the backward adds the fp32
+    # residual gradient (4 x 64) and the bf16 gradient of the FFN activation (2 x 256) per token
     m = cm.layer_memory(ddp(), 4, 8)
-    assert (m.states, m.activation, m.transient) == (16 * 50000, 2000 * 256, 0)
+    assert (m.states, m.activation, m.transient) == (16 * 50000, 2000 * 256 + 2 * 50000, (256 + 512) * 256)
+    # ZeRO-3 (FSDP: bf16, no autocast): two norms save 2 x 64 bytes per token less each, no weight
+    # copies; a bf16 residual gradient; the weights gathered again for the backward
     m = cm.layer_memory(ddp(dp_type="zero3"), 4, 8)
-    assert (m.states, m.activation, m.transient) == (16 * 50000 / 4, 2000 * 256, 2 * 50000)
+    assert (m.states, m.activation, m.transient) == (16 * 50000 / 4, (2000 - 4 * 64) * 256,
+                                                     (128 + 512) * 256 + 2 * 50000)
+    m = cm.layer_memory(ddp(dp_type="zero2"), 4, 8)
+    assert (m.states, m.activation, m.transient) == (50000 * (12 / 4 + 6), (2000 - 4 * 64) * 256, (128 + 512) * 256)
+    # tp2 + sp, checkpointed, replicated (dp 2, 512 tokens): keeps its input; rebuilds everything,
+    # weight copies of its 25,000 parameters included; sequence-sharded residual gradient
     m = cm.layer_memory(ddp(2, sp=True, checkpoint=True), 4, 8)
-    assert (m.states, m.activation, m.transient) == (16 * 25000, 64 * 512, 800 * 512)
+    full = 800 * 512 + 2 * 25000
+    assert (m.states, m.activation, m.transient) == (16 * 25000, 64 * 512, full + (4 * 32 + 2 * 128) * 512)
     assert m.persistent(3) == 16 * 25000 + 3 * 64 * 512
+    # the same as a ZeRO-2 unit: a bf16 input (half) and the norms' saving on seq/2 tokens
+    m = cm.layer_memory(ddp(2, sp=True, checkpoint=True, dp_type="zero2"), 4, 8)
+    assert m.activation == 32 * 512
+    assert m.transient == (800 - 4 * 64 / 2) * 512 + (2 * 32 + 2 * 128) * 512
+
+
+def test_backward_work_of_a_gated_mlp():
+    llama = ModelConfig(family="llama", num_layers=4, hidden_size=64, num_attention_heads=4, num_query_groups=4,
+                        ffn_hidden_size=256, vocab_size=1000, seq_length=128)
+    hw = parse_hardware(hardware_dict())
+    c = CostModel(llama, parse_model(model_dict(llama)), Network(hw, num_gpus=8, gpus_per_node=4))
+    # gate and up come out of one matmul: a 2 x 256 wide bf16 gradient
+    assert c.backward_work_per_token(ddp(), 4) == 4 * 64 + 2 * 512
+    assert c.backward_work_per_token(ddp(2, dp_type="zero3"), 2) == 2 * 64 + 2 * 256
 
 
 def test_micro_batches_in_flight():
@@ -184,27 +233,61 @@ def test_micro_batches_in_flight():
     assert microbatches_in_flight("1f1b", 8, 1, 0) == 1
 
 
+POSITIONS = 128 * 64  # gpt2's learned position embeddings, on the first stage
+
+
 def test_vocab_memory_copies_and_logits(cm):
     v = VocabStrategy(tp=1)
     assert [cm.vocab_copies(1, 0), cm.vocab_copies(2, 0), cm.vocab_copies(2, 1), cm.vocab_copies(3, 1)] == [1, 1, 1, 0]
+    # last stage, 256 tokens per rank: the profile's bytes per token and the head weight's bf16 copy;
+    # at the start of the backward the logits' bf16 gradient (2 x 1000 per token) and the head's
+    # bf16 weight gradient
     _, m = cm.vocab(v, 4, 8, 2, 1)
-    assert (m.states, m.activation, m.transient) == (16 * 64000, 4000 * 256, 0)
+    assert (m.states, m.activation, m.transient) == (16 * 64000, 4000 * 256 + 2 * 64000,
+                                                     2 * 1000 * 256 + 2 * 64000)
     _, m = cm.vocab(v, 4, 8, 2, 0)
-    assert (m.states, m.activation) == (16 * 64000, 0)
+    assert (m.states, m.activation, m.transient) == (16 * (64000 + POSITIONS), 0, 0)
+    # one stage, tp2 ZeRO-3 (FSDP, 512 tokens): the final norm saves 2 x 64 bytes per token less,
+    # no weight copy; the shard's weights are gathered again for the backward
     _, m = cm.vocab(VocabStrategy(tp=2, dp_type="zero3"), 4, 8, 1, 0)
-    assert (m.states, m.activation, m.transient) == (16 * 32000 / 2, 2000 * 512, 2 * 32000)
+    assert (m.states, m.activation, m.transient) == (16 * (32000 + POSITIONS) / 2, (2000 - 2 * 64) * 512,
+                                                     2 * 500 * 512 + 2 * 32000 + 2 * 32000)
 
 
 def test_vocab_time_on_the_last_stage(cm):
     fwd, bwd = 5e-4 + 1e-7 * 256, 1e-3 + 2e-7 * 256
     ar = 1e-5 + 2 * 3 / 4 * (4 * 64000) / 100e9
-    tied = 1e-5 + 4 * 64000 / 25e9  # the two embedding copies' gradients
+    # the two embedding copies' gradients: an all-reduce between rank 0 and rank 4, across nodes
+    tied = 2e-5 + 2 * (1 / 2) * (4 * 64000) / 10e9
     t, _ = cm.vocab(VocabStrategy(tp=1), 4, 8, 2, 1)
     assert t.per_mb == pytest.approx(fwd + bwd)
-    assert t.per_iter == pytest.approx(max(1.1 * bwd, 1.25 * ar) - bwd + tied + 1e-10 * 64000)
+    step = 1e-10 * 64000
+    assert t.per_iter == pytest.approx(1.25 * ar * (1 - 1 / 1.1) + tied + step + step * 16 / 28)
+    # first stage: the embedding's backward ends the stage's backward, its all-reduce is exposed
     t, _ = cm.vocab(VocabStrategy(tp=1), 4, 8, 2, 0)
+    ar0 = 1e-5 + 2 * 3 / 4 * (4 * (64000 + POSITIONS)) / 100e9
     assert t.per_mb == 0.0
-    assert t.per_iter == pytest.approx(1.25 * ar + tied + 1e-10 * 64000)  # nothing to hide it behind
+    step0 = 1e-10 * (64000 + POSITIONS)
+    assert t.per_iter == pytest.approx(ar0 + tied + step0 + step0 * 16 / 28)
+
+
+def test_sharded_vocab_gathers_per_forward_call(cm):
+    # one stage holds both ends; tp1 ZeRO-3 over 4 ranks, 256 tokens
+    fwd, bwd = 5e-4 + 1e-7 * 256, 1e-3 + 2e-7 * 256
+    params = 64000 + POSITIONS
+    ag = 1e-5 + 3 / 4 * (2 * params) / 100e9
+    rs = 1e-5 + 3 / 4 * (4 * params) / 100e9
+    t, _ = cm.vocab(VocabStrategy(tp=1, dp_type="zero3"), 4, 8, 1, 0)
+    # embedding and head each gather in the forward; the head's backward gathers and reduce-scatters
+    # beside its compute; the embedding's backward, the last of the stage, does both exposed
+    assert 1.25 * (ag + rs) < 1.1 * bwd
+    assert t.per_mb == pytest.approx(fwd + bwd + 2 * ag + 1.25 * (ag + rs) * (1 - 1 / 1.1) + ag + rs)
+    t, _ = cm.vocab(VocabStrategy(tp=1, dp_type="zero2"), 4, 8, 1, 0)
+    # ZeRO-2: one forward gather, one more after the head's backward resharded; reduce-scatters on
+    # the last micro-batch (the head's hidden, the embedding's exposed)
+    assert t.per_mb == pytest.approx(fwd + bwd + 2 * ag)
+    step = 1e-10 * params / 4
+    assert t.per_iter == pytest.approx(1.25 * rs * (1 - 1 / 1.1) + rs + step + step * 12 / 28)
 
 
 def test_allocator_overhead(cm):
@@ -223,22 +306,27 @@ def test_evaluate_two_stage_plan_by_hand(cm):
     plan = Plan(world_size=8, pp_deg=2, pp_division=[2, 2], global_bsz=32, chunks=4, layers=[layer] * 4,
                 vocab=VocabStrategy(), pipeline_type="1f1b")
     fwd, bwd = 1e-3 + 256e-6, 2e-3 + 512e-6
-    layer_iter = max(1.1 * bwd, 1.25 * (1e-5 + 1.5 * 2e5 / 1e11)) - bwd + 5e-6
+    passes = 1 + 16 / 28  # optimizer step + clip + zeroing, per parameter, replicated
+    layer_iter = 1.25 * (1e-5 + 1.5 * 2e5 / 1e11) * (1 - 1 / 1.1) + 5e-6 * passes
     p2p = 1e-5 + 8 * 128 * 64 * 2 / 4 / 25e9
     vfwd, vbwd = 5e-4 + 1e-7 * 256, 1e-3 + 2e-7 * 256
-    var = 1e-5 + 1.5 * 256000 / 1e11
-    tied = 1e-5 + 256000 / 25e9
+    first = 64000 + POSITIONS
+    var0, var1 = 1e-5 + 1.5 * 4 * first / 1e11, 1e-5 + 1.5 * 256000 / 1e11
+    tied = 2e-5 + 256000 / 10e9
     per_mb = [2 * (fwd + bwd) + p2p, 2 * (fwd + bwd) + p2p + vfwd + vbwd]
-    per_iter = [2 * layer_iter + 1.25 * var + tied + 6.4e-6,
-                2 * layer_iter + max(1.1 * vbwd, 1.25 * var) - vbwd + tied + 6.4e-6]
+    per_iter = [2 * layer_iter + var0 + tied + 1e-10 * first * passes,
+                2 * layer_iter + 1.25 * var1 * (1 - 1 / 1.1) + tied + 6.4e-6 * passes]
     pred = cm.evaluate(plan)
     assert pred.stage_per_mb == pytest.approx(per_mb)
     assert pred.stage_per_iter == pytest.approx(per_iter)
     assert pred.iter_time_s == pytest.approx(5 * max(per_mb) + max(per_iter))
     assert pred.tokens_per_s == pytest.approx(32 * 128 / pred.iter_time_s)
-    # stage 0 holds 2 micro-batches of activations, stage 1 one plus the logits
-    alloc = [2 * 16 * 50000 + 2 * 2 * 512000 + 16 * 64000,
-             2 * 16 * 50000 + 2 * 512000 + 16 * 64000 + 4000 * 256]
+    # stage 0 holds 2 micro-batches of activations (with the weights' bf16 copies), stage 1 one
+    # plus the logits; the peak adds the largest transient: a layer's backward buffers on stage 0,
+    # the logits' gradient on stage 1
+    act = 2000 * 256 + 2 * 50000
+    alloc = [2 * 16 * 50000 + 2 * 2 * act + 16 * first + 768 * 256,
+             2 * 16 * 50000 + 2 * act + 16 * 64000 + 4000 * 256 + 2 * 64000 + 2 * 1000 * 256 + 2 * 64000]
     assert pred.stage_allocated == pytest.approx(alloc)
     assert pred.stage_reserved == pytest.approx([1.25 * a + 1e9 for a in alloc])
 
@@ -252,3 +340,44 @@ def test_evaluate_prices_relayout_between_different_layers(cm):
     got = cm.stage_costs(mixed, 0)[0] - cm.stage_costs(base, 0)[0]
     t_a, t_b = cm.layer_time(a, 4, 8), cm.layer_time(b, 4, 8)
     assert got == pytest.approx(t_b.per_mb - t_a.per_mb + 2 * hop)
+
+
+# ------------------------------------------------------------------ optional profile tables
+
+@pytest.fixture
+def cm_full():
+    """The same profile with the tables newer profilers write: the autocast weight copies measured,
+    the layer and LM head measured as FSDP runs them (bf16 weights, no autocast), the embedding timed."""
+    d = model_dict()
+    d["layer"]["memory"]["activation_constant_bytes"] = {"tp1": 90000.0, "tp2": 45000.0}
+    d["layer"]["sharded"] = {"time": {"tp1": {"fwd": fit(1e-3, 9e-7), "bwd": fit(2e-3, 1.8e-6)}},
+                             "activation_bytes_per_token": {"tp1": 1700.0},
+                             "checkpoint_bytes_per_token": {"tp1": 130.0}}
+    d["vocab"]["activation_constant_bytes"] = {"tp1": 120000.0}
+    d["vocab"]["embedding_time"] = {"tp1": {"fwd": fit(1e-5, 1e-8), "bwd": fit(1e-4, 2e-8)}}
+    d["vocab"]["sharded"] = {"time": {"tp1": {"fwd": fit(4e-4, 1e-7), "bwd": fit(9e-4, 2e-7)}},
+                             "activation_bytes_per_token": {"tp1": 3800.0}}
+    hw = parse_hardware(hardware_dict())
+    return CostModel(CFG, parse_model(d), Network(hw, num_gpus=8, gpus_per_node=4))
+
+
+def test_measured_tables_replace_the_derived_terms(cm_full):
+    # replicated: the measured weight copies instead of 2 B per parameter
+    assert cm_full.layer_memory(ddp(), 4, 8).activation == 2000 * 256 + 90000
+    # FSDP units: the bf16 measurements, time included
+    m = cm_full.layer_memory(ddp(dp_type="zero3"), 4, 8)
+    assert m.activation == 1700 * 256
+    assert cm_full.layer_memory(ddp(dp_type="zero3", checkpoint=True), 4, 8).activation == 130 * 256
+    assert cm_full.layer_compute(ddp(dp_type="zero2"), 4, 8) == pytest.approx((1e-3 + 9e-7 * 256, 2e-3 + 1.8e-6 * 256))
+    assert cm_full.layer_compute(ddp(), 4, 8) == pytest.approx((1e-3 + 256e-6, 2e-3 + 512e-6))
+    # a ZeRO type with one data-parallel rank runs replicated: the autocast tables
+    assert cm_full.layer_compute(ddp(4, dp_type="zero3"), 4, 8) == cm_full.layer_compute(ddp(4), 4, 8)
+    _, vm = cm_full.vocab(VocabStrategy(tp=1), 4, 8, 2, 1)
+    assert vm.activation == 4000 * 256 + 120000
+    _, vm = cm_full.vocab(VocabStrategy(tp=1, dp_type="zero3"), 4, 8, 2, 1)
+    assert vm.activation == 3800 * 256
+
+
+def test_embedding_time_on_the_first_stage(cm_full):
+    t, _ = cm_full.vocab(VocabStrategy(tp=1), 4, 8, 2, 0)
+    assert t.per_mb == pytest.approx(1e-5 + 1e-8 * 256 + 1e-4 + 2e-8 * 256)

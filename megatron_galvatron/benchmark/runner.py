@@ -89,12 +89,12 @@ def run_plan(name: str, args, plan: Plan, iters: int, warmup: int) -> Result:
     except torch.OutOfMemoryError:
         ok, device = False, torch.device("cuda", torch.cuda.current_device())
     if not _all_ok(ok, device):
-        del tr
+        tr = None
         _cleanup(device)
         res.status = "oom"
         return res
     out = _finish(res, tr.cfg, times, plan.global_bsz * tr.cfg.seq_length, plan.world_size, device)
-    del tr
+    tr = None
     _cleanup(device)
     return out
 
@@ -119,10 +119,10 @@ def run_baseline(kind: str, cfg: GPTConfig, device, seed: int, bf16: bool, micro
             ok = False
         if _all_ok(ok, device):
             out = _finish(res, cfg, times, mbs * world * cfg.seq_length, world, device)
-            del model, opt
+            model = opt = None
             _cleanup(device)
             return out
-        del model, opt
+        model = opt = None
         _cleanup(device)
     return Result(name=kind, status="oom")
 

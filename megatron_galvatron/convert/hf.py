@@ -171,12 +171,7 @@ def hf_to_ours(hf_dir: str, save_root: str) -> Tuple[str, GPTConfig]:
 
 def ours_to_hf(load: str, out_dir: str, shard_bytes: int = HF_SHARD_BYTES) -> GPTConfig:
     """Write a checkpoint as a folder transformers' from_pretrained loads (float32 weights)."""
-    d = ckpt.resolve(load)
-    if d is None:
-        raise UserError(f"{load} holds no checkpoint (no {ckpt.LATEST} and no {ckpt.META})")
-    meta = ckpt.read_meta(d)
-    ckpt.verify(d, meta)
-    cfg = ckpt.config_from_record(meta["model"])
+    d, meta, cfg = ckpt.open_verified(load)
     family = FAMILIES[cfg.family]
     if cfg.family == "gpt2" and not cfg.tie_embeddings:
         raise UserError("this gpt2 checkpoint has an untied LM head, which GPT2LMHeadModel cannot hold")

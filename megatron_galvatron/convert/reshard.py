@@ -19,12 +19,7 @@ from megatron_galvatron.training import checkpointing as ckpt
 def reshard(load: str, plan_path: str, world_size: Optional[int] = None, save: Optional[str] = None
             ) -> Tuple[str, plan_mod.Plan, Optional[str]]:
     """(checkpoint directory, validated target plan, directory of the rewritten copy or None)."""
-    d = ckpt.resolve(load)
-    if d is None:
-        raise UserError(f"{load} holds no checkpoint (no {ckpt.LATEST} and no {ckpt.META})")
-    meta = ckpt.read_meta(d)
-    ckpt.verify(d, meta)
-    cfg = ckpt.config_from_record(meta["model"])
+    d, meta, cfg = ckpt.open_verified(load)
     plan = plan_mod.load(plan_path, world_size=world_size)
     arguments.check_plan(plan, cfg, plan.world_size)
     if save is None:

@@ -5,7 +5,6 @@ gathered from forward to backward and only the gradients and optimizer state sta
 The master parameters are fp32 shards; compute runs in bf16 when asked; gradients are reduced
 in fp32 as a sum (the loss is already divided by the global token count).
 """
-from typing import Optional
 
 import torch
 import torch.distributed as dist

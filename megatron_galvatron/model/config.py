@@ -1,5 +1,5 @@
 """Model hyper-parameters for the two decoder-only families."""
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Optional
 
 from megatron_galvatron.errors import UserError

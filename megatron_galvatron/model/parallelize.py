@@ -9,7 +9,6 @@ from dataclasses import dataclass, field
 from typing import List, Tuple
 
 import torch
-import torch.distributed as dist
 from torch import nn
 
 from megatron_galvatron.data_parallel import fsdp

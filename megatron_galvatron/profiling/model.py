@@ -3,7 +3,10 @@
 Each TP degree (and sequence parallelism) is measured on the real TransformerLayer and
 VocabModule built with the shard shapes of TP rank 0 (profiling/shards.py), run as training
 runs them: fp32 master parameters under bf16 autocast on CUDA (plain fp32 on CPU unless
---dtype bf16), inputs in the parameters' dtype as the embedding produces them.
+--dtype bf16), inputs in the parameters' dtype as the embedding produces them. With bf16 the
+same modules are measured a second time as a ZeRO (FSDP) unit runs them, on bf16 parameters
+and a bf16 input without autocast (the "sharded" tables): that unit keeps no weight copies and
+a bf16 residual stream, and skips the casts.
 """
 import dataclasses
 from contextlib import nullcontext
@@ -101,15 +104,21 @@ class ModelProfiler:
         g = shards.layer_groups(tp, False)
         return self._init(VocabModule(self.cfg, g, False, True, True, self.s.seed, self.device), g)
 
-    def hidden(self, seq: int, mb: int, requires_grad: bool = True) -> torch.Tensor:
-        return torch.randn(seq, mb, self.cfg.hidden_size, device=self.device, dtype=self.param_dtype,
+    def hidden(self, seq: int, mb: int, requires_grad: bool = True, dtype=None) -> torch.Tensor:
+        return torch.randn(seq, mb, self.cfg.hidden_size, device=self.device, dtype=dtype or self.param_dtype,
                            requires_grad=requires_grad)
+
+    def _mode(self, sharded: bool):
+        """(input dtype, autocast context factory) of a replicated unit, or of an FSDP unit."""
+        if sharded:
+            return torch.bfloat16, nullcontext
+        return self.param_dtype, self.autocast
 
     def tokens(self, seq: int, mb: int) -> torch.Tensor:
         return torch.randint(0, self.cfg.vocab_size, (seq, mb), device=self.device)
 
     # ---------------------------------------------------------------- timing
-    def _fwd_bwd(self, forward: Callable[[], torch.Tensor]) -> Tuple[float, float]:
+    def _fwd_bwd(self, forward: Callable[[], torch.Tensor], autocast=None) -> Tuple[float, float]:
         """Median forward and backward seconds; gradients accumulate across repeats as over micro-batches."""
         fw, bw = [], []
         host_f = host_b = 0.0
@@ -117,7 +126,7 @@ class ModelProfiler:
         for i in range(warmup + self.s.iters):
             sf, sb = Stopwatch(self.device), Stopwatch(self.device)
             self.ahead.hold(2 * host_f + 5e-4)
-            with self.autocast():
+            with (autocast or self.autocast)():
                 sf.start()
                 host_f, y = host_seconds(forward)
                 sf.stop()
@@ -149,14 +158,16 @@ class ModelProfiler:
         del module
         return out
 
-    def _layer_point(self, layer: TransformerLayer, tp: int, sp: bool, mb: int, seq: int) -> List[float]:
-        x = self.hidden(seq // tp if sp else seq, mb)
-        fwd, bwd = self._fwd_bwd(lambda: layer(x))
+    def _layer_point(self, layer: TransformerLayer, tp: int, sp: bool, mb: int, seq: int,
+                     sharded: bool = False) -> List[float]:
+        dtype, autocast = self._mode(sharded)
+        x = self.hidden(seq // tp if sp else seq, mb, dtype=dtype)
+        fwd, bwd = self._fwd_bwd(lambda: layer(x), autocast)
         layer.zero_grad(set_to_none=True)
         mem = []
         for ckpt in (False, True):
             layer.use_checkpoint = ckpt
-            mem += list(saved_bytes(layer, lambda: layer(x), self.autocast))
+            mem += list(saved_bytes(layer, lambda: layer(x), autocast))
         layer.use_checkpoint = False
         return [fwd, bwd] + mem
 
@@ -169,6 +180,17 @@ class ModelProfiler:
         head_mem, head_alloc = saved_bytes(vocab, lambda: vocab.head(x, labels), self.autocast)
         emb_mem, _ = saved_bytes(vocab, lambda: vocab.embed(tokens), self.autocast)
         return [head_f, head_b, emb_f, emb_b, head_mem, emb_mem, head_alloc]
+
+    def _sharded_vocab_point(self, vocab: VocabModule, mb: int, seq: int) -> List[float]:
+        labels = self.tokens(seq, mb)
+        x = self.hidden(seq, mb, dtype=torch.bfloat16)
+        fwd, bwd = self._fwd_bwd(lambda: vocab.head(x, labels), nullcontext)
+        vocab.zero_grad(set_to_none=True)
+        mem, _ = saved_bytes(vocab, lambda: vocab.head(x, labels), nullcontext)
+        return [fwd, bwd, mem]
+
+    def _bf16(self, module: nn.Module) -> nn.Module:
+        return module.to(torch.bfloat16)
 
     # ---------------------------------------------------------------- the whole profile
     def layer_profile(self, shards: ShardGroups, bar) -> Dict:
@@ -195,13 +217,36 @@ class ModelProfiler:
                     points[key]["checkpoint_cuda_allocated_delta"] = [[mb, s, r[5]] for (mb, s), r in pts]
         shard_counts = {f"tp{tp}": sum(p.numel() for p in self.layer(shards, tp, False).parameters())
                         for tp in self.tps}
-        return {"time": times,
-                "memory": {"param_count": shard_counts["tp1"], "param_count_per_shard": shard_counts,
-                           "activation_bytes_per_token": act, "checkpoint_bytes_per_token": ckpt,
-                           # kept per micro-batch in flight whatever its size: under bf16 autocast,
-                           # the bf16 copies of the weights the matmuls save for backward
-                           "activation_constant_bytes": const,
-                           "points": points}}
+        out = {"time": times,
+               "memory": {"param_count": shard_counts["tp1"], "param_count_per_shard": shard_counts,
+                          "activation_bytes_per_token": act, "checkpoint_bytes_per_token": ckpt,
+                          # kept per micro-batch in flight whatever its size: under bf16 autocast,
+                          # the bf16 copies of the weights the matmuls save for backward
+                          "activation_constant_bytes": const,
+                          "points": points}}
+        if self.bf16:
+            out["sharded"] = self._sharded_layer_profile(shards, bar)
+        return out
+
+    def _sharded_layer_profile(self, shards: ShardGroups, bar) -> Dict:
+        """The layer as a ZeRO unit runs it (see the module doc)."""
+        times, act, ckpt, points = {}, {}, {}, {}
+        for tp in self.tps:
+            for sp in ((False, True) if tp > 1 and self.s.sequence_parallel else (False,)):
+                key = f"tp{tp}{'_sp' if sp else ''}"
+                res = self._sweep(tp, sp, lambda tp=tp, sp=sp: self._bf16(self.layer(shards, tp, sp)),
+                                  lambda m, mb, seq, tp=tp, sp=sp: self._layer_point(m, tp, sp, mb, seq, True), bar)
+                if not res:
+                    continue
+                pts = sorted(res.items())
+                times[key] = {"fwd": time_entry([[mb, s, r[0]] for (mb, s), r in pts]),
+                              "bwd": time_entry([[mb, s, r[1]] for (mb, s), r in pts])}
+                act[key], _ = bytes_per_token([[mb, s, r[2]] for (mb, s), r in pts])
+                ckpt[key], _ = bytes_per_token([[mb, s, r[4]] for (mb, s), r in pts])
+                points[key] = {"saved_bytes": [[mb, s, r[2]] for (mb, s), r in pts],
+                               "checkpoint_saved_bytes": [[mb, s, r[4]] for (mb, s), r in pts]}
+        return {"time": times, "activation_bytes_per_token": act, "checkpoint_bytes_per_token": ckpt,
+                "points": points}
 
     def vocab_profile(self, shards: ShardGroups, bar) -> Dict:
         times, emb_times, act, const, emb_act, points = {}, {}, {}, {}, {}, {}
@@ -228,10 +273,29 @@ class ModelProfiler:
         v = self.vocab(shards, 1)
         padded = v.padded_vocab * self.cfg.hidden_size
         del v
-        return {"param_count": self.cfg.vocab_size * self.cfg.hidden_size, "padded_param_count": padded,
-                "time": times, "activation_bytes_per_token": act, "activation_constant_bytes": const,
-                "embedding_time": emb_times, "embedding_activation_bytes_per_token": emb_act,
-                "memory_points": points}
+        out = {"param_count": self.cfg.vocab_size * self.cfg.hidden_size, "padded_param_count": padded,
+               "time": times, "activation_bytes_per_token": act, "activation_constant_bytes": const,
+               "embedding_time": emb_times, "embedding_activation_bytes_per_token": emb_act,
+               "memory_points": points}
+        if self.bf16:
+            out["sharded"] = self._sharded_vocab_profile(shards, bar)
+        return out
+
+    def _sharded_vocab_profile(self, shards: ShardGroups, bar) -> Dict:
+        """Final norm + LM head + loss as a ZeRO unit runs them (see the module doc)."""
+        times, act, points = {}, {}, {}
+        for tp in self.tps:
+            key = f"tp{tp}"
+            res = self._sweep(tp, False, lambda tp=tp: self._bf16(self.vocab(shards, tp)),
+                              lambda m, mb, seq: self._sharded_vocab_point(m, mb, seq), bar)
+            if not res:
+                continue
+            pts = sorted(res.items())
+            times[key] = {"fwd": time_entry([[mb, s, r[0]] for (mb, s), r in pts]),
+                          "bwd": time_entry([[mb, s, r[1]] for (mb, s), r in pts])}
+            act[key], _ = bytes_per_token([[mb, s, r[2]] for (mb, s), r in pts])
+            points[key] = {"saved_bytes": [[mb, s, r[2]] for (mb, s), r in pts]}
+        return {"time": times, "activation_bytes_per_token": act, "points": points}
 
     def optimizer_profile(self) -> Dict:
         """AdamW step (fused on CUDA, foreach on CPU, as training builds it) over flat fp32 tensors."""
@@ -298,6 +362,8 @@ class ModelProfiler:
         n_layer = sum(len(_points(self.s, tp, sp)) for tp in self.tps
                       for sp in ((False, True) if tp > 1 and self.s.sequence_parallel else (False,)))
         n_vocab = sum(len(_points(self.s, tp, False)) for tp in self.tps)
+        if self.bf16:  # every point again as a ZeRO unit runs it
+            n_layer, n_vocab = 2 * n_layer, 2 * n_vocab
         _allow_recompiles(4 * (n_layer + n_vocab) + 8)
         prev_flush = torch.set_flush_denormal(True) if self.device.type == "cpu" else None
         try:

@@ -67,6 +67,12 @@ def model_summary(profile: Dict) -> str:
         lines.append(f"{key:<10}{t['fwd']['per_token_s'] * 1e6:>12.3f}{t['bwd']['per_token_s'] * 1e6:>12.3f}"
                      f"{err:>12.1%}{mem['activation_bytes_per_token'][key]:>12.0f}"
                      f"{mem['checkpoint_bytes_per_token'][key]:>12.0f}")
+    sharded = profile["layer"].get("sharded", {})
+    for key, t in sharded.get("time", {}).items():  # as a ZeRO unit runs it: bf16 weights, no autocast
+        err = max(t["fwd"]["max_rel_error"], t["bwd"]["max_rel_error"])
+        lines.append(f"{key + ' zero':<10}{t['fwd']['per_token_s'] * 1e6:>12.3f}{t['bwd']['per_token_s'] * 1e6:>12.3f}"
+                     f"{err:>12.1%}{sharded['activation_bytes_per_token'][key]:>12.0f}"
+                     f"{sharded['checkpoint_bytes_per_token'][key]:>12.0f}")
     for key, t in profile["vocab"]["time"].items():
         lines.append(f"{'vocab ' + key:<10}{t['fwd']['per_token_s'] * 1e6:>12.3f}{t['bwd']['per_token_s'] * 1e6:>12.3f}"
                      f"{max(t['fwd']['max_rel_error'], t['bwd']['max_rel_error']):>12.1%}"

@@ -1,6 +1,5 @@
 """Command-line flags (Megatron-LM spelling) and how they become a model config and a plan."""
 import argparse
-from typing import Optional
 
 from megatron_galvatron import plan as plan_mod
 from megatron_galvatron.errors import UserError

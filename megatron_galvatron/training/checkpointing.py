@@ -67,6 +67,16 @@ def config_record(cfg: GPTConfig) -> dict:
     return dataclasses.asdict(cfg)
 
 
+def open_verified(load: str):
+    """(directory, metadata, model config) of the checkpoint at `load`, its files verified."""
+    d = resolve(load)
+    if d is None:
+        raise UserError(f"{load} holds no checkpoint (no {LATEST} and no {META})")
+    meta = read_meta(d)
+    verify(d, meta)
+    return d, meta, config_from_record(meta["model"])
+
+
 def config_from_record(record: dict) -> GPTConfig:
     known = {f.name for f in dataclasses.fields(GPTConfig)}
     return GPTConfig(**{k: v for k, v in record.items() if k in known})

@@ -4,7 +4,6 @@ clip -> AdamW -> LR schedule."""
 import json
 import os
 import time
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 from functools import partial
 from typing import List, Optional
