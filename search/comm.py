@@ -104,8 +104,9 @@ class Network:
         While both run, compute progresses at 1 / compute_slowdown and communication at
         1 / comm_slowdown of their own speed; whichever finishes first leaves the other to run alone.
         A short all-reduce under a long backward therefore costs only the compute it slowed down, not
-        the whole backward times the slowdown; when both take as long as the profiler's overlap test
-        made them, this is max(compute x compute_slowdown, comm x comm_slowdown)."""
+        the whole backward times the slowdown. When compute x compute_slowdown equals comm x
+        comm_slowdown (the profiler's overlap test makes the two about as long) both end together
+        at that time."""
         if comm_s <= 0:
             return compute_s
         if compute_s <= 0:

@@ -6,7 +6,7 @@ parallel replicas, each holding micro_batch / dp samples of `seq_length` tokens.
 
 Iteration time (GPipe and 1F1B alike): (chunks + pp_deg - 1) x the slowest stage's time per
 micro-batch + the slowest stage's once-per-iteration work (gradient sync not hidden behind the
-last backward, optimizer step). The search minimises, per stage, the stage's own
+last backward, gradient clip, optimizer step). The search minimises, per stage, the stage's own
 (chunks + pp_deg - 1) x per_mb + per_iter, which is that formula when stages are balanced.
 """
 from __future__ import annotations
@@ -32,8 +32,6 @@ CLIP_BYTES = 12
 # A replicated unit zeroes its flat fp32 gradient buffer at the start of every step (a sharded
 # unit drops its gradients instead).
 ZERO_GRAD_BYTES = 4
-# The runtime pads the vocab to a multiple of this times the TP degree (GPTConfig default).
-VOCAB_DIVISIBLE_BY = 128
 
 
 # -------------------------------------------------------------------- plain formulas
@@ -85,7 +83,7 @@ class Time:
 class Memory:
     states: float        # parameters, gradients, optimizer states
     activation: float    # kept per in-flight micro-batch
-    transient: float     # alive only while this layer computes (the stage peak takes the largest)
+    transient: float     # alive only while this unit computes (the stage peak takes the largest)
 
     def persistent(self, in_flight: int) -> float:
         return self.states + in_flight * self.activation
@@ -122,9 +120,9 @@ class CostModel:
         dp = stage_world // s.tp
         return (dp, s.tp) if s.tp_consec else (dp, 1)
 
-    def _activation_bytes(self, samples: float) -> float:
-        """bf16 hidden states of `samples` sequences: [seq, samples, hidden]."""
-        return samples * self.model.seq_length * self.model.hidden_size * BF16
+    def _activation_bytes(self, samples: float, dtype_bytes: int = BF16) -> float:
+        """Hidden states of `samples` sequences, [seq, samples, hidden], `dtype_bytes` per element."""
+        return samples * self.model.seq_length * self.model.hidden_size * dtype_bytes
 
     # ---------------------------------------------------------------- transformer layer
     def layer_compute(self, s: LayerStrategy, stage_world: int, micro_batch: int) -> Tuple[float, float]:
@@ -134,16 +132,47 @@ class CostModel:
         tokens = micro_batch // dp * self.model.seq_length
         return fwd(tokens), bwd(tokens)
 
-    def tp_comm(self, s, stage_world: int, micro_batch: int) -> float:
-        """Megatron TP communication of one direction (forward or backward) for one micro-batch."""
+    def _tp_block_comm(self, s, stage_world: int, micro_batch: int) -> Tuple[float, float, float, float]:
+        """TP collectives of one block (attention or MLP) and micro-batch: (column-parallel side
+        forward, row-parallel side forward, column-parallel side backward, row-parallel side backward).
+
+        Each block enters through a column-parallel linear fed by a norm and leaves through a
+        row-parallel one. Under autocast (replicated units) the norms compute in fp32, so what the
+        column-parallel side moves (copy: nothing forward, the input gradient all-reduced backward;
+        sp: the input all-gathered forward, its gradient reduce-scattered backward) is fp32; the
+        row-parallel side moves the matmul's bf16 output (all-reduce, or sp's reduce-scatter)
+        forward and its bf16 gradient backward (sp: all-gather). FSDP units are bf16 throughout."""
         if s.tp == 1:
-            return 0.0
+            return 0.0, 0.0, 0.0, 0.0
         size, stride = self.tp_group(s, stage_world)
-        act = self._activation_bytes(micro_batch // (stage_world // s.tp))
+        dp = stage_world // s.tp
+        samples = micro_batch // dp
+        norm = self._activation_bytes(samples, BF16 if is_sharded(s.dp_type, dp) else FP32)
+        mm = self._activation_bytes(samples, BF16)
+        c = self.net.collective
         if s.sp:
-            return 2 * (self.net.collective("all_gather", size, stride, act)
-                        + self.net.collective("reduce_scatter", size, stride, act))
-        return 2 * self.net.collective("all_reduce", size, stride, act)
+            return (c("all_gather", size, stride, norm), c("reduce_scatter", size, stride, mm),
+                    c("reduce_scatter", size, stride, norm), c("all_gather", size, stride, mm))
+        return 0.0, c("all_reduce", size, stride, mm), c("all_reduce", size, stride, norm), 0.0
+
+    def tp_comm(self, s, stage_world: int, micro_batch: int) -> Tuple[float, float]:
+        """Megatron TP communication of one micro-batch, both blocks: (forward, backward)."""
+        col_f, row_f, col_b, row_b = self._tp_block_comm(s, stage_world, micro_batch)
+        return 2 * (col_f + row_f), 2 * (col_b + row_b)
+
+    def recompute_fraction(self) -> float:
+        """Share of a layer's forward that checkpointing repeats in the backward.
+
+        PyTorch's non-reentrant checkpoint stops recomputing once the last tensor the forward saved
+        is back (early stop, its default). That is the input of the MLP's second matmul, saved as the
+        matmul starts, so the matmul itself, its TP reduction and the residual add are not redone.
+        The forward's time is shared in proportion to multiply-adds per token: the four matmuls and
+        causal attention (half of seq x hidden for scores, as much for values)."""
+        m = self.model
+        h, f, kv = m.hidden_size, m.ffn_hidden_size, m.kv_size
+        up = (2 if m.family == "llama" else 1) * h * f  # SwiGLU: gate and up
+        total = h * (h + 2 * kv) + h * h + up + f * h + m.seq_length * h
+        return 1.0 - f * h / total
 
     def optimizer_step(self, params: float) -> float:
         return self.profile.step_s_per_param * params
@@ -182,13 +211,15 @@ class CostModel:
 
     def layer_time(self, s: LayerStrategy, stage_world: int, micro_batch: int) -> Time:
         fwd, bwd = self.layer_compute(s, stage_world, micro_batch)
-        tpc = self.tp_comm(s, stage_world, micro_batch)
-        recompute, recompute_tp = (fwd, tpc) if s.checkpoint else (0.0, 0.0)
+        col_f, row_f, col_b, row_b = self._tp_block_comm(s, stage_world, micro_batch)
+        tp_fwd, tp_bwd = 2 * (col_f + row_f), 2 * (col_b + row_b)
+        recompute = fwd * self.recompute_fraction() if s.checkpoint else 0.0
+        recompute_tp = 2 * col_f + row_f if s.checkpoint else 0.0  # the MLP's output reduction is skipped
         bwd_window = bwd + recompute
         params = self.profile.layer_param_count / s.tp
         dp = stage_world // s.tp
         f_extra, b_extra, sync = self._dp_sync(s.dp_type, params, stage_world, s, fwd, bwd_window)
-        per_mb = fwd + f_extra + tpc + bwd_window + b_extra + tpc + recompute_tp
+        per_mb = fwd + f_extra + tp_fwd + bwd_window + b_extra + tp_bwd + recompute_tp
         sharded = is_sharded(s.dp_type, dp)
         local = params / dp if sharded else params
         return Time(per_mb, sync + self.optimizer_step(local) + self.grad_passes(local, not sharded))
@@ -239,8 +270,11 @@ class CostModel:
         return Memory(model_state_bytes(params, dp, s.dp_type), kept, transient)
 
     def relayout(self, stage_world: int, micro_batch: int) -> float:
-        """Forward + backward cost, per micro-batch, of a layout change between adjacent layers."""
-        return 2 * self.net.collective("all_gather", stage_world, 1, self._activation_bytes(micro_batch))
+        """Forward + backward cost, per micro-batch, of a layout change between adjacent layers. The
+        residual stream moves in the dtype it has: fp32 from a replicated (autocast) embedding until
+        an FSDP unit casts it to bf16; priced as fp32 because one price stands for every pair of
+        layouts."""
+        return 2 * self.net.collective("all_gather", stage_world, 1, self._activation_bytes(micro_batch, FP32))
 
     def p2p(self, pp_deg: int, stage_world: int, micro_batch: int) -> float:
         """One activation (or gradient) transfer between adjacent stages, per micro-batch."""
@@ -303,7 +337,8 @@ class CostModel:
         sharded = is_sharded(v.dp_type, dp)
         samples = micro_batch // dp
         tokens = samples * self.model.seq_length
-        act = self._activation_bytes(samples)
+        # The embedding's output and the final norm's are fp32 under autocast (fp32 table, fp32 norm)
+        act = self._activation_bytes(samples, BF16 if sharded else FP32)
         size, stride = self.tp_group(v, stage_world)
         one, params = self.vocab_params(v, pp_deg, stage)
         per_mb = bwd = 0.0
@@ -315,12 +350,16 @@ class CostModel:
         if last:
             f, b = (p.sharded_vocab_fits(v.tp) if sharded else None) or p.vocab_fits(v.tp)
             fwd, bwd = f(tokens), b(tokens)
+            # the head's input: gathered forward and its gradient reduce-scattered backward under sp,
+            # else copied forward and its gradient all-reduced backward
             if v.sp:
                 head = (net.collective("all_gather", size, stride, act)
                         + net.collective("reduce_scatter", size, stride, act))
             else:
                 head = net.collective("all_reduce", size, stride, act)
-            loss = 3 * net.collective("all_reduce", size, stride, tokens * FP32)  # max, sum-exp, target logit
+            # the loss reduces the max, then sum-exp and target logit together (fp32 per token)
+            loss = (net.collective("all_reduce", size, stride, tokens * FP32)
+                    + net.collective("all_reduce", size, stride, 2 * tokens * FP32))
             per_mb += fwd + bwd + head + loss
         dp_mb, sync = self._vocab_dp(v, params, stage_world, first, last, bwd)
         per_mb += dp_mb

@@ -110,12 +110,20 @@ def test_compute_scaled_by_tp_and_sp(cm):
 
 
 def test_tensor_parallel_communication(cm):
-    act = 4 * 128 * 64 * 2  # 4 samples x seq x hidden, bf16
-    ar = 1e-5 + 2 * (1 / 2) * act / 100e9
-    assert cm.tp_comm(ddp(2), 4, 8) == pytest.approx(2 * ar)
-    ag = rs = 1e-5 + (1 / 2) * act / 100e9
-    assert cm.tp_comm(ddp(2, sp=True), 4, 8) == pytest.approx(2 * (ag + rs))
-    assert cm.tp_comm(ddp(1), 4, 8) == 0.0
+    bf16, fp32 = 4 * 128 * 64 * 2, 4 * 128 * 64 * 4  # 4 samples x seq x hidden
+
+    def ar(n):
+        return 1e-5 + 2 * (1 / 2) * n / 100e9
+
+    def ag(n):  # = reduce-scatter here
+        return 1e-5 + (1 / 2) * n / 100e9
+    # replicated (autocast): the row-parallel outputs are bf16, the gradients of the fp32 norm
+    # outputs the column-parallel linears take are fp32
+    assert cm.tp_comm(ddp(2), 4, 8) == pytest.approx((2 * ar(bf16), 2 * ar(fp32)))
+    assert cm.tp_comm(ddp(2, sp=True), 4, 8) == pytest.approx((2 * (ag(fp32) + ag(bf16)), 2 * (ag(bf16) + ag(fp32))))
+    # FSDP units are bf16 throughout
+    assert cm.tp_comm(ddp(2, sp=True, dp_type="zero3"), 4, 8) == pytest.approx((4 * ag(bf16), 4 * ag(bf16)))
+    assert cm.tp_comm(ddp(1), 4, 8) == (0.0, 0.0)
 
 
 def test_ddp_gradient_all_reduce_overlaps_last_backward(cm):
@@ -156,21 +164,39 @@ def test_zero3_gathers_every_micro_batch(cm):
     assert t.per_iter == pytest.approx(step + step * 12 / 28)
 
 
+def test_checkpoint_recompute_stops_before_the_last_matmul(cm):
+    # multiply-adds per token: qkv 64 x 192, dense 64 x 64, fc1 64 x 256, fc2 256 x 64, causal
+    # attention 128 x 64 = 57,344, of which fc2's 16,384 (2/7) are not recomputed
+    assert cm.recompute_fraction() == pytest.approx(5 / 7)
+
+
 def test_checkpoint_recomputes_forward_and_its_tp_comm(cm):
     fwd, bwd = 1e-3 + 6e-7 * 512, 2e-3 + 1.2e-6 * 512
     act = 4 * 128 * 64 * 2
-    tpc = 2 * (1e-5 + act / 100e9)
+    ar_bf16, ar_fp32 = 1e-5 + act / 100e9, 1e-5 + 2 * act / 100e9
+    tp_fwd, tp_bwd = 2 * ar_bf16, 2 * ar_fp32
     # dp group: ranks 0 and 2 (stride 2) share a node
     ar = 1e-5 + 2 * (1 / 2) * (4 * 25000) / 100e9
     t = cm.layer_time(ddp(2, checkpoint=True), 4, 8)
-    assert t.per_mb == pytest.approx(fwd + tpc + (bwd + fwd) + tpc + tpc)
+    window = bwd + 5 / 7 * fwd
+    # the recompute repeats the attention's output all-reduce, not the MLP's
+    assert t.per_mb == pytest.approx(fwd + tp_fwd + window + tp_bwd + ar_bf16)
     step = 1e-10 * 25000
+    assert 1.25 * ar < 1.1 * window
     assert t.per_iter == pytest.approx(1.25 * ar * (1 - 1 / 1.1) + step + step * 16 / 28)
+    # sp: both gathers and the attention's reduce-scatter are repeated
+    ag_fp32, rs_bf16 = 1e-5 + act / 100e9, 1e-5 + act / 2 / 100e9
+    t_sp = cm.layer_time(ddp(2, sp=True, checkpoint=True), 4, 8)
+    t_sp_plain = cm.layer_time(ddp(2, sp=True), 4, 8)
+    fwd_sp = 1e-3 + 5e-7 * 512
+    assert t_sp.per_mb - t_sp_plain.per_mb == pytest.approx(5 / 7 * fwd_sp + 2 * ag_fp32 + rs_bf16)
 
 
 def test_relayout_and_p2p(cm):
     full = 8 * 128 * 64 * 2
-    assert cm.relayout(4, 8) == pytest.approx(2 * (1e-5 + 3 / 4 * full / 100e9))
+    # the residual stream is re-laid out as it is, fp32 after a replicated unit
+    assert cm.relayout(4, 8) == pytest.approx(2 * (1e-5 + 3 / 4 * 2 * full / 100e9))
+    # pipeline sends are cast to bf16
     assert cm.p2p(2, 4, 8) == pytest.approx(1e-5 + full / 4 / 25e9)
 
 
@@ -269,6 +295,17 @@ def test_vocab_time_on_the_last_stage(cm):
     assert t.per_mb == 0.0
     step0 = 1e-10 * (64000 + POSITIONS)
     assert t.per_iter == pytest.approx(ar0 + tied + step0 + step0 * 16 / 28)
+
+
+def test_vocab_tensor_parallel_communication(cm):
+    # tp2, one stage of 4 ranks: 4 samples = 512 tokens per rank; the embedding's output and the
+    # final norm's are fp32 under autocast
+    fp32 = 4 * 128 * 64 * 4
+    ar = 1e-5 + 2 * (1 / 2) * fp32 / 100e9
+    loss = (1e-5 + 512 * 4 / 100e9) + (1e-5 + 2 * 512 * 4 / 100e9)  # max; sum-exp with target logit
+    fwd, bwd = 5e-4 + 0.5e-7 * 512, 1e-3 + 1e-7 * 512  # tp2 scaled from the tp1 profile
+    t, _ = cm.vocab(VocabStrategy(tp=2), 4, 8, 1, 0)
+    assert t.per_mb == pytest.approx(ar + fwd + bwd + ar + loss)
 
 
 def test_sharded_vocab_gathers_per_forward_call(cm):
