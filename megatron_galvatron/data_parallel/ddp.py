@@ -7,11 +7,19 @@ all-reduced asynchronously (a bucket per module, overlapped with the backward of
 before it); finish() waits for it before the optimizer step. The loss is already divided by
 the global token count, so the reduction is a sum.
 """
+import functools
+import weakref
 from typing import List, Optional
 
 import torch
 import torch.distributed as dist
 from torch import nn
+
+
+def _hook(ref, p: torch.Tensor) -> None:
+    bucket = ref()
+    if bucket is not None:
+        bucket._on_grad(p)
 
 
 class GradBucket:
@@ -30,8 +38,11 @@ class GradBucket:
         self._ready = 0
         self._handle = None
         if self.world > 1:
+            # The hook holds the bucket weakly: parameters own their hooks, so a strong
+            # reference would form a cycle through C++ that the garbage collector cannot free.
+            ref = weakref.ref(self)
             for p in self.params:
-                p.register_post_accumulate_grad_hook(self._on_grad)
+                p.register_post_accumulate_grad_hook(functools.partial(_hook, ref))
 
     def _on_grad(self, p: torch.Tensor) -> None:
         if p.grad is not p.main_grad_view:

@@ -29,6 +29,7 @@ class ParallelModel:
     sharded: List[nn.Module] = field(default_factory=list)
     norm_factors: List[Tuple[nn.Parameter, float]] = field(default_factory=list)
     tied_pair_group: object = None
+    prefetch_set: bool = False
 
     def start_microbatch(self, is_last: bool) -> None:
         for b in self.buckets:
@@ -39,6 +40,9 @@ class ParallelModel:
     def finish_grad_sync(self) -> None:
         for b in self.buckets:
             b.finish()
+        if not self.prefetch_set:  # every FSDP root has run once, so each may prefetch another
+            _prefetch_neighbours(self.stage, self.sharded)
+            self.prefetch_set = True
         sync_sequence_parallel_grads(self._sequence_parallel_params())
         if self.tied_pair_group is not None:
             g = local_grad(self.stage.vocab.word_embeddings.weight)
@@ -82,6 +86,16 @@ def _autocast_methods(module: nn.Module, names, device: torch.device) -> None:
             with torch.autocast(device_type=device.type, dtype=torch.bfloat16):
                 return _fn(*args, **kwargs)
         setattr(module, name, wrapped)
+
+
+def _prefetch_neighbours(stage: StageModel, sharded: List[nn.Module]) -> None:
+    """Each layer is its own FSDP root, so nothing prefetches implicitly: ask every sharded
+    layer to start gathering the next sharded layer's parameters in forward (the previous
+    one's in backward) while it computes."""
+    order = [m for m in stage.layers.values() if m in sharded]
+    for a, b in zip(order, order[1:]):
+        a.set_modules_to_forward_prefetch([b])
+        b.set_modules_to_backward_prefetch([a])
 
 
 def parallelize(stage: StageModel, bf16: bool) -> ParallelModel:
