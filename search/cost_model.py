@@ -104,10 +104,13 @@ class Prediction:
 
 
 class CostModel:
-    def __init__(self, model: ModelConfig, profile: ModelProfile, net: Network):
+    def __init__(self, model: ModelConfig, profile: ModelProfile, net: Network, zero_prefetch: bool = True):
         self.model = model
         self.profile = profile
         self.net = net
+        # The runtime has each sharded layer prefetch the next one's parameters; runs measured
+        # before it did are re-priced with this off.
+        self.zero_prefetch = zero_prefetch
 
     # ---------------------------------------------------------------- groups inside a stage
     @staticmethod
@@ -190,11 +193,13 @@ class CostModel:
 
         Replicated: the layer's flat fp32 gradient buffer is all-reduced once, when its last gradient
         of the last micro-batch is ready, beside the backward of the layers before it (the layer's own
-        backward stands in for theirs). FSDP2 units: every unit is its own FSDP root, so each
-        forward's all-gather waits for the compute queued before it and nothing prefetches it: it is
-        exposed on every micro-batch, for ZeRO-2 as well (FSDP2 reshards after the backward). ZeRO-3
-        gathers again for the backward and reduce-scatters every micro-batch, ZeRO-2 reduce-scatters
-        on the last one; both beside the backward compute."""
+        backward stands in for theirs). FSDP2 units: every unit is its own FSDP root, so nothing
+        prefetches implicitly; the runtime has each sharded layer prefetch its neighbour, so a
+        forward's all-gather runs beside the previous layer's forward (the layer's own forward
+        stands in for it), on every micro-batch, for ZeRO-2 as well (FSDP2 reshards after the
+        backward). Without prefetch it is exposed. ZeRO-3 gathers again for the backward and
+        reduce-scatters every micro-batch, ZeRO-2 reduce-scatters on the last one; both beside the
+        backward compute."""
         dp, stride = self.dp_group(s, stage_world)
         if dp == 1:
             return 0.0, 0.0, 0.0
@@ -205,9 +210,10 @@ class CostModel:
             return 0.0, 0.0, net.overlap(bwd_window, ar) - bwd_window
         ag = net.collective("all_gather", dp, stride, par)
         rs = net.collective("reduce_scatter", dp, stride, grad)
+        fwd_gather = net.overlap(fwd_window, ag) - fwd_window if self.zero_prefetch else ag
         if dp_type == "zero2":
-            return ag, 0.0, net.overlap(bwd_window, rs) - bwd_window
-        return ag, net.overlap(bwd_window, ag + rs) - bwd_window, 0.0
+            return fwd_gather, 0.0, net.overlap(bwd_window, rs) - bwd_window
+        return fwd_gather, net.overlap(bwd_window, ag + rs) - bwd_window, 0.0
 
     def layer_time(self, s: LayerStrategy, stage_world: int, micro_batch: int) -> Time:
         fwd, bwd = self.layer_compute(s, stage_world, micro_batch)
