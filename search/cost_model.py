@@ -11,9 +11,11 @@ last backward, gradient clip, optimizer step). The search minimises, per stage, 
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
-from typing import List, Tuple
+from typing import List, Optional, Tuple
 
+from megatron_galvatron.layout import Layout, exchange_sets
 from megatron_galvatron.plan import LayerStrategy, Plan, VocabStrategy
 from search.comm import Network
 from search.model_config import ModelConfig
@@ -101,6 +103,17 @@ class Prediction:
     @property
     def peak_mem_gb(self) -> List[float]:
         return [b / GiB for b in self.stage_reserved]
+
+
+@functools.lru_cache(maxsize=None)
+def _largest_exchange_set(src: Tuple, dst: Tuple, stage_world: int) -> int:
+    return max(len(m) for m in exchange_sets(Layout(*src), Layout(*dst), stage_world))
+
+
+def _blocks(lo: Tuple, stage_world: int) -> int:
+    """Into how many blocks a layout cuts the micro-batch's activation."""
+    tp, _, sp = lo
+    return stage_world // tp * (tp if sp else 1)
 
 
 class CostModel:
@@ -275,12 +288,25 @@ class CostModel:
                      + (BF16 * params if s.dp_type == "zero3" and dp > 1 else 0.0))
         return Memory(model_state_bytes(params, dp, s.dp_type), kept, transient)
 
-    def relayout(self, stage_world: int, micro_batch: int) -> float:
-        """Forward + backward cost, per micro-batch, of a layout change between adjacent layers. The
-        residual stream moves in the dtype it has: fp32 from a replicated (autocast) embedding until
-        an FSDP unit casts it to bf16; priced as fp32 because one price stands for every pair of
-        layouts."""
-        return 2 * self.net.collective("all_gather", stage_world, 1, self._activation_bytes(micro_batch, FP32))
+    def relayout(self, stage_world: int, micro_batch: int, src: Optional[Tuple] = None,
+                 dst: Optional[Tuple] = None) -> float:
+        """Forward + backward cost, per micro-batch, of a layout change between adjacent layers
+        (layouts as (tp, tp_consec, sp) tuples). The runtime all-gathers each rank's block within
+        its exchange set (megatron_galvatron.layout.exchange_sets): forward the src blocks, backward
+        the dst blocks' gradients; the largest set sets the time. Without both layouts: an
+        all-gather over the whole stage, an upper bound. The residual stream moves in the dtype
+        it has: fp32 from a replicated (autocast) embedding until an FSDP unit casts it to bf16;
+        priced as fp32."""
+        full = self._activation_bytes(micro_batch, FP32)
+        if src is None or dst is None:
+            return 2 * self.net.collective("all_gather", stage_world, 1, full)
+        if src == dst:
+            return 0.0
+        k = _largest_exchange_set(tuple(src), tuple(dst), stage_world)
+        if k == 1:
+            return 0.0
+        return sum(self.net.collective("all_gather", k, 1, k * full / _blocks(lo, stage_world))
+                   for lo in (src, dst))
 
     def p2p(self, pp_deg: int, stage_world: int, micro_batch: int) -> float:
         """One activation (or gradient) transfer between adjacent stages, per micro-batch."""
@@ -423,8 +449,7 @@ class CostModel:
             layouts.insert(0, layout(plan.vocab, sw))
         if stage == pp - 1:
             layouts.append(layout(plan.vocab, sw))
-        changes = sum(a != b for a, b in zip(layouts, layouts[1:]))
-        per_mb += changes * self.relayout(sw, mb)
+        per_mb += sum(self.relayout(sw, mb, a, b) for a, b in zip(layouts, layouts[1:]))
         per_mb += ((stage > 0) + (stage < pp - 1)) * self.p2p(pp, sw, mb)
         return per_mb, per_iter, persistent + transient
 

@@ -164,9 +164,11 @@ class Searcher:
                   np.array([m.states for m in mems]), np.array([m.activation for m in mems]),
                   np.array([m.transient for m in mems]), layouts,
                   np.array([index[layout(s, stage_world)] for s in strategies], dtype=np.int32),
-                  c.relayout(stage_world, micro_batch),
+                  {},
                   sorted({layout(v, stage_world) for v in vocab_strategies(stage_world, micro_batch, self.model,
                                                                            self.space)}))
+        every = sorted(set(layouts) | set(t.vocab_layouts))
+        t.relayout = {(a, b): c.relayout(stage_world, micro_batch, a, b) for a in every for b in every}
         self._tables[key] = t
         return t
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import heapq
 import math
 from dataclasses import dataclass
-from typing import List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -28,7 +28,7 @@ class Table:
     transient: np.ndarray
     layouts: List[Tuple]
     layout_id: np.ndarray
-    relayout: float
+    relayout: Dict[Tuple[Tuple, Tuple], float]  # (from layout, to layout) -> cost per micro-batch
     vocab_layouts: List[Tuple]  # layouts the embedding / LM head can have in this stage
 
 
@@ -51,12 +51,12 @@ class Surface:
         used = np.unique(table.layout_id[self.idx])
         self.group = np.searchsorted(used, table.layout_id[self.idx]).astype(np.int32)
         layouts = [table.layouts[g] for g in used]
-        hop = k * table.relayout
-        self.gtrans = hop * (1.0 - np.eye(len(used)))
+        hop = table.relayout
+        self.gtrans = np.array([[k * hop[a, b] for b in layouts] for a in layouts])
         self.in_cost = None if in_layout is None else np.array(
-            [0.0 if layouts[g] == in_layout else hop for g in self.group])
+            [k * hop[in_layout, layouts[g]] for g in self.group])
         self.out = {o: i for i, o in enumerate(out_layouts)}
-        self.finals = np.array([[0.0 if o is None or layouts[g] == o else hop for g in self.group]
+        self.finals = np.array([[0.0 if o is None else k * hop[layouts[g], o] for g in self.group]
                                 for o in out_layouts])
         self.cost = cost
         self.floor = float(mem.min())

@@ -2,7 +2,7 @@
 whole block it needs among the primary blocks of its own set (checked cell by cell)."""
 import itertools
 
-from megatron_galvatron.parallel_state import Layout, exchange_sets
+from megatron_galvatron.layout import Layout, exchange_sets
 
 
 def layouts(w):

@@ -199,7 +199,11 @@ def test_checkpoint_recomputes_forward_and_its_tp_comm(cm):
 def test_relayout_and_p2p(cm):
     full = 8 * 128 * 64 * 2
     # the residual stream is re-laid out as it is, fp32 after a replicated unit
-    assert cm.relayout(4, 8) == pytest.approx(2 * (1e-5 + 3 / 4 * 2 * full / 100e9))
+    assert cm.relayout(4, 8) == pytest.approx(2 * (1e-5 + 3 / 4 * 2 * full / 100e9))  # whole stage: a bound
+    assert cm.relayout(4, 8, (2, True, False), (2, True, False)) == 0.0
+    # sp on/off inside the same TP pairs moves half blocks within the pair only
+    assert cm.relayout(4, 8, (2, True, True), (2, True, False)) == pytest.approx(
+        (1e-5 + 1 / 2 * (2 * 2 * full / 4) / 100e9) + (1e-5 + 1 / 2 * (2 * 2 * full / 2) / 100e9))
     # pipeline sends are cast to bf16
     assert cm.p2p(2, 4, 8) == pytest.approx(1e-5 + full / 4 / 25e9)
 
@@ -376,7 +380,11 @@ def test_evaluate_prices_relayout_between_different_layers(cm):
     a, b = LayerStrategy(tp=1), LayerStrategy(tp=2)
     base = Plan(world_size=4, pp_deg=1, pp_division=[2], global_bsz=8, chunks=1, layers=[a, a])
     mixed = Plan(world_size=4, pp_deg=1, pp_division=[2], global_bsz=8, chunks=1, layers=[a, b])
-    hop = cm.relayout(4, 8)
+    fp32 = 8 * 128 * 64 * 4
+    # tp1 <-> tp2 (consecutive) exchanges within pairs of ranks: one direction gathers the four
+    # quarter blocks two at a time, the other the two half blocks two at a time
+    hop = (1e-5 + 1 / 2 * (2 * fp32 / 4) / 100e9) + (1e-5 + 1 / 2 * (2 * fp32 / 2) / 100e9)
+    assert cm.relayout(4, 8, (1, True, False), (2, True, False)) == pytest.approx(hop)
     # b differs from a and from the vocab layout (tp1) on its way into the head: two re-layouts
     got = cm.stage_costs(mixed, 0)[0] - cm.stage_costs(base, 0)[0]
     t_a, t_b = cm.layer_time(a, 4, 8), cm.layer_time(b, 4, 8)

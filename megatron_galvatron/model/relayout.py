@@ -11,7 +11,7 @@ from typing import Sequence, Tuple
 
 import torch
 
-from megatron_galvatron.parallel_state import Layout
+from megatron_galvatron.layout import Layout
 from megatron_galvatron.tensor_parallel.mappings import all_gather_dim0
 
 

@@ -4,8 +4,17 @@ Points span orders of magnitude (1 MiB .. 512 MiB, one sample .. many), so plain
 squares would let the largest point decide everything and leave the small ones tens of
 percent off. Minimising the relative residual (each point weighted by 1 / y^2) keeps every
 point close, which is what the cost model needs when it prices small and large messages alike.
+
+NCCL's time is not one line over that range (it changes protocol and algorithm between about 1
+and 8 MiB), so communication entries also carry a piecewise fit (`fit_segments`) that holds
+every measured point within SEGMENT_TOLERANCE; the single line stays for readers that only know it.
 """
-from typing import Dict, List, Sequence, Tuple
+import argparse
+import json
+import math
+import os
+import sys
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -57,15 +66,146 @@ def comm_entry(points: List[List[float]], factor: float = 1.0) -> Dict:
     """
     xs = [p[0] for p in points]
     ys = [p[1] for p in points]
+    latency, slope = _comm_line(xs, ys)
+    return {"latency_s": latency, "bandwidth_GBps": factor / slope / 1e9,
+            "max_rel_error": max_relative_error(xs, ys, latency, slope),
+            "points": [[float(x), float(y)] for x, y in zip(xs, ys)],
+            "segments": fit_segments(points, factor)}
+
+
+def _comm_line(xs: Sequence[float], ys: Sequence[float]) -> Tuple[float, float]:
     latency, slope = fit_line(xs, ys)
     if slope <= 0:
         # Flat within noise (latency-bound sizes only): the bandwidth cannot be resolved. Take the
         # lowest one that keeps the largest message under the slowest point, so that the cost
         # model errs towards slow links rather than free ones.
         slope = max((max(ys) - latency) / max(xs), 1e-300)
-    return {"latency_s": latency, "bandwidth_GBps": factor / slope / 1e9,
-            "max_rel_error": max_relative_error(xs, ys, latency, slope),
-            "points": [[float(x), float(y)] for x, y in zip(xs, ys)]}
+    return latency, slope
+
+
+SEGMENT_TOLERANCE = 0.10
+
+
+def fit_segments(points: List[List[float]], factor: float = 1.0,
+                 tolerance: float = SEGMENT_TOLERANCE) -> List[Dict]:
+    """Piecewise `latency + factor * bytes / bandwidth` over contiguous size ranges.
+
+    The fewest segments that keep every point within `tolerance` of its own segment's line,
+    each line fitted as `comm_entry` fits the whole sweep. A segment of one point leaves latency
+    and bandwidth undetermined, so one is used only where a point fits no line with a neighbour
+    (a size whose time falls as the size grows); among equally good splits the smallest worst
+    error wins. A lone point always fits, so the tolerance is always met.
+
+    Each segment prices sizes up to `max_bytes` (None for the last): where the two lines of
+    neighbouring segments cross between their points, so that the time stays continuous in the
+    size, else half way between the points on a log scale. Sizes outside the measured range get
+    the nearest segment's line.
+    """
+    pts = sorted((float(x), float(y)) for x, y in points)
+    if not pts:
+        return []
+    xs = [p[0] for p in pts]
+    ys = [p[1] for p in pts]
+    n = len(pts)
+    lines: Dict[Tuple[int, int], Tuple[float, float, float]] = {}
+    for i in range(n):
+        for j in range(i + 1, n):
+            a, b = _comm_line(xs[i:j + 1], ys[i:j + 1])
+            lines[(i, j)] = (a, b, max_relative_error(xs[i:j + 1], ys[i:j + 1], a, b))
+    # best[j]: (lone points, segments, worst error) over points [0, j) and where its last segment starts;
+    # each part of the key only grows when a segment is appended, so the prefix optimum extends
+    best: List[Optional[Tuple[Tuple[int, int, float], int]]] = [None] * (n + 1)
+    best[0] = ((0, 0, 0.0), -1)
+    for j in range(1, n + 1):
+        for i in range(j):
+            if best[i] is None or (i > 0 and xs[i - 1] == xs[i]):
+                continue  # repeats of a size must share a line, or pricing that size would be ambiguous
+            (lone, segs, worst), _ = best[i]
+            if j - i == 1:
+                key = (lone + 1, segs + 1, worst)
+            elif lines[(i, j - 1)][2] <= tolerance:
+                key = (lone, segs + 1, max(worst, lines[(i, j - 1)][2]))
+            else:
+                continue
+            if best[j] is None or key < best[j][0]:
+                best[j] = (key, i)
+    if best[n] is None:  # only when every size repeats the first: one segment holds them all
+        a, b = _comm_line(xs, ys)
+        return [_segment(None, a, b, factor, max_relative_error(xs, ys, a, b))]
+    bounds, j = [], n
+    while j > 0:
+        i = best[j][1]
+        bounds.append((i, j - 1))
+        j = i
+    bounds.reverse()
+    fitted = [lines[(i, j)][:2] if j > i else None for i, j in bounds]
+    for k, (i, j) in enumerate(bounds):
+        if fitted[k] is None:
+            fitted[k] = _lone_line(xs[i], ys[i], fitted, k)
+    out = []
+    for k, ((i, j), (a, b)) in enumerate(zip(bounds, fitted)):
+        top = None if k + 1 == len(bounds) else _boundary(xs[j], xs[j + 1], (a, b), fitted[k + 1])
+        out.append(_segment(top, a, b, factor, max_relative_error(xs[i:j + 1], ys[i:j + 1], a, b)))
+    return out
+
+
+def _lone_line(x: float, y: float, fitted: List[Optional[Tuple[float, float]]], k: int) -> Tuple[float, float]:
+    """A line through one point: the bandwidth of a neighbouring segment (the larger sizes' first,
+    as those are measured more steadily), the latency making up the rest of the point's time."""
+    for other in (fitted[k + 1] if k + 1 < len(fitted) else None, fitted[k - 1] if k > 0 else None):
+        if other is not None and other[1] * x <= y:
+            return y - other[1] * x, other[1]
+    return 0.0, y / x if x > 0 else 1e-300
+
+
+def _boundary(x_lo: float, x_hi: float, lo: Tuple[float, float], hi: Tuple[float, float]) -> float:
+    if lo[1] != hi[1]:
+        cross = (hi[0] - lo[0]) / (lo[1] - hi[1])
+        if x_lo <= cross < x_hi:
+            return cross
+    return math.sqrt(x_lo * x_hi) if x_lo > 0 else 0.5 * (x_lo + x_hi)
+
+
+def _segment(max_bytes: Optional[float], latency: float, slope: float, factor: float, err: float) -> Dict:
+    return {"max_bytes": None if max_bytes is None else float(max_bytes), "latency_s": float(latency),
+            "bandwidth_GBps": factor / max(slope, 1e-300) / 1e9, "max_rel_error": float(err)}
+
+
+def segment_for(segments: Sequence[Dict], nbytes: float) -> Dict:
+    """The segment that prices `nbytes`: the first whose `max_bytes` it does not exceed."""
+    for seg in segments:
+        if seg["max_bytes"] is None or nbytes <= seg["max_bytes"]:
+            return seg
+    return segments[-1]
+
+
+def refit_hardware(profile: Dict) -> Dict:
+    """Recompute `segments` of every collective and p2p entry of a hardware profile from its kept
+    points, in place (entries without points are left as they are); returns the profile."""
+    for op, table in profile.get("collectives", {}).items():
+        for key, entry in table.items():
+            if entry.get("points"):
+                entry["segments"] = fit_segments(entry["points"], bus_factor(op, int(key.split("_")[0])))
+    for entry in profile.get("p2p", {}).values():
+        if entry.get("points"):
+            entry["segments"] = fit_segments(entry["points"], 1.0)
+    return profile
+
+
+def refit_file(path: str) -> Dict:
+    """Add or recompute `segments` in a hardware.json file, keeping everything else as it was."""
+    from search.profiles import parse_hardware  # the search's reader checks the result before it replaces the file
+
+    with open(path) as f:
+        profile = json.load(f)
+    refit_hardware(profile)
+    parse_hardware(profile, path)
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(profile, f, indent=1)
+        f.write("\n")
+    os.replace(tmp, path)
+    return profile
 
 
 def time_entry(points: List[List[float]]) -> Dict:
@@ -90,3 +230,25 @@ def bytes_per_token(points: List[List[float]]) -> Tuple[float, float]:
         return ys[0] / xs[0], 0.0
     slope, intercept = np.polyfit(np.asarray(xs, float), np.asarray(ys, float), 1)
     return round(max(float(slope), 0.0), 3), round(float(intercept), 3)  # beyond a milli-byte is float noise
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m megatron_galvatron.profiling.fit",
+                                 description="Re-fit the piecewise communication segments of hardware.json "
+                                             "files from the points they keep, in place.")
+    ap.add_argument("paths", nargs="+", metavar="HARDWARE_JSON")
+    args = ap.parse_args(argv)
+    for path in args.paths:
+        profile = refit_file(path)
+        rows = [(op, key, e) for op, t in profile["collectives"].items() for key, e in t.items()]
+        rows += [("p2p", key, e) for key, e in profile["p2p"].items()]
+        for op, key, e in rows:
+            if "segments" in e:
+                worst = max(s["max_rel_error"] for s in e["segments"])
+                print(f"{path}: {op} {key}: {len(e['segments'])} segment(s), worst point {worst:.1%} "
+                      f"(one line: {e.get('max_rel_error', float('nan')):.1%})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
