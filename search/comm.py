@@ -9,6 +9,10 @@ A group is described by its size and rank stride starting at rank 0 of a stage (
 node boundaries or pack inside one node). The profile entry used is the one measured on a group
 of the same size whose ranks span nodes exactly when the requested group does; failing that, the
 nearest measured size of the same kind (bus bandwidth barely depends on size).
+
+An entry with segments (a piecewise fit over message sizes, docs/profile_format.md) prices
+`nbytes` with the line of the segment it falls in; latency and bandwidth then both depend on the
+size, since NCCL switches protocol and algorithm as messages grow.
 """
 from __future__ import annotations
 
@@ -80,8 +84,8 @@ class Network:
         """Seconds for `op` over `size` ranks spaced `stride` apart, on a buffer of `nbytes` (see module doc)."""
         if size <= 1 or nbytes <= 0:
             return 0.0
-        fit = self._fit(op, size, stride)
-        return fit.latency_s + bus_factor(op, size) * nbytes / (fit.bandwidth_GBps * 1e9)
+        latency, bandwidth = self._fit(op, size, stride).line(nbytes)
+        return latency + bus_factor(op, size) * nbytes / (bandwidth * 1e9)
 
     def p2p(self, pp_deg: int, stage_world: int, nbytes: float) -> float:
         """Seconds to send `nbytes` from a rank of one stage to its peer in the next stage."""
@@ -92,7 +96,8 @@ class Network:
         if fit is None or self._p2p_spans(pp_deg) != inter:
             same = [k for k in self.hw.p2p if self._p2p_spans(k) == inter] or list(self.hw.p2p)
             fit = self.hw.p2p[min(same, key=lambda k: (abs(math.log2(k) - math.log2(pp_deg)), k))]
-        return fit.latency_s + nbytes / (fit.bandwidth_GBps * 1e9)
+        latency, bandwidth = fit.line(nbytes)
+        return latency + nbytes / (bandwidth * 1e9)
 
     def _p2p_spans(self, pp_deg: int) -> bool:
         return self.hw.num_gpus // pp_deg >= self.hw.gpus_per_node

@@ -32,11 +32,32 @@ class ProfileError(UserError):
 
 
 @dataclass(frozen=True)
+class CommSegment:
+    """The line that prices sizes up to max_bytes (None: no upper end), as CommFit defines a line."""
+
+    max_bytes: Optional[float]
+    latency_s: float
+    bandwidth_GBps: float
+
+
+@dataclass(frozen=True)
 class CommFit:
-    """t = latency_s + bytes / (bandwidth_GBps * 1e9), bytes and bandwidth as the schema defines them."""
+    """t = latency_s + bytes / (bandwidth_GBps * 1e9), bytes and bandwidth as the schema defines them.
+
+    With `segments` (optional in the file) the line is that of the segment the size falls in;
+    without, the one overall line, exactly as profiles from before segments were priced."""
 
     latency_s: float
     bandwidth_GBps: float
+    segments: Tuple[CommSegment, ...] = ()
+
+    def line(self, nbytes: float) -> Tuple[float, float]:
+        """(latency_s, bandwidth_GBps) for a message of `nbytes`; past either end of the measured
+        sizes the nearest segment's line."""
+        for seg in self.segments:
+            if seg.max_bytes is None or nbytes <= seg.max_bytes:
+                return seg.latency_s, seg.bandwidth_GBps
+        return self.latency_s, self.bandwidth_GBps
 
 
 @dataclass(frozen=True)
@@ -221,9 +242,34 @@ class _Reader:
     def comm_fit(self, obj: Dict, where: str) -> CommFit:
         if not isinstance(obj, dict):
             raise self.fail(f"key '{where}' must be an object with latency_s, bandwidth_GBps, points")
-        fit = CommFit(self.number(obj, "latency_s", where), self.number(obj, "bandwidth_GBps", where, strict=True))
+        fit = CommFit(self.number(obj, "latency_s", where), self.number(obj, "bandwidth_GBps", where, strict=True),
+                      self.segments(obj, where))
         self.points(obj, where, 2)
         return fit
+
+    def segments(self, obj: Dict, where: str) -> Tuple[CommSegment, ...]:
+        if "segments" not in obj:
+            return ()
+        raw = self.get(obj, "segments", where, list)
+        if not raw:
+            raise self.fail(f"key '{where}.segments' must hold at least one segment (or be left out)")
+        out, below = [], 0.0
+        for k, seg in enumerate(raw):
+            name = f"{where}.segments[{k}]"
+            if not isinstance(seg, dict):
+                raise self.fail(f"key '{name}' must be an object with max_bytes, latency_s, bandwidth_GBps")
+            top = self.get(seg, "max_bytes", name)
+            last = k + 1 == len(raw)
+            if last and top is not None:
+                raise self.fail(f"key '{name}.max_bytes' must be null: the last segment has no upper end")
+            if not last:
+                top = self.number(seg, "max_bytes", name, strict=True)
+                if top <= below:
+                    raise self.fail(f"key '{name}.max_bytes' must exceed the previous segment's, got {top!r}")
+                below = top
+            out.append(CommSegment(top, self.number(seg, "latency_s", name),
+                                   self.number(seg, "bandwidth_GBps", name, strict=True)))
+        return tuple(out)
 
     def time_fit(self, obj: Dict, where: str) -> TimeFit:
         if not isinstance(obj, dict):

@@ -6,7 +6,8 @@ import os
 import pytest
 
 from search import profiles, synthetic
-from search.comm import Network
+from search.comm import Network, bus_factor
+from search.cost_model import CostModel
 from search.model_config import ModelConfig
 from search.profiles import ProfileError, check_model_matches, load_profiles, parse_hardware, parse_model
 
@@ -172,3 +173,89 @@ def test_malformed_optional_tables_are_named(prof_dir, mutate, key):
     mutate(d)
     with pytest.raises(ProfileError, match=key.replace(".", r"\.")):
         parse_model(d)
+
+
+# ------------------------------------------------------------------ piecewise communication fits
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REAL_HW = os.path.join(ROOT, "examples", "profiles", "h200x2_llama7b_seq2048", "hardware.json")
+SEGMENTS = [{"max_bytes": 4e6, "latency_s": 5e-6, "bandwidth_GBps": 50.0},
+            {"max_bytes": 64e6, "latency_s": 15e-6, "bandwidth_GBps": 150.0},
+            {"max_bytes": None, "latency_s": 30e-6, "bandwidth_GBps": 300.0}]
+
+
+def test_profiles_without_segments_price_exactly_as_one_line(prof_dir):
+    # files written before segments existed: the same expression on the top-level numbers, to the bit
+    with open(REAL_HW) as f:
+        real = json.load(f)
+    for table in list(real["collectives"].values()) + [real["p2p"]]:
+        for e in table.values():
+            del e["segments"]
+    for d, gpus, per_node in ((real, 2, 2), (read(prof_dir, "hardware.json"), 16, 8)):
+        hw = parse_hardware(d)
+        net = Network(hw, num_gpus=gpus, gpus_per_node=per_node)
+        sizes = [2.0 ** k for k in range(8, 32, 3)] + [3e6, 7.5e7]
+        for op in profiles.REQUIRED_COLLECTIVES:
+            for (n, layout), f in hw.collectives[op].items():
+                assert f.segments == ()
+                if layout != "consec":
+                    continue
+                for b in sizes:
+                    assert net.collective(op, n, 1, b) == f.latency_s + bus_factor(op, n) * b / (f.bandwidth_GBps * 1e9)
+        for pp, f in hw.p2p.items():
+            if hw.num_gpus // pp < per_node:  # stages inside a node: this entry is the one picked
+                for b in sizes:
+                    assert net.p2p(pp, gpus // pp, b) == f.latency_s + b / (f.bandwidth_GBps * 1e9)
+
+
+def test_network_prices_a_size_by_its_segment(prof_dir):
+    d = read(prof_dir, "hardware.json")
+    d["collectives"]["all_reduce"]["8_consec"]["segments"] = copy.deepcopy(SEGMENTS)
+    d["p2p"]["2"]["segments"] = copy.deepcopy(SEGMENTS)
+    hw = parse_hardware(d)
+    assert hw.collectives["all_reduce"][(8, "consec")].segments[1].max_bytes == 64e6
+    net = Network(hw, num_gpus=16, gpus_per_node=8)
+    f = 2 * 7 / 8  # all-reduce over 8 ranks
+    assert net.collective("all_reduce", 8, 1, 1e3) == pytest.approx(5e-6 + f * 1e3 / 50e9)   # below the sweep
+    assert net.collective("all_reduce", 8, 1, 4e6) == pytest.approx(5e-6 + f * 4e6 / 50e9)   # bound: inclusive
+    assert net.collective("all_reduce", 8, 1, 1e7) == pytest.approx(15e-6 + f * 1e7 / 150e9)
+    assert net.collective("all_reduce", 8, 1, 1e10) == pytest.approx(30e-6 + f * 1e10 / 300e9)  # above it
+    # entries without segments in the same file keep their one line
+    ag = hw.collectives["all_gather"][(8, "consec")]
+    assert ag.segments == () and ag.bandwidth_GBps == 360.0
+    assert net.collective("all_gather", 8, 1, 1e7) == pytest.approx(ag.latency_s + 7 / 8 * 1e7 / 360e9)
+    # p2p.2 splits 16 GPUs into stages of a node each
+    assert net.p2p(2, 8, 1e6) == pytest.approx(5e-6 + 1e6 / 50e9)
+    assert net.p2p(2, 8, 1e8) == pytest.approx(30e-6 + 1e8 / 300e9)
+
+
+def test_cost_model_prices_by_segment():
+    from tests.test_search_cost_model import CFG as CM_CFG, hardware_dict, model_dict
+
+    d = hardware_dict()
+    d["p2p"]["2"]["segments"] = [{"max_bytes": 100000, "latency_s": 3e-6, "bandwidth_GBps": 5.0},
+                                 {"max_bytes": None, "latency_s": 1e-5, "bandwidth_GBps": 25.0}]
+    cm = CostModel(CM_CFG, parse_model(model_dict()), Network(parse_hardware(d), num_gpus=8, gpus_per_node=4))
+    full = 128 * 64 * 2  # one sample's bf16 activations: seq x hidden x 2 bytes, split over a stage of 4
+    assert cm.p2p(2, 4, 8) == pytest.approx(3e-6 + 8 * full / 4 / 5e9)      # 32768 bytes: first segment
+    assert cm.p2p(2, 4, 32) == pytest.approx(1e-5 + 32 * full / 4 / 25e9)   # 131072 bytes: the last
+
+
+@pytest.mark.parametrize("mutate, key", [
+    (lambda s: s.clear(), "collectives.all_reduce.8_consec.segments"),
+    (lambda s: s[0].update(max_bytes=None), "collectives.all_reduce.8_consec.segments[0].max_bytes"),
+    (lambda s: s[2].update(max_bytes=1e9), "collectives.all_reduce.8_consec.segments[2].max_bytes"),
+    (lambda s: s[1].update(max_bytes=1e6), "collectives.all_reduce.8_consec.segments[1].max_bytes"),
+    (lambda s: s[1].update(bandwidth_GBps=0), "collectives.all_reduce.8_consec.segments[1].bandwidth_GBps"),
+    (lambda s: s[0].update(latency_s=-1e-6), "collectives.all_reduce.8_consec.segments[0].latency_s"),
+    (lambda s: s[0].pop("latency_s"), "collectives.all_reduce.8_consec.segments[0].latency_s"),
+    (lambda s: s.__setitem__(1, 7), "collectives.all_reduce.8_consec.segments[1]"),
+])
+def test_malformed_segments_are_named(prof_dir, mutate, key):
+    d = read(prof_dir, "hardware.json")
+    segs = copy.deepcopy(SEGMENTS)
+    mutate(segs)
+    d["collectives"]["all_reduce"]["8_consec"]["segments"] = segs
+    with pytest.raises(ProfileError) as e:
+        parse_hardware(d)
+    assert f"'{key}" in str(e.value) and "\n" not in str(e.value)

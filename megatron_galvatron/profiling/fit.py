@@ -94,7 +94,8 @@ def fit_segments(points: List[List[float]], factor: float = 1.0,
     each line fitted as `comm_entry` fits the whole sweep. A segment of one point leaves latency
     and bandwidth undetermined, so one is used only where a point fits no line with a neighbour
     (a size whose time falls as the size grows); among equally good splits the smallest worst
-    error wins. A lone point always fits, so the tolerance is always met.
+    error wins. A lone point always fits, so the tolerance is met unless one size was measured
+    more than once with times further apart than it.
 
     Each segment prices sizes up to `max_bytes` (None for the last): where the two lines of
     neighbouring segments cross between their points, so that the time stays continuous in the
@@ -112,33 +113,27 @@ def fit_segments(points: List[List[float]], factor: float = 1.0,
         for j in range(i + 1, n):
             a, b = _comm_line(xs[i:j + 1], ys[i:j + 1])
             lines[(i, j)] = (a, b, max_relative_error(xs[i:j + 1], ys[i:j + 1], a, b))
-    # best[j]: (lone points, segments, worst error) over points [0, j) and where its last segment starts;
-    # each part of the key only grows when a segment is appended, so the prefix optimum extends
-    best: List[Optional[Tuple[Tuple[int, int, float], int]]] = [None] * (n + 1)
-    best[0] = ((0, 0, 0.0), -1)
+    # best[j]: the best key over points [0, j) and where its last segment starts. The key is
+    # (segments over the tolerance, lone points, segments, worst error); appending a segment only
+    # ever raises each part, so the best split of a prefix extends to the best split of the whole.
+    best: List[Optional[Tuple[Tuple[int, int, int, float], int]]] = [None] * (n + 1)
+    best[0] = ((0, 0, 0, 0.0), -1)
     for j in range(1, n + 1):
         for i in range(j):
             if best[i] is None or (i > 0 and xs[i - 1] == xs[i]):
                 continue  # repeats of a size must share a line, or pricing that size would be ambiguous
-            (lone, segs, worst), _ = best[i]
-            if j - i == 1:
-                key = (lone + 1, segs + 1, worst)
-            elif lines[(i, j - 1)][2] <= tolerance:
-                key = (lone, segs + 1, max(worst, lines[(i, j - 1)][2]))
-            else:
-                continue
+            (over, lone, segs, worst), _ = best[i]
+            err = 0.0 if j - i == 1 else lines[(i, j - 1)][2]
+            key = (over + (err > tolerance), lone + (j - i == 1), segs + 1, max(worst, err))
             if best[j] is None or key < best[j][0]:
                 best[j] = (key, i)
-    if best[n] is None:  # only when every size repeats the first: one segment holds them all
-        a, b = _comm_line(xs, ys)
-        return [_segment(None, a, b, factor, max_relative_error(xs, ys, a, b))]
     bounds, j = [], n
     while j > 0:
         i = best[j][1]
         bounds.append((i, j - 1))
         j = i
     bounds.reverse()
-    fitted = [lines[(i, j)][:2] if j > i else None for i, j in bounds]
+    fitted: List[Optional[Tuple[float, float]]] = [lines[(i, j)][:2] if j > i else None for i, j in bounds]
     for k, (i, j) in enumerate(bounds):
         if fitted[k] is None:
             fitted[k] = _lone_line(xs[i], ys[i], fitted, k)
@@ -155,7 +150,9 @@ def _lone_line(x: float, y: float, fitted: List[Optional[Tuple[float, float]]], 
     for other in (fitted[k + 1] if k + 1 < len(fitted) else None, fitted[k - 1] if k > 0 else None):
         if other is not None and other[1] * x <= y:
             return y - other[1] * x, other[1]
-    return 0.0, y / x if x > 0 else 1e-300
+    if len(fitted) == 1 or x <= 0:
+        return y, 1e-300  # nothing to borrow from: a constant, as comm_entry fits a single point
+    return 0.0, y / x  # faster than a neighbour's bandwidth allows: all of it is transfer
 
 
 def _boundary(x_lo: float, x_hi: float, lo: Tuple[float, float], hi: Tuple[float, float]) -> float:
@@ -169,14 +166,6 @@ def _boundary(x_lo: float, x_hi: float, lo: Tuple[float, float], hi: Tuple[float
 def _segment(max_bytes: Optional[float], latency: float, slope: float, factor: float, err: float) -> Dict:
     return {"max_bytes": None if max_bytes is None else float(max_bytes), "latency_s": float(latency),
             "bandwidth_GBps": factor / max(slope, 1e-300) / 1e9, "max_rel_error": float(err)}
-
-
-def segment_for(segments: Sequence[Dict], nbytes: float) -> Dict:
-    """The segment that prices `nbytes`: the first whose `max_bytes` it does not exceed."""
-    for seg in segments:
-        if seg["max_bytes"] is None or nbytes <= seg["max_bytes"]:
-            return seg
-    return segments[-1]
 
 
 def refit_hardware(profile: Dict) -> Dict:
