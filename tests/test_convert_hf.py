@@ -99,7 +99,7 @@ def _our_outputs(tr, tokens, labels):
         head = stage.vocab.head
         stage.vocab.head = lambda x, y: logits.append(stage.vocab.logits(x)) or head(x, y)
     loss = forward_only(ps.is_last_stage, 1, _p2p(tr, torch.float32), partial(_forward_fn, tr, [(tokens, labels)]),
-                        None, tr.device)
+                        tr.device)
     loss = reduce_loss(tr, loss).item()
     if not ps.is_last_stage:
         return None, None

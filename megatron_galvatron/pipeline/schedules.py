@@ -6,7 +6,6 @@ one backward, then cool-down backwards), which keeps at most pp - stage_index mi
 of activations alive on a stage. An output already sent downstream keeps only its autograd
 node: its storage is released, as Megatron does.
 """
-from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Callable, List, Optional
 
@@ -40,15 +39,13 @@ class Schedule:
     backward so data parallelism knows when to synchronise."""
 
     def __init__(self, kind: str, pp_deg: int, stage: int, chunks: int, p2p: Optional[P2P],
-                 forward_fn: Callable, start_microbatch: Callable[[bool], None], autocast):
+                 forward_fn: Callable, start_microbatch: Callable[[bool], None]):
         self.kind, self.pp, self.stage, self.chunks, self.p2p = kind, pp_deg, stage, chunks, p2p
         self.forward_fn, self.start_microbatch = forward_fn, start_microbatch
-        self.autocast = autocast or nullcontext
         self.is_last = stage == pp_deg - 1
 
     def _fwd(self, i: int, x):
-        with self.autocast():
-            return self.forward_fn(i, x)
+        return self.forward_fn(i, x)
 
     def _bwd(self, x, y, grad_y, i: int):
         self.start_microbatch(i == self.chunks - 1)
@@ -130,18 +127,16 @@ class Schedule:
         return StepStats(loss, live)
 
 
-def forward_only(is_last_stage: bool, chunks: int, p2p: Optional[P2P], forward_fn: Callable, autocast,
+def forward_only(is_last_stage: bool, chunks: int, p2p: Optional[P2P], forward_fn: Callable,
                  device) -> torch.Tensor:
     """Evaluation: every micro-batch forward through the pipeline, without autograd. Nothing
     waits for a backward, so each stage just receives, computes and sends one micro-batch at a
     time. Returns the summed loss on the last stage (zero elsewhere)."""
     loss = torch.zeros((), device=device)
-    autocast = autocast or nullcontext
     with torch.no_grad():
         for i in range(chunks):
             x = p2p.recv_forward() if p2p is not None else None
-            with autocast():
-                y = forward_fn(i, x)
+            y = forward_fn(i, x)
             if is_last_stage:
                 loss += y.detach().float()
             else:

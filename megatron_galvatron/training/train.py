@@ -154,19 +154,13 @@ def _p2p(tr: Trainer, dtype) -> Optional[P2P]:
     return P2P(prev_rank, next_rank, shape(stage.input_layout), shape(stage.output_layout), dtype, ps.device)
 
 
-def _autocast(tr: Trainer):
-    # Mixed precision is set per unit by model.parallelize: FSDP units compute on bf16
-    # parameters directly; replicated (fp32-parameter) units run under autocast.
-    return None
-
-
 def train_step(tr: Trainer) -> StepStats:
     batches = _microbatches(tr, tr.train_data, tr.consumed_samples)
     dtype = torch.bfloat16 if tr.args.bf16 else torch.float32
     tr.stage.train()
     tr.model.zero_grad()
     schedule = Schedule(tr.plan.pipeline_type, tr.plan.pp_deg, tr.ps.pp_rank, tr.plan.chunks, _p2p(tr, dtype),
-                        partial(_forward_fn, tr, batches), tr.model.start_microbatch, _autocast(tr))
+                        partial(_forward_fn, tr, batches), tr.model.start_microbatch)
     stats = schedule.run(tr.device)
     tr.model.finish_grad_sync()
     stats.grad_norm = tr.model.clip_grads(tr.args.clip_grad)
@@ -191,7 +185,7 @@ def evaluate(tr: Trainer, iters: Optional[int] = None) -> float:
     for k in range(iters):
         batches = _microbatches(tr, tr.valid_data, k * tr.plan.global_bsz)
         total += forward_only(tr.ps.is_last_stage, tr.plan.chunks, _p2p(tr, dtype), partial(_forward_fn, tr, batches),
-                              _autocast(tr), tr.device)
+                              tr.device)
     tr.stage.train()
     for module in tr.model.sharded:  # zero2 keeps parameters gathered after a forward without backward
         module.reshard()
