@@ -34,6 +34,9 @@ CLIP_BYTES = 12
 # A replicated unit zeroes its flat fp32 gradient buffer at the start of every step (a sharded
 # unit drops its gradients instead).
 ZERO_GRAD_BYTES = 4
+# With bf16 compute a replicated unit refreshes its bf16 weight copy from the fp32 master once
+# per step: read 4 bytes, write 2.
+COMPUTE_COPY_BYTES = 6
 
 
 # -------------------------------------------------------------------- plain formulas
@@ -51,7 +54,7 @@ def is_sharded(dp_type: str, dp: int) -> bool:
     return dp_type in ("zero2", "zero3") and dp > 1
 
 
-def model_state_bytes(params: float, dp: int, dp_type: str) -> float:
+def model_state_bytes(params: float, dp: int, dp_type: str, compute_copy: bool = False) -> float:
     """Bytes a unit holds for `params` (the rank's TP shard) at the stage's peak, the start of a
     backward with every layer of the stage between its forward and its backward.
 
@@ -60,11 +63,12 @@ def model_state_bytes(params: float, dp: int, dp_type: str) -> float:
     micro-batch's reduce-scatter). ZeRO-2 (FSDP2 without resharding after forward): the fp32
     weight and Adam shards, the bf16 weights gathered in the forward and kept until the layer's
     backward, and the unsharded fp32 gradient FSDP2 accumulates over micro-batches until the last
-    one's reduce-scatter (absent with a single micro-batch, where it is an over-estimate)."""
+    one's reduce-scatter (absent with a single micro-batch, where it is an over-estimate).
+    `compute_copy`: a replicated unit computing on a bf16 copy of its fp32 master weights (2 B)."""
     if not is_sharded(dp_type, dp):
         if dp_type not in ("ddp", "zero2", "zero3"):
             raise ValueError(dp_type)
-        return (FP32 + FP32 + ADAM_STATES) * params
+        return (FP32 + FP32 + ADAM_STATES + (BF16 if compute_copy else 0)) * params
     if dp_type == "zero2":
         return ((FP32 + ADAM_STATES) / dp + BF16 + FP32) * params
     return (FP32 + FP32 + ADAM_STATES) / dp * params
@@ -117,13 +121,31 @@ def _blocks(lo: Tuple, stage_world: int) -> int:
 
 
 class CostModel:
-    def __init__(self, model: ModelConfig, profile: ModelProfile, net: Network, zero_prefetch: bool = True):
+    def __init__(self, model: ModelConfig, profile: ModelProfile, net: Network, zero_prefetch: bool = True,
+                 replicated_autocast: bool = False):
         self.model = model
         self.profile = profile
         self.net = net
         # The runtime has each sharded layer prefetch the next one's parameters; runs measured
         # before it did are re-priced with this off.
         self.zero_prefetch = zero_prefetch
+        # Replicated units compute on a bf16 copy of their fp32 master weights, like FSDP units on
+        # their gathered bf16 weights; runs measured when they ran under autocast on fp32 weights
+        # are re-priced with this on.
+        self.replicated_autocast = replicated_autocast
+
+    def bf16_unit(self, dp_type: str, dp: int) -> bool:
+        """Whether a unit computes on bf16 weights without autocast (bf16 residual stream)."""
+        return is_sharded(dp_type, dp) or not self.replicated_autocast
+
+    def has_compute_copy(self, dp_type: str, dp: int) -> bool:
+        return not is_sharded(dp_type, dp) and not self.replicated_autocast
+
+    def compute_copy_pass(self, params: float, dp_type: str, dp: int) -> float:
+        """Refreshing a replicated unit's bf16 weight copy once per step (memory-bound)."""
+        if not self.has_compute_copy(dp_type, dp):
+            return 0.0
+        return self.profile.step_s_per_param * params * COMPUTE_COPY_BYTES / ADAM_STEP_BYTES
 
     # ---------------------------------------------------------------- groups inside a stage
     @staticmethod
@@ -143,7 +165,7 @@ class CostModel:
     # ---------------------------------------------------------------- transformer layer
     def layer_compute(self, s: LayerStrategy, stage_world: int, micro_batch: int) -> Tuple[float, float]:
         dp = stage_world // s.tp
-        fits = self.profile.sharded_layer_fits(s.tp, s.sp) if is_sharded(s.dp_type, dp) else None
+        fits = self.profile.sharded_layer_fits(s.tp, s.sp) if self.bf16_unit(s.dp_type, dp) else None
         fwd, bwd = fits or self.profile.layer_fits(s.tp, s.sp)
         tokens = micro_batch // dp * self.model.seq_length
         return fwd(tokens), bwd(tokens)
@@ -163,7 +185,7 @@ class CostModel:
         size, stride = self.tp_group(s, stage_world)
         dp = stage_world // s.tp
         samples = micro_batch // dp
-        norm = self._activation_bytes(samples, BF16 if is_sharded(s.dp_type, dp) else FP32)
+        norm = self._activation_bytes(samples, BF16 if self.bf16_unit(s.dp_type, dp) else FP32)
         mm = self._activation_bytes(samples, BF16)
         c = self.net.collective
         if s.sp:
@@ -241,7 +263,8 @@ class CostModel:
         per_mb = fwd + f_extra + tp_fwd + bwd_window + b_extra + tp_bwd + recompute_tp
         sharded = is_sharded(s.dp_type, dp)
         local = params / dp if sharded else params
-        return Time(per_mb, sync + self.optimizer_step(local) + self.grad_passes(local, not sharded))
+        copy = self.compute_copy_pass(local, s.dp_type, dp)
+        return Time(per_mb, sync + self.optimizer_step(local) + self.grad_passes(local, not sharded) + copy)
 
     def layer_activation(self, s: LayerStrategy, dp: int) -> Tuple[float, float, float]:
         """(bytes per token saved for backward, bytes saved per micro-batch whatever its size,
@@ -258,7 +281,7 @@ class CostModel:
         (`layer.sharded`) are used as they are."""
         p, h = self.profile, self.model.hidden_size
         act, ckpt = p.activation_per_token(s.tp, s.sp), p.checkpoint_per_token(s.tp, s.sp)
-        if not is_sharded(s.dp_type, dp):
+        if not self.bf16_unit(s.dp_type, dp):
             const = p.layer_constant(s.tp, s.sp)
             return act, (BF16 * p.layer_param_count / s.tp if const is None else const), ckpt
         norm_tokens = 1.0 / s.tp if s.sp else 1.0
@@ -271,7 +294,7 @@ class CostModel:
         under sp) and the bf16 gradient of the MLP's widest activation, the first matmul's output
         (its saved tensors are freed about as fast as the next gradients appear)."""
         m = self.model
-        residual = (BF16 if is_sharded(s.dp_type, dp) else FP32) * m.hidden_size / (s.tp if s.sp else 1)
+        residual = (BF16 if self.bf16_unit(s.dp_type, dp) else FP32) * m.hidden_size / (s.tp if s.sp else 1)
         widest = m.ffn_hidden_size * (2 if m.family == "llama" else 1) / s.tp  # SwiGLU: gate and up together
         return residual + BF16 * widest
 
@@ -286,7 +309,8 @@ class CostModel:
         # activations; a ZeRO-3 layer's bf16 weights, gathered again.
         transient = (self.backward_work_per_token(s, dp) * tokens + (full if s.checkpoint else 0.0)
                      + (BF16 * params if s.dp_type == "zero3" and dp > 1 else 0.0))
-        return Memory(model_state_bytes(params, dp, s.dp_type), kept, transient)
+        return Memory(model_state_bytes(params, dp, s.dp_type, self.has_compute_copy(s.dp_type, dp)), kept,
+                      transient)
 
     def relayout(self, stage_world: int, micro_batch: int, src: Optional[Tuple] = None,
                  dst: Optional[Tuple] = None) -> float:
@@ -367,10 +391,11 @@ class CostModel:
         net, p, h = self.net, self.profile, self.model.hidden_size
         dp = stage_world // v.tp
         sharded = is_sharded(v.dp_type, dp)
+        bf16 = self.bf16_unit(v.dp_type, dp)
         samples = micro_batch // dp
         tokens = samples * self.model.seq_length
         # The embedding's output and the final norm's are fp32 under autocast (fp32 table, fp32 norm)
-        act = self._activation_bytes(samples, BF16 if sharded else FP32)
+        act = self._activation_bytes(samples, BF16 if bf16 else FP32)
         size, stride = self.tp_group(v, stage_world)
         one, params = self.vocab_params(v, pp_deg, stage)
         per_mb = bwd = 0.0
@@ -380,7 +405,7 @@ class CostModel:
             if emb is not None:
                 per_mb += emb[0](tokens) + emb[1](tokens)
         if last:
-            f, b = (p.sharded_vocab_fits(v.tp) if sharded else None) or p.vocab_fits(v.tp)
+            f, b = (p.sharded_vocab_fits(v.tp) if bf16 else None) or p.vocab_fits(v.tp)
             fwd, bwd = f(tokens), b(tokens)
             # the head's input: gathered forward and its gradient reduce-scattered backward under sp,
             # else copied forward and its gradient all-reduced backward
@@ -399,11 +424,12 @@ class CostModel:
         if self.model.tied_embeddings and pp_deg > 1:
             # the two copies' gradients are summed once per step over the (first, last) stage pair
             sync += net.collective("all_reduce", 2, (pp_deg - 1) * stage_world, FP32 * (one / dp if sharded else one))
-        time = Time(per_mb, sync + self.optimizer_step(local) + self.grad_passes(local, not sharded))
+        time = Time(per_mb, sync + self.optimizer_step(local) + self.grad_passes(local, not sharded)
+                    + self.compute_copy_pass(local, v.dp_type, dp))
 
         act_kept = transient = 0.0
         if last:
-            if sharded:
+            if bf16:
                 per_token = p.sharded_vocab_activation_per_token(v.tp)
                 if per_token is None:  # the final norm's input is bf16, and no bf16 cast is saved beside it
                     per_token = p.vocab_activation_per_token(v.tp) - 2 * h / (v.tp if v.sp else 1)
@@ -419,7 +445,8 @@ class CostModel:
             transient = BF16 * self.model.vocab_size / v.tp * tokens + BF16 * one
         if v.dp_type == "zero3" and dp > 1:
             transient += BF16 * one
-        return time, Memory(model_state_bytes(params, dp, v.dp_type), act_kept, transient)
+        return time, Memory(model_state_bytes(params, dp, v.dp_type, self.has_compute_copy(v.dp_type, dp)),
+                            act_kept, transient)
 
     # ---------------------------------------------------------------- allocator
     def reserved(self, allocated: float) -> float:

@@ -24,10 +24,10 @@ def model_argv(cfg: dict, steps: int, lr: float, clip: float, seed: int = 7):
     return argv
 
 
-def run_plans(rank, world, cfg, plans, steps, lr, clip):
+def run_plans(rank, world, cfg, plans, steps, lr, clip, extra_argv=()):
     out = []
     for plan_dict in plans:
-        args = build_parser().parse_args(model_argv(cfg, steps, lr, clip))
+        args = build_parser().parse_args(model_argv(cfg, steps, lr, clip) + list(extra_argv))
         tr = setup(args, Plan.from_dict(plan_dict).validate(world_size=world))
         res = {"params0": gather_model(tr.stage), "losses": [], "grad_norms": []}
         for step in range(steps):

@@ -62,7 +62,10 @@ def model_dict(cfg=CFG):
 @pytest.fixture
 def cm():
     hw = parse_hardware(hardware_dict())
-    return CostModel(CFG, parse_model(model_dict()), Network(hw, num_gpus=8, gpus_per_node=4))
+    # Hand-computed expectations below price replicated units as they run under autocast; the
+    # bf16-compute default is checked separately at the end.
+    return CostModel(CFG, parse_model(model_dict()), Network(hw, num_gpus=8, gpus_per_node=4),
+                     replicated_autocast=True)
 
 
 def ddp(tp=1, **kw):
@@ -254,7 +257,8 @@ def test_backward_work_of_a_gated_mlp():
     llama = ModelConfig(family="llama", num_layers=4, hidden_size=64, num_attention_heads=4, num_query_groups=4,
                         ffn_hidden_size=256, vocab_size=1000, seq_length=128)
     hw = parse_hardware(hardware_dict())
-    c = CostModel(llama, parse_model(model_dict(llama)), Network(hw, num_gpus=8, gpus_per_node=4))
+    c = CostModel(llama, parse_model(model_dict(llama)), Network(hw, num_gpus=8, gpus_per_node=4),
+                  replicated_autocast=True)
     # gate and up come out of one matmul: a 2 x 256 wide bf16 gradient
     assert c.backward_work_per_token(ddp(), 4) == 4 * 64 + 2 * 512
     assert c.backward_work_per_token(ddp(2, dp_type="zero3"), 2) == 2 * 64 + 2 * 256
@@ -407,7 +411,7 @@ def cm_full():
     d["vocab"]["sharded"] = {"time": {"tp1": {"fwd": fit(4e-4, 1e-7), "bwd": fit(9e-4, 2e-7)}},
                              "activation_bytes_per_token": {"tp1": 3800.0}}
     hw = parse_hardware(hardware_dict())
-    return CostModel(CFG, parse_model(d), Network(hw, num_gpus=8, gpus_per_node=4))
+    return CostModel(CFG, parse_model(d), Network(hw, num_gpus=8, gpus_per_node=4), replicated_autocast=True)
 
 
 def test_measured_tables_replace_the_derived_terms(cm_full):
@@ -430,3 +434,22 @@ def test_measured_tables_replace_the_derived_terms(cm_full):
 def test_embedding_time_on_the_first_stage(cm_full):
     t, _ = cm_full.vocab(VocabStrategy(tp=1), 4, 8, 2, 0)
     assert t.per_mb == pytest.approx(1e-5 + 1e-8 * 256 + 1e-4 + 2e-8 * 256)
+
+
+# ------------------------------------------------------------------ bf16 compute for replicated units
+
+def test_replicated_units_on_bf16_copies_of_fp32_masters():
+    hw = parse_hardware(hardware_dict())
+    bf = CostModel(CFG, parse_model(model_dict()), Network(hw, num_gpus=8, gpus_per_node=4))
+    # fp32 master + fp32 gradient + Adam m, v + the bf16 compute copy
+    assert model_state_bytes(1000, 4, "ddp", compute_copy=True) == 18000
+    m = bf.layer_memory(ddp(), 4, 8)
+    assert m.states == 18 * 50000
+    # like an FSDP unit: no per-micro-batch weight copies, bf16 norms: 2 x hidden bytes less per
+    # token for each of the two norms (2 samples x 128 tokens on this rank)
+    assert m.activation == pytest.approx((2000 - 2 * 2 * 64) * 256)
+    # the copy is refreshed once per step: 6 of the AdamW step's 28 bytes per parameter
+    t, t_autocast = bf.layer_time(ddp(), 4, 8), CostModel(
+        CFG, parse_model(model_dict()), Network(hw, num_gpus=8, gpus_per_node=4),
+        replicated_autocast=True).layer_time(ddp(), 4, 8)
+    assert t.per_iter - t_autocast.per_iter == pytest.approx(1e-10 * 50000 * 6 / 28)

@@ -79,8 +79,9 @@ def bench():
     cfg = ModelConfig(family=m["family"], num_layers=m["num_layers"], hidden_size=m["hidden_size"],
                       num_attention_heads=m["num_attention_heads"], num_query_groups=m["num_query_groups"],
                       ffn_hidden_size=m["ffn_hidden_size"], vocab_size=m["vocab_size"], seq_length=m["seq_length"])
-    # The measured run predates the runtime's ZeRO prefetch.
-    cost = CostModel(cfg, parse_model(h200_model_profile()), Network(parse_hardware(hw), 2, 2), zero_prefetch=False)
+    # The measured run predates the runtime's ZeRO prefetch and bf16 compute on replicated units.
+    cost = CostModel(cfg, parse_model(h200_model_profile()), Network(parse_hardware(hw), 2, 2), zero_prefetch=False,
+                     replicated_autocast=True)
     runs = [r for r in b["results"] if r.get("plan")]
     return cost, runs
 

@@ -1,14 +1,19 @@
 """Replicated data parallelism for one module on its own DP group.
 
-Gradients live in one flat fp32 buffer per module, so each parameter's .grad is a view into
-it and autograd accumulates in place across micro-batches. When the last parameter of the
-module has its gradient ready in the final micro-batch's backward, the whole buffer is
-all-reduced asynchronously (a bucket per module, overlapped with the backward of the modules
-before it); finish() waits for it before the optimizer step. The loss is already divided by
-the global token count, so the reduction is a sum.
+Gradients live in one flat fp32 buffer per module, each parameter's main gradient a view into
+it. When the last parameter of the module has its gradient ready in the final micro-batch's
+backward, the whole buffer is all-reduced asynchronously (a bucket per module, overlapped with
+the backward of the modules before it); finish() waits for it before the optimizer step. The
+loss is already divided by the global token count, so the reduction is a sum.
+
+With bf16 compute the parameters hold fp32 master weights between steps; inside compute()
+they hold a bf16 copy (made once per step), autograd produces bf16 gradients and the hook adds
+each into the fp32 buffer, so accumulation and reduction stay fp32 and no weight is cast per
+micro-batch.
 """
 import functools
 import weakref
+from contextlib import contextmanager
 from typing import List, Optional
 
 import torch
@@ -23,8 +28,8 @@ def _hook(ref, p: torch.Tensor) -> None:
 
 
 class GradBucket:
-    def __init__(self, module: nn.Module, group: Optional[dist.ProcessGroup]):
-        self.group = group
+    def __init__(self, module: nn.Module, group: Optional[dist.ProcessGroup], bf16: bool = False):
+        self.group, self.bf16 = group, bf16
         self.params: List[nn.Parameter] = [p for p in module.parameters() if p.requires_grad]
         self.world = 1 if group is None else dist.get_world_size(group)
         device = self.params[0].device if self.params else torch.device("cpu")
@@ -33,11 +38,14 @@ class GradBucket:
         for p in self.params:
             p.grad = self.buffer[offset:offset + p.numel()].view_as(p)
             p.main_grad_view = p.grad
+            if bf16:
+                p.compute_copy = torch.empty_like(p.data, dtype=torch.bfloat16)
             offset += p.numel()
         self.sync_enabled = True
         self._ready = 0
         self._handle = None
-        if self.world > 1:
+        self._masters = None
+        if self.world > 1 or bf16:
             # The hook holds the bucket weakly: parameters own their hooks, so a strong
             # reference would form a cycle through C++ that the garbage collector cannot free.
             ref = weakref.ref(self)
@@ -46,14 +54,37 @@ class GradBucket:
 
     def _on_grad(self, p: torch.Tensor) -> None:
         if p.grad is not p.main_grad_view:
-            # Autograd replaced .grad (e.g. dtype mismatch); fold it back into the buffer view.
-            p.main_grad_view.copy_(p.grad)
-            p.grad = p.main_grad_view
-        if not self.sync_enabled:
+            # A bf16 micro-batch gradient (or one autograd did not accumulate in place): fold it
+            # into the fp32 main gradient.
+            if p.grad.dtype == torch.float32:
+                p.main_grad_view.copy_(p.grad)
+                p.grad = p.main_grad_view
+            else:
+                p.main_grad_view.add_(p.grad)
+                p.grad = None
+        if not self.sync_enabled or self.world == 1:
             return
         self._ready += 1
         if self._ready == len(self.params):
             self._handle = dist.all_reduce(self.buffer, group=self.group, async_op=True)
+
+    @contextmanager
+    def compute(self):
+        """Forward and backward run on bf16 copies of the fp32 master weights."""
+        if not self.bf16:
+            yield
+            return
+        masters = [p.data for p in self.params]
+        for p, m in zip(self.params, masters):
+            p.compute_copy.copy_(m)
+            p.data = p.compute_copy
+            p.grad = None
+        try:
+            yield
+        finally:
+            for p, m in zip(self.params, masters):
+                p.data = m
+                p.grad = p.main_grad_view
 
     def finish(self) -> None:
         if self._handle is not None:

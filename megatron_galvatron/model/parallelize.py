@@ -4,7 +4,7 @@ Each layer (and the vocab module) gets its own wrapper on its own DP group: FSDP
 zero2/zero3, a flat-buffer all-reduce bucket for ddp (and for any DP degree of 1). The result
 knows how to drive gradient synchronisation for a step and which parameters to clip.
 """
-import functools
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from typing import List, Tuple
 
@@ -36,6 +36,15 @@ class ParallelModel:
             b.sync_enabled = is_last
         for m in self.sharded:
             fsdp.set_sync(m, is_last)
+
+    @contextmanager
+    def compute(self):
+        """Where forward and backward run: replicated units swap in bf16 copies of their fp32
+        master weights (FSDP units cast on their own)."""
+        with ExitStack() as stack:
+            for b in self.buckets:
+                stack.enter_context(b.compute())
+            yield
 
     def finish_grad_sync(self) -> None:
         for b in self.buckets:
@@ -75,19 +84,6 @@ def _prefixed_modules(stage: StageModel):
     return out
 
 
-def _autocast_methods(module: nn.Module, names, device: torch.device) -> None:
-    """bf16 compute for a unit whose master parameters stay fp32 (checkpoint recomputation
-    replays the autocast state it recorded)."""
-    for name in names:
-        fn = getattr(module, name)
-
-        @functools.wraps(fn)
-        def wrapped(*args, _fn=fn, **kwargs):
-            with torch.autocast(device_type=device.type, dtype=torch.bfloat16):
-                return _fn(*args, **kwargs)
-        setattr(module, name, wrapped)
-
-
 def _prefetch_neighbours(stage: StageModel, sharded: List[nn.Module]) -> None:
     """Each layer is its own FSDP root, so nothing prefetches implicitly: ask every sharded
     layer to start gathering the next sharded layer's parameters in forward (the previous
@@ -122,9 +118,7 @@ def parallelize(stage: StageModel, bf16: bool) -> ParallelModel:
             fsdp.shard_module(module, groups.dp_group, ps.device, dp_type, bf16, methods)
             pm.sharded.append(module)
         else:
-            pm.buckets.append(GradBucket(module, groups.dp_group))
-            if bf16:
-                _autocast_methods(module, methods or ("forward",), ps.device)
+            pm.buckets.append(GradBucket(module, groups.dp_group, bf16=bf16))
     if tied_across_stages:
         pm.tied_pair_group = ps.group(ps.embedding_ranks)
     # FSDP swaps parameters for DTensor ones, so look them up again by name.

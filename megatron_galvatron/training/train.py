@@ -161,7 +161,8 @@ def train_step(tr: Trainer) -> StepStats:
     tr.model.zero_grad()
     schedule = Schedule(tr.plan.pipeline_type, tr.plan.pp_deg, tr.ps.pp_rank, tr.plan.chunks, _p2p(tr, dtype),
                         partial(_forward_fn, tr, batches), tr.model.start_microbatch)
-    stats = schedule.run(tr.device)
+    with tr.model.compute():
+        stats = schedule.run(tr.device)
     tr.model.finish_grad_sync()
     stats.grad_norm = tr.model.clip_grads(tr.args.clip_grad)
     stats.lr = tr.lr_schedule.apply(tr.optimizer, tr.iteration)
@@ -182,10 +183,11 @@ def evaluate(tr: Trainer, iters: Optional[int] = None) -> float:
     dtype = torch.bfloat16 if tr.args.bf16 else torch.float32
     tr.stage.eval()
     total = torch.zeros((), device=tr.device)
-    for k in range(iters):
-        batches = _microbatches(tr, tr.valid_data, k * tr.plan.global_bsz)
-        total += forward_only(tr.ps.is_last_stage, tr.plan.chunks, _p2p(tr, dtype), partial(_forward_fn, tr, batches),
-                              tr.device)
+    with tr.model.compute():
+        for k in range(iters):
+            batches = _microbatches(tr, tr.valid_data, k * tr.plan.global_bsz)
+            total += forward_only(tr.ps.is_last_stage, tr.plan.chunks, _p2p(tr, dtype),
+                                  partial(_forward_fn, tr, batches), tr.device)
     tr.stage.train()
     for module in tr.model.sharded:  # zero2 keeps parameters gathered after a forward without backward
         module.reshard()
