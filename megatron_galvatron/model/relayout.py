@@ -15,11 +15,6 @@ from megatron_galvatron.layout import Layout
 from megatron_galvatron.tensor_parallel.mappings import all_gather_dim0
 
 
-def block_of(layout: Layout, local_idx: int, stage_world: int, seq: int, batch: int) -> Tuple[slice, slice]:
-    """(sequence slice, batch slice) of the full micro-batch held by a stage-local rank."""
-    return layout.block(local_idx, stage_world, seq, batch)
-
-
 def full_shape(layout: Layout, local_shape, stage_world: int) -> Tuple[int, int]:
     dp = stage_world // layout.tp
     seq = local_shape[0] * (layout.tp if layout.sp else 1)

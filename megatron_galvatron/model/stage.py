@@ -13,7 +13,7 @@ from torch import nn
 
 from megatron_galvatron.model.config import GPTConfig
 from megatron_galvatron.model.init import init_params_
-from megatron_galvatron.model.relayout import block_of, relayout
+from megatron_galvatron.model.relayout import relayout
 from megatron_galvatron.model.transformer_layer import TransformerLayer
 from megatron_galvatron.model.vocab import VocabModule
 from megatron_galvatron.parallel_state import Layout, ParallelState
@@ -72,7 +72,7 @@ class StageModel(nn.Module):
         return self.layouts[-1] if self.layouts else self.input_layout
 
     def batch_block(self, layout: Layout, global_micro_batch: int) -> slice:
-        return block_of(layout, self.ps.local_idx, self.plan.stage_world, 1, global_micro_batch)[1]
+        return layout.block(self.ps.local_idx, self.plan.stage_world, 1, global_micro_batch)[1]
 
     def local_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
         """This rank's share of a global micro-batch [batch, seq] as the embedding consumes it: [seq, b]."""

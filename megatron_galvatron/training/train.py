@@ -15,7 +15,6 @@ import torch.distributed as dist
 from megatron_galvatron.errors import UserError
 from megatron_galvatron.model.config import GPTConfig
 from megatron_galvatron.model.parallelize import ParallelModel, parallelize
-from megatron_galvatron.model.relayout import block_of
 from megatron_galvatron.model.stage import StageModel
 from megatron_galvatron.parallel_state import ParallelState, detect_device, init_distributed
 from megatron_galvatron.pipeline.p2p import P2P
@@ -128,7 +127,7 @@ def _forward_fn(tr: Trainer, batches, i: int, x):
         x = stage.local_tokens(tokens)
     local_labels = None
     if tr.ps.is_last_stage:
-        rows = block_of(stage.vocab_layout, tr.ps.local_idx, tr.plan.stage_world, 1, labels.shape[0])[1]
+        rows = stage.batch_block(stage.vocab_layout, labels.shape[0])
         local_labels = labels[rows].t()
     out = stage(x, local_labels)
     if tr.ps.is_last_stage:
