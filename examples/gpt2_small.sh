@@ -3,6 +3,11 @@
 # GLOBAL mode (every layer the same); pass --galvatron-config plan.json instead for a searched plan.
 GPUS=${GPUS:-8}
 DATA=${DATA:-}   # e.g. "1.0 /data/owt_text_document"; empty = mock data
+if [[ -n $DATA ]]; then
+  DATA_ARGS="--data-path $DATA --split 949,50,1 --eval-interval 1000 --eval-iters 20"
+else
+  DATA_ARGS="--mock-data"
+fi
 torchrun --nproc-per-node "$GPUS" pretrain_gpt.py \
   --model-family gpt2 --num-layers 12 --hidden-size 768 --num-attention-heads 12 \
   --seq-length 1024 --max-position-embeddings 1024 --vocab-size 50257 \
@@ -10,5 +15,5 @@ torchrun --nproc-per-node "$GPUS" pretrain_gpt.py \
   --default-dp-type zero2 --global-tp-deg 1 \
   --lr 6e-4 --min-lr 6e-5 --lr-warmup-iters 2000 --lr-decay-style cosine --train-iters 600000 \
   --weight-decay 0.1 --clip-grad 1.0 --bf16 --log-interval 10 \
-  ${DATA:+--data-path $DATA --split 949,50,1 --eval-interval 1000 --eval-iters 20} ${DATA:---mock-data} \
+  $DATA_ARGS \
   --save checkpoints/gpt2_small --save-interval 2000 "$@"
