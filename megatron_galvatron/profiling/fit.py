@@ -185,15 +185,12 @@ def refit_file(path: str) -> Dict:
     """Add or recompute `segments` in a hardware.json file, keeping everything else as it was."""
     from search.profiles import parse_hardware  # the search's reader checks the result before it replaces the file
 
+    from megatron_galvatron.profiling.report import write_profile
+
     with open(path) as f:
         profile = json.load(f)
     refit_hardware(profile)
-    parse_hardware(profile, path)
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(profile, f, indent=1)
-        f.write("\n")
-    os.replace(tmp, path)
+    write_profile(profile, os.path.dirname(path) or ".", os.path.basename(path), parse_hardware)
     return profile
 
 
