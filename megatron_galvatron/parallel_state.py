@@ -50,6 +50,7 @@ class ParallelState:
         self.local_idx = rank % w
         self.stage_ranks = tuple(range(self.pp_rank * w, (self.pp_rank + 1) * w))
         self._cache: Dict[Tuple[int, ...], Optional[dist.ProcessGroup]] = {}
+        self._exchange: Dict[Tuple[Layout, Layout], Tuple[Optional[dist.ProcessGroup], Tuple[int, ...]]] = {}
         self._build_all(plan)
 
     # One list of rank tuples, identical on every rank, in creation order.
@@ -92,9 +93,12 @@ class ParallelState:
 
     def exchange_group(self, src: Layout, dst: Layout) -> Tuple[Optional[dist.ProcessGroup], Tuple[int, ...]]:
         """The group (and its members' stage-local indices) this rank re-lays-out src -> dst in."""
-        members = next(m for m in exchange_sets(src, dst, self.stage_world) if self.local_idx in m)
-        base = self.pp_rank * self.stage_world
-        return self.group(tuple(base + i for i in members)), members
+        key = (src, dst)
+        if key not in self._exchange:  # asked on every micro-batch: work the sets out once
+            members = next(m for m in exchange_sets(src, dst, self.stage_world) if self.local_idx in m)
+            base = self.pp_rank * self.stage_world
+            self._exchange[key] = (self.group(tuple(base + i for i in members)), members)
+        return self._exchange[key]
 
     def _build_all(self, plan: Plan) -> None:
         for t in self._all_group_tuples(plan):
