@@ -1,12 +1,12 @@
 """Per-layer time and memory of one model on one device -> model.json.
 
 Each TP degree (and sequence parallelism) is measured on the real TransformerLayer and
-VocabModule built with the shard shapes of TP rank 0 (profiling/shards.py), run as training
-runs them: fp32 master parameters under bf16 autocast on CUDA (plain fp32 on CPU unless
---dtype bf16), inputs in the parameters' dtype as the embedding produces them. With bf16 the
-same modules are measured a second time as a ZeRO (FSDP) unit runs them, on bf16 parameters
-and a bf16 input without autocast (the "sharded" tables): that unit keeps no weight copies and
-a bf16 residual stream, and skips the casts.
+VocabModule built with the shard shapes of TP rank 0 (profiling/shards.py). With bf16 each is
+measured twice: as the runtime now runs every unit, on bf16 parameters and a bf16 input without
+autocast (the "sharded" tables, named for the FSDP units that first ran this way; replicated
+units compute on a bf16 copy of their fp32 masters, which is the same computation), and on fp32
+parameters under bf16 autocast (the plain tables), which older runs used for replicated units
+and the cost model keeps for re-pricing them. Without bf16 (CPU default) plain fp32.
 """
 import dataclasses
 from contextlib import nullcontext
