@@ -77,6 +77,10 @@ def add_data_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--save", default=None)
     g.add_argument("--load", default=None)
     g.add_argument("--save-interval", type=int, default=0)
+    g.add_argument("--finetune", action="store_true",
+                   help="load only the weights from --load: iteration 0, fresh optimizer, data from the start")
+    g.add_argument("--no-load-optim", action="store_true", help="do not load the optimizer state from --load")
+    g.add_argument("--no-load-rng", action="store_true", help="do not load the RNG streams from --load")
 
 
 def build_parser(description: str = "Train a GPT model under a per-layer hybrid parallel plan") -> argparse.ArgumentParser:

@@ -637,9 +637,12 @@ def _read_local(tr, reader: TensorReader, has_optim: bool):
     return out
 
 
-def load_checkpoint(tr, path: str, missing_ok: bool = False) -> Optional[str]:
+def load_checkpoint(tr, path: str, missing_ok: bool = False, finetune: bool = False, load_optim: bool = True,
+                    load_rng: bool = True) -> Optional[str]:
     """Load a checkpoint saved under any plan into tr; every rank calls it. Returns the directory
-    loaded, or None when missing_ok and `path` holds no checkpoint yet."""
+    loaded, or None when missing_ok and `path` holds no checkpoint yet. finetune: the weights
+    only, starting a new run at iteration 0 with a fresh optimizer and the run's own RNG
+    streams; load_optim / load_rng: leave out just the optimizer state / the RNG streams."""
     d, meta, warnings = agree(_check, path, tr, missing_ok)
     if d is None:
         return None
@@ -647,7 +650,7 @@ def load_checkpoint(tr, path: str, missing_ok: bool = False) -> Optional[str]:
         for w in warnings:
             print(f"warning: {w}", flush=True)
     reader = TensorReader(d, meta)
-    has_optim = bool(meta.get("optimizer", {}).get("has_state"))
+    has_optim = bool(meta.get("optimizer", {}).get("has_state")) and load_optim and not finetune
     updates = agree(_read_local, tr, reader, has_optim)
     reader.close()
     with torch.no_grad():
@@ -658,9 +661,12 @@ def load_checkpoint(tr, path: str, missing_ok: bool = False) -> Optional[str]:
                 tr.optimizer.state[p] = state
             else:
                 tr.optimizer.state.pop(p, None)
+    if finetune:
+        return d
     tr.iteration = int(meta["iteration"])
     tr.consumed_samples = int(meta["consumed_samples"])
-    agree(_restore_rng, tr, d, meta)
+    if load_rng:
+        agree(_restore_rng, tr, d, meta)
     return d
 
 

@@ -92,7 +92,9 @@ def setup(args, plan: Optional[Plan] = None) -> Trainer:
     if load_dir:
         # --load X --save X is the resume-or-start idiom: an empty X starts from scratch.
         same = bool(save_dir) and os.path.realpath(save_dir) == os.path.realpath(load_dir)
-        loaded = checkpointing.load_checkpoint(tr, load_dir, missing_ok=same)
+        loaded = checkpointing.load_checkpoint(tr, load_dir, missing_ok=same, finetune=getattr(args, "finetune", False),
+                                               load_optim=not getattr(args, "no_load_optim", False),
+                                               load_rng=not getattr(args, "no_load_rng", False))
         if loaded and rank == 0:
             print(f"loaded checkpoint {loaded} at iteration {tr.iteration} "
                   f"({tr.consumed_samples} samples consumed)", flush=True)
