@@ -3,7 +3,6 @@ bf16 parameters, fp32 gradient reduction). The model is this package's GPT built
 rank (no tensor parallelism: plain nn.Linear/SDPA/embedding compute), so only the
 parallelisation differs from a searched plan."""
 import torch
-import torch.distributed as dist
 from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 from torch.nn.parallel import DistributedDataParallel
 
@@ -54,6 +53,3 @@ def baseline_step(model, opt, tokens, labels, autocast: bool, device) -> torch.T
     opt.zero_grad(set_to_none=True)
     return loss.detach()
 
-
-def world() -> int:
-    return dist.get_world_size() if dist.is_initialized() else 1

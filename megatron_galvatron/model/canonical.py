@@ -1,4 +1,4 @@
-"""Full (plan-independent) tensors from a distributed stage model, and back.
+"""Full (plan-independent) tensors gathered from a distributed stage model.
 
 The canonical form of a parameter is its unsharded, unpadded tensor under its module path
 (``layers.3.attention.qkv.weight``). Gathering undoes data-parallel sharding (FSDP DTensor)
@@ -62,17 +62,3 @@ def gather_model(stage: StageModel, grads: bool = False, group: Optional[dist.Pr
         merged.update(part)
     return merged
 
-
-@torch.no_grad()
-def load_full_(stage: StageModel, full: Dict[str, torch.Tensor]) -> None:
-    """Overwrite this rank's shards from full tensors (missing names are an error)."""
-    for name, p in stage.named_parameters():
-        if name not in full:
-            raise KeyError(name)
-        meta = stage.param_meta[name]
-        shard = meta.shard_spec.shard(full[name].to(p.device, torch.float32), meta.tp_rank, meta.tp_size)
-        if hasattr(p, "to_local"):  # FSDP: keep this DP rank's rows of the TP shard
-            from torch.distributed.tensor import distribute_tensor
-            p.copy_(distribute_tensor(shard.to(p.dtype), p.device_mesh, p.placements))
-        else:
-            p.copy_(shard.to(p.dtype))
