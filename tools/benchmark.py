@@ -17,6 +17,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import torch.distributed as dist  # noqa: E402
 
 from megatron_galvatron import plan as plan_mod  # noqa: E402
+from megatron_galvatron.benchmark.baselines import BaselineSpec  # noqa: E402
 from megatron_galvatron.benchmark.runner import as_dict, run_baseline, run_plan, table  # noqa: E402
 from megatron_galvatron.errors import UserError, exit_on_user_error  # noqa: E402
 from megatron_galvatron.parallel_state import detect_device, init_distributed  # noqa: E402
@@ -42,7 +43,8 @@ def main() -> None:
     b = p.add_argument_group("benchmark")
     b.add_argument("--plans", nargs="*", default=[], help="plan files (search output or hand-written)")
     b.add_argument("--global-plans", nargs="*", default=[], help="uniform plans, e.g. tp=1,dp=zero2,gbs=16,chunks=2")
-    b.add_argument("--baselines", default="ddp,fsdp2", help="comma list of ddp, fsdp2, ddp+ckpt, fsdp2+ckpt")
+    b.add_argument("--baselines", default="ddp,fsdp2", help="comma list of ddp / fsdp2, each optionally +ckpt, +compile, +ourmodel "
+                   "(see megatron_galvatron/benchmark/baselines.py)")
     b.add_argument("--baseline-micro-batches", default="1,2,4,8,16")
     b.add_argument("--iters", type=int, default=10)
     b.add_argument("--warmup", type=int, default=3)
@@ -68,9 +70,11 @@ def main() -> None:
             if rank == 0:
                 print(table(results[-1:]).splitlines()[-1], flush=True)
         mbs = [int(x) for x in args.baseline_micro_batches.split(",")]
-        for kind in [k for k in args.baselines.split(",") if k]:
-            base, ckpt = kind.split("+")[0], kind.endswith("+ckpt")
-            results.append(run_baseline(base, cfg, device, args.seed, args.bf16, mbs, args.iters, args.warmup, ckpt))
+        baselines = [k for k in args.baselines.split(",") if k]
+        for name in baselines:
+            BaselineSpec.parse(name)  # every name checked before the first one runs
+        for name in baselines:
+            results.append(run_baseline(name, cfg, device, args.seed, args.bf16, mbs, args.iters, args.warmup))
             if rank == 0:
                 print(table(results[-1:]).splitlines()[-1], flush=True)
         if rank == 0:

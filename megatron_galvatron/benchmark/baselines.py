@@ -1,19 +1,47 @@
-"""Plain PyTorch baselines on the same model: torch DDP, and FSDP2 (fully_shard per block,
-bf16 parameters, fp32 gradient reduction). The model is this package's GPT built for a single
-rank (no tensor parallelism: plain nn.Linear/SDPA/embedding compute), so only the
-parallelisation differs from a searched plan."""
+"""Plain PyTorch baselines: torch DDP (bf16 autocast over fp32 parameters) and FSDP2
+(fully_shard per block and the root, bf16 parameters, fp32 gradient reduction).
+
+A baseline is named ``ddp`` or ``fsdp2`` with optional modifiers joined by ``+``:
+  ckpt      activation checkpointing of every block
+  compile   torch.compile of every block
+  ourmodel  this package's GPT built for a single rank (its fused cross entropy, [s, b]
+            activations, and bf16 compute copies) instead of the plain PyTorch GPT; only
+            the parallelisation then differs from a plan
+The default model is benchmark/plain_gpt.py, the GPT a user would write in plain PyTorch.
+"""
+from dataclasses import dataclass
+
 import torch
 from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 from torch.nn.parallel import DistributedDataParallel
 
+from megatron_galvatron.benchmark.plain_gpt import PlainGPT
+from megatron_galvatron.errors import UserError
 from megatron_galvatron.model.config import GPTConfig
 from megatron_galvatron.model.stage import StageModel
 from megatron_galvatron.parallel_state import ParallelState
 from megatron_galvatron.plan import uniform
 
+MODIFIERS = ("ckpt", "compile", "ourmodel")
 
-class _Local(torch.nn.Module):
-    """The whole model on one rank: tokens [b, s] -> mean loss."""
+
+@dataclass(frozen=True)
+class BaselineSpec:
+    kind: str
+    checkpoint: bool = False
+    compile: bool = False
+    our_model: bool = False
+
+    @staticmethod
+    def parse(name: str) -> "BaselineSpec":
+        kind, *mods = name.split("+")
+        if kind not in ("ddp", "fsdp2") or set(mods) - set(MODIFIERS):
+            raise UserError(f"--baselines {name!r}: use ddp or fsdp2, optionally with +{' +'.join(MODIFIERS)}")
+        return BaselineSpec(kind, "ckpt" in mods, "compile" in mods, "ourmodel" in mods)
+
+
+class _Ours(torch.nn.Module):
+    """This package's model on one rank: tokens [b, s] -> mean loss."""
 
     def __init__(self, cfg: GPTConfig, device, seed: int, checkpoint: bool):
         super().__init__()
@@ -24,21 +52,39 @@ class _Local(torch.nn.Module):
     def forward(self, tokens, labels):
         return self.stage(tokens.t(), labels.t()).float().mean()
 
+    def block_modules(self):
+        return list(self.stage.layers.values())
 
-def build_baseline(kind: str, cfg: GPTConfig, device, seed: int, bf16: bool, checkpoint: bool):
-    model = _Local(cfg, device, seed, checkpoint)
-    if kind == "ddp":
+
+class _Plain(PlainGPT):
+    def __init__(self, cfg: GPTConfig, device, seed: int, checkpoint: bool):
+        torch.manual_seed(seed)
+        super().__init__(cfg, device, checkpoint)
+        for name, p in self.named_parameters():  # GPT-2 style: N(0, std) weights, zero biases, unit norms
+            if name.endswith("bias"):
+                torch.nn.init.zeros_(p)
+            elif p.dim() > 1:
+                torch.nn.init.normal_(p, std=cfg.init_std)
+
+    def block_modules(self):
+        return list(self.blocks)
+
+
+def build_baseline(spec: BaselineSpec, cfg: GPTConfig, device, seed: int, bf16: bool):
+    model = (_Ours if spec.our_model else _Plain)(cfg, device, seed, spec.checkpoint)
+    if spec.compile:
+        for block in model.block_modules():
+            block.compile()
+    if spec.kind == "ddp":
         wrapped = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
                                           bucket_cap_mb=100, gradient_as_bucket_view=True)
         autocast = bf16
-    elif kind == "fsdp2":
+    else:
         mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16 if bf16 else None, reduce_dtype=torch.float32)
-        for layer in model.stage.layers.values():
-            fully_shard(layer, mp_policy=mp)
+        for block in model.block_modules():
+            fully_shard(block, mp_policy=mp)
         wrapped = fully_shard(model, mp_policy=mp)
         autocast = False  # parameters are already bf16 for compute
-    else:
-        raise ValueError(kind)
     fused = {"fused": True} if device.type == "cuda" else {}
     opt = torch.optim.AdamW(wrapped.parameters(), lr=1e-4, weight_decay=0.01, **fused)
     return wrapped, opt, autocast
@@ -52,4 +98,3 @@ def baseline_step(model, opt, tokens, labels, autocast: bool, device) -> torch.T
     opt.step()
     opt.zero_grad(set_to_none=True)
     return loss.detach()
-

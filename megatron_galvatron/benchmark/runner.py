@@ -9,7 +9,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from megatron_galvatron.benchmark.baselines import baseline_step, build_baseline
+from megatron_galvatron.benchmark.baselines import BaselineSpec, baseline_step, build_baseline
 from megatron_galvatron.model.config import GPTConfig
 from megatron_galvatron.plan import Plan
 from megatron_galvatron.training import metrics
@@ -99,17 +99,18 @@ def run_plan(name: str, args, plan: Plan, iters: int, warmup: int) -> Result:
     return out
 
 
-def run_baseline(kind: str, cfg: GPTConfig, device, seed: int, bf16: bool, micro_batches: List[int],
-                 iters: int, warmup: int, checkpoint: bool = False) -> Result:
+def run_baseline(name: str, cfg: GPTConfig, device, seed: int, bf16: bool, micro_batches: List[int],
+                 iters: int, warmup: int) -> Result:
     """Largest micro-batch (per GPU) that fits, tried from the largest down."""
     world = dist.get_world_size() if dist.is_initialized() else 1
+    spec = BaselineSpec.parse(name)
     for mbs in sorted(micro_batches, reverse=True):
         model = opt = None
-        res = Result(name=f"{kind}{'+ckpt' if checkpoint else ''}", status="ok", micro_batch=mbs * world,
+        res = Result(name=name, status="ok", micro_batch=mbs * world,
                      global_batch=mbs * world)
         try:
             _cleanup(device)
-            model, opt, autocast = build_baseline(kind, cfg, device, seed, bf16, checkpoint)
+            model, opt, autocast = build_baseline(spec, cfg, device, seed, bf16)
             gen = torch.Generator(device="cpu").manual_seed(seed)
             tokens = torch.randint(0, cfg.vocab_size, (mbs, cfg.seq_length + 1), generator=gen).to(device)
             times = _timed(lambda: baseline_step(model, opt, tokens[:, :-1], tokens[:, 1:], autocast, device),
@@ -124,7 +125,7 @@ def run_baseline(kind: str, cfg: GPTConfig, device, seed: int, bf16: bool, micro
             return out
         model = opt = None
         _cleanup(device)
-    return Result(name=kind, status="oom")
+    return Result(name=name, status="oom")
 
 
 def table(results: List[Result]) -> str:

@@ -5,6 +5,7 @@ from typing import Optional
 from megatron_galvatron.errors import UserError
 
 FAMILIES = ("gpt2", "llama")
+ATTENTION_BACKENDS = ("default", "cudnn", "flash", "efficient", "math")
 
 
 @dataclass
@@ -26,6 +27,7 @@ class GPTConfig:
     make_vocab_size_divisible_by: int = 128
     tie_embeddings: Optional[bool] = None
     use_flash_attn: bool = False
+    attention_backend: str = "default"  # PyTorch SDPA kernel tried first: default / cudnn / flash / efficient / math
 
     def __post_init__(self):
         if self.family not in FAMILIES:
@@ -46,6 +48,8 @@ class GPTConfig:
                             f"--num-query-groups {self.num_query_groups}")
         if self.family == "gpt2" and self.num_query_groups != self.num_attention_heads:
             raise UserError("grouped-query attention (--num-query-groups) is only for --model-family llama")
+        if self.attention_backend not in ATTENTION_BACKENDS:
+            raise UserError(f"--attention-backend {self.attention_backend!r}: use one of {', '.join(ATTENTION_BACKENDS)}")
         if self.seq_length > self.max_position_embeddings:
             raise UserError(f"--seq-length {self.seq_length} exceeds --max-position-embeddings "
                             f"{self.max_position_embeddings}")

@@ -8,6 +8,7 @@ from contextlib import nullcontext
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.checkpoint import checkpoint
 
 from megatron_galvatron.model.config import GPTConfig
@@ -15,6 +16,18 @@ from megatron_galvatron.model.norms import Norm, norm_kind
 from megatron_galvatron.parallel_state import LayerGroups
 from megatron_galvatron.tensor_parallel.layers import ColumnParallelLinear, RowParallelLinear
 from megatron_galvatron.tensor_parallel.random import RNGTracker
+
+_BACKENDS = {"cudnn": SDPBackend.CUDNN_ATTENTION, "flash": SDPBackend.FLASH_ATTENTION,
+             "efficient": SDPBackend.EFFICIENT_ATTENTION, "math": SDPBackend.MATH}
+
+
+def sdpa_priority(name: str):
+    """A context that makes SDPA try ``name``'s kernel first, the others after it (a kernel
+    that cannot take the inputs, e.g. cuDNN on an older GPU, falls through to the next)."""
+    if name == "default":
+        return nullcontext()
+    first = _BACKENDS[name]
+    return sdpa_kernel([first] + [b for b in _BACKENDS.values() if b != first], set_priority=True)
 
 
 def rope_cache(cfg: GPTConfig, device) -> torch.Tensor:
@@ -69,7 +82,8 @@ class Attention(nn.Module):
                 from megatron_galvatron.model.flash import flash_attention
                 out = flash_attention(q, k, v, p)
             else:
-                out = F.scaled_dot_product_attention(q, k, v, dropout_p=p, is_causal=True, enable_gqa=gqa)
+                with sdpa_priority(self.cfg.attention_backend):
+                    out = F.scaled_dot_product_attention(q, k, v, dropout_p=p, is_causal=True, enable_gqa=gqa)
         out = out.permute(2, 0, 1, 3).reshape(s, b, self.heads * hd)
         return self.dense(out)
 

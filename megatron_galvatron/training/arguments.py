@@ -24,6 +24,8 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--init-method-std", type=float, default=0.02)
     g.add_argument("--rotary-base", type=float, default=10000.0)
     g.add_argument("--use-flash-attn", action="store_true", help="use the flash-attn package if installed")
+    g.add_argument("--attention-backend", default="default", choices=["default", "cudnn", "flash", "efficient", "math"],
+                   help="PyTorch SDPA kernel to try first (others stay as fallbacks); default: PyTorch's own order")
 
 
 def add_parallel_args(p: argparse.ArgumentParser) -> None:
@@ -103,7 +105,7 @@ def model_config(args) -> GPTConfig:
         max_position_embeddings=args.max_position_embeddings, hidden_dropout=args.hidden_dropout,
         attention_dropout=args.attention_dropout, norm_eps=args.norm_epsilon, init_std=args.init_method_std,
         rope_theta=args.rotary_base, make_vocab_size_divisible_by=args.make_vocab_size_divisible_by,
-        use_flash_attn=args.use_flash_attn)
+        use_flash_attn=args.use_flash_attn, attention_backend=getattr(args, "attention_backend", "default"))
 
 
 def model_shape(cfg: GPTConfig) -> plan_mod.ModelShape:

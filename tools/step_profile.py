@@ -1,0 +1,124 @@
+"""Where the step's GPU time goes, for plans and baselines, from torch.profiler traces.
+
+    torchrun --nproc-per-node 2 tools/step_profile.py --model-family gpt2 --num-layers 24 \
+        --hidden-size 2048 --num-attention-heads 16 --seq-length 2048 --vocab-size 50304 --bf16 \
+        --global-plans "tp=1,dp=zero3,gbs=48,chunks=1" --baselines fsdp2 --baseline-micro-batch 24 \
+        --attention-bench --out breakdown.txt
+
+Each configuration runs ``--warmup`` steps, then ``--steps`` profiled ones; rank 0 prints the
+time per kernel category and the top kernels (megatron_galvatron/benchmark/breakdown.py).
+``--attention-bench`` also times causal SDPA forward + backward at the model's shape under
+each PyTorch kernel.
+"""
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import torch  # noqa: E402
+import torch.distributed as dist  # noqa: E402
+
+from megatron_galvatron.benchmark.baselines import BaselineSpec, baseline_step, build_baseline  # noqa: E402
+from megatron_galvatron.benchmark.breakdown import kernels_of, summarize  # noqa: E402
+from megatron_galvatron.errors import exit_on_user_error  # noqa: E402
+from megatron_galvatron.parallel_state import detect_device, init_distributed  # noqa: E402
+from megatron_galvatron.training.arguments import build_parser, check_plan, model_config  # noqa: E402
+from megatron_galvatron.training.train import setup, train_step  # noqa: E402
+from tools.benchmark import parse_global_plan  # noqa: E402
+
+
+def profile(step, warmup: int, steps: int):
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as tprofile
+    for _ in range(warmup):
+        step()
+    torch.cuda.synchronize()
+    with tprofile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        for _ in range(steps):
+            step()
+        torch.cuda.synchronize()
+    return summarize(kernels_of(prof))
+
+
+def attention_bench(cfg, batch: int, device) -> str:
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    s, nh, hd = cfg.seq_length, cfg.num_attention_heads, cfg.head_dim
+    flops = 4 * batch * nh * s * s * hd * 3.5 / 2  # fwd + bwd (2.5x fwd), causal half
+    rows = [f"causal SDPA fwd+bwd, batch {batch}, heads {nh}, seq {s}, head dim {hd}, bf16, [s, b, h, d] strides"]
+    q, k, v = (torch.randn(s, batch, nh, hd, device=device, dtype=torch.bfloat16, requires_grad=True)
+               for _ in range(3))
+    g = torch.randn(batch, nh, s, hd, device=device, dtype=torch.bfloat16)
+    for name, be in [("flash", SDPBackend.FLASH_ATTENTION), ("cudnn", SDPBackend.CUDNN_ATTENTION),
+                     ("efficient", SDPBackend.EFFICIENT_ATTENTION)]:
+        def run():
+            with sdpa_kernel([be]):
+                out = torch.nn.functional.scaled_dot_product_attention(
+                    *(t.permute(1, 2, 0, 3) for t in (q, k, v)), is_causal=True)
+            out.backward(g)
+        try:
+            for _ in range(3):
+                run()
+            torch.cuda.synchronize()
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            for _ in range(10):
+                run()
+            end.record()
+            torch.cuda.synchronize()
+            ms = start.elapsed_time(end) / 10
+            rows.append(f"  {name:<10} {ms:8.2f} ms  {flops / ms / 1e9:7.1f} TFLOP/s")
+        except RuntimeError as e:
+            rows.append(f"  {name:<10} unavailable: {str(e).splitlines()[0][:100]}")
+    return "\n".join(rows)
+
+
+def main() -> None:
+    p = build_parser("Kernel-time breakdown of training steps")
+    b = p.add_argument_group("step profile")
+    b.add_argument("--global-plans", nargs="*", default=[])
+    b.add_argument("--baselines", default="")
+    b.add_argument("--baseline-micro-batch", type=int, default=8, help="samples per GPU")
+    b.add_argument("--warmup", type=int, default=3)
+    b.add_argument("--steps", type=int, default=2)
+    b.add_argument("--attention-bench", action="store_true")
+    b.add_argument("--out", default=None, help="also write the report here")
+    args = p.parse_args()
+    with exit_on_user_error("step_profile.py"):
+        device = detect_device(int(os.environ.get("LOCAL_RANK", "0")))
+        rank, world = init_distributed(device)
+        cfg = model_config(args)
+        report = []
+
+        def emit(text):
+            if rank == 0:
+                print(text, flush=True)
+                report.append(text)
+
+        if args.attention_bench:
+            emit(attention_bench(cfg, args.baseline_micro_batch, device))
+        for spec in args.global_plans:
+            plan = check_plan(parse_global_plan(spec, world, cfg.num_layers), cfg, world)
+            args.train_iters = args.warmup + args.steps
+            tr = setup(args, plan)
+            emit(f"\n== plan {spec} (attention {cfg.attention_backend}{', compiled' if args.compile else ''})\n"
+                 + profile(lambda: train_step(tr), args.warmup, args.steps).table(args.steps))
+            tr = None
+            torch.cuda.empty_cache()
+        for name in [n for n in args.baselines.split(",") if n]:
+            model, opt, autocast = build_baseline(BaselineSpec.parse(name), cfg, device, args.seed, args.bf16)
+            mbs = args.baseline_micro_batch
+            tokens = torch.randint(0, cfg.vocab_size, (mbs, cfg.seq_length + 1), device=device)
+            emit(f"\n== baseline {name}, {mbs} per GPU\n" + profile(
+                lambda: baseline_step(model, opt, tokens[:, :-1], tokens[:, 1:], autocast, device),
+                args.warmup, args.steps).table(args.steps))
+            model = opt = None
+            torch.cuda.empty_cache()
+        if rank == 0 and args.out:
+            with open(args.out, "w") as f:
+                f.write("\n".join(report) + "\n")
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()
