@@ -48,6 +48,7 @@ def main() -> None:
     b.add_argument("--baseline-micro-batches", default="1,2,4,8,16")
     b.add_argument("--iters", type=int, default=10)
     b.add_argument("--warmup", type=int, default=3)
+    b.add_argument("--rounds", type=int, default=1, help="visit every configuration this many times, in turn")
     b.add_argument("--out", default=None, help="write all results as JSON here")
     b.add_argument("--profile-dir", default=None, help="price every plan with the cost model on these profiles")
     args = p.parse_args()
@@ -55,7 +56,6 @@ def main() -> None:
         device = detect_device(int(os.environ.get("LOCAL_RANK", "0")))
         rank, world = init_distributed(device)
         cfg = model_config(args)
-        results = []
         plans = [(os.path.basename(f), plan_mod.load(f, world_size=world)) for f in args.plans]
         plans += [(s, parse_global_plan(s, world, cfg.num_layers)) for s in args.global_plans]
         for name, plan in plans:
@@ -66,17 +66,25 @@ def main() -> None:
                 plan.predicted = {"iter_time_s": pred.iter_time_s, "tokens_per_s": pred.tokens_per_s,
                                   "peak_mem_gb": pred.peak_mem_gb,
                                   "peak_alloc_gb": [b / 2 ** 30 for b in pred.stage_allocated]}
-            results.append(run_plan(name, args, plan, args.iters, args.warmup))
-            if rank == 0:
-                print(table(results[-1:]).splitlines()[-1], flush=True)
         mbs = [int(x) for x in args.baseline_micro_batches.split(",")]
         baselines = [k for k in args.baselines.split(",") if k]
         for name in baselines:
             BaselineSpec.parse(name)  # every name checked before the first one runs
-        for name in baselines:
-            results.append(run_baseline(name, cfg, device, args.seed, args.bf16, mbs, args.iters, args.warmup))
-            if rank == 0:
-                print(table(results[-1:]).splitlines()[-1], flush=True)
+        # Rounds visit every configuration in turn, so that slow drifts of the machine (its
+        # power cap, other tenants) fall on all of them alike; each result's median covers
+        # the timed iterations of all rounds.
+        results = [None] * (len(plans) + len(baselines))
+        for rnd in range(args.rounds):
+            for i, (name, plan) in enumerate(plans):
+                results[i] = run_plan(name, args, plan, args.iters, args.warmup, results[i])
+                if rank == 0:
+                    print(f"[round {rnd + 1}] " + table(results[i:i + 1]).splitlines()[-1], flush=True)
+            for j, name in enumerate(baselines):
+                i = len(plans) + j
+                results[i] = run_baseline(name, cfg, device, args.seed, args.bf16, mbs, args.iters, args.warmup,
+                                          results[i])
+                if rank == 0:
+                    print(f"[round {rnd + 1}] " + table(results[i:i + 1]).splitlines()[-1], flush=True)
         if rank == 0:
             print("\n" + table(results), flush=True)
             if args.out:

@@ -31,6 +31,9 @@ class Result:
     predicted_peak_mem_gb: Optional[float] = None  # allocated, the fullest stage
     plan: Optional[dict] = None
     times: List[float] = field(default_factory=list)
+    sm_clock_mhz: Optional[float] = None  # mean over timed iterations, sampled while the step runs
+    power_w: Optional[float] = None
+    rounds: int = 0
 
 
 def _all_ok(ok: bool, device) -> bool:
@@ -47,21 +50,41 @@ def _cleanup(device):
         torch.cuda.reset_peak_memory_stats(device)
 
 
-def _timed(step, iters: int, warmup: int, device) -> List[float]:
+def _gpu_state(device):
+    """(SM clock MHz, power W) now, or None where NVML cannot be read. Under a sustained load
+    an H100/H200 meets its power cap and lowers its clock, so every result carries both."""
+    if device.type != "cuda":
+        return None
+    try:
+        return float(torch.cuda.clock_rate(device)), torch.cuda.power_draw(device) / 1000.0
+    except Exception:  # no NVML bindings, or a device they cannot read
+        return None
+
+
+def _timed(step, iters: int, warmup: int, device, states: Optional[list] = None) -> List[float]:
     times = []
     for i in range(warmup + iters):
         metrics.synchronize(device)
         t0 = time.perf_counter()
         step()
+        state = _gpu_state(device) if i >= warmup else None  # the step's kernels are still running
         metrics.synchronize(device)
         if i >= warmup:
             times.append(time.perf_counter() - t0)
+            if state is not None and states is not None:
+                states.append(state)
     return times
 
 
-def _finish(res: Result, cfg: GPTConfig, times, tokens_per_iter: int, world: int, device) -> Result:
-    res.times = times
-    res.iter_time_s = float(np.median(times))
+def _finish(res: Result, cfg: GPTConfig, times, tokens_per_iter: int, world: int, device, states=()) -> Result:
+    res.times = list(res.times) + list(times)  # earlier rounds' times stay
+    res.rounds += 1
+    if states:
+        n = res.rounds  # running mean over rounds
+        clock, power = float(np.mean([s[0] for s in states])), float(np.mean([s[1] for s in states]))
+        res.sm_clock_mhz = clock if res.sm_clock_mhz is None else res.sm_clock_mhz + (clock - res.sm_clock_mhz) / n
+        res.power_w = power if res.power_w is None else res.power_w + (power - res.power_w) / n
+    res.iter_time_s = float(np.median(res.times))
     res.tokens_per_s_per_gpu = tokens_per_iter / res.iter_time_s / world
     res.tflops_per_gpu = res.tokens_per_s_per_gpu * cfg.flops_per_token() / 1e12
     peak_flops = metrics.peak_flops(device)
@@ -69,22 +92,26 @@ def _finish(res: Result, cfg: GPTConfig, times, tokens_per_iter: int, world: int
     peak = torch.tensor([metrics.peak_memory_gb(device)], device=device)
     if dist.is_initialized():
         dist.all_reduce(peak, op=dist.ReduceOp.MAX)  # the fullest rank (stages differ)
-    res.peak_mem_gb = peak.item()
+    res.peak_mem_gb = max(res.peak_mem_gb, peak.item())
     return res
 
 
-def run_plan(name: str, args, plan: Plan, iters: int, warmup: int) -> Result:
-    res = Result(name=name, status="ok", plan=plan.to_dict(), global_batch=plan.global_bsz,
-                 micro_batch=plan.micro_batch_size, predicted_iter_time_s=plan.predicted.get("iter_time_s"))
-    pm = plan.predicted.get("peak_alloc_gb", plan.predicted.get("peak_mem_gb"))
-    res.predicted_peak_mem_gb = max(pm) if isinstance(pm, list) and pm else pm
-    tr = None
+def run_plan(name: str, args, plan: Plan, iters: int, warmup: int, res: Optional[Result] = None) -> Result:
+    """Time ``plan``; ``res`` is the result of an earlier round, whose times this round adds to."""
+    if res is None:
+        res = Result(name=name, status="ok", plan=plan.to_dict(), global_batch=plan.global_bsz,
+                     micro_batch=plan.micro_batch_size, predicted_iter_time_s=plan.predicted.get("iter_time_s"))
+        pm = plan.predicted.get("peak_alloc_gb", plan.predicted.get("peak_mem_gb"))
+        res.predicted_peak_mem_gb = max(pm) if isinstance(pm, list) and pm else pm
+    elif res.status != "ok":
+        return res
+    tr, states = None, []
     try:
         args.train_iters = iters + warmup
         tr = setup(args, plan)
         device = tr.device
         _cleanup(device)
-        times = _timed(lambda: train_step(tr), iters, warmup, device)
+        times = _timed(lambda: train_step(tr), iters, warmup, device, states)
         ok = True
     except torch.OutOfMemoryError:
         ok, device = False, torch.device("cuda", torch.cuda.current_device())
@@ -93,33 +120,38 @@ def run_plan(name: str, args, plan: Plan, iters: int, warmup: int) -> Result:
         _cleanup(device)
         res.status = "oom"
         return res
-    out = _finish(res, tr.cfg, times, plan.global_bsz * tr.cfg.seq_length, plan.world_size, device)
+    out = _finish(res, tr.cfg, times, plan.global_bsz * tr.cfg.seq_length, plan.world_size, device, states)
     tr = None
     _cleanup(device)
     return out
 
 
 def run_baseline(name: str, cfg: GPTConfig, device, seed: int, bf16: bool, micro_batches: List[int],
-                 iters: int, warmup: int) -> Result:
-    """Largest micro-batch (per GPU) that fits, tried from the largest down."""
+                 iters: int, warmup: int, res: Optional[Result] = None) -> Result:
+    """Largest micro-batch (per GPU) that fits, tried from the largest down; a later round
+    (``res`` given) re-times the micro-batch the first round found."""
     world = dist.get_world_size() if dist.is_initialized() else 1
     spec = BaselineSpec.parse(name)
+    if res is not None:
+        if res.status != "ok":
+            return res
+        micro_batches = [res.micro_batch // world]
     for mbs in sorted(micro_batches, reverse=True):
         model = opt = None
-        res = Result(name=name, status="ok", micro_batch=mbs * world,
-                     global_batch=mbs * world)
+        this = res or Result(name=name, status="ok", micro_batch=mbs * world, global_batch=mbs * world)
+        states = []
         try:
             _cleanup(device)
             model, opt, autocast = build_baseline(spec, cfg, device, seed, bf16)
             gen = torch.Generator(device="cpu").manual_seed(seed)
             tokens = torch.randint(0, cfg.vocab_size, (mbs, cfg.seq_length + 1), generator=gen).to(device)
             times = _timed(lambda: baseline_step(model, opt, tokens[:, :-1], tokens[:, 1:], autocast, device),
-                           iters, warmup, device)
+                           iters, warmup, device, states)
             ok = True
         except torch.OutOfMemoryError:
             ok = False
         if _all_ok(ok, device):
-            out = _finish(res, cfg, times, mbs * world * cfg.seq_length, world, device)
+            out = _finish(this, cfg, times, mbs * world * cfg.seq_length, world, device, states)
             model = opt = None
             _cleanup(device)
             return out
@@ -130,14 +162,14 @@ def run_baseline(name: str, cfg: GPTConfig, device, seed: int, bf16: bool, micro
 
 def table(results: List[Result]) -> str:
     head = f"{'config':<28} {'status':<6} {'mb':>4} {'gbs':>5} {'iter s':>8} {'tok/s/GPU':>10} {'TFLOP/s':>8} " \
-           f"{'MFU':>6} {'peak GB':>8} {'pred s':>8} {'pred GB':>8}"
+           f"{'MFU':>6} {'peak GB':>8} {'pred s':>8} {'pred GB':>8} {'SM MHz':>7} {'W':>5}"
     rows = [head]
     for r in results:
         f = lambda v, fmt: (fmt % v) if v is not None else "-"  # noqa: E731
         rows.append(f"{r.name:<28} {r.status:<6} {r.micro_batch:>4} {r.global_batch:>5} {r.iter_time_s:>8.4f} "
                     f"{r.tokens_per_s_per_gpu:>10.0f} {r.tflops_per_gpu:>8.1f} {f(r.mfu, '%.3f'):>6} "
                     f"{r.peak_mem_gb:>8.2f} {f(r.predicted_iter_time_s, '%.4f'):>8} "
-                    f"{f(r.predicted_peak_mem_gb, '%.2f'):>8}")
+                    f"{f(r.predicted_peak_mem_gb, '%.2f'):>8} {f(r.sm_clock_mhz, '%.0f'):>7} {f(r.power_w, '%.0f'):>5}")
     return "\n".join(rows)
 
 
