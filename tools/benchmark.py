@@ -48,6 +48,9 @@ def main() -> None:
     b.add_argument("--baseline-micro-batches", default="1,2,4,8,16")
     b.add_argument("--iters", type=int, default=10)
     b.add_argument("--warmup", type=int, default=3)
+    b.add_argument("--plan-variants", default="eager",
+                   help="comma list of eager / compile: run every plan this way (compile = torch.compile "
+                        "of each transformer layer, as pretrain_gpt.py --compile)")
     b.add_argument("--rounds", type=int, default=1, help="visit every configuration this many times, in turn")
     b.add_argument("--out", default=None, help="write all results as JSON here")
     b.add_argument("--profile-dir", default=None, help="price every plan with the cost model on these profiles")
@@ -66,6 +69,11 @@ def main() -> None:
                 plan.predicted = {"iter_time_s": pred.iter_time_s, "tokens_per_s": pred.tokens_per_s,
                                   "peak_mem_gb": pred.peak_mem_gb,
                                   "peak_alloc_gb": [b / 2 ** 30 for b in pred.stage_allocated]}
+        variants = [v for v in args.plan_variants.split(",") if v]
+        if not variants or set(variants) - {"eager", "compile"}:
+            raise UserError(f"--plan-variants {args.plan_variants!r}: a comma list of eager, compile")
+        plans = [(name + ("" if v == "eager" else " +compile"), plan, v == "compile")
+                 for name, plan in plans for v in variants]
         mbs = [int(x) for x in args.baseline_micro_batches.split(",")]
         baselines = [k for k in args.baselines.split(",") if k]
         for name in baselines:
@@ -75,7 +83,8 @@ def main() -> None:
         # the timed iterations of all rounds.
         results = [None] * (len(plans) + len(baselines))
         for rnd in range(args.rounds):
-            for i, (name, plan) in enumerate(plans):
+            for i, (name, plan, compiled) in enumerate(plans):
+                args.compile = compiled
                 results[i] = run_plan(name, args, plan, args.iters, args.warmup, results[i])
                 if rank == 0:
                     print(f"[round {rnd + 1}] " + table(results[i:i + 1]).splitlines()[-1], flush=True)

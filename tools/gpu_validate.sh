@@ -2,9 +2,12 @@
 # One call on a GPU machine: profile it, search a plan, then benchmark the searched plan, a set
 # of hand-picked plans (each priced by the cost model) and the PyTorch baselines side by side.
 #   OUT=dir bash tools/gpu_validate.sh
-# MODEL, MEMORY_GB, BATCH, PLANS, BASELINE_MBS may be overridden from the environment.
+# MODEL, MEMORY_GB, BATCH, PLANS, BASELINES, BASELINE_MBS, ITERS, WARMUP, ROUNDS, VARIANTS,
+# PROFILE_ARGS may be overridden from the environment. OUT receives bench.json, bench.log,
+# plan.json, plan.png and validate.tar.gz (everything, profiles and logs included).
 set -uo pipefail
-OUT=${OUT:-validate_out}; mkdir -p "$OUT/prof"
+OUT=${OUT:-validate_out}; mkdir -p "$OUT"
+WORK=$(mktemp -d); mkdir -p "$WORK/prof"
 export NCCL_NVLS_ENABLE=0 PYTHONUNBUFFERED=1
 NGPU=${NGPU:-$(python3 -c "import torch; print(max(1, torch.cuda.device_count()))")}
 export NPROC=$NGPU
@@ -12,13 +15,18 @@ MODEL=${MODEL:-"--model-family gpt2 --num-layers 24 --hidden-size 2048 --num-att
 MEMORY_GB=${MEMORY_GB:-120}
 BATCH=${BATCH:-"--global-batch-size-range 16 64"}
 PLANS=${PLANS:-"tp=1,dp=ddp,gbs=32,chunks=1 tp=1,dp=zero2,gbs=32,chunks=2 tp=1,dp=zero3,gbs=32,chunks=1 tp=1,dp=zero3,ckpt=1,gbs=64,chunks=1 tp=2,dp=ddp,sp=1,gbs=16,chunks=1 pp=2,dp=ddp,gbs=32,chunks=4 pp=2,dp=ddp,gbs=32,chunks=8,sched=gpipe tp=1,dp=zero2,gbs=48,chunks=1"}
+BASELINES=${BASELINES:-ddp,fsdp2,fsdp2+ourmodel}
 BASELINE_MBS=${BASELINE_MBS:-"8,16,24"}
-bash tools/device_profile.sh "$OUT/prof" $MODEL --micro-batch-sizes 1 2 4 8 --tp 1 2 ${PROFILE_ARGS:-} \
-    > "$OUT/profile.log" 2>&1
-tail -3 "$OUT/profile.log"
-python3 search/run.py --memory-gb "$MEMORY_GB" --num-gpus "$NGPU" $MODEL --profile-dir "$OUT/prof" $BATCH \
-    --output "$OUT/plan.json" --plot "$OUT/plan.png" 2>&1 | grep -v -i warn | tee "$OUT/search.log" | tail -12
+nvidia-smi --query-gpu=name,memory.total,power.limit,clocks.max.sm --format=csv > "$WORK/gpus.txt" 2>&1
+bash tools/device_profile.sh "$WORK/prof" $MODEL --micro-batch-sizes 1 2 4 8 --tp 1 2 ${PROFILE_ARGS:-} \
+    > "$WORK/profile.log" 2>&1
+tail -3 "$WORK/profile.log"
+python3 search/run.py --memory-gb "$MEMORY_GB" --num-gpus "$NGPU" $MODEL --profile-dir "$WORK/prof" $BATCH \
+    --output "$WORK/plan.json" --plot "$WORK/plan.png" 2>&1 | grep -v -i warn | tee "$WORK/search.log" | tail -12
 # shellcheck disable=SC2086
-torchrun --standalone --nproc-per-node "$NGPU" tools/benchmark.py $MODEL --bf16 --profile-dir "$OUT/prof" \
-    --plans "$OUT/plan.json" --global-plans $PLANS --baselines ddp,fsdp2 --baseline-micro-batches "$BASELINE_MBS" \
-    --iters ${ITERS:-5} --warmup ${WARMUP:-2} --out "$OUT/bench.json" 2>&1 | grep -v -i warn | tee "$OUT/bench.log" | tail -14
+torchrun --standalone --nproc-per-node "$NGPU" tools/benchmark.py $MODEL --bf16 --profile-dir "$WORK/prof" \
+    --plans "$WORK/plan.json" --global-plans $PLANS --baselines "$BASELINES" --baseline-micro-batches "$BASELINE_MBS" \
+    --plan-variants "${VARIANTS:-eager}" --rounds ${ROUNDS:-1} --iters ${ITERS:-5} --warmup ${WARMUP:-2} \
+    --out "$WORK/bench.json" 2>&1 | grep -v -i warn | tee "$WORK/bench.log" | tail -16
+cp "$WORK/bench.json" "$WORK/bench.log" "$WORK/plan.json" "$WORK/plan.png" "$OUT/" 2>/dev/null
+tar -czf "$OUT/validate.tar.gz" -C "$WORK" .

@@ -46,6 +46,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto")
     g.add_argument("--warmup", type=int, default=2, help="untimed repeats per point")
     g.add_argument("--iters", type=int, default=5, help="timed repeats per point (their median is the point)")
+    g.add_argument("--soak-seconds", type=float, default=0.3,
+                   help="untimed back-to-back repeats before each point, so it is timed at the clock a "
+                        "busy (power-capped) GPU runs at; 0 = none")
     g.add_argument("--optimizer-params", type=int, default=None,
                    help="parameters in the optimizer-step measurement (default 2^27 on CUDA, 2^18 on CPU)")
     g.add_argument("--seed", type=int, default=1234)
@@ -80,7 +83,7 @@ def main(argv=None) -> None:
             seq_lengths=sorted(set(args.seq_lengths or [cfg.seq_length])),
             tp_degrees=sorted(set(args.tp)), sequence_parallel=not args.no_sequence_parallel,
             dtype=default_dtype(device) if args.dtype == "auto" else args.dtype,
-            warmup=args.warmup, iters=args.iters,
+            warmup=args.warmup, iters=args.iters, soak_seconds=args.soak_seconds,
             optimizer_params=args.optimizer_params or default_optimizer_params(device),
             seed=args.seed, progress=not args.quiet)
         check_settings(cfg, settings)

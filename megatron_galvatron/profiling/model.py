@@ -50,6 +50,7 @@ class ModelSettings:
     dtype: str = "bf16"
     warmup: int = 2
     iters: int = 5
+    soak_seconds: float = 0.3  # back-to-back untimed repeats before each timed point (CUDA only)
     optimizer_params: int = 2 ** 27
     seed: int = 1234
     progress: bool = True
@@ -119,11 +120,18 @@ class ModelProfiler:
 
     # ---------------------------------------------------------------- timing
     def _fwd_bwd(self, forward: Callable[[], torch.Tensor], autocast=None) -> Tuple[float, float]:
-        """Median forward and backward seconds; gradients accumulate across repeats as over micro-batches."""
-        fw, bw = [], []
-        host_f = host_b = 0.0
+        """Median forward and backward seconds; gradients accumulate across repeats as over micro-batches.
+
+        Repeats run back to back (one synchronisation at the end) after ``soak_seconds`` of
+        untimed repeats: a training step keeps the GPU busy, and a busy H100/H200 meets its
+        power cap and lowers its clock, so short isolated bursts would time it faster than a
+        step runs it."""
         warmup = max(1, self.s.warmup)  # the first call compiles, autotunes and allocates
-        for i in range(warmup + self.s.iters):
+        host_f = host_b = 0.0
+        timed = []
+
+        def once(watch: bool):
+            nonlocal host_f, host_b
             sf, sb = Stopwatch(self.device), Stopwatch(self.device)
             self.ahead.hold(2 * host_f + 5e-4)
             with (autocast or self.autocast)():
@@ -135,12 +143,21 @@ class ModelProfiler:
             sb.start()
             host_b, _ = host_seconds(partial(y.backward, grad))
             sb.stop()
-            synchronize(self.device)
-            if i >= warmup:
-                fw.append(sf.seconds())
-                bw.append(sb.seconds())
-            del y, grad
-        return median(fw), median(bw)
+            if watch:
+                timed.append((sf, sb))
+            return sf, sb
+
+        for _ in range(warmup):
+            sf, sb = once(False)
+        synchronize(self.device)
+        if self.s.soak_seconds > 0 and self.device.type == "cuda":
+            per = max(sf.seconds() + sb.seconds(), 1e-5)
+            for _ in range(min(int(self.s.soak_seconds / per), 10_000)):
+                once(False)
+        for _ in range(self.s.iters):
+            once(True)
+        synchronize(self.device)
+        return median([f.seconds() for f, _ in timed]), median([b.seconds() for _, b in timed])
 
     def _sweep(self, tp: int, sp: bool, build: Callable[[], nn.Module],
                measure: Callable[[nn.Module, int, int], List[float]], bar) -> Dict[Tuple[int, int], List[float]]:
@@ -387,7 +404,7 @@ class ModelProfiler:
             "command": command_line(),
             "settings": {"micro_batch_sizes": self.s.micro_batch_sizes, "seq_lengths": self.s.seq_lengths,
                          "tp_degrees": self.tps, "sequence_parallel": self.s.sequence_parallel,
-                         "warmup": self.s.warmup, "iters": self.s.iters,
+                         "warmup": self.s.warmup, "iters": self.s.iters, "soak_seconds": self.s.soak_seconds,
                          "time_method": "median of per-call CUDA events (wall clock on CPU), fwd and bwd apart",
                          "memory_method": "unique storages saved for backward (saved_tensors_hooks), "
                                           "parameters excluded; per token = slope over the token count"},
@@ -427,6 +444,8 @@ def check_settings(cfg: GPTConfig, s: ModelSettings) -> None:
     if len(set(s.micro_batch_sizes)) * len(set(s.seq_lengths)) < 2:
         raise UserError("give at least two --micro-batch-sizes (or --seq-lengths): the per-token fits need "
                         "two token counts")
+    if s.soak_seconds < 0:
+        raise UserError(f"--soak-seconds={s.soak_seconds} must be >= 0")
     if s.warmup < 0 or s.iters < 1:
         raise UserError(f"--warmup={s.warmup} must be >= 0 and --iters={s.iters} >= 1")
     if s.optimizer_params < 64:
