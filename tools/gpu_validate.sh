@@ -18,15 +18,15 @@ PLANS=${PLANS:-"tp=1,dp=ddp,gbs=32,chunks=1 tp=1,dp=zero2,gbs=32,chunks=2 tp=1,d
 BASELINES=${BASELINES:-ddp,fsdp2,fsdp2+ourmodel}
 BASELINE_MBS=${BASELINE_MBS:-"8,16,24"}
 nvidia-smi --query-gpu=name,memory.total,power.limit,clocks.max.sm --format=csv > "$WORK/gpus.txt" 2>&1
-bash tools/device_profile.sh "$WORK/prof" $MODEL --micro-batch-sizes 1 2 4 8 --tp 1 2 ${PROFILE_ARGS:-} \
+timeout ${PROFILE_TIMEOUT:-900} bash tools/device_profile.sh "$WORK/prof" $MODEL --micro-batch-sizes 1 2 4 8 --tp 1 2 ${PROFILE_ARGS:-} \
     > "$WORK/profile.log" 2>&1
-tail -3 "$WORK/profile.log"
+tail -3 "$WORK/profile.log"; grep -h "time\|took\|s$" "$WORK/prof/"*.log 2>/dev/null | tail -4
 python3 search/run.py --memory-gb "$MEMORY_GB" --num-gpus "$NGPU" $MODEL --profile-dir "$WORK/prof" $BATCH \
     --output "$WORK/plan.json" --plot "$WORK/plan.png" 2>&1 | grep -v -i warn | tee "$WORK/search.log" | tail -12
 # shellcheck disable=SC2086
-torchrun --standalone --nproc-per-node "$NGPU" tools/benchmark.py $MODEL --bf16 --profile-dir "$WORK/prof" \
+timeout ${BENCH_TIMEOUT:-3600} torchrun --standalone --nproc-per-node "$NGPU" tools/benchmark.py $MODEL --bf16 --profile-dir "$WORK/prof" \
     --plans "$WORK/plan.json" --global-plans $PLANS --baselines "$BASELINES" --baseline-micro-batches "$BASELINE_MBS" \
     --plan-variants "${VARIANTS:-eager}" --rounds ${ROUNDS:-1} --iters ${ITERS:-5} --warmup ${WARMUP:-2} \
-    --out "$WORK/bench.json" 2>&1 | grep -v -i warn | tee "$WORK/bench.log" | tail -16
+    --out "$WORK/bench.json" 2>&1 | grep --line-buffered -v -i warn | tee "$WORK/bench.log"
 cp "$WORK/bench.json" "$WORK/bench.log" "$WORK/plan.json" "$WORK/plan.png" "$OUT/" 2>/dev/null
 tar -czf "$OUT/validate.tar.gz" -C "$WORK" .

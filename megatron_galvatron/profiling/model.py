@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Callable, Dict, List, Tuple
 
+import time
+
 import torch
 from torch import nn
 
@@ -151,8 +153,10 @@ class ModelProfiler:
             sf, sb = once(False)
         synchronize(self.device)
         if self.s.soak_seconds > 0 and self.device.type == "cuda":
-            per = max(sf.seconds() + sb.seconds(), 1e-5)
-            for _ in range(min(int(self.s.soak_seconds / per), 10_000)):
+            # Bounded by the host's clock: small points are launch-bound and would otherwise
+            # repeat thousands of times for a soak that loads the GPU no more.
+            end = time.perf_counter() + self.s.soak_seconds
+            while time.perf_counter() < end:
                 once(False)
         for _ in range(self.s.iters):
             once(True)
