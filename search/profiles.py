@@ -73,6 +73,10 @@ class TimeFit:
     def scaled(self, factor: float) -> "TimeFit":
         return TimeFit(self.intercept_s, self.per_token_s * factor)
 
+    def slowed(self, factor: float) -> "TimeFit":
+        """Every second longer by ``factor`` (a lower clock)."""
+        return TimeFit(self.intercept_s * factor, self.per_token_s * factor)
+
 
 @dataclass
 class HardwareProfile:
@@ -117,6 +121,17 @@ class ModelProfile:
 
     # Degrees the profiler did not measure are scaled from the largest measured degree below them:
     # time per token and memory per token both shrink by that ratio (the sharded part dominates).
+    sustained_slowdown: float = 1.0
+
+    def apply_sustained_slowdown(self, factor: float) -> None:
+        """Layers run ``factor`` times slower inside a long step than in the profiler's short
+        timings (model.json 'sustained'): every compute table is slowed alike."""
+        self.sustained_slowdown = factor
+        for table in (self.layer_time, self.vocab_time, self.sharded_layer_time, self.sharded_vocab_time,
+                      self.embedding_time):
+            for k, (f, b) in list(table.items()):
+                table[k] = (f.slowed(factor), b.slowed(factor))
+
     def _nearest(self, table: Dict, tp: int, sp: bool) -> Tuple[Any, float]:
         if (tp, sp) in table:
             return table[(tp, sp)], 1.0
@@ -430,6 +445,14 @@ def parse_model(d: Dict, path: str = MODEL_FILE) -> ModelProfile:
         prof.sharded_vocab_time = _tp_only(_optional_times(r, vsharded, "time", "vocab.sharded", allow_sp=False))
         prof.sharded_vocab_activation_bytes_per_token = _tp_only(
             _optional_numbers(r, vsharded, "activation_bytes_per_token", "vocab.sharded", allow_sp=False))
+    sustained = d.get("sustained")
+    if sustained is not None:
+        if not isinstance(sustained, dict):
+            raise r.fail("key 'sustained' must be an object")
+        slow = r.number(sustained, "slowdown", "sustained", 1.0)
+        if slow <= 0:
+            raise r.fail(f"key 'sustained.slowdown' must be positive, got {slow}")
+        prof.apply_sustained_slowdown(slow)
     return prof
 
 

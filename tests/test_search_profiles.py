@@ -259,3 +259,22 @@ def test_malformed_segments_are_named(prof_dir, mutate, key):
     with pytest.raises(ProfileError) as e:
         parse_hardware(d)
     assert f"'{key}" in str(e.value) and "\n" not in str(e.value)
+
+
+def test_sustained_slowdown_slows_every_compute_table(prof_dir):
+    _, plain = load_profiles(prof_dir)
+    m = read(prof_dir, "model.json")
+    m["sustained"] = {"slowdown": 1.25, "chain_s": 1.25, "alone_s": 1.0}
+    write(prof_dir, "model.json", m)
+    _, slow = load_profiles(prof_dir)
+    for tp, sp in plain.layer_time:
+        for a, b in zip(plain.layer_fits(tp, sp), slow.layer_fits(tp, sp)):
+            assert b(4096) == pytest.approx(1.25 * a(4096))
+    for tp in plain.vocab_time:
+        for a, b in zip(plain.vocab_time[tp], slow.vocab_time[tp]):
+            assert b(4096) == pytest.approx(1.25 * a(4096))
+    assert slow.step_s_per_param == plain.step_s_per_param  # memory-bound optimizer left alone
+    m["sustained"] = {"slowdown": -1}
+    write(prof_dir, "model.json", m)
+    with pytest.raises(ProfileError, match="sustained.slowdown"):
+        load_profiles(prof_dir)

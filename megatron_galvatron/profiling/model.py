@@ -12,9 +12,8 @@ import dataclasses
 from contextlib import nullcontext
 from dataclasses import dataclass
 from functools import partial
-from typing import Callable, Dict, List, Tuple
-
 import time
+from typing import Callable, Dict, List, Tuple
 
 import torch
 from torch import nn
@@ -53,6 +52,7 @@ class ModelSettings:
     warmup: int = 2
     iters: int = 5
     soak_seconds: float = 0.3  # back-to-back untimed repeats before each timed point (CUDA only)
+    sustained_seconds: float = 8.0  # the long-step run that measures sustained_profile (CUDA only)
     optimizer_params: int = 2 ** 27
     seed: int = 1234
     progress: bool = True
@@ -336,6 +336,51 @@ class ModelProfiler:
         return {"step_s_per_param": pts[-1][1] / pts[-1][0], "points": pts,
                 "method": "median AdamW step over fp32 parameters (fused on CUDA), largest size's time / params"}
 
+    def sustained_profile(self, shards: ShardGroups, layer: Dict) -> Dict:
+        """How much slower layers run inside a long step than alone: a chain of layers is run
+        forward and backward back to back for ``sustained_seconds`` (as a step keeps the GPU
+        busy, so the card meets its power cap and lowers its clock) and its last repeats are
+        compared with the same chain summed from the per-layer points. The cost model scales
+        compute times by the ratio."""
+        if self.device.type != "cuda" or self.s.sustained_seconds <= 0:
+            return {"slowdown": 1.0, "note": "not measured" + (" on cpu" if self.device.type != "cuda" else "")}
+        sharded = self.bf16 and "tp1" in layer.get("sharded", {}).get("time", {})
+        table = layer["sharded"]["time"]["tp1"] if sharded else layer["time"]["tp1"]
+        pts = {(mb, s): t for mb, s, t in table["fwd"]["points"]}
+        bpts = {(mb, s): t for mb, s, t in table["bwd"]["points"]}
+        mb, seq = max(pts)  # the largest point that fit
+        n = 4
+        layers = [self._bf16(self.layer(shards, 1, False)) if sharded else self.layer(shards, 1, False)
+                  for _ in range(n)]
+        dtype, autocast = self._mode(sharded)
+        x = self.hidden(seq, mb, dtype=dtype)
+
+        def chain():
+            with autocast():
+                y = x
+                for lyr in layers:
+                    y = lyr(y)
+            y.backward(torch.ones_like(y))
+
+        watches = []
+        end = time.perf_counter() + self.s.sustained_seconds
+        while time.perf_counter() < end or len(watches) < 4:
+            sw = Stopwatch(self.device)
+            sw.start()
+            chain()
+            sw.stop()
+            watches.append(sw)
+        synchronize(self.device)
+        last = [w.seconds() for w in watches[len(watches) // 2:]]
+        alone = n * (pts[(mb, seq)] + bpts[(mb, seq)])
+        sustained = median(last)
+        del layers, x
+        torch.cuda.empty_cache()
+        return {"slowdown": max(1.0, sustained / alone), "chain_s": sustained, "alone_s": alone,
+                "repeats": len(watches), "method": f"{n} tp1 layers{' as ZeRO units' if sharded else ''}, "
+                f"micro-batch {mb} x seq {seq}, forward + backward back to back for "
+                f"{self.s.sustained_seconds:g} s; median of the last half vs {n} x the point's fwd + bwd"}
+
     def allocator_profile(self, shards: ShardGroups) -> Dict:
         """Peak reserved / peak allocated over a training-like step (two layers, LM head, optimizer)."""
         if self.device.type != "cuda":
@@ -392,6 +437,7 @@ class ModelProfiler:
                       unit="pt") as bar:
                 layer = self.layer_profile(shards, bar)
                 vocab = self.vocab_profile(shards, bar)
+                sustained = self.sustained_profile(shards, layer)
                 optimizer = self.optimizer_profile()
                 bar.update(1)
                 allocator = self.allocator_profile(shards)
@@ -416,6 +462,7 @@ class ModelProfiler:
             "vocab": vocab,
             "optimizer": optimizer,
             "allocator": allocator,
+            "sustained": sustained,
             "notes": self.notes,
         }
 
@@ -448,8 +495,8 @@ def check_settings(cfg: GPTConfig, s: ModelSettings) -> None:
     if len(set(s.micro_batch_sizes)) * len(set(s.seq_lengths)) < 2:
         raise UserError("give at least two --micro-batch-sizes (or --seq-lengths): the per-token fits need "
                         "two token counts")
-    if s.soak_seconds < 0:
-        raise UserError(f"--soak-seconds={s.soak_seconds} must be >= 0")
+    if s.soak_seconds < 0 or s.sustained_seconds < 0:
+        raise UserError("--soak-seconds and --sustained-seconds must be >= 0")
     if s.warmup < 0 or s.iters < 1:
         raise UserError(f"--warmup={s.warmup} must be >= 0 and --iters={s.iters} >= 1")
     if s.optimizer_params < 64:
