@@ -59,7 +59,7 @@ def test_spec_parsing():
             BaselineSpec.parse(bad)
 
 
-def _wrapped_steps(rank, world, kind, family):
+def _wrapped_steps(rank, world, kind, family, chunks):
     cfg = _cfg(family)
     model, opt, autocast = build_baseline(BaselineSpec.parse(kind), cfg, CPU, seed=7, bf16=False)
     gen = torch.Generator().manual_seed(11)
@@ -67,7 +67,7 @@ def _wrapped_steps(rank, world, kind, family):
     for _ in range(2):
         tokens = torch.randint(0, cfg.vocab_size, (4, cfg.seq_length + 1), generator=gen)
         mine = tokens[rank * 2:(rank + 1) * 2]
-        loss = baseline_step(model, opt, mine[:, :-1], mine[:, 1:], autocast, CPU)
+        loss = baseline_step(model, opt, mine[:, :-1], mine[:, 1:], autocast, CPU, chunks)
         t = loss.clone()
         torch.distributed.all_reduce(t)
         losses.append(t.item() / world)
@@ -78,8 +78,9 @@ def _wrapped_steps(rank, world, kind, family):
     return losses, wpe
 
 
-@pytest.mark.parametrize("kind", ["ddp", "fsdp2"])
-def test_wrapped_baseline_equals_one_process(kind):
+@pytest.mark.parametrize("kind,chunks", [("ddp", 1), ("fsdp2", 1), ("ddp", 2), ("fsdp2", 2)])
+def test_wrapped_baseline_equals_one_process(kind, chunks):
+    """Each of 2 ranks takes half the batch, in ``chunks`` accumulated micro-batches."""
     cfg = _cfg("gpt2")
     ref = _Plain(cfg, CPU, seed=7, checkpoint=False)
     opt = torch.optim.AdamW(ref.parameters(), lr=1e-4, weight_decay=0.01)
@@ -88,6 +89,6 @@ def test_wrapped_baseline_equals_one_process(kind):
     for _ in range(2):
         tokens = torch.randint(0, cfg.vocab_size, (4, cfg.seq_length + 1), generator=gen)
         ref_losses.append(baseline_step(ref, opt, tokens[:, :-1], tokens[:, 1:], False, CPU).item())
-    for losses, wpe in run_distributed(2, _wrapped_steps, kind, "gpt2"):
+    for losses, wpe in run_distributed(2, _wrapped_steps, kind, "gpt2", chunks):
         assert losses == pytest.approx(ref_losses, abs=1e-5)
         torch.testing.assert_close(wpe, ref.wpe.weight.detach(), atol=1e-6, rtol=1e-5)

@@ -16,7 +16,7 @@ def test_rounds_and_json(tmp_path):
            os.path.join(ROOT, "tools", "benchmark.py")] + TINY + [
         "--global-plans", "tp=2,dp=ddp,gbs=4,chunks=2", "tp=1,dp=zero3,gbs=4,chunks=1",
         "--baselines", "ddp,fsdp2+ckpt", "--baseline-micro-batches", "1,2", "--iters", "2", "--warmup", "1",
-        "--rounds", "2", "--out", str(out)]
+        "--rounds", "2", "--baseline-global-batch", "8", "--out", str(out)]
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     results = json.load(open(out))["results"]
@@ -24,9 +24,10 @@ def test_rounds_and_json(tmp_path):
                                             "ddp", "fsdp2+ckpt"]
     for r in results:
         assert r["status"] == "ok" and r["rounds"] == 2 and len(r["times"]) == 4
-        tokens = r["global_batch"] * 16
+        tokens = r["global_batch"] * 16  # samples x seq
         assert abs(r["tokens_per_s_per_gpu"] - tokens / r["iter_time_s"] / 2) < 1e-6 * r["tokens_per_s_per_gpu"]
     assert results[2]["micro_batch"] == 4  # the largest of 1, 2 per GPU, over 2 GPUs
+    assert results[2]["global_batch"] == 8  # two micro-batches accumulated
     assert proc.stdout.count("[round 2]") == 4
 
 

@@ -46,6 +46,9 @@ def main() -> None:
     b.add_argument("--baselines", default="ddp,fsdp2", help="comma list of ddp / fsdp2, each optionally +ckpt, +compile, +ourmodel "
                    "(see megatron_galvatron/benchmark/baselines.py)")
     b.add_argument("--baseline-micro-batches", default="1,2,4,8,16")
+    b.add_argument("--baseline-global-batch", type=int, default=0,
+                   help="baselines accumulate micro-batches up to this many samples per step "
+                        "(DDP no_sync / FSDP2 without gradient sync until the last); 0 = one micro-batch")
     b.add_argument("--iters", type=int, default=10)
     b.add_argument("--warmup", type=int, default=3)
     b.add_argument("--plan-variants", default="eager",
@@ -91,7 +94,7 @@ def main() -> None:
             for j, name in enumerate(baselines):
                 i = len(plans) + j
                 results[i] = run_baseline(name, cfg, device, args.seed, args.bf16, mbs, args.iters, args.warmup,
-                                          results[i])
+                                          results[i], args.baseline_global_batch)
                 if rank == 0:
                     print(f"[round {rnd + 1}] " + table(results[i:i + 1]).splitlines()[-1], flush=True)
         if rank == 0:

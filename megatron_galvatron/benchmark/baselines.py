@@ -9,6 +9,7 @@ A baseline is named ``ddp`` or ``fsdp2`` with optional modifiers joined by ``+``
             the parallelisation then differs from a plan
 The default model is benchmark/plain_gpt.py, the GPT a user would write in plain PyTorch.
 """
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
@@ -90,11 +91,21 @@ def build_baseline(spec: BaselineSpec, cfg: GPTConfig, device, seed: int, bf16: 
     return wrapped, opt, autocast
 
 
-def baseline_step(model, opt, tokens, labels, autocast: bool, device) -> torch.Tensor:
-    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
-        loss = model(tokens, labels)
-    loss.backward()
+def baseline_step(model, opt, tokens, labels, autocast: bool, device, chunks: int = 1) -> torch.Tensor:
+    """One optimizer step over ``chunks`` micro-batches (rows of tokens split evenly), gradients
+    synchronised only on the last, as a user accumulates with DDP.no_sync / FSDP2."""
+    ddp = isinstance(model, DistributedDataParallel)
+    total = torch.zeros((), device=device)
+    for i, (t, l) in enumerate(zip(tokens.chunk(chunks), labels.chunk(chunks))):
+        last = i == chunks - 1
+        if not ddp and hasattr(model, "set_requires_gradient_sync"):
+            model.set_requires_gradient_sync(last)
+        with (model.no_sync() if ddp and not last else nullcontext()):
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
+                loss = model(t, l) / chunks
+            loss.backward()
+        total += loss.detach()
     torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
     opt.step()
     opt.zero_grad(set_to_none=True)
-    return loss.detach()
+    return total

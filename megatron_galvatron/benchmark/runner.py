@@ -127,31 +127,36 @@ def run_plan(name: str, args, plan: Plan, iters: int, warmup: int, res: Optional
 
 
 def run_baseline(name: str, cfg: GPTConfig, device, seed: int, bf16: bool, micro_batches: List[int],
-                 iters: int, warmup: int, res: Optional[Result] = None) -> Result:
-    """Largest micro-batch (per GPU) that fits, tried from the largest down; a later round
-    (``res`` given) re-times the micro-batch the first round found."""
+                 iters: int, warmup: int, res: Optional[Result] = None, global_batch: int = 0) -> Result:
+    """Largest micro-batch (per GPU) that fits, tried from the largest down; with
+    ``global_batch`` each step accumulates micro-batches up to it (sizes that do not divide it
+    are skipped). A later round (``res`` given) re-times what the first round found."""
     world = dist.get_world_size() if dist.is_initialized() else 1
     spec = BaselineSpec.parse(name)
     if res is not None:
         if res.status != "ok":
             return res
         micro_batches = [res.micro_batch // world]
+    if global_batch:
+        micro_batches = [m for m in micro_batches if global_batch % (m * world) == 0]
     for mbs in sorted(micro_batches, reverse=True):
         model = opt = None
-        this = res or Result(name=name, status="ok", micro_batch=mbs * world, global_batch=mbs * world)
+        gbs = global_batch or mbs * world
+        chunks = gbs // (mbs * world)
+        this = res or Result(name=name, status="ok", micro_batch=mbs * world, global_batch=gbs)
         states = []
         try:
             _cleanup(device)
             model, opt, autocast = build_baseline(spec, cfg, device, seed, bf16)
             gen = torch.Generator(device="cpu").manual_seed(seed)
-            tokens = torch.randint(0, cfg.vocab_size, (mbs, cfg.seq_length + 1), generator=gen).to(device)
-            times = _timed(lambda: baseline_step(model, opt, tokens[:, :-1], tokens[:, 1:], autocast, device),
+            tokens = torch.randint(0, cfg.vocab_size, (mbs * chunks, cfg.seq_length + 1), generator=gen).to(device)
+            times = _timed(lambda: baseline_step(model, opt, tokens[:, :-1], tokens[:, 1:], autocast, device, chunks),
                            iters, warmup, device, states)
             ok = True
         except torch.OutOfMemoryError:
             ok = False
         if _all_ok(ok, device):
-            out = _finish(this, cfg, times, mbs * world * cfg.seq_length, world, device, states)
+            out = _finish(this, cfg, times, gbs * cfg.seq_length, world, device, states)
             model = opt = None
             _cleanup(device)
             return out

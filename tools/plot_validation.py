@@ -1,0 +1,87 @@
+"""Predicted vs measured iteration time and peak memory of every plan in a benchmark JSON.
+
+    python tools/plot_validation.py bench.json --out validation.png [--profile-dir prof]
+
+With --profile-dir every plan is priced again on those profiles (e.g. a newer model.json);
+otherwise the predictions recorded in the JSON are used. Prints the table (markdown) too.
+"""
+import argparse
+import json
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def rows_of(bench: dict, profile_dir=None):
+    from megatron_galvatron.model.config import GPTConfig
+    from megatron_galvatron.plan import Plan
+    cfg = GPTConfig(**bench["model"])
+    rows = []
+    for r in bench["results"]:
+        if not r.get("plan") or r["status"] != "ok":
+            continue
+        pred_t, pred_m = r["predicted_iter_time_s"], r["predicted_peak_mem_gb"]
+        if profile_dir:
+            from search.predict import predict
+            p = predict(Plan.from_dict(r["plan"]), cfg, profile_dir)
+            pred_t, pred_m = p.iter_time_s, max(p.stage_allocated) / 2 ** 30
+        rows.append({"name": r["name"], "time": r["iter_time_s"], "pred_time": pred_t,
+                     "mem": r["peak_mem_gb"], "pred_mem": pred_m, "tokens": r["tokens_per_s_per_gpu"]})
+    return rows
+
+
+def markdown(rows) -> str:
+    out = ["| plan | measured s | predicted s | error | measured GB | predicted GB | error |",
+           "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        out.append(f"| `{r['name']}` | {r['time']:.4f} | {r['pred_time']:.4f} | "
+                   f"{100 * (r['pred_time'] / r['time'] - 1):+.1f}% | {r['mem']:.2f} | {r['pred_mem']:.2f} | "
+                   f"{100 * (r['pred_mem'] / r['mem'] - 1):+.1f}% |")
+    te = [abs(r["pred_time"] / r["time"] - 1) for r in rows]
+    me = [abs(r["pred_mem"] / r["mem"] - 1) for r in rows]
+    out.append(f"\nmean absolute error: time {100 * sum(te) / len(te):.1f}%, memory {100 * sum(me) / len(me):.1f}%; "
+               f"within 5%: time {sum(e <= 0.05 for e in te)}/{len(te)}, memory {sum(e <= 0.05 for e in me)}/{len(me)}")
+    return "\n".join(out)
+
+
+def plot(rows, path: str, title: str) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, axes = plt.subplots(1, 2, figsize=(11, 5))
+    for ax, key, unit in ((axes[0], "time", "iteration time (s)"), (axes[1], "mem", "peak allocated (GB)")):
+        meas = [r[key] for r in rows]
+        pred = [r["pred_" + key] for r in rows]
+        hi = max(meas + pred) * 1.08
+        ax.plot([0, hi], [0, hi], "k-", lw=0.8)
+        ax.fill_between([0, hi], [0, 0.95 * hi], [0, 1.05 * hi], color="g", alpha=0.12, label="within 5%")
+        ax.scatter(meas, pred, zorder=3)
+        for r, x, y in zip(rows, meas, pred):
+            ax.annotate(r["name"].replace(",", " ")[:28], (x, y), fontsize=6, xytext=(3, 3), textcoords="offset points")
+        ax.set_xlabel("measured " + unit)
+        ax.set_ylabel("predicted " + unit)
+        ax.set_xlim(0, hi)
+        ax.set_ylim(0, hi)
+        ax.legend(loc="upper left")
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=130)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("bench_json")
+    p.add_argument("--out", required=True, help="PNG path")
+    p.add_argument("--profile-dir", default=None)
+    p.add_argument("--title", default="cost model: predicted vs measured")
+    a = p.parse_args()
+    with open(a.bench_json) as f:
+        rows = rows_of(json.load(f), a.profile_dir)
+    print(markdown(rows))
+    plot(rows, a.out, a.title)
+    print(f"wrote {a.out}")
+
+
+if __name__ == "__main__":
+    main()
