@@ -22,6 +22,7 @@ from megatron_galvatron.benchmark.baselines import BaselineSpec, baseline_step, 
 from megatron_galvatron.benchmark.breakdown import kernels_of, summarize  # noqa: E402
 from megatron_galvatron.errors import exit_on_user_error  # noqa: E402
 from megatron_galvatron.parallel_state import detect_device, init_distributed  # noqa: E402
+from megatron_galvatron.profiling.hardware import time_repeated  # noqa: E402
 from megatron_galvatron.training.arguments import build_parser, check_plan, model_config  # noqa: E402
 from megatron_galvatron.training.train import setup, train_step  # noqa: E402
 from tools.benchmark import parse_global_plan  # noqa: E402
@@ -56,16 +57,7 @@ def attention_bench(cfg, batch: int, device) -> str:
                     *(t.permute(1, 2, 0, 3) for t in (q, k, v)), is_causal=True)
             out.backward(g)
         try:
-            for _ in range(3):
-                run()
-            torch.cuda.synchronize()
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            for _ in range(10):
-                run()
-            end.record()
-            torch.cuda.synchronize()
-            ms = start.elapsed_time(end) / 10
+            ms = 1e3 * time_repeated(run, device, warmup=3, iters=10)
             rows.append(f"  {name:<10} {ms:8.2f} ms  {flops / ms / 1e9:7.1f} TFLOP/s")
         except RuntimeError as e:
             rows.append(f"  {name:<10} unavailable: {str(e).splitlines()[0][:100]}")

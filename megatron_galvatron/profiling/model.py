@@ -215,27 +215,7 @@ class ModelProfiler:
 
     # ---------------------------------------------------------------- the whole profile
     def layer_profile(self, shards: ShardGroups, bar) -> Dict:
-        times, act, ckpt, const, points = {}, {}, {}, {}, {}
-        for tp in self.tps:
-            for sp in ((False, True) if tp > 1 and self.s.sequence_parallel else (False,)):
-                key = f"tp{tp}{'_sp' if sp else ''}"
-                res = self._sweep(tp, sp, partial(self.layer, shards, tp, sp),
-                                  lambda m, mb, seq, tp=tp, sp=sp: self._layer_point(m, tp, sp, mb, seq), bar)
-                if not res:
-                    if tp == 1:
-                        raise UserError("no micro-batch size fits in GPU memory at tp 1: lower "
-                                        "--micro-batch-sizes or --seq-lengths")
-                    continue
-                pts = sorted(res.items())
-                times[key] = {"fwd": time_entry([[mb, s, r[0]] for (mb, s), r in pts]),
-                              "bwd": time_entry([[mb, s, r[1]] for (mb, s), r in pts])}
-                act[key], const[key] = bytes_per_token([[mb, s, r[2]] for (mb, s), r in pts])
-                ckpt[key], _ = bytes_per_token([[mb, s, r[4]] for (mb, s), r in pts])
-                points[key] = {"saved_bytes": [[mb, s, r[2]] for (mb, s), r in pts],
-                               "checkpoint_saved_bytes": [[mb, s, r[4]] for (mb, s), r in pts]}
-                if self.device.type == "cuda":
-                    points[key]["cuda_allocated_delta"] = [[mb, s, r[3]] for (mb, s), r in pts]
-                    points[key]["checkpoint_cuda_allocated_delta"] = [[mb, s, r[5]] for (mb, s), r in pts]
+        times, act, ckpt, const, points = self._layer_tables(shards, bar, sharded=False)
         shard_counts = {f"tp{tp}": sum(p.numel() for p in self.layer(shards, tp, False).parameters())
                         for tp in self.tps}
         out = {"time": times,
@@ -251,23 +231,37 @@ class ModelProfiler:
 
     def _sharded_layer_profile(self, shards: ShardGroups, bar) -> Dict:
         """The layer as a ZeRO unit runs it (see the module doc)."""
-        times, act, ckpt, points = {}, {}, {}, {}
+        times, act, ckpt, _, points = self._layer_tables(shards, bar, sharded=True)
+        return {"time": times, "activation_bytes_per_token": act, "checkpoint_bytes_per_token": ckpt,
+                "points": points}
+
+    def _layer_tables(self, shards: ShardGroups, bar, sharded: bool):
+        """Per layout key: time fits, activation / checkpoint bytes per token, constant bytes and
+        the points, over every micro-batch x sequence point of every tp (and sp) degree."""
+        times, act, ckpt, const, points = {}, {}, {}, {}, {}
         for tp in self.tps:
             for sp in ((False, True) if tp > 1 and self.s.sequence_parallel else (False,)):
                 key = f"tp{tp}{'_sp' if sp else ''}"
-                res = self._sweep(tp, sp, lambda tp=tp, sp=sp: self._bf16(self.layer(shards, tp, sp)),
-                                  lambda m, mb, seq, tp=tp, sp=sp: self._layer_point(m, tp, sp, mb, seq, True), bar)
+                build = partial(self.layer, shards, tp, sp)
+                res = self._sweep(tp, sp, (lambda b=build: self._bf16(b())) if sharded else build,
+                                  lambda m, mb, seq, tp=tp, sp=sp: self._layer_point(m, tp, sp, mb, seq, sharded),
+                                  bar)
                 if not res:
+                    if tp == 1 and not sharded:
+                        raise UserError("no micro-batch size fits in GPU memory at tp 1: lower "
+                                        "--micro-batch-sizes or --seq-lengths")
                     continue
                 pts = sorted(res.items())
                 times[key] = {"fwd": time_entry([[mb, s, r[0]] for (mb, s), r in pts]),
                               "bwd": time_entry([[mb, s, r[1]] for (mb, s), r in pts])}
-                act[key], _ = bytes_per_token([[mb, s, r[2]] for (mb, s), r in pts])
+                act[key], const[key] = bytes_per_token([[mb, s, r[2]] for (mb, s), r in pts])
                 ckpt[key], _ = bytes_per_token([[mb, s, r[4]] for (mb, s), r in pts])
                 points[key] = {"saved_bytes": [[mb, s, r[2]] for (mb, s), r in pts],
                                "checkpoint_saved_bytes": [[mb, s, r[4]] for (mb, s), r in pts]}
-        return {"time": times, "activation_bytes_per_token": act, "checkpoint_bytes_per_token": ckpt,
-                "points": points}
+                if self.device.type == "cuda" and not sharded:
+                    points[key]["cuda_allocated_delta"] = [[mb, s, r[3]] for (mb, s), r in pts]
+                    points[key]["checkpoint_cuda_allocated_delta"] = [[mb, s, r[5]] for (mb, s), r in pts]
+        return times, act, ckpt, const, points
 
     def vocab_profile(self, shards: ShardGroups, bar) -> Dict:
         times, emb_times, act, const, emb_act, points = {}, {}, {}, {}, {}, {}
