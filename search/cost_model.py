@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
-from typing import List, Optional, Tuple
+from typing import List, NamedTuple, Optional, Tuple
+
+import numpy as np
 
 from megatron_galvatron.layout import Layout, exchange_sets
 from megatron_galvatron.plan import LayerStrategy, Plan, VocabStrategy
@@ -48,6 +50,46 @@ def microbatches_in_flight(pipeline_type: str, chunks: int, pp_deg: int, stage: 
     return min(chunks, pp_deg - stage)
 
 
+class InFlight(NamedTuple):
+    """Micro-batches whose activations a stage holds when its first backward of the iteration
+    starts, and when any later one starts (0: there is none)."""
+    first: int
+    later: int
+
+
+def in_flight(pipeline_type: str, chunks: int, pp_deg: int, stage: int) -> InFlight:
+    """GPipe runs every forward before the first backward, so each backward starts with one
+    micro-batch fewer alive. 1F1B keeps up to pp - stage alive while forwards remain; with
+    pp = 1 that is one forward and one backward in turn."""
+    first = microbatches_in_flight(pipeline_type, chunks, pp_deg, stage)
+    later = chunks - 1 if pipeline_type == "gpipe" else min(pp_deg - stage, chunks - 1)
+    return InFlight(first, later)
+
+
+def persistent_bytes(states, activation, lazy, settled, flight: InFlight):
+    """Bytes a unit (or arrays of units) holds at the stage's peak, not counting transients.
+
+    Two moments compete: the start of the iteration's first backward (every in-flight activation
+    alive, but none of the gradient state a ZeRO unit only creates in that backward, `lazy`) and
+    the start of a later backward (the gradient state complete). Without a later backward the
+    other candidate is the end of the only one: activations freed, the gradient state `settled`
+    to what remains after its reduce-scatter."""
+    first = states - lazy + flight.first * activation
+    other = states + flight.later * activation if flight.later else states - lazy + settled
+    return np.maximum(first, other)
+
+
+def zero_gradient_bytes(params: float, dp: int, dp_type: str) -> Tuple[float, float]:
+    """(lazy, settled) of `persistent_bytes` for a unit holding `params`. ZeRO-3 reduce-scatters
+    every micro-batch into an fp32 gradient shard; ZeRO-2 accumulates the unsharded fp32
+    gradient until the last micro-batch's reduce-scatter leaves the shard. A replicated unit's
+    flat gradient buffer exists from the start."""
+    if not is_sharded(dp_type, dp):
+        return 0.0, 0.0
+    shard = FP32 * params / dp
+    return (shard if dp_type == "zero3" else FP32 * params), shard
+
+
 def is_sharded(dp_type: str, dp: int) -> bool:
     """Whether the runtime wraps the unit in FSDP (bf16 parameters, no autocast) rather than
     replicating it (fp32 parameters under bf16 autocast, flat fp32 gradient buffer)."""
@@ -59,11 +101,11 @@ def model_state_bytes(params: float, dp: int, dp_type: str, compute_copy: bool =
     backward with every layer of the stage between its forward and its backward.
 
     Replicated: fp32 weights, the fp32 flat gradient buffer, Adam m and v (16 B). ZeRO-3: all of
-    that sharded (the gradient shard is counted although it only appears with the first
-    micro-batch's reduce-scatter). ZeRO-2 (FSDP2 without resharding after forward): the fp32
-    weight and Adam shards, the bf16 weights gathered in the forward and kept until the layer's
-    backward, and the unsharded fp32 gradient FSDP2 accumulates over micro-batches until the last
-    one's reduce-scatter (absent with a single micro-batch, where it is an over-estimate).
+    that sharded. ZeRO-2 (FSDP2 without resharding after forward): the fp32 weight and Adam
+    shards, the bf16 weights gathered in the forward and kept until the layer's backward, and the
+    unsharded fp32 gradient FSDP2 accumulates over micro-batches until the last one's
+    reduce-scatter. The ZeRO gradients exist only from the first backward on
+    (`zero_gradient_bytes`, `persistent_bytes`).
     `compute_copy`: a replicated unit computing on a bf16 copy of its fp32 master weights (2 B)."""
     if not is_sharded(dp_type, dp):
         if dp_type not in ("ddp", "zero2", "zero3"):
@@ -90,9 +132,11 @@ class Memory:
     states: float        # parameters, gradients, optimizer states
     activation: float    # kept per in-flight micro-batch
     transient: float     # alive only while this unit computes (the stage peak takes the largest)
+    lazy: float = 0.0     # part of `states` created only in the iteration's first backward
+    settled: float = 0.0  # what `lazy` becomes once the last backward's reduce-scatter ran
 
-    def persistent(self, in_flight: int) -> float:
-        return self.states + in_flight * self.activation
+    def persistent(self, flight: InFlight) -> float:
+        return float(persistent_bytes(self.states, self.activation, self.lazy, self.settled, flight))
 
 
 @dataclass
@@ -309,8 +353,9 @@ class CostModel:
         # activations; a ZeRO-3 layer's bf16 weights, gathered again.
         transient = (self.backward_work_per_token(s, dp) * tokens + (full if s.checkpoint else 0.0)
                      + (BF16 * params if s.dp_type == "zero3" and dp > 1 else 0.0))
+        lazy, settled = zero_gradient_bytes(params, dp, s.dp_type)
         return Memory(model_state_bytes(params, dp, s.dp_type, self.has_compute_copy(s.dp_type, dp)), kept,
-                      transient)
+                      transient, lazy, settled)
 
     def relayout(self, stage_world: int, micro_batch: int, src: Optional[Tuple] = None,
                  dst: Optional[Tuple] = None) -> float:
@@ -460,16 +505,16 @@ class CostModel:
     def stage_costs(self, plan: Plan, stage: int) -> Tuple[float, float, float]:
         """(per micro-batch time, per iteration time, allocated bytes at peak) of one stage."""
         sw, mb, pp = plan.stage_world, plan.micro_batch_size, plan.pp_deg
-        in_flight = microbatches_in_flight(plan.pipeline_type, plan.chunks, pp, stage)
+        flight = in_flight(plan.pipeline_type, plan.chunks, pp, stage)
         layers = [plan.layers[i] for i in plan.stage_layers(stage)]
         vt, vm = self.vocab(plan.vocab, sw, mb, pp, stage)
         per_mb, per_iter = vt.per_mb, vt.per_iter
-        persistent, transient = vm.persistent(in_flight), vm.transient
+        persistent, transient = vm.persistent(flight), vm.transient
         for s in layers:
             t, m = self.layer_time(s, sw, mb), self.layer_memory(s, sw, mb)
             per_mb += t.per_mb
             per_iter += t.per_iter
-            persistent += m.persistent(in_flight)
+            persistent += m.persistent(flight)
             transient = max(transient, m.transient)
         layouts = [layout(s, sw) for s in layers]
         if stage == 0:

@@ -28,7 +28,7 @@ import numpy as np
 
 from megatron_galvatron.errors import UserError
 from megatron_galvatron.plan import LayerStrategy, Plan, VocabStrategy
-from search.cost_model import GiB, CostModel, Prediction, microbatches_in_flight
+from search.cost_model import GiB, CostModel, InFlight, Prediction, in_flight
 from search.stage_dp import Surface, Table, canonical_order, lp_bound, lp_mix, min_max_partition
 from search.strategies import Space, divisors, layer_strategies, layout, vocab_strategies
 
@@ -85,7 +85,7 @@ class Result:
 class StageFrame:
     """What a stage's DP depends on besides the table."""
 
-    in_flight: int
+    flight: InFlight
     fixed_mb: float       # vocab + p2p time per micro-batch
     fixed_iter: float     # vocab once-per-iteration time
     vocab_persistent: float
@@ -166,7 +166,8 @@ class Searcher:
                   np.array([index[layout(s, stage_world)] for s in strategies], dtype=np.int32),
                   {},
                   sorted({layout(v, stage_world) for v in vocab_strategies(stage_world, micro_batch, self.model,
-                                                                           self.space)}))
+                                                                           self.space)}),
+                  np.array([m.lazy for m in mems]), np.array([m.settled for m in mems]))
         every = sorted(set(layouts) | set(t.vocab_layouts))
         t.relayout = {(a, b): c.relayout(stage_world, micro_batch, a, b) for a in every for b in every}
         self._tables[key] = t
@@ -184,11 +185,11 @@ class Searcher:
     def _frame(self, cand: Candidate, stage: int) -> StageFrame:
         sw = self.num_gpus // cand.pp
         mb = cand.micro_batch
-        in_flight = microbatches_in_flight(cand.pipeline_type, cand.chunks, cand.pp, stage)
+        flight = in_flight(cand.pipeline_type, cand.chunks, cand.pp, stage)
         vt, vm = self.cost.vocab(cand.vocab, sw, mb, cand.pp, stage)
         p2p = ((stage > 0) + (stage < cand.pp - 1)) * self.cost.p2p(cand.pp, sw, mb)
         vl = layout(cand.vocab, sw)
-        return StageFrame(in_flight, vt.per_mb + p2p, vt.per_iter, vm.persistent(in_flight), vm.transient,
+        return StageFrame(flight, vt.per_mb + p2p, vt.per_iter, vm.persistent(flight), vm.transient,
                           vl if stage == 0 else None, vl if stage == cand.pp - 1 else None)
 
     # ---------------------------------------------------------------- bounds
@@ -211,29 +212,29 @@ class Searcher:
         obj = k * t.per_mb + t.per_iter
         arrays = []
         for f in frames:
-            key = ("lp", id(t), k, f.in_flight, f.vocab_persistent, f.vocab_transient, n_hi)
+            key = ("lp", id(t), k, f.flight, f.vocab_persistent, f.vocab_transient, n_hi)
             arr = self._bounds.get(key)
             if arr is None:
                 floor = np.maximum(t.transient, f.vocab_transient).min()
                 room = np.full(n_hi, self.budget - f.vocab_persistent - floor)
-                arr = self._bounds[key] = lp_bound(obj, t.states + f.in_flight * t.activation, n, room)
+                arr = self._bounds[key] = lp_bound(obj, t.persistent(f.flight), n, room)
             arrays.append(arr + k * f.fixed_mb + f.fixed_iter)
         if cand.pp == 1:
             return float(arrays[0][L - 1])
         split = min_max_partition(arrays, L)
         return math.inf if split is None else float(max(arrays[i][m - 1] for i, m in enumerate(split)))
 
-    def min_memory_levels(self, table: Table, in_flight: int, vocab_transient: float, n_hi: int
+    def min_memory_levels(self, table: Table, flight: InFlight, vocab_transient: float, n_hi: int
                           ) -> Tuple[np.ndarray, np.ndarray]:
         """For n = 1..n_hi alike layers: the fewest bytes they need (persistent memory plus the
         transient reservation), and the reservation level that achieves it (the higher on ties)."""
-        key = ("minmem", id(table), in_flight, vocab_transient, n_hi)
+        key = ("minmem", id(table), flight, vocab_transient, n_hi)
         hit = self._bounds.get(key)
         if hit is None:
             reserve = np.maximum(table.transient, vocab_transient)
             order = np.argsort(reserve, kind="stable")
             r = reserve[order]
-            m = np.minimum.accumulate((table.states + in_flight * table.activation)[order])
+            m = np.minimum.accumulate(table.persistent(flight)[order])
             last = np.concatenate((np.nonzero(np.diff(r))[0], [len(r) - 1]))
             levels, floor = r[last][::-1], m[last][::-1]
             need = np.arange(1, n_hi + 1)[None, :] * floor[:, None] + levels[:, None]
@@ -243,7 +244,7 @@ class Searcher:
 
     def stage_min_memory(self, table: Table, frame: StageFrame, n_hi: int) -> np.ndarray:
         """Smallest allocated bytes of the stage with n = 1..n_hi layers."""
-        return self.min_memory_levels(table, frame.in_flight, frame.vocab_transient, n_hi)[0] + frame.vocab_persistent
+        return self.min_memory_levels(table, frame.flight, frame.vocab_transient, n_hi)[0] + frame.vocab_persistent
 
     def min_memory(self, cand: Candidate, frames: List[StageFrame]) -> float:
         t = self.table(self.num_gpus // cand.pp, cand.micro_batch)
@@ -272,18 +273,18 @@ class Searcher:
             return None, frame.in_layout, True
         return None, frame.out_layout, False
 
-    def surface(self, table: Table, k: int, in_flight: int, level: float, in_layout, n_hi: int) -> Surface:
+    def surface(self, table: Table, k: int, flight: InFlight, level: float, in_layout, n_hi: int) -> Surface:
         """The DP of a stage whose layers may reserve `level` bytes for the transient peak (cached)."""
         allowed = table.transient[table.transient <= level]
         level = float(allowed.max()) if len(allowed) else level  # same strategies, same DP
-        key = (id(table), k, in_flight, level, in_layout, n_hi)
+        key = (id(table), k, flight, level, in_layout, n_hi)
         with self.stats.lock:
             hit = self._surfaces.get(key)
             if hit is not None:
                 self._surfaces.move_to_end(key)
                 return hit
         outs = [in_layout] if in_layout is not None else [None] + table.vocab_layouts
-        surf = Surface(table, k, in_flight, level, in_layout, outs, n_hi, self.budget)
+        surf = Surface(table, k, flight, level, in_layout, outs, n_hi, self.budget)
         with self.stats.lock:
             self.stats.dp_runs += 1
             if key in self._surfaces:  # another thread solved it meanwhile
@@ -301,7 +302,7 @@ class Searcher:
         reserve = np.maximum(table.transient, frame.vocab_transient)
         levels = np.unique(reserve)[::-1]
         obj = k * table.per_mb + table.per_iter
-        mem = table.states + frame.in_flight * table.activation
+        mem = table.persistent(frame.flight)
         n = np.arange(1, n_hi + 1)
         in_layout, out_layout, _ = self._ends(frame)
         best_cost = np.full(n_hi, np.inf)
@@ -319,7 +320,7 @@ class Searcher:
             lb = lp_bound(obj[ok], mem[ok], n, np.full(n_hi, room(level)))
             if np.all(lb >= best_cost * (1 - 1e-12)):
                 return
-            surf = self.surface(table, k, frame.in_flight, level, in_layout, n_hi)
+            surf = self.surface(table, k, frame.flight, level, in_layout, n_hi)
             costs = surf.costs(room(level), out_layout)
             for i in np.nonzero(costs < best_cost)[0]:
                 best_cost[i] = costs[i]
@@ -340,7 +341,7 @@ class Searcher:
         run(float(levels[0]))
         # the memory-minimising level of every length still without a plan, so that feasibility
         # agrees with min_memory()
-        lightest = self.min_memory_levels(table, frame.in_flight, frame.vocab_transient, n_hi)[1]
+        lightest = self.min_memory_levels(table, frame.flight, frame.vocab_transient, n_hi)[1]
         for i in np.nonzero(~np.isfinite(best_cost))[0]:
             run(float(lightest[i]))
         return best

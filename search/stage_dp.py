@@ -11,6 +11,7 @@ import numpy as np
 
 from megatron_galvatron.plan import LayerStrategy
 from search import dp
+from search.cost_model import InFlight, persistent_bytes
 from search.strategies import layout
 
 MiB = float(2 ** 20)
@@ -30,6 +31,12 @@ class Table:
     layout_id: np.ndarray
     relayout: Dict[Tuple[Tuple, Tuple], float]  # (from layout, to layout) -> cost per micro-batch
     vocab_layouts: List[Tuple]  # layouts the embedding / LM head can have in this stage
+    lazy: np.ndarray     # see search.cost_model.persistent_bytes
+    settled: np.ndarray
+
+    def persistent(self, flight: InFlight) -> np.ndarray:
+        """Bytes each strategy holds at the stage's peak besides its transient."""
+        return persistent_bytes(self.states, self.activation, self.lazy, self.settled, flight)
 
 
 class Surface:
@@ -42,11 +49,11 @@ class Surface:
     the last layer may have to hand over to (None: no hand-over).
     """
 
-    def __init__(self, table: Table, k: int, in_flight: int, level: float, in_layout,
+    def __init__(self, table: Table, k: int, flight: InFlight, level: float, in_layout,
                  out_layouts: Sequence, n_hi: int, budget: float):
         idx = np.nonzero(table.transient <= level)[0]
         cost = k * table.per_mb[idx] + table.per_iter[idx]
-        mem = table.states[idx] + in_flight * table.activation[idx]
+        mem = table.persistent(flight)[idx]
         self.idx, cost, mem = _pareto(idx, cost, mem, table.layout_id[idx])
         used = np.unique(table.layout_id[self.idx])
         self.group = np.searchsorted(used, table.layout_id[self.idx]).astype(np.int32)

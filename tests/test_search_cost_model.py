@@ -10,7 +10,8 @@ import pytest
 
 from megatron_galvatron.plan import LayerStrategy, Plan, VocabStrategy
 from search.comm import Network
-from search.cost_model import CostModel, microbatches_in_flight, model_state_bytes, pipeline_iteration_time
+from search.cost_model import (CostModel, InFlight, in_flight, microbatches_in_flight, model_state_bytes,
+                               pipeline_iteration_time)
 from search.model_config import ModelConfig
 from search.profiles import parse_hardware, parse_model
 
@@ -246,7 +247,7 @@ def test_layer_memory(cm):
     m = cm.layer_memory(ddp(2, sp=True, checkpoint=True), 4, 8)
     full = 800 * 512 + 2 * 25000
     assert (m.states, m.activation, m.transient) == (16 * 25000, 64 * 512, full + (4 * 32 + 2 * 128) * 512)
-    assert m.persistent(3) == 16 * 25000 + 3 * 64 * 512
+    assert m.persistent(InFlight(3, 3)) == 16 * 25000 + 3 * 64 * 512
     # the same as a ZeRO-2 unit: a bf16 input (half) and the norms' saving on seq/2 tokens
     m = cm.layer_memory(ddp(2, sp=True, checkpoint=True, dp_type="zero2"), 4, 8)
     assert m.activation == 32 * 512
@@ -269,6 +270,31 @@ def test_micro_batches_in_flight():
     assert [microbatches_in_flight("1f1b", 8, 4, s) for s in range(4)] == [4, 3, 2, 1]
     assert [microbatches_in_flight("1f1b", 2, 4, s) for s in range(4)] == [2, 2, 2, 1]
     assert microbatches_in_flight("1f1b", 8, 1, 0) == 1
+    # alive when a later backward starts: GPipe one fewer each time, 1F1B as many while forwards
+    # remain, none when there is a single micro-batch
+    assert [in_flight("gpipe", 8, 4, s) for s in range(2)] == [(8, 7), (8, 7)]
+    assert [in_flight("1f1b", 8, 4, s) for s in range(4)] == [(4, 4), (3, 3), (2, 2), (1, 1)]
+    assert [in_flight("1f1b", 2, 4, s) for s in range(4)] == [(2, 1), (2, 1), (2, 1), (1, 1)]
+    assert in_flight("1f1b", 8, 1, 0) == (1, 1) and in_flight("1f1b", 1, 1, 0) == (1, 0)
+
+
+def test_zero_gradients_appear_in_the_first_backward(cm):
+    # 50,000 parameters per layer, dp 4, 256 tokens of (2000 - 4 x 64) bytes each saved
+    act = (2000 - 4 * 64) * 256
+    z3, z2, rep = (cm.layer_memory(ddp(dp_type=t), 4, 8) for t in ("zero3", "zero2", "ddp"))
+    assert (z3.lazy, z3.settled) == (4 * 50000 / 4, 4 * 50000 / 4)
+    assert (z2.lazy, z2.settled) == (4 * 50000, 4 * 50000 / 4)
+    assert (rep.lazy, rep.settled) == (0, 0)
+    # one micro-batch: the first backward starts without the gradient (shard); the alternative,
+    # its end, holds the shard but no activation
+    assert z3.persistent(InFlight(1, 0)) == max(z3.states - 50000 + act, z3.states)
+    assert z2.persistent(InFlight(1, 0)) == max(z2.states - 200000 + act, z2.states - 200000 + 50000)
+    # accumulation: the second backward starts with the gradient and one micro-batch alive
+    assert z3.persistent(InFlight(1, 1)) == z3.states + act
+    assert z2.persistent(InFlight(1, 1)) == z2.states + act
+    # GPipe with 4 micro-batches: all four alive without gradients, or three with them
+    assert z2.persistent(InFlight(4, 3)) == max(z2.states - 200000 + 4 * act, z2.states + 3 * act)
+    assert rep.persistent(InFlight(1, 0)) == rep.states + rep.activation
 
 
 POSITIONS = 128 * 64  # gpt2's learned position embeddings, on the first stage

@@ -2,8 +2,10 @@
 # One call on a GPU machine: profile it, search a plan, then benchmark the searched plan, a set
 # of hand-picked plans (each priced by the cost model) and the PyTorch baselines side by side.
 #   OUT=dir bash tools/gpu_validate.sh
-# MODEL, MEMORY_GB, BATCH, PLANS, BASELINES, BASELINE_MBS, ITERS, WARMUP, ROUNDS, VARIANTS,
-# PROFILE_ARGS may be overridden from the environment. OUT receives bench.json, bench.log,
+# MODEL, MEMORY_GB, BATCH, PLANS, BASELINES, BASELINE_MBS, BASELINE_GBS (baselines accumulate to
+# this global batch), ITERS, WARMUP, ROUNDS, VARIANTS, PROFILE_ARGS may be overridden from the
+# environment; HARDWARE=path/hardware.json reuses that collective profile (same machine kind)
+# and profiles only the model. OUT receives bench.json, bench.log,
 # plan.json, plan.png and validate.tar.gz (everything, profiles and logs included).
 set -uo pipefail
 OUT=${OUT:-validate_out}; mkdir -p "$OUT"
@@ -18,14 +20,21 @@ PLANS=${PLANS:-"tp=1,dp=ddp,gbs=32,chunks=1 tp=1,dp=zero2,gbs=32,chunks=2 tp=1,d
 BASELINES=${BASELINES:-ddp,fsdp2,fsdp2+ourmodel}
 BASELINE_MBS=${BASELINE_MBS:-"8,16,24"}
 nvidia-smi --query-gpu=name,memory.total,power.limit,clocks.max.sm --format=csv > "$WORK/gpus.txt" 2>&1
-timeout ${PROFILE_TIMEOUT:-900} bash tools/device_profile.sh "$WORK/prof" $MODEL --micro-batch-sizes 1 2 4 8 --tp 1 2 ${PROFILE_ARGS:-} \
-    > "$WORK/profile.log" 2>&1
+if [[ -n "${HARDWARE:-}" ]]; then
+    cp "$HARDWARE" "$WORK/prof/hardware.json"
+    timeout ${PROFILE_TIMEOUT:-900} python3 tools/profile_model.py --out-dir "$WORK/prof" $MODEL \
+        --micro-batch-sizes 1 2 4 8 --tp 1 2 ${PROFILE_ARGS:-} > "$WORK/profile.log" 2>&1
+else
+    timeout ${PROFILE_TIMEOUT:-900} bash tools/device_profile.sh "$WORK/prof" $MODEL --micro-batch-sizes 1 2 4 8 --tp 1 2 \
+        ${PROFILE_ARGS:-} > "$WORK/profile.log" 2>&1
+fi
 tail -3 "$WORK/profile.log"; grep -h "time\|took\|s$" "$WORK/prof/"*.log 2>/dev/null | tail -4
 python3 search/run.py --memory-gb "$MEMORY_GB" --num-gpus "$NGPU" $MODEL --profile-dir "$WORK/prof" $BATCH \
     --output "$WORK/plan.json" --plot "$WORK/plan.png" 2>&1 | grep -v -i warn | tee "$WORK/search.log" | tail -12
 # shellcheck disable=SC2086
 timeout ${BENCH_TIMEOUT:-3600} torchrun --standalone --nproc-per-node "$NGPU" tools/benchmark.py $MODEL --bf16 --profile-dir "$WORK/prof" \
     --plans "$WORK/plan.json" --global-plans $PLANS --baselines "$BASELINES" --baseline-micro-batches "$BASELINE_MBS" \
+    --baseline-global-batch ${BASELINE_GBS:-0} \
     --plan-variants "${VARIANTS:-eager}" --rounds ${ROUNDS:-1} --iters ${ITERS:-5} --warmup ${WARMUP:-2} \
     --out "$WORK/bench.json" 2>&1 | grep --line-buffered -v -i warn | tee "$WORK/bench.log"
 cp "$WORK/bench.json" "$WORK/bench.log" "$WORK/plan.json" "$WORK/plan.png" "$OUT/" 2>/dev/null
