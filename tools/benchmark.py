@@ -66,7 +66,7 @@ def main() -> None:
         plans += [(s, parse_global_plan(s, world, cfg.num_layers)) for s in args.global_plans]
         for name, plan in plans:
             check_plan(plan, cfg, world)
-            if args.profile_dir and "iter_time_s" not in plan.predicted:
+            if args.profile_dir:  # this run's profiles, also for a plan file that carries a prediction
                 from search.predict import predict
                 pred = predict(plan, cfg, args.profile_dir)
                 plan.predicted = {"iter_time_s": pred.iter_time_s, "tokens_per_s": pred.tokens_per_s,

@@ -34,6 +34,9 @@ class Result:
     sm_clock_mhz: Optional[float] = None  # mean over timed iterations, sampled while the step runs
     power_w: Optional[float] = None
     rounds: int = 0
+    # cudaMalloc failures the caching allocator recovered from by freeing its cache and retrying
+    # (each synchronizes the device): a sign the configuration runs at the edge of memory
+    alloc_retries: int = 0
 
 
 def _all_ok(ok: bool, device) -> bool:
@@ -48,6 +51,7 @@ def _cleanup(device):
     if device.type == "cuda":
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
+        torch.cuda.reset_accumulated_memory_stats(device)
 
 
 def _gpu_state(device):
@@ -89,10 +93,12 @@ def _finish(res: Result, cfg: GPTConfig, times, tokens_per_iter: int, world: int
     res.tflops_per_gpu = res.tokens_per_s_per_gpu * cfg.flops_per_token() / 1e12
     peak_flops = metrics.peak_flops(device)
     res.mfu = res.tflops_per_gpu * 1e12 / peak_flops if peak_flops else None
-    peak = torch.tensor([metrics.peak_memory_gb(device)], device=device)
+    retries = torch.cuda.memory_stats(device).get("num_alloc_retries", 0) if device.type == "cuda" else 0
+    peak = torch.tensor([metrics.peak_memory_gb(device), float(retries)], device=device)
     if dist.is_initialized():
         dist.all_reduce(peak, op=dist.ReduceOp.MAX)  # the fullest rank (stages differ)
-    res.peak_mem_gb = max(res.peak_mem_gb, peak.item())
+    res.peak_mem_gb = max(res.peak_mem_gb, peak[0].item())
+    res.alloc_retries = max(res.alloc_retries, int(peak[1].item()))
     return res
 
 
