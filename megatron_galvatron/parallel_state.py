@@ -149,8 +149,28 @@ class ParallelState:
                            stage_group=self.stage_group, stage_ranks=self.stage_ranks)
 
 
+EXPANDABLE_SEGMENTS = "expandable_segments:True"
+
+
+def configure_cuda_allocator() -> str:
+    """Use expandable segments unless PYTORCH_CUDA_ALLOC_CONF says otherwise; returns the setting.
+
+    A training step allocates and frees tensors of many sizes (activations, gathered ZeRO weights,
+    gradient buckets). With fixed-size segments the cache fragments, and near the memory limit
+    the allocator frees its cache and retries cudaMalloc, synchronising the device each time;
+    segments that grow in place avoid most of that. Must run before the first CUDA allocation."""
+    import os
+    conf = os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", EXPANDABLE_SEGMENTS)
+    if conf == EXPANDABLE_SEGMENTS and torch.cuda.is_available():
+        setter = getattr(torch.cuda.memory, "_set_allocator_settings", None)
+        if setter is not None:  # the variable is read once; set it too in case CUDA is already up
+            setter(EXPANDABLE_SEGMENTS)
+    return conf
+
+
 def detect_device(local_rank: int) -> torch.device:
     if torch.cuda.is_available():
+        configure_cuda_allocator()
         torch.cuda.set_device(local_rank)
         return torch.device("cuda", local_rank)
     return torch.device("cpu")

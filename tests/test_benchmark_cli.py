@@ -26,7 +26,8 @@ def test_rounds_and_json(tmp_path):
         assert r["status"] == "ok" and r["rounds"] == 2 and len(r["times"]) == 4
         tokens = r["global_batch"] * 16  # samples x seq
         assert abs(r["tokens_per_s_per_gpu"] - tokens / r["iter_time_s"] / 2) < 1e-6 * r["tokens_per_s_per_gpu"]
-    assert results[2]["micro_batch"] == 4  # the largest of 1, 2 per GPU, over 2 GPUs
+    tried = {int(k): v for k, v in results[2]["tried"].items()}  # samples per GPU -> tokens/s/GPU
+    assert 2 in tried and results[2]["micro_batch"] == 2 * max(tried, key=tried.get)  # the fastest, over 2 GPUs
     assert results[2]["global_batch"] == 8  # two micro-batches accumulated
     assert proc.stdout.count("[round 2]") == 4
 
@@ -37,3 +38,44 @@ def test_unknown_baseline_is_one_line(tmp_path):
                           env=dict(os.environ, PYTHONWARNINGS="ignore"))
     assert proc.returncode != 0 and "Traceback" not in proc.stderr
     assert "--baselines 'fsdp3'" in proc.stderr
+
+
+def test_baseline_takes_the_fastest_size_that_fits(monkeypatch):
+    """Sizes are tried from the largest down: 8 does not fit, 4 fits, 2 is faster, 1 is slower
+    than 2 and ends the search."""
+    import torch
+    from megatron_galvatron.benchmark import runner
+    from megatron_galvatron.model.config import GPTConfig
+    cfg = GPTConfig(num_layers=1, hidden_size=16, num_attention_heads=2, seq_length=8, vocab_size=32,
+                    make_vocab_size_divisible_by=4)
+    seconds = {4: 1.0, 2: 0.4, 1: 0.3, 16: 9.9}  # per step: 4 -> 32 tok/s, 2 -> 40, 1 -> 26.7
+    seen = []
+
+    def fake_timed(step, iters, warmup, device, states=None):
+        n = runner.baseline_step.calls[-1]
+        seen.append(n)
+        if n == 8:
+            raise torch.OutOfMemoryError("fake")
+        return [seconds[n]] * iters
+
+    def fake_step(model, opt, tokens, labels, autocast, device, chunks):
+        pass
+
+    def fake_build(spec, cfg, device, seed, bf16):
+        return None, None, None
+
+    real_randint = torch.randint
+
+    def randint(lo, hi, size, generator=None):
+        runner.baseline_step.calls.append(size[0])
+        return real_randint(lo, hi, size, generator=generator)
+
+    fake_step.calls = []
+    monkeypatch.setattr(runner, "baseline_step", fake_step)
+    monkeypatch.setattr(runner, "build_baseline", fake_build)
+    monkeypatch.setattr(runner, "_timed", fake_timed)
+    monkeypatch.setattr(runner.torch, "randint", randint)
+    res = runner.run_baseline("ddp", cfg, torch.device("cpu"), 0, False, [1, 2, 4, 8], 3, 1)
+    assert seen == [8, 4, 2, 1]
+    assert res.status == "ok" and res.micro_batch == 2
+    assert res.tried[8] == 0.0 and res.tried[2] == 2 * 8 / 0.4 and res.tried[1] == 8 / 0.3

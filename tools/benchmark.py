@@ -102,6 +102,7 @@ def main() -> None:
             if args.out:
                 with open(args.out, "w") as f:
                     json.dump({"model": vars(cfg), "world_size": world, "device": str(device),
+                               "cuda_alloc_conf": os.environ.get("PYTORCH_CUDA_ALLOC_CONF"),
                                "results": [as_dict(r) for r in results]}, f, indent=2, default=str)
     if dist.is_initialized():
         dist.destroy_process_group()

@@ -15,6 +15,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import torch  # noqa: E402
 
 from megatron_galvatron.errors import UserError, exit_on_user_error  # noqa: E402
+from megatron_galvatron.parallel_state import detect_device  # noqa: E402
 from megatron_galvatron.profiling.hardware import MODEL_FILE  # noqa: E402
 from megatron_galvatron.profiling.model import (  # noqa: E402
     DTYPES,
@@ -65,9 +66,7 @@ def pick_device(choice: str) -> torch.device:
         raise UserError("--device cuda but no CUDA device is visible")
     if choice == "cpu" or not torch.cuda.is_available():
         return torch.device("cpu")
-    local = int(os.environ.get("LOCAL_RANK", "0"))
-    torch.cuda.set_device(local)
-    return torch.device("cuda", local)
+    return detect_device(int(os.environ.get("LOCAL_RANK", "0")))  # the training run's allocator settings
 
 
 def validate(profile, path) -> None:

@@ -37,6 +37,8 @@ class Result:
     # cudaMalloc failures the caching allocator recovered from by freeing its cache and retrying
     # (each synchronizes the device): a sign the configuration runs at the edge of memory
     alloc_retries: int = 0
+    peak_reserved_gb: float = 0.0  # what the caching allocator held at most (max over ranks)
+    tried: Dict[int, float] = field(default_factory=dict)  # baselines: samples per GPU -> tokens/s/GPU
 
 
 def _all_ok(ok: bool, device) -> bool:
@@ -93,12 +95,15 @@ def _finish(res: Result, cfg: GPTConfig, times, tokens_per_iter: int, world: int
     res.tflops_per_gpu = res.tokens_per_s_per_gpu * cfg.flops_per_token() / 1e12
     peak_flops = metrics.peak_flops(device)
     res.mfu = res.tflops_per_gpu * 1e12 / peak_flops if peak_flops else None
-    retries = torch.cuda.memory_stats(device).get("num_alloc_retries", 0) if device.type == "cuda" else 0
-    peak = torch.tensor([metrics.peak_memory_gb(device), float(retries)], device=device)
+    cuda = device.type == "cuda"
+    retries = torch.cuda.memory_stats(device).get("num_alloc_retries", 0) if cuda else 0
+    reserved = torch.cuda.max_memory_reserved(device) / 2 ** 30 if cuda else 0.0
+    peak = torch.tensor([metrics.peak_memory_gb(device), float(retries), reserved], device=device)
     if dist.is_initialized():
         dist.all_reduce(peak, op=dist.ReduceOp.MAX)  # the fullest rank (stages differ)
     res.peak_mem_gb = max(res.peak_mem_gb, peak[0].item())
     res.alloc_retries = max(res.alloc_retries, int(peak[1].item()))
+    res.peak_reserved_gb = max(res.peak_reserved_gb, peak[2].item())
     return res
 
 
@@ -134,9 +139,11 @@ def run_plan(name: str, args, plan: Plan, iters: int, warmup: int, res: Optional
 
 def run_baseline(name: str, cfg: GPTConfig, device, seed: int, bf16: bool, micro_batches: List[int],
                  iters: int, warmup: int, res: Optional[Result] = None, global_batch: int = 0) -> Result:
-    """Largest micro-batch (per GPU) that fits, tried from the largest down; with
-    ``global_batch`` each step accumulates micro-batches up to it (sizes that do not divide it
-    are skipped). A later round (``res`` given) re-times what the first round found."""
+    """The fastest micro-batch (per GPU) that fits: sizes are tried from the largest down and
+    the search stops at the first that fits but is slower than a larger one (smaller ones only
+    add launch and optimizer overhead per token). With ``global_batch`` each step accumulates
+    micro-batches up to it (sizes that do not divide it are skipped). ``tried`` records tokens/s/GPU
+    per size (0: out of memory). A later round (``res`` given) re-times what the first round chose."""
     world = dist.get_world_size() if dist.is_initialized() else 1
     spec = BaselineSpec.parse(name)
     if res is not None:
@@ -145,6 +152,7 @@ def run_baseline(name: str, cfg: GPTConfig, device, seed: int, bf16: bool, micro
         micro_batches = [res.micro_batch // world]
     if global_batch:
         micro_batches = [m for m in micro_batches if global_batch % (m * world) == 0]
+    best, tried = None, {}
     for mbs in sorted(micro_batches, reverse=True):
         model = opt = None
         gbs = global_batch or mbs * world
@@ -161,14 +169,21 @@ def run_baseline(name: str, cfg: GPTConfig, device, seed: int, bf16: bool, micro
             ok = True
         except torch.OutOfMemoryError:
             ok = False
-        if _all_ok(ok, device):
-            out = _finish(this, cfg, times, gbs * cfg.seq_length, world, device, states)
-            model = opt = None
-            _cleanup(device)
-            return out
+        fits = _all_ok(ok, device)
+        out = _finish(this, cfg, times, gbs * cfg.seq_length, world, device, states) if fits else None
         model = opt = None
         _cleanup(device)
-    return Result(name=name, status="oom")
+        tried[mbs] = out.tokens_per_s_per_gpu if out else 0.0
+        if out is None:
+            continue
+        if best is not None and out.tokens_per_s_per_gpu <= best.tokens_per_s_per_gpu:
+            break
+        best = out
+    if best is None:
+        return Result(name=name, status="oom", tried=tried)
+    if res is None:
+        best.tried = tried
+    return best
 
 
 def table(results: List[Result]) -> str:
