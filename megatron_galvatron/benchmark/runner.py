@@ -38,6 +38,7 @@ class Result:
     # (each synchronizes the device): a sign the configuration runs at the edge of memory
     alloc_retries: int = 0
     peak_reserved_gb: float = 0.0  # what the caching allocator held at most (max over ranks)
+    outside_allocator_gb: float = 0.0  # device memory in use beyond the allocator's (context, NCCL, ...)
     tried: Dict[int, float] = field(default_factory=dict)  # baselines: samples per GPU -> tokens/s/GPU
 
 
@@ -98,12 +99,17 @@ def _finish(res: Result, cfg: GPTConfig, times, tokens_per_iter: int, world: int
     cuda = device.type == "cuda"
     retries = torch.cuda.memory_stats(device).get("num_alloc_retries", 0) if cuda else 0
     reserved = torch.cuda.max_memory_reserved(device) / 2 ** 30 if cuda else 0.0
-    peak = torch.tensor([metrics.peak_memory_gb(device), float(retries), reserved], device=device)
+    outside = 0.0
+    if cuda:
+        free, total = torch.cuda.mem_get_info(device)
+        outside = (total - free - torch.cuda.memory_reserved(device)) / 2 ** 30
+    peak = torch.tensor([metrics.peak_memory_gb(device), float(retries), reserved, outside], device=device)
     if dist.is_initialized():
         dist.all_reduce(peak, op=dist.ReduceOp.MAX)  # the fullest rank (stages differ)
     res.peak_mem_gb = max(res.peak_mem_gb, peak[0].item())
     res.alloc_retries = max(res.alloc_retries, int(peak[1].item()))
     res.peak_reserved_gb = max(res.peak_reserved_gb, peak[2].item())
+    res.outside_allocator_gb = max(res.outside_allocator_gb, peak[3].item())
     return res
 
 
