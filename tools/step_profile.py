@@ -10,6 +10,7 @@ time per kernel category and the top kernels (megatron_galvatron/benchmark/break
 ``--attention-bench`` also times causal SDPA forward + backward at the model's shape under
 each PyTorch kernel.
 """
+import gc
 import os
 import sys
 
@@ -85,6 +86,13 @@ def main() -> None:
             if rank == 0:
                 print(text, flush=True)
                 report.append(text)
+                if args.out:  # rewritten after every configuration: a later failure keeps these
+                    with open(args.out, "w") as f:
+                        f.write("\n".join(report) + "\n")
+
+        def release():
+            gc.collect()  # FSDP state and gradient hooks hold the model in reference cycles
+            torch.cuda.empty_cache()
 
         if args.attention_bench:
             emit(attention_bench(cfg, args.baseline_micro_batch, device))
@@ -95,7 +103,7 @@ def main() -> None:
             emit(f"\n== plan {spec} (attention {cfg.attention_backend}{', compiled' if args.compile else ''})\n"
                  + profile(lambda: train_step(tr), args.warmup, args.steps).table(args.steps))
             tr = None
-            torch.cuda.empty_cache()
+            release()
         for name in [n for n in args.baselines.split(",") if n]:
             model, opt, autocast = build_baseline(BaselineSpec.parse(name), cfg, device, args.seed, args.bf16)
             mbs = args.baseline_micro_batch
@@ -103,11 +111,8 @@ def main() -> None:
             emit(f"\n== baseline {name}, {mbs} per GPU\n" + profile(
                 lambda: baseline_step(model, opt, tokens[:, :-1], tokens[:, 1:], autocast, device),
                 args.warmup, args.steps).table(args.steps))
-            model = opt = None
-            torch.cuda.empty_cache()
-        if rank == 0 and args.out:
-            with open(args.out, "w") as f:
-                f.write("\n".join(report) + "\n")
+            model = opt = tokens = None
+            release()
     if dist.is_initialized():
         dist.destroy_process_group()
 

@@ -370,7 +370,11 @@ class ModelProfiler:
         sustained = median(last)
         del layers, x
         torch.cuda.empty_cache()
+        times = [w.seconds() for w in watches]
+        q = max(1, len(times) // 4)
         return {"slowdown": max(1.0, sustained / alone), "chain_s": sustained, "alone_s": alone,
+                # drift over the run: a still-falling clock shows as later quarters slower
+                "quarters_s": [median(times[i * q:(i + 1) * q] or times[-1:]) for i in range(4)],
                 "repeats": len(watches), "method": f"{n} tp1 layers{' as ZeRO units' if sharded else ''}, "
                 f"micro-batch {mb} x seq {seq}, forward + backward back to back for "
                 f"{self.s.sustained_seconds:g} s; median of the last half vs {n} x the point's fwd + bwd"}
