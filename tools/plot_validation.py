@@ -4,6 +4,7 @@
 
 With --profile-dir every plan is priced again on those profiles (e.g. a newer model.json);
 otherwise the predictions recorded in the JSON are used. Prints the table (markdown) too.
+Plans run with `--plan-variants compile` are left out: the profiles time eager layers.
 """
 import argparse
 import json
@@ -19,7 +20,7 @@ def rows_of(bench: dict, profile_dir=None):
     cfg = GPTConfig(**bench["model"])
     rows = []
     for r in bench["results"]:
-        if not r.get("plan") or r["status"] != "ok":
+        if not r.get("plan") or r["status"] != "ok" or r["name"].endswith("+compile"):
             continue
         pred_t, pred_m = r["predicted_iter_time_s"], r["predicted_peak_mem_gb"]
         if profile_dir:

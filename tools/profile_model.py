@@ -47,7 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto")
     g.add_argument("--warmup", type=int, default=2, help="untimed repeats per point")
     g.add_argument("--iters", type=int, default=5, help="timed repeats per point (their median is the point)")
-    g.add_argument("--sustained-seconds", type=float, default=8.0,
+    g.add_argument("--sustained-seconds", type=float, default=30.0,
                    help="length of the back-to-back run of a layer chain that measures how much slower "
                         "layers run inside a long step than alone (model.json 'sustained'); 0 = skip")
     g.add_argument("--soak-seconds", type=float, default=0.3,
