@@ -125,6 +125,44 @@ def pipeline_iteration_time(stage_per_mb: List[float], stage_per_iter: List[floa
 class Time:
     per_mb: float    # on the critical path of every micro-batch
     per_iter: float  # once per iteration
+    compute: float = 0.0    # the part of per_mb that is compute (priced at the sustained clock)
+    busy_iter: float = 0.0  # the part of per_iter the GPU computes (memory-bound passes)
+    busy_mb: float = 0.0    # the part of per_mb that is compute slowed by overlapping communication
+
+
+class StageCost(NamedTuple):
+    per_mb: float
+    per_iter: float
+    allocated: float   # bytes at the stage's peak
+    compute_mb: float  # compute within per_mb
+    busy_iter: float   # GPU work within per_iter
+    busy_mb: float     # other GPU work within per_mb (compute slowed by overlapping collectives)
+
+
+def clock_scales(per_mb: List[float], per_iter: List[float], compute_mb: List[float], busy_mb: List[float],
+                 busy_iter: List[float], chunks: int, sustained: float) -> Tuple[float, List[float]]:
+    """(iteration time, per-stage compute scale) when the sustained slowdown `sustained` (compute
+    tables are priced with it) applies in proportion to how busy each stage's GPU is.
+
+    A GPU at its power cap lowers its clock; one that idles part of the step (pipeline bubble,
+    communication not hidden behind compute) draws less on average and keeps a higher clock. The
+    slowdown of a stage busy a fraction u of the iteration is taken as 1 + (sustained - 1) * u, and
+    u itself depends on the faster compute, so the two are iterated (a contraction: a few rounds)."""
+    pp = len(per_mb)
+    scale = [1.0] * pp
+    it = pipeline_iteration_time(per_mb, per_iter, chunks)
+    if sustained <= 1.0:
+        return it, scale
+    for _ in range(8):
+        for i in range(pp):
+            u = min(1.0, (chunks * (compute_mb[i] * scale[i] + busy_mb[i]) + busy_iter[i]) / it)
+            scale[i] = (1.0 + (sustained - 1.0) * u) / sustained
+        new = pipeline_iteration_time([m - c * (1.0 - f) for m, c, f in zip(per_mb, compute_mb, scale)],
+                                      per_iter, chunks)
+        if abs(new - it) <= 1e-9 * it:
+            break
+        it = new
+    return new, scale
 
 
 @dataclass(frozen=True)
@@ -308,7 +346,11 @@ class CostModel:
         sharded = is_sharded(s.dp_type, dp)
         local = params / dp if sharded else params
         copy = self.compute_copy_pass(local, s.dp_type, dp)
-        return Time(per_mb, sync + self.optimizer_step(local) + self.grad_passes(local, not sharded) + copy)
+        busy = self.optimizer_step(local) + self.grad_passes(local, not sharded) + copy
+        # with prefetch the forward's extra is compute slowed by the hidden all-gather; without,
+        # the all-gather is exposed and the GPU waits
+        overlapped = b_extra + (f_extra if self.zero_prefetch else 0.0)
+        return Time(per_mb, sync + busy, fwd + bwd_window, busy, overlapped)
 
     def layer_activation(self, s: LayerStrategy, dp: int) -> Tuple[float, float, float]:
         """(bytes per token saved for backward, bytes saved per micro-batch whatever its size,
@@ -443,11 +485,12 @@ class CostModel:
         act = self._activation_bytes(samples, BF16 if bf16 else FP32)
         size, stride = self.tp_group(v, stage_world)
         one, params = self.vocab_params(v, pp_deg, stage)
-        per_mb = bwd = 0.0
+        per_mb = bwd = compute = 0.0
         if first:  # the vocab-parallel embedding sums partial lookups over the TP group
             per_mb += net.collective("reduce_scatter" if v.sp else "all_reduce", size, stride, act)
             emb = p.embedding_fits(v.tp)
             if emb is not None:
+                compute += emb[0](tokens) + emb[1](tokens)
                 per_mb += emb[0](tokens) + emb[1](tokens)
         if last:
             f, b = (p.sharded_vocab_fits(v.tp) if bf16 else None) or p.vocab_fits(v.tp)
@@ -462,6 +505,7 @@ class CostModel:
             # the loss reduces the max, then sum-exp and target logit together (fp32 per token)
             loss = (net.collective("all_reduce", size, stride, tokens * FP32)
                     + net.collective("all_reduce", size, stride, 2 * tokens * FP32))
+            compute += fwd + bwd
             per_mb += fwd + bwd + head + loss
         dp_mb, sync = self._vocab_dp(v, params, stage_world, first, last, bwd)
         per_mb += dp_mb
@@ -469,8 +513,9 @@ class CostModel:
         if self.model.tied_embeddings and pp_deg > 1:
             # the two copies' gradients are summed once per step over the (first, last) stage pair
             sync += net.collective("all_reduce", 2, (pp_deg - 1) * stage_world, FP32 * (one / dp if sharded else one))
-        time = Time(per_mb, sync + self.optimizer_step(local) + self.grad_passes(local, not sharded)
-                    + self.compute_copy_pass(local, v.dp_type, dp))
+        busy = (self.optimizer_step(local) + self.grad_passes(local, not sharded)
+                + self.compute_copy_pass(local, v.dp_type, dp))
+        time = Time(per_mb, sync + busy, compute, busy)
 
         act_kept = transient = 0.0
         if last:
@@ -502,18 +547,22 @@ class CostModel:
         return (budget_bytes - self.profile.fixed_overhead_bytes) / self.profile.reserved_over_allocated
 
     # ---------------------------------------------------------------- a whole plan
-    def stage_costs(self, plan: Plan, stage: int) -> Tuple[float, float, float]:
-        """(per micro-batch time, per iteration time, allocated bytes at peak) of one stage."""
+    def stage_costs(self, plan: Plan, stage: int) -> StageCost:
+        """Per micro-batch time, per iteration time, allocated bytes at peak of one stage (and the
+        compute within the times)."""
         sw, mb, pp = plan.stage_world, plan.micro_batch_size, plan.pp_deg
         flight = in_flight(plan.pipeline_type, plan.chunks, pp, stage)
         layers = [plan.layers[i] for i in plan.stage_layers(stage)]
         vt, vm = self.vocab(plan.vocab, sw, mb, pp, stage)
-        per_mb, per_iter = vt.per_mb, vt.per_iter
+        per_mb, per_iter, compute, busy, busy_mb = vt.per_mb, vt.per_iter, vt.compute, vt.busy_iter, vt.busy_mb
         persistent, transient = vm.persistent(flight), vm.transient
         for s in layers:
             t, m = self.layer_time(s, sw, mb), self.layer_memory(s, sw, mb)
             per_mb += t.per_mb
             per_iter += t.per_iter
+            compute += t.compute
+            busy += t.busy_iter
+            busy_mb += t.busy_mb
             persistent += m.persistent(flight)
             transient = max(transient, m.transient)
         layouts = [layout(s, sw) for s in layers]
@@ -523,11 +572,14 @@ class CostModel:
             layouts.append(layout(plan.vocab, sw))
         per_mb += sum(self.relayout(sw, mb, a, b) for a, b in zip(layouts, layouts[1:]))
         per_mb += ((stage > 0) + (stage < pp - 1)) * self.p2p(pp, sw, mb)
-        return per_mb, per_iter, persistent + transient
+        return StageCost(per_mb, per_iter, persistent + transient, compute, busy, busy_mb)
 
     def evaluate(self, plan: Plan) -> Prediction:
-        per_mb, per_iter, alloc = zip(*(self.stage_costs(plan, i) for i in range(plan.pp_deg)))
-        it = pipeline_iteration_time(list(per_mb), list(per_iter), plan.chunks)
+        per_mb, per_iter, alloc, compute, busy, busy_mb = zip(*(self.stage_costs(plan, i)
+                                                                for i in range(plan.pp_deg)))
+        it, scale = clock_scales(list(per_mb), list(per_iter), list(compute), list(busy_mb), list(busy),
+                                 plan.chunks, self.profile.sustained_slowdown)
+        per_mb = [m - c * (1.0 - f) for m, c, f in zip(per_mb, compute, scale)]
         tokens = plan.global_bsz * self.model.seq_length
         return Prediction(it, tokens / it, list(per_mb), list(per_iter), list(alloc),
                           [self.reserved(a) for a in alloc])

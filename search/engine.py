@@ -390,12 +390,15 @@ class Searcher:
                 f"use a global batch size that is a multiple of {self.num_gpus}")
         seq = self.model.seq_length
         stats = self.stats
+        # The bounds price compute at the sustained clock; a plan whose GPUs idle part of the step
+        # is predicted faster than that (cost_model.clock_scales), at most by this factor.
+        relax = self.cost.profile.sustained_slowdown
         scored = []
         for c in cands:  # bounds first, so that the likely best plans are solved first
             frames = self._frames(c)
             bound = self.memory_aware_bound(c, frames)  # inf: not even the relaxation fits
             if math.isfinite(bound):
-                scored.append((c.global_bsz * seq / bound, c, frames))
+                scored.append((relax * c.global_bsz * seq / bound, c, frames))
             else:
                 stats.pruned_by_memory += 1
         if not scored:

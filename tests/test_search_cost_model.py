@@ -10,8 +10,8 @@ import pytest
 
 from megatron_galvatron.plan import LayerStrategy, Plan, VocabStrategy
 from search.comm import Network
-from search.cost_model import (CostModel, InFlight, in_flight, microbatches_in_flight, model_state_bytes,
-                               pipeline_iteration_time)
+from search.cost_model import (CostModel, InFlight, clock_scales, in_flight, microbatches_in_flight,
+                               model_state_bytes, pipeline_iteration_time)
 from search.model_config import ModelConfig
 from search.profiles import parse_hardware, parse_model
 
@@ -479,3 +479,20 @@ def test_replicated_units_on_bf16_copies_of_fp32_masters():
         CFG, parse_model(model_dict()), Network(hw, num_gpus=8, gpus_per_node=4),
         replicated_autocast=True).layer_time(ddp(), 4, 8)
     assert t.per_iter - t_autocast.per_iter == pytest.approx(1e-10 * 50000 * 6 / 28)
+
+
+def test_clock_scales_follow_how_busy_each_stage_is():
+    # without a sustained slowdown nothing changes
+    assert clock_scales([1.0, 1.0], [0.0, 0.0], [1.0, 1.0], [0.0, 0.0], [0.0, 0.0], 2, 1.0) == (3.0, [1.0, 1.0])
+    # one stage computing all the time keeps the full slowdown
+    it, scale = clock_scales([1.0], [0.1], [1.0], [0.0], [0.1], 4, 1.2)
+    assert it == pytest.approx(4.1) and scale == [pytest.approx(1.0)]
+    # two all-compute stages, 2 micro-batches: busy 2 of 3 slots, so the slowdown is 1 + 0.2 x 2/3
+    it, scale = clock_scales([1.0, 1.0], [0.0, 0.0], [1.0, 1.0], [0.0, 0.0], [0.0, 0.0], 2, 1.2)
+    assert scale == [pytest.approx((1 + 0.2 * 2 / 3) / 1.2)] * 2 and it == pytest.approx(3 * scale[0])
+    # half of the per-micro-batch time exposed communication: compute is busy less, runs faster;
+    # communication is not rescaled. Fixed point: u = c f / (c f + 0.5), f = (1 + 0.2 u) / 1.2
+    it, scale = clock_scales([1.0], [0.0], [0.5], [0.0], [0.0], 1, 1.2)
+    f = scale[0]
+    u = 0.5 * f / (0.5 * f + 0.5)
+    assert f == pytest.approx((1 + 0.2 * u) / 1.2, rel=1e-6) and it == pytest.approx(0.5 * f + 0.5, rel=1e-6)

@@ -36,12 +36,13 @@ def test_h100_eight_plans_within_two_percent_and_the_searched_plan_is_fastest():
     assert best["name"] == "plan.json"  # oracle gap 0
 
 
-# (name, error in time, error in memory) with the 60 s sustained measurement, as the document prints them
-H200_1P4B = [("plan.json", -0.019, 0.002), ("tp=1,dp=ddp,gbs=32,chunks=1", -0.014, 0.002),
-             ("tp=1,dp=zero2,gbs=32,chunks=2", -0.044, 0.003), ("tp=1,dp=zero3,gbs=32,chunks=1", -0.035, 0.005),
+# (name, error in time, error in memory) with the 60 s sustained measurement, the slowdown scaled by
+# how busy each plan keeps the GPUs, as the document prints them
+H200_1P4B = [("plan.json", -0.020, 0.002), ("tp=1,dp=ddp,gbs=32,chunks=1", -0.015, 0.002),
+             ("tp=1,dp=zero2,gbs=32,chunks=2", -0.045, 0.003), ("tp=1,dp=zero3,gbs=32,chunks=1", -0.035, 0.005),
              ("tp=1,dp=zero3,ckpt=1,gbs=64,chunks=1", -0.048, 0.012),
-             ("tp=2,dp=ddp,sp=1,gbs=16,chunks=1", 0.052, 0.001), ("pp=2,dp=ddp,gbs=32,chunks=4", 0.063, -0.003),
-             ("pp=2,dp=ddp,gbs=32,chunks=8,sched=gpipe", 0.046, 0.002), ("tp=1,dp=zero2,gbs=48,chunks=1", -0.026, 0.006)]
+             ("tp=2,dp=ddp,sp=1,gbs=16,chunks=1", 0.031, 0.001), ("pp=2,dp=ddp,gbs=32,chunks=4", 0.033, -0.003),
+             ("pp=2,dp=ddp,gbs=32,chunks=8,sched=gpipe", 0.029, 0.002), ("tp=1,dp=zero2,gbs=48,chunks=1", -0.027, 0.006)]
 
 
 def test_h200_gpt1p4b_with_the_settled_sustained_slowdown():
@@ -50,13 +51,14 @@ def test_h200_gpt1p4b_with_the_settled_sustained_slowdown():
     for r, e_t, e_m, (name, want_t, want_m) in zip(rs, t, m, H200_1P4B):
         assert r["name"] == name
         assert e_t == pytest.approx(want_t, abs=0.0006) and e_m == pytest.approx(want_m, abs=0.0006)
-    assert sum(map(abs, t)) / len(t) == pytest.approx(0.038, abs=0.0005)
+    assert sum(map(abs, t)) / len(t) == pytest.approx(0.032, abs=0.0005)
+    assert max(map(abs, t)) < 0.05 and max(map(abs, m)) < 0.05  # every plan within 5 % on both
 
 
 def test_h200_llama7b_memory_holds_and_time_misses_where_the_allocator_retried():
     """Allocated memory within 1 % for every eager plan of every 7B run. Time: the plans near the
     card's capacity (124 GB allocated) retried cudaMalloc and ran 10-23 % over the prediction;
-    the two the search picks with 6-14 GB more headroom are within 4-5.3 %."""
+    the two the search picks with 6-14 GB more headroom are 4.0 and 5.5 % over."""
     for run in ("bench.json", "compile_run/bench.json", "rounds_run/bench.json", "final_run/bench.json"):
         bench, rs = rows("h200x2_llama7b/" + run, "h200x2_llama7b/prof_s60")
         t, m = errors(rs)
@@ -66,5 +68,5 @@ def test_h200_llama7b_memory_holds_and_time_misses_where_the_allocator_retried()
     by = {r["name"]: (e, r) for r, e in zip(rs, t)}
     retries = {r["name"]: r["alloc_retries"] for r in bench["results"]}
     assert retries["plan.json"] > 0 and by["plan.json"][0] < -0.15
-    for name, want in (("plan_126gb.json", -0.039), ("plan_120gb.json", -0.053)):
+    for name, want in (("plan_126gb.json", -0.040), ("plan_120gb.json", -0.055)):
         assert retries[name] == 0 and by[name][0] == pytest.approx(want, abs=0.0006)
