@@ -82,6 +82,8 @@ class Plan:
     vocab: VocabStrategy = field(default_factory=VocabStrategy)
     pipeline_type: str = "1f1b"
     predicted: Dict[str, Any] = field(default_factory=dict)
+    # torch.compile every transformer layer (the search sets it when the profile timed compiled layers)
+    compile: bool = False
 
     # ---------------------------------------------------------------- derived facts
     @property
@@ -170,6 +172,7 @@ class Plan:
             "chunks": self.chunks,
             "layers": [dataclasses.asdict(s) for s in self.layers],
             "vocab": dataclasses.asdict(self.vocab),
+            **({"compile": True} if self.compile else {}),
             "predicted": dict(self.predicted),
         }
 
@@ -182,7 +185,7 @@ class Plan:
         if d.get("format") != FORMAT:
             raise PlanError(f"plan format {d.get('format')!r} is not {FORMAT!r}: re-run search/run.py or fix 'format'")
         known = {"format", "world_size", "pp_deg", "pp_division", "pipeline_type", "global_bsz", "chunks",
-                 "layers", "vocab", "predicted"}
+                 "layers", "vocab", "predicted", "compile"}
         unknown = sorted(set(d) - known)
         if unknown:
             raise PlanError(f"unknown plan key(s) {unknown}: remove them (known keys: {sorted(known)})")
@@ -199,11 +202,14 @@ class Plan:
         predicted = d.get("predicted") or {}
         if not isinstance(predicted, dict):
             raise PlanError(f"predicted must be an object of predicted metrics, got {predicted!r}: fix or remove it")
+        compile_ = d.get("compile", False)
+        if not isinstance(compile_, bool):
+            raise PlanError(f"compile must be true or false, got {compile_!r}")
         return cls(
             world_size=d["world_size"], pp_deg=d["pp_deg"], pp_division=list(pp_division),
             global_bsz=d["global_bsz"], chunks=d["chunks"], layers=layers, vocab=vocab,
             pipeline_type=_pipeline_type(d.get("pipeline_type", "1f1b")),
-            predicted=dict(predicted),
+            predicted=dict(predicted), compile=compile_,
         )
 
     def save(self, path: str) -> None:
@@ -218,7 +224,7 @@ class Plan:
         lines = [
             f"plan: world {self.world_size} = pp {self.pp_deg} x stage {self.stage_world}; "
             f"{self.pipeline_type}; global batch {self.global_bsz} in {self.chunks} micro-batches; "
-            f"pp_division {self.pp_division}",
+            f"pp_division {self.pp_division}" + ("; layers compiled" if self.compile else ""),
             f"{'layer':>5} {'stage':>5} {'tp':>3} {'consec':>6} {'dp':>3} {'dp_type':>7} {'sp':>3} {'ckpt':>4}",
         ]
         v = self.vocab

@@ -372,7 +372,8 @@ class Searcher:
                 picked.reverse()
             layers += canonical_order([t.strategies[s] for s in picked], sw)
         plan = Plan(world_size=self.num_gpus, pp_deg=pp, pp_division=list(split), global_bsz=cand.global_bsz,
-                    chunks=cand.chunks, layers=layers, vocab=cand.vocab, pipeline_type=cand.pipeline_type)
+                    chunks=cand.chunks, layers=layers, vocab=cand.vocab, pipeline_type=cand.pipeline_type,
+                    compile=self.cost.profile.compiled)
         pred = self.cost.evaluate(plan)
         plan.predicted = {"iter_time_s": round(pred.iter_time_s, 6), "tokens_per_s": round(pred.tokens_per_s, 1),
                           "peak_mem_gb": [round(g, 3) for g in pred.peak_mem_gb],

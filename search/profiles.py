@@ -122,6 +122,7 @@ class ModelProfile:
     # Degrees the profiler did not measure are scaled from the largest measured degree below them:
     # time per token and memory per token both shrink by that ratio (the sharded part dominates).
     sustained_slowdown: float = 1.0
+    compiled: bool = False  # the layer tables time torch.compile'd layers (plans then say "compile")
 
     def apply_sustained_slowdown(self, factor: float) -> None:
         """Layers run ``factor`` times slower inside a long step than in the profiler's short
@@ -453,6 +454,10 @@ def parse_model(d: Dict, path: str = MODEL_FILE) -> ModelProfile:
         if slow <= 0:
             raise r.fail(f"key 'sustained.slowdown' must be positive, got {slow}")
         prof.apply_sustained_slowdown(slow)
+    compiled = d.get("compiled", False)
+    if not isinstance(compiled, bool):
+        raise r.fail(f"key 'compiled' must be true or false, got {compiled!r}")
+    prof.compiled = compiled
     return prof
 
 

@@ -139,3 +139,27 @@ def test_tool_user_errors_are_one_line(tmp_path):
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr, r.stderr
     r = _run([sys.executable, "tools/profile_comm.py", "--out-dir", str(tmp_path), "--quick"])
     assert r.returncode == 2 and "at least 2 ranks" in r.stderr and "Traceback" not in r.stderr, r.stderr
+
+
+def test_compiled_profile_makes_compiled_plans(profile_dir, tmp_path):
+    """profile_model.py --compile times compiled layers and counts memory on the eager layer (the
+    same bytes as the eager profile); plans searched on it say "compile"."""
+    out = str(tmp_path)
+    shutil.copy(os.path.join(profile_dir, profiles.HARDWARE_FILE), out)
+    r = _run([sys.executable, "tools/profile_model.py", "--out-dir", out, "--quiet", "--dtype", "bf16", "--compile",
+              "--micro-batch-sizes", "1", "2", "4", "--tp", "1", "2", "--warmup", "1", "--iters", "3", *MODEL])
+    assert r.returncode == 0, r.stderr[-3000:]
+    compiled, eager = _load(os.path.join(out, profiles.MODEL_FILE)), _load(os.path.join(profile_dir, profiles.MODEL_FILE))
+    assert compiled["compiled"] is True and eager["compiled"] is False
+    assert compiled["layer"]["memory"]["activation_bytes_per_token"] == eager["layer"]["memory"]["activation_bytes_per_token"]
+    assert compiled["layer"]["sharded"]["activation_bytes_per_token"] == \
+        eager["layer"]["sharded"]["activation_bytes_per_token"]
+    r = _run([sys.executable, "search/run.py", "--memory-gb", "8", "--num-gpus", "2", "--profile-dir", out,
+              "--output", str(tmp_path / "plan.json"), "--no-plot", "--quiet", *SEARCH_MODEL])
+    assert r.returncode == 0, r.stderr
+    plan = _load(tmp_path / "plan.json")
+    assert plan["compile"] is True
+    eager_plan = tmp_path / "eager.json"
+    r = _run([sys.executable, "search/run.py", "--memory-gb", "8", "--num-gpus", "2", "--profile-dir", profile_dir,
+              "--output", str(eager_plan), "--no-plot", "--quiet", *SEARCH_MODEL])
+    assert r.returncode == 0 and "compile" not in _load(eager_plan)

@@ -41,3 +41,11 @@ def test_world4_heterogeneous_layers_in_one_stage():
     plan = Plan(world_size=4, pp_deg=1, pp_division=[4], global_bsz=8, chunks=2, layers=layers,
                 vocab=VocabStrategy(tp=2, tp_consec=False, dp_type="zero3", sp=True))
     check_plans(4, tiny_cfg("llama"), [plan])
+
+
+def test_world2_compiled_layers():
+    """A plan that says compile (torch.compile of every layer) trains like the reference."""
+    plans = [U(2, dp_type="zero3"), U(2, tp=2, sp=True)]
+    for p in plans:
+        p.compile = True
+    check_plans(2, tiny_cfg("llama"), plans)

@@ -8,6 +8,7 @@ Every configuration trains the same model on the same GPUs; each line of the pri
 gives tokens/s/GPU, TFLOP/s/GPU, MFU, peak allocated memory and, for plans, the predicted
 iteration time and memory next to the measured ones.
 """
+import dataclasses
 import json
 import os
 import sys
@@ -38,6 +39,21 @@ def parse_global_plan(spec: str, world: int, num_layers: int) -> plan_mod.Plan:
                             pipeline_type=kv.get("sched", "1f1b"), vocab_tp=int(kv.get("vtp", tp)))
 
 
+def price(plan, cfg, args):
+    """The plan with this run's prediction: compiled plans on the compiled profiles."""
+    from search.predict import predict
+    from search.profiles import load_profiles
+    prof = args.compile_profile_dir if plan.compile and args.compile_profile_dir else args.profile_dir
+    if prof and load_profiles(prof)[1].compiled == plan.compile:
+        pred = predict(plan, cfg, prof)
+        plan.predicted = {"iter_time_s": pred.iter_time_s, "tokens_per_s": pred.tokens_per_s,
+                          "peak_mem_gb": pred.peak_mem_gb,
+                          "peak_alloc_gb": [b / 2 ** 30 for b in pred.stage_allocated]}
+    elif prof:  # a prediction for the other mode would mislead
+        plan.predicted = {}
+    return plan
+
+
 def main() -> None:
     p = build_parser("Benchmark plans against plain PyTorch DDP and FSDP2")
     b = p.add_argument_group("benchmark")
@@ -51,12 +67,15 @@ def main() -> None:
                         "(DDP no_sync / FSDP2 without gradient sync until the last); 0 = one micro-batch")
     b.add_argument("--iters", type=int, default=10)
     b.add_argument("--warmup", type=int, default=3)
-    b.add_argument("--plan-variants", default="eager",
-                   help="comma list of eager / compile: run every plan this way (compile = torch.compile "
-                        "of each transformer layer, as pretrain_gpt.py --compile)")
+    b.add_argument("--plan-variants", default="plan",
+                   help="comma list of plan / eager / compile: run every plan as it says, or with its layers "
+                        "eager, or compiled (torch.compile of each transformer layer, as pretrain_gpt.py --compile)")
     b.add_argument("--rounds", type=int, default=1, help="visit every configuration this many times, in turn")
     b.add_argument("--out", default=None, help="write all results as JSON here")
-    b.add_argument("--profile-dir", default=None, help="price every plan with the cost model on these profiles")
+    b.add_argument("--profile-dir", default=None, help="price every eager plan with the cost model on these profiles")
+    b.add_argument("--compile-profile-dir", default=None,
+                   help="price plans that run compiled on these profiles (profile_model.py --compile); without "
+                        "it they are priced on --profile-dir only if its profile is compiled")
     args = p.parse_args()
     with exit_on_user_error("benchmark.py"):
         device = detect_device(int(os.environ.get("LOCAL_RANK", "0")))
@@ -64,19 +83,20 @@ def main() -> None:
         cfg = model_config(args)
         plans = [(os.path.basename(f), plan_mod.load(f, world_size=world)) for f in args.plans]
         plans += [(s, parse_global_plan(s, world, cfg.num_layers)) for s in args.global_plans]
+        variants = [v for v in args.plan_variants.split(",") if v]
+        if not variants or set(variants) - {"plan", "eager", "compile"}:
+            raise UserError(f"--plan-variants {args.plan_variants!r}: a comma list of plan, eager, compile")
+        runs = []
         for name, plan in plans:
             check_plan(plan, cfg, world)
-            if args.profile_dir:  # this run's profiles, also for a plan file that carries a prediction
-                from search.predict import predict
-                pred = predict(plan, cfg, args.profile_dir)
-                plan.predicted = {"iter_time_s": pred.iter_time_s, "tokens_per_s": pred.tokens_per_s,
-                                  "peak_mem_gb": pred.peak_mem_gb,
-                                  "peak_alloc_gb": [b / 2 ** 30 for b in pred.stage_allocated]}
-        variants = [v for v in args.plan_variants.split(",") if v]
-        if not variants or set(variants) - {"eager", "compile"}:
-            raise UserError(f"--plan-variants {args.plan_variants!r}: a comma list of eager, compile")
-        plans = [(name + ("" if v == "eager" else " +compile"), plan, v == "compile")
-                 for name, plan in plans for v in variants]
+            for v in variants:
+                compiled = plan.compile if v == "plan" else v == "compile"
+                suffix = {(True, False): " +compile", (False, True): " eager"}.get((compiled, plan.compile), "")
+                run = dataclasses.replace(plan, compile=compiled)
+                if compiled != plan.compile:
+                    run.predicted = {}  # the file's prediction is for the other mode
+                runs.append((name + suffix, price(run, cfg, args)))
+        args.compile = False  # each plan says whether its layers are compiled
         mbs = [int(x) for x in args.baseline_micro_batches.split(",")]
         baselines = [k for k in args.baselines.split(",") if k]
         for name in baselines:
@@ -84,15 +104,14 @@ def main() -> None:
         # Rounds visit every configuration in turn, so that slow drifts of the machine (its
         # power cap, other tenants) fall on all of them alike; each result's median covers
         # the timed iterations of all rounds.
-        results = [None] * (len(plans) + len(baselines))
+        results = [None] * (len(runs) + len(baselines))
         for rnd in range(args.rounds):
-            for i, (name, plan, compiled) in enumerate(plans):
-                args.compile = compiled
+            for i, (name, plan) in enumerate(runs):
                 results[i] = run_plan(name, args, plan, args.iters, args.warmup, results[i])
                 if rank == 0:
                     print(f"[round {rnd + 1}] " + table(results[i:i + 1]).splitlines()[-1], flush=True)
             for j, name in enumerate(baselines):
-                i = len(plans) + j
+                i = len(runs) + j
                 results[i] = run_baseline(name, cfg, device, args.seed, args.bf16, mbs, args.iters, args.warmup,
                                           results[i], args.baseline_global_batch)
                 if rank == 0:

@@ -35,7 +35,7 @@ python3 search/run.py --memory-gb "$MEMORY_GB" --num-gpus "$NGPU" $MODEL --profi
 timeout ${BENCH_TIMEOUT:-3600} torchrun --standalone --nproc-per-node "$NGPU" tools/benchmark.py $MODEL --bf16 --profile-dir "$WORK/prof" \
     --plans "$WORK/plan.json" --global-plans $PLANS --baselines "$BASELINES" --baseline-micro-batches "$BASELINE_MBS" \
     --baseline-global-batch ${BASELINE_GBS:-0} \
-    --plan-variants "${VARIANTS:-eager}" --rounds ${ROUNDS:-1} --iters ${ITERS:-5} --warmup ${WARMUP:-2} \
+    --plan-variants "${VARIANTS:-plan}" --rounds ${ROUNDS:-1} --iters ${ITERS:-5} --warmup ${WARMUP:-2} \
     --out "$WORK/bench.json" 2>&1 | grep --line-buffered -v -i warn | tee "$WORK/bench.log"
 cp "$WORK/bench.json" "$WORK/bench.log" "$WORK/plan.json" "$WORK/plan.png" "$OUT/" 2>/dev/null
 tar -czf "$OUT/validate.tar.gz" -C "$WORK" .

@@ -4,7 +4,7 @@
 
 With --profile-dir every plan is priced again on those profiles (e.g. a newer model.json);
 otherwise the predictions recorded in the JSON are used. Prints the table (markdown) too.
-Plans run with `--plan-variants compile` are left out: the profiles time eager layers.
+Plans that ran compiled are priced on --compile-profile-dir, or left out without it.
 """
 import argparse
 import json
@@ -14,18 +14,26 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
-def rows_of(bench: dict, profile_dir=None):
+def rows_of(bench: dict, profile_dir=None, compile_profile_dir=None):
+    """One row per plan that ran: eager plans priced on `profile_dir`, compiled ones on
+    `compile_profile_dir` (left out without it: the eager profile would price other kernels)."""
     from megatron_galvatron.model.config import GPTConfig
     from megatron_galvatron.plan import Plan
     cfg = GPTConfig(**bench["model"])
     rows = []
     for r in bench["results"]:
-        if not r.get("plan") or r["status"] != "ok" or r["name"].endswith("+compile"):
+        if not r.get("plan") or r["status"] != "ok":
+            continue
+        compiled = bool(r["plan"].get("compile")) or r["name"].endswith("+compile")
+        prof = compile_profile_dir if compiled else profile_dir
+        if compiled and not compile_profile_dir:
             continue
         pred_t, pred_m = r["predicted_iter_time_s"], r["predicted_peak_mem_gb"]
-        if profile_dir:
+        if prof:
             from search.predict import predict
-            p = predict(Plan.from_dict(r["plan"]), cfg, profile_dir)
+            plan = Plan.from_dict(r["plan"])
+            plan.compile = compiled
+            p = predict(plan, cfg, prof)
             pred_t, pred_m = p.iter_time_s, max(p.stage_allocated) / 2 ** 30
         rows.append({"name": r["name"], "time": r["iter_time_s"], "pred_time": pred_t,
                      "mem": r["peak_mem_gb"], "pred_mem": pred_m, "tokens": r["tokens_per_s_per_gpu"]})
@@ -74,11 +82,13 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("bench_json")
     p.add_argument("--out", required=True, help="PNG path")
-    p.add_argument("--profile-dir", default=None)
+    p.add_argument("--profile-dir", default=None, help="price eager plans again on these profiles")
+    p.add_argument("--compile-profile-dir", default=None,
+                   help="price compiled plans on these profiles (profile_model.py --compile)")
     p.add_argument("--title", default="cost model: predicted vs measured")
     a = p.parse_args()
     with open(a.bench_json) as f:
-        rows = rows_of(json.load(f), a.profile_dir)
+        rows = rows_of(json.load(f), a.profile_dir, a.compile_profile_dir)
     print(markdown(rows))
     plot(rows, a.out, a.title)
     print(f"wrote {a.out}")

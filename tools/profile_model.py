@@ -50,6 +50,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--sustained-seconds", type=float, default=30.0,
                    help="length of the back-to-back run of a layer chain that measures how much slower "
                         "layers run inside a long step than alone (model.json 'sustained'); 0 = skip")
+    g.add_argument("--compile", action="store_true",
+                   help="time the transformer layers through torch.compile (plans searched on this profile "
+                        "say \"compile\": the runtime compiles every layer)")
     g.add_argument("--soak-seconds", type=float, default=0.3,
                    help="untimed back-to-back repeats before each point, so it is timed at the clock a "
                         "busy (power-capped) GPU runs at; 0 = none")
@@ -86,7 +89,7 @@ def main(argv=None) -> None:
             tp_degrees=sorted(set(args.tp)), sequence_parallel=not args.no_sequence_parallel,
             dtype=default_dtype(device) if args.dtype == "auto" else args.dtype,
             warmup=args.warmup, iters=args.iters, soak_seconds=args.soak_seconds,
-            sustained_seconds=args.sustained_seconds,
+            sustained_seconds=args.sustained_seconds, compile=args.compile,
             optimizer_params=args.optimizer_params or default_optimizer_params(device),
             seed=args.seed, progress=not args.quiet)
         check_settings(cfg, settings)

@@ -9,7 +9,7 @@ parameters under bf16 autocast (the plain tables), which older runs used for rep
 and the cost model keeps for re-pricing them. Without bf16 (CPU default) plain fp32.
 """
 import dataclasses
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from functools import partial
 import time
@@ -59,6 +59,9 @@ class ModelSettings:
     optimizer_params: int = 2 ** 27
     seed: int = 1234
     progress: bool = True
+    # time the transformer layers through torch.compile, as pretrain_gpt.py --compile (or a plan
+    # with "compile") runs them; memory is still counted on the eager layer
+    compile: bool = False
 
 
 def valid_tp_degrees(cfg: GPTConfig, wanted: List[int]) -> List[int]:
@@ -191,7 +194,8 @@ class ModelProfiler:
         mem = []
         for ckpt in (False, True):
             layer.use_checkpoint = ckpt
-            mem += list(saved_bytes(layer, lambda: layer(x), autocast))
+            # forward() bypasses a compiled module's compiled call: saved tensors are counted eagerly
+            mem += list(saved_bytes(layer, lambda: layer.forward(x), autocast))
         layer.use_checkpoint = False
         return [fwd, bwd] + mem
 
@@ -215,6 +219,11 @@ class ModelProfiler:
 
     def _bf16(self, module: nn.Module) -> nn.Module:
         return module.to(torch.bfloat16)
+
+    def _timed_layer(self, layer: nn.Module) -> nn.Module:
+        if self.s.compile:
+            layer.compile()
+        return layer
 
     # ---------------------------------------------------------------- the whole profile
     def layer_profile(self, shards: ShardGroups, bar) -> Dict:
@@ -246,7 +255,7 @@ class ModelProfiler:
             for sp in ((False, True) if tp > 1 and self.s.sequence_parallel else (False,)):
                 key = f"tp{tp}{'_sp' if sp else ''}"
                 build = partial(self.layer, shards, tp, sp)
-                res = self._sweep(tp, sp, (lambda b=build: self._bf16(b())) if sharded else build,
+                res = self._sweep(tp, sp, (lambda b=build: self._timed_layer(self._bf16(b()) if sharded else b())),
                                   lambda m, mb, seq, tp=tp, sp=sp: self._layer_point(m, tp, sp, mb, seq, sharded),
                                   bar)
                 if not res:
@@ -347,8 +356,11 @@ class ModelProfiler:
         bpts = {(mb, s): t for mb, s, t in table["bwd"]["points"]}
         mb, seq = max(pts)  # the largest point that fit
         n = 4
-        layers = [self._bf16(self.layer(shards, 1, False)) if sharded else self.layer(shards, 1, False)
-                  for _ in range(n)]
+        def build():
+            lyr = self.layer(shards, 1, False)
+            return self._timed_layer(self._bf16(lyr) if sharded else lyr)
+
+        layers = [build() for _ in range(n)]
         dtype, autocast = self._mode(sharded)
         x = self.hidden(seq, mb, dtype=dtype)
 
@@ -432,10 +444,11 @@ class ModelProfiler:
         if self.bf16:  # every point again as a ZeRO unit runs it
             n_layer, n_vocab = 2 * n_layer, 2 * n_vocab
         _allow_recompiles(4 * (n_layer + n_vocab) + 8)
+        static = _static_shapes() if self.s.compile else nullcontext()
         prev_flush = torch.set_flush_denormal(True) if self.device.type == "cpu" else None
         try:
-            with tqdm(total=n_layer + n_vocab + 2, disable=not self.s.progress, desc="profile_model",
-                      unit="pt") as bar:
+            with static, tqdm(total=n_layer + n_vocab + 2, disable=not self.s.progress, desc="profile_model",
+                              unit="pt") as bar:
                 layer = self.layer_profile(shards, bar)
                 vocab = self.vocab_profile(shards, bar)
                 sustained = self.sustained_profile(shards, layer)
@@ -451,11 +464,13 @@ class ModelProfiler:
             "schema": MODEL_SCHEMA,
             "model": dataclasses.asdict(self.user_cfg),
             "dtype": self.s.dtype,
+            "compiled": self.s.compile,
             "hardware": describe(self.device, 1, 1),
             "command": command_line(),
             "settings": {"micro_batch_sizes": self.s.micro_batch_sizes, "seq_lengths": self.s.seq_lengths,
                          "tp_degrees": self.tps, "sequence_parallel": self.s.sequence_parallel,
                          "warmup": self.s.warmup, "iters": self.s.iters, "soak_seconds": self.s.soak_seconds,
+                         "compile": self.s.compile,
                          "time_method": "median of per-call CUDA events (wall clock on CPU), fwd and bwd apart",
                          "memory_method": "unique storages saved for backward (saved_tensors_hooks), "
                                           "parameters excluded; per token = slope over the token count"},
@@ -466,6 +481,19 @@ class ModelProfiler:
             "sustained": sustained,
             "notes": self.notes,
         }
+
+
+@contextmanager
+def _static_shapes():
+    """Compile every profiled shape as its own static graph, as training compiles its one shape
+    (after two shapes dynamo would otherwise switch to a dynamic-shape graph)."""
+    import torch._dynamo.config as dynamo_config
+    old = dynamo_config.automatic_dynamic_shapes
+    dynamo_config.automatic_dynamic_shapes = False
+    try:
+        yield
+    finally:
+        dynamo_config.automatic_dynamic_shapes = old
 
 
 def _allow_recompiles(n: int) -> None:

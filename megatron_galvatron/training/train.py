@@ -78,7 +78,7 @@ def setup(args, plan: Optional[Plan] = None) -> Trainer:
     # Megatron does) so that stages do not repeat each other's masks.
     torch.manual_seed(args.seed + 100 * ps.pp_rank)
     stage = StageModel(cfg, plan, ps, args.seed)
-    if args.compile:
+    if args.compile or plan.compile:
         for layer in stage.layers.values():
             layer.compile()
     model = parallelize(stage, args.bf16)
