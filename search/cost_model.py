@@ -39,6 +39,13 @@ ZERO_GRAD_BYTES = 4
 # With bf16 compute a replicated unit refreshes its bf16 weight copy from the fp32 master once
 # per step: read 4 bytes, write 2.
 COMPUTE_COPY_BYTES = 6
+# FSDP2 on the compute stream, per parameter of a sharded unit: copying each all-gather's output
+# into the unsharded bf16 parameters (read 2, write 2); folding a micro-batch's bf16 gradient
+# into the fp32 gradient it accumulates without sync (read 2 + 4, write 4), which every
+# micro-batch but the first does (the first casts instead: read 2, write 4).
+GATHER_COPY_OUT_BYTES = 4
+ACCUMULATE_BYTES = 10
+FIRST_ACCUMULATE_BYTES = 6
 
 
 # -------------------------------------------------------------------- plain formulas
@@ -223,6 +230,25 @@ class CostModel:
     def has_compute_copy(self, dp_type: str, dp: int) -> bool:
         return not is_sharded(dp_type, dp) and not self.replicated_autocast
 
+    def memory_pass(self, params: float, nbytes: float) -> float:
+        """A memory-bound pass moving `nbytes` per parameter, at the AdamW step's bandwidth."""
+        return self.profile.step_s_per_param * params * nbytes / ADAM_STEP_BYTES
+
+    def fsdp_passes(self, dp_type: str, params: float, dp: int) -> Tuple[float, float]:
+        """(per micro-batch, per iteration) seconds of FSDP2's memory passes on the compute stream
+        for a sharded unit holding `params` unsharded: the gathers' copy-out (ZeRO-3 gathers for the
+        forward and again for the backward) and, for ZeRO-2, the fp32 gradient accumulation. The
+        accumulation is priced on every micro-batch and taken back once per iteration: a single
+        micro-batch reduce-scatters its bf16 gradient directly (the cast happens in the
+        reduce-scatter's copy-in, on its own stream), and with more the first one only casts."""
+        if not is_sharded(dp_type, dp):
+            return 0.0, 0.0
+        gathers = 2 if dp_type == "zero3" else 1
+        per_mb = self.memory_pass(params, gathers * GATHER_COPY_OUT_BYTES)
+        if dp_type == "zero2":
+            return per_mb + self.memory_pass(params, ACCUMULATE_BYTES), -self.memory_pass(params, ACCUMULATE_BYTES)
+        return per_mb, 0.0
+
     def compute_copy_pass(self, params: float, dp_type: str, dp: int) -> float:
         """Refreshing a replicated unit's bf16 weight copy once per step (memory-bound)."""
         if not self.has_compute_copy(dp_type, dp):
@@ -342,14 +368,15 @@ class CostModel:
         params = self.profile.layer_param_count / s.tp
         dp = stage_world // s.tp
         f_extra, b_extra, sync = self._dp_sync(s.dp_type, params, stage_world, s, fwd, bwd_window)
-        per_mb = fwd + f_extra + tp_fwd + bwd_window + b_extra + tp_bwd + recompute_tp
+        fsdp_mb, fsdp_iter = self.fsdp_passes(s.dp_type, params, dp)
+        per_mb = fwd + f_extra + tp_fwd + bwd_window + b_extra + tp_bwd + recompute_tp + fsdp_mb
         sharded = is_sharded(s.dp_type, dp)
         local = params / dp if sharded else params
         copy = self.compute_copy_pass(local, s.dp_type, dp)
-        busy = self.optimizer_step(local) + self.grad_passes(local, not sharded) + copy
+        busy = self.optimizer_step(local) + self.grad_passes(local, not sharded) + copy + fsdp_iter
         # with prefetch the forward's extra is compute slowed by the hidden all-gather; without,
         # the all-gather is exposed and the GPU waits
-        overlapped = b_extra + (f_extra if self.zero_prefetch else 0.0)
+        overlapped = b_extra + (f_extra if self.zero_prefetch else 0.0) + fsdp_mb
         return Time(per_mb, sync + busy, fwd + bwd_window, busy, overlapped)
 
     def layer_activation(self, s: LayerStrategy, dp: int) -> Tuple[float, float, float]:
