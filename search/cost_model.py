@@ -197,6 +197,12 @@ class Prediction:
     def peak_mem_gb(self) -> List[float]:
         return [b / GiB for b in self.stage_reserved]
 
+    def plan_fields(self) -> dict:
+        """What a plan records as `predicted` (megatron_galvatron.plan.Plan.predicted)."""
+        return {"iter_time_s": round(self.iter_time_s, 6), "tokens_per_s": round(self.tokens_per_s, 1),
+                "peak_mem_gb": [round(g, 3) for g in self.peak_mem_gb],
+                "peak_alloc_gb": [round(b / GiB, 3) for b in self.stage_allocated]}
+
 
 @functools.lru_cache(maxsize=None)
 def _largest_exchange_set(src: Tuple, dst: Tuple, stage_world: int) -> int:

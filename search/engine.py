@@ -375,9 +375,7 @@ class Searcher:
                     chunks=cand.chunks, layers=layers, vocab=cand.vocab, pipeline_type=cand.pipeline_type,
                     compile=self.cost.profile.compiled)
         pred = self.cost.evaluate(plan)
-        plan.predicted = {"iter_time_s": round(pred.iter_time_s, 6), "tokens_per_s": round(pred.tokens_per_s, 1),
-                          "peak_mem_gb": [round(g, 3) for g in pred.peak_mem_gb],
-                          "peak_alloc_gb": [round(b / GiB, 3) for b in pred.stage_allocated]}
+        plan.predicted = pred.plan_fields()
         return Result(cand, plan, pred, objective)
 
     # ---------------------------------------------------------------- the search

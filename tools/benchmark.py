@@ -45,10 +45,7 @@ def price(plan, cfg, args):
     from search.profiles import load_profiles
     prof = args.compile_profile_dir if plan.compile and args.compile_profile_dir else args.profile_dir
     if prof and load_profiles(prof)[1].compiled == plan.compile:
-        pred = predict(plan, cfg, prof)
-        plan.predicted = {"iter_time_s": pred.iter_time_s, "tokens_per_s": pred.tokens_per_s,
-                          "peak_mem_gb": pred.peak_mem_gb,
-                          "peak_alloc_gb": [b / 2 ** 30 for b in pred.stage_allocated]}
+        plan.predicted = predict(plan, cfg, prof).plan_fields()
     elif prof:  # a prediction for the other mode would mislead
         plan.predicted = {}
     return plan
