@@ -161,9 +161,11 @@ def configure_cuda_allocator() -> str:
     segments that grow in place avoid most of that. Must run before the first CUDA allocation."""
     import os
     conf = os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", EXPANDABLE_SEGMENTS)
-    if conf == EXPANDABLE_SEGMENTS and torch.cuda.is_available():
-        setter = getattr(torch.cuda.memory, "_set_allocator_settings", None)
-        if setter is not None:  # the variable is read once; set it too in case CUDA is already up
+    if conf == EXPANDABLE_SEGMENTS and torch.cuda.is_available() and torch.cuda.is_initialized():
+        # the variable is read when CUDA starts; if it already has, set the allocator directly
+        setter = getattr(torch._C, "_accelerator_setAllocatorSettings", None) or \
+            getattr(torch.cuda.memory, "_set_allocator_settings", None)
+        if setter is not None:
             setter(EXPANDABLE_SEGMENTS)
     return conf
 

@@ -79,3 +79,15 @@ def test_baseline_takes_the_fastest_size_that_fits(monkeypatch):
     assert seen == [8, 4, 2, 1]
     assert res.status == "ok" and res.micro_batch == 2
     assert res.tried[8] == 0.0 and res.tried[2] == 2 * 8 / 0.4 and res.tried[1] == 8 / 0.3
+
+
+def test_plan_variants_name_and_mode():
+    from megatron_galvatron.plan import uniform
+    from tools.benchmark import expand_variants
+    eager, compiled = uniform(2, 2, global_bsz=4), uniform(2, 2, global_bsz=4)
+    compiled.compile, compiled.predicted = True, {"iter_time_s": 1.0}
+    runs = expand_variants([("a", eager), ("b", compiled)], ["plan", "eager", "compile"])
+    assert [(n, p.compile) for n, p in runs] == [("a", False), ("a", False), ("a +compile", True),
+                                                 ("b", True), ("b eager", False), ("b", True)]
+    assert runs[3][1].predicted == {"iter_time_s": 1.0} and runs[4][1].predicted == {}
+    assert eager.compile is False and compiled.compile is True  # the plans themselves are untouched

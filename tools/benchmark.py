@@ -39,6 +39,22 @@ def parse_global_plan(spec: str, world: int, num_layers: int) -> plan_mod.Plan:
                             pipeline_type=kv.get("sched", "1f1b"), vocab_tp=int(kv.get("vtp", tp)))
 
 
+def expand_variants(plans, variants):
+    """(name, plan) per plan and variant: "plan" runs it as it says, "eager" / "compile" with its
+    layers so; a run in the other mode than the plan file is named for it and drops the file's
+    prediction (made for the other mode)."""
+    runs = []
+    for name, plan in plans:
+        for v in variants:
+            compiled = plan.compile if v == "plan" else v == "compile"
+            suffix = {(True, False): " +compile", (False, True): " eager"}.get((compiled, plan.compile), "")
+            run = dataclasses.replace(plan, compile=compiled)
+            if compiled != plan.compile:
+                run.predicted = {}
+            runs.append((name + suffix, run))
+    return runs
+
+
 def price(plan, cfg, args):
     """The plan with this run's prediction: compiled plans on the compiled profiles."""
     from search.predict import predict
@@ -83,16 +99,9 @@ def main() -> None:
         variants = [v for v in args.plan_variants.split(",") if v]
         if not variants or set(variants) - {"plan", "eager", "compile"}:
             raise UserError(f"--plan-variants {args.plan_variants!r}: a comma list of plan, eager, compile")
-        runs = []
-        for name, plan in plans:
+        for _, plan in plans:
             check_plan(plan, cfg, world)
-            for v in variants:
-                compiled = plan.compile if v == "plan" else v == "compile"
-                suffix = {(True, False): " +compile", (False, True): " eager"}.get((compiled, plan.compile), "")
-                run = dataclasses.replace(plan, compile=compiled)
-                if compiled != plan.compile:
-                    run.predicted = {}  # the file's prediction is for the other mode
-                runs.append((name + suffix, price(run, cfg, args)))
+        runs = [(name, price(plan, cfg, args)) for name, plan in expand_variants(plans, variants)]
         args.compile = False  # each plan says whether its layers are compiled
         mbs = [int(x) for x in args.baseline_micro_batches.split(",")]
         baselines = [k for k in args.baselines.split(",") if k]
