@@ -41,11 +41,9 @@ ZERO_GRAD_BYTES = 4
 COMPUTE_COPY_BYTES = 6
 # FSDP2 on the compute stream, per parameter of a sharded unit: copying each all-gather's output
 # into the unsharded bf16 parameters (read 2, write 2); folding a micro-batch's bf16 gradient
-# into the fp32 gradient it accumulates without sync (read 2 + 4, write 4), which every
-# micro-batch but the first does (the first casts instead: read 2, write 4).
+# into the fp32 gradient it accumulates without sync (read 2 + 4, write 4).
 GATHER_COPY_OUT_BYTES = 4
 ACCUMULATE_BYTES = 10
-FIRST_ACCUMULATE_BYTES = 6
 
 
 # -------------------------------------------------------------------- plain formulas
@@ -243,10 +241,13 @@ class CostModel:
     def fsdp_passes(self, dp_type: str, params: float, dp: int) -> Tuple[float, float]:
         """(per micro-batch, per iteration) seconds of FSDP2's memory passes on the compute stream
         for a sharded unit holding `params` unsharded: the gathers' copy-out (ZeRO-3 gathers for the
-        forward and again for the backward) and, for ZeRO-2, the fp32 gradient accumulation. The
-        accumulation is priced on every micro-batch and taken back once per iteration: a single
-        micro-batch reduce-scatters its bf16 gradient directly (the cast happens in the
-        reduce-scatter's copy-in, on its own stream), and with more the first one only casts."""
+        forward and again for the backward) and, for ZeRO-2, the fp32 gradient accumulation: priced
+        on every micro-batch and taken back once per iteration, which is exact for a single
+        micro-batch (it reduce-scatters its bf16 gradient directly; the cast happens in the
+        reduce-scatter's copy-in, on its own stream). With more, the first micro-batch's cast into
+        the fp32 gradient (read 2, write 4 bytes) goes uncounted; counting it per micro-batch
+        would over-price every single-micro-batch ZeRO-2 plan instead, as the stage tables do not
+        know the micro-batch count."""
         if not is_sharded(dp_type, dp):
             return 0.0, 0.0
         gathers = 2 if dp_type == "zero3" else 1
