@@ -42,7 +42,8 @@ H200_1P4B = [("plan.json", -0.014, 0.002), ("tp=1,dp=ddp,gbs=32,chunks=1", -0.01
              ("tp=1,dp=zero2,gbs=32,chunks=2", -0.034, 0.003), ("tp=1,dp=zero3,gbs=32,chunks=1", -0.030, 0.005),
              ("tp=1,dp=zero3,ckpt=1,gbs=64,chunks=1", -0.046, 0.012),
              ("tp=2,dp=ddp,sp=1,gbs=16,chunks=1", 0.031, 0.001), ("pp=2,dp=ddp,gbs=32,chunks=4", 0.033, -0.003),
-             ("pp=2,dp=ddp,gbs=32,chunks=8,sched=gpipe", 0.029, 0.002), ("tp=1,dp=zero2,gbs=48,chunks=1", -0.025, 0.006)]
+             ("pp=2,dp=ddp,gbs=32,chunks=8,sched=gpipe", 0.029, 0.002),
+             ("tp=1,dp=zero2,gbs=48,chunks=1", -0.025, 0.006)]
 
 
 def test_h200_gpt1p4b_with_the_settled_sustained_slowdown():

@@ -254,8 +254,9 @@ class ModelProfiler:
         for tp in self.tps:
             for sp in ((False, True) if tp > 1 and self.s.sequence_parallel else (False,)):
                 key = f"tp{tp}{'_sp' if sp else ''}"
-                build = partial(self.layer, shards, tp, sp)
-                res = self._sweep(tp, sp, (lambda b=build: self._timed_layer(self._bf16(b()) if sharded else b())),
+                plain = partial(self.layer, shards, tp, sp)
+                build = (lambda b=plain: self._timed_layer(self._bf16(b()) if sharded else b()))
+                res = self._sweep(tp, sp, build,
                                   lambda m, mb, seq, tp=tp, sp=sp: self._layer_point(m, tp, sp, mb, seq, sharded),
                                   bar)
                 if not res:
@@ -356,6 +357,7 @@ class ModelProfiler:
         bpts = {(mb, s): t for mb, s, t in table["bwd"]["points"]}
         mb, seq = max(pts)  # the largest point that fit
         n = 4
+
         def build():
             lyr = self.layer(shards, 1, False)
             return self._timed_layer(self._bf16(lyr) if sharded else lyr)
