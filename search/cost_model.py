@@ -170,6 +170,23 @@ def clock_scales(per_mb: List[float], per_iter: List[float], compute_mb: List[fl
     return new, scale
 
 
+def clock_gain_bound(sustained: float, chunks: int, pp_deg: int) -> float:
+    """Largest fraction of the iteration time `clock_scales` can take off a plan of this pipeline
+    shape, for bounds that must stay below every plan's time.
+
+    On a stage's critical path C = (chunks + pp - 1) x its compute per micro-batch runs at scale
+    f = (1 + (S - 1) u) / S, so the gain is C (1 - f) = C (S - 1)(1 - u) / S, while the stage is
+    busy at least u >= a C f / T >= a C / (S T) with a = chunks / (chunks + pp - 1). With x = C / T
+    in [0, 1] the gain is at most (S - 1)/S x (1 - a x / S): (S - 1) / (4 a) at x = S / (2 a) if
+    that is <= 1, else (S - 1)/S (1 - a / S) at x = 1."""
+    if sustained <= 1.0:
+        return 0.0
+    a = chunks / (chunks + pp_deg - 1)
+    if sustained / (2 * a) <= 1.0:
+        return (sustained - 1.0) / (4 * a)
+    return (sustained - 1.0) / sustained * (1.0 - a / sustained)
+
+
 @dataclass(frozen=True)
 class Memory:
     states: float        # parameters, gradients, optimizer states

@@ -28,7 +28,7 @@ import numpy as np
 
 from megatron_galvatron.errors import UserError
 from megatron_galvatron.plan import LayerStrategy, Plan, VocabStrategy
-from search.cost_model import GiB, CostModel, InFlight, Prediction, in_flight
+from search.cost_model import GiB, CostModel, InFlight, Prediction, clock_gain_bound, in_flight
 from search.stage_dp import Surface, Table, canonical_order, lp_bound, lp_mix, min_max_partition
 from search.strategies import Space, divisors, layer_strategies, layout, vocab_strategies
 
@@ -390,14 +390,15 @@ class Searcher:
         seq = self.model.seq_length
         stats = self.stats
         # The bounds price compute at the sustained clock; a plan whose GPUs idle part of the step
-        # is predicted faster than that (cost_model.clock_scales), at most by this factor.
-        relax = self.cost.profile.sustained_slowdown
+        # is predicted faster than that (cost_model.clock_scales), by at most clock_gain_bound.
+        slow = self.cost.profile.sustained_slowdown
         scored = []
         for c in cands:  # bounds first, so that the likely best plans are solved first
             frames = self._frames(c)
             bound = self.memory_aware_bound(c, frames)  # inf: not even the relaxation fits
             if math.isfinite(bound):
-                scored.append((relax * c.global_bsz * seq / bound, c, frames))
+                bound *= 1.0 - clock_gain_bound(slow, c.chunks, c.pp)
+                scored.append((c.global_bsz * seq / bound, c, frames))
             else:
                 stats.pruned_by_memory += 1
         if not scored:

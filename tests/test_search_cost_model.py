@@ -10,7 +10,7 @@ import pytest
 
 from megatron_galvatron.plan import LayerStrategy, Plan, VocabStrategy
 from search.comm import Network
-from search.cost_model import (CostModel, InFlight, clock_scales, in_flight, microbatches_in_flight,
+from search.cost_model import (CostModel, InFlight, clock_gain_bound, clock_scales, in_flight, microbatches_in_flight,
                                model_state_bytes, pipeline_iteration_time)
 from search.model_config import ModelConfig
 from search.profiles import parse_hardware, parse_model
@@ -503,3 +503,25 @@ def test_clock_scales_follow_how_busy_each_stage_is():
     f = scale[0]
     u = 0.5 * f / (0.5 * f + 0.5)
     assert f == pytest.approx((1 + 0.2 * u) / 1.2, rel=1e-6) and it == pytest.approx(0.5 * f + 0.5, rel=1e-6)
+
+
+def test_clock_gain_never_exceeds_its_bound():
+    """The search's bounds take clock_gain_bound off; no plan may gain more (random stages)."""
+    import random
+    rng = random.Random(3)
+    worst = 0.0
+    for _ in range(3000):
+        pp, chunks, S = rng.randint(1, 8), rng.randint(1, 16), rng.uniform(1.0, 1.9)
+        compute = [rng.uniform(0, 1) for _ in range(pp)]
+        per_mb = [c + rng.uniform(0, 1) * rng.choice([0, 0.1, 1]) for c in compute]
+        busy_mb = [rng.uniform(0, m - c) for m, c in zip(per_mb, compute)]
+        per_iter = [rng.uniform(0, 0.5) for _ in range(pp)]
+        busy_iter = [rng.uniform(0, p) for p in per_iter]
+        plain = pipeline_iteration_time(per_mb, per_iter, chunks)
+        it, _ = clock_scales(per_mb, per_iter, compute, busy_mb, busy_iter, chunks, S)
+        gain = 1 - it / plain
+        bound = clock_gain_bound(S, chunks, pp)
+        assert gain <= bound + 1e-9, (pp, chunks, S, gain, bound)
+        worst = max(worst, gain / bound if bound else 0)
+    assert worst > 0.5  # and the bound is not loose by orders of magnitude
+    assert clock_gain_bound(1.16, 8, 1) == pytest.approx(0.04)  # one stage: (S - 1) / 4
