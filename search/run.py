@@ -21,7 +21,7 @@ if __package__ in (None, ""):  # run as `python search/run.py`
 from megatron_galvatron.errors import UserError, exit_on_user_error  # noqa: E402
 from search.comm import Network  # noqa: E402
 from search.cost_model import CostModel  # noqa: E402
-from search.engine import Result, Searcher  # noqa: E402
+from search.engine import InfeasibleError, Result, Searcher  # noqa: E402
 from search.model_config import add_model_args, model_config_from_args  # noqa: E402
 from search.profiles import check_model_matches, load_profiles  # noqa: E402
 from search.strategies import SP_MODES, Space, label  # noqa: E402
@@ -37,6 +37,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="nodes the GPUs are spread over, equally (default: as many as the hardware profile's "
                         "GPUs per node make)")
     p.add_argument("--profile-dir", required=True, help="directory with hardware.json and model.json")
+    p.add_argument("--compile-profile-dir", default=None,
+                   help="a model.json of compiled layers (profile_model.py --compile): plans are searched with "
+                        "both profiles and the faster kind wins, so the plan says whether compiling pays")
     p.add_argument("--output", default="plan.json", help="plan JSON to write")
     add_model_args(p)
     s = p.add_argument_group("search space")
@@ -105,7 +108,7 @@ def gpus_per_node(args: argparse.Namespace, profiled_per_node: int) -> int:
 
 def summarize_layers(result: Result) -> str:
     runs = [(len(list(g)), k) for k, g in groupby(label(s) for s in result.plan.layers)]
-    return ", ".join(f"{n}x {k}" for n, k in runs)
+    return ", ".join(f"{n}x {k}" for n, k in runs) + (" (compiled)" if result.plan.compile else "")
 
 
 def alternatives_table(results: List[Result]) -> str:
@@ -119,22 +122,44 @@ def alternatives_table(results: List[Result]) -> str:
     return "\n".join(lines)
 
 
+def search_modes(args, cfg, sizes):
+    """Run the search on the eager profile and, with --compile-profile-dir, on the compiled one
+    (same hardware.json); returns the best plans of both, fastest first, and the searchers."""
+    hw, model_profile = load_profiles(args.profile_dir)
+    profiles = [model_profile]
+    if args.compile_profile_dir:
+        compiled = load_profiles(args.compile_profile_dir)[1]
+        if not compiled.compiled:
+            raise UserError(f"--compile-profile-dir {args.compile_profile_dir}: its model.json timed eager layers; "
+                            f"profile with tools/profile_model.py --compile")
+        profiles.append(compiled)
+    per_node = gpus_per_node(args, hw.gpus_per_node)
+    space = Space(max_tp=args.max_tp or per_node, allow_zero3=not args.disable_sdp,
+                  allow_checkpoint=not args.disable_checkpoint, sequence_parallel=args.sequence_parallel)
+    types = ["1f1b", "gpipe"] if args.pipeline_type == "search" else [args.pipeline_type]
+    results, searchers, errors = [], [], []
+    for prof in profiles:
+        check_model_matches(prof, cfg.to_dict())
+        cost = CostModel(cfg, prof, Network(hw, args.num_gpus, per_node))
+        searcher = Searcher(cost, args.num_gpus, args.memory_gb, space, sizes, types, args.max_pp, args.threads)
+        searchers.append(searcher)
+        try:
+            results += searcher.run(top_k=args.top_k, progress=not args.quiet)
+        except InfeasibleError as e:  # the other kind may still fit (its allocator profile differs)
+            errors.append(e)
+    if not results:
+        raise errors[0]
+    return sorted(results, key=Result.sort_key)[:args.top_k], searchers
+
+
 def main(argv=None) -> None:
     args = build_parser().parse_args(argv)
     with exit_on_user_error(PROG):
         check_args(args)
         cfg = model_config_from_args(args)
         sizes = batch_sizes(args)
-        hw, model_profile = load_profiles(args.profile_dir)
-        check_model_matches(model_profile, cfg.to_dict())
-        per_node = gpus_per_node(args, hw.gpus_per_node)
-        cost = CostModel(cfg, model_profile, Network(hw, args.num_gpus, per_node))
-        space = Space(max_tp=args.max_tp or per_node, allow_zero3=not args.disable_sdp,
-                      allow_checkpoint=not args.disable_checkpoint, sequence_parallel=args.sequence_parallel)
-        types = ["1f1b", "gpipe"] if args.pipeline_type == "search" else [args.pipeline_type]
-        searcher = Searcher(cost, args.num_gpus, args.memory_gb, space, sizes, types, args.max_pp, args.threads)
         t0 = time.perf_counter()
-        results = searcher.run(top_k=args.top_k, progress=not args.quiet)
+        results, searchers = search_modes(args, cfg, sizes)
         elapsed = time.perf_counter() - t0
         best = results[0].plan
         best.validate(cfg.shape(), args.num_gpus)
@@ -142,10 +167,12 @@ def main(argv=None) -> None:
         print(best.describe())
         print(f"\ntop {len(results)} plans:")
         print(alternatives_table(results))
-        st = searcher.stats
-        print(f"\nsearched {st.candidates} candidates in {elapsed:.2f} s: {st.evaluated} solved "
-              f"({st.dp_runs} DP runs), {st.pruned_by_memory} over the memory bound, "
-              f"{st.pruned_by_bound} cut by the time bound")
+        n = {k: sum(getattr(x.stats, k) for x in searchers)
+             for k in ("candidates", "evaluated", "dp_runs", "pruned_by_memory", "pruned_by_bound")}
+        kinds = " (eager and compiled layers)" if len(searchers) > 1 else ""
+        print(f"\nsearched {n['candidates']} candidates{kinds} in {elapsed:.2f} s: {n['evaluated']} solved "
+              f"({n['dp_runs']} DP runs), {n['pruned_by_memory']} over the memory bound, "
+              f"{n['pruned_by_bound']} cut by the time bound")
         print(f"wrote {args.output}")
         if not args.no_plot:
             from search.plot import save_plan_picture

@@ -37,6 +37,17 @@ def profile_dir(tmp_path_factory):
     return out
 
 
+@pytest.fixture(scope="module")
+def compiled_dir(profile_dir, tmp_path_factory):
+    """The same model profiled with compiled layers, beside the same hardware.json."""
+    out = str(tmp_path_factory.mktemp("compiled"))
+    shutil.copy(os.path.join(profile_dir, profiles.HARDWARE_FILE), out)
+    r = _run([sys.executable, "tools/profile_model.py", "--out-dir", out, "--quiet", "--dtype", "bf16", "--compile",
+              "--micro-batch-sizes", "1", "2", "4", "--tp", "1", "2", "--warmup", "1", "--iters", "3", *MODEL])
+    assert r.returncode == 0, r.stderr[-3000:]
+    return out
+
+
 def _load(path):
     with open(path) as f:
         return json.load(f)
@@ -141,14 +152,10 @@ def test_tool_user_errors_are_one_line(tmp_path):
     assert r.returncode == 2 and "at least 2 ranks" in r.stderr and "Traceback" not in r.stderr, r.stderr
 
 
-def test_compiled_profile_makes_compiled_plans(profile_dir, tmp_path):
+def test_compiled_profile_makes_compiled_plans(profile_dir, compiled_dir, tmp_path):
     """profile_model.py --compile times compiled layers and counts memory on the eager layer (the
     same bytes as the eager profile); plans searched on it say "compile"."""
-    out = str(tmp_path)
-    shutil.copy(os.path.join(profile_dir, profiles.HARDWARE_FILE), out)
-    r = _run([sys.executable, "tools/profile_model.py", "--out-dir", out, "--quiet", "--dtype", "bf16", "--compile",
-              "--micro-batch-sizes", "1", "2", "4", "--tp", "1", "2", "--warmup", "1", "--iters", "3", *MODEL])
-    assert r.returncode == 0, r.stderr[-3000:]
+    out = compiled_dir
     compiled = _load(os.path.join(out, profiles.MODEL_FILE))
     eager = _load(os.path.join(profile_dir, profiles.MODEL_FILE))
     assert compiled["compiled"] is True and eager["compiled"] is False
@@ -164,3 +171,23 @@ def test_compiled_profile_makes_compiled_plans(profile_dir, tmp_path):
     r = _run([sys.executable, "search/run.py", "--memory-gb", "8", "--num-gpus", "2", "--profile-dir", profile_dir,
               "--output", str(eager_plan), "--no-plot", "--quiet", *SEARCH_MODEL])
     assert r.returncode == 0 and "compile" not in _load(eager_plan)
+
+
+def test_search_with_both_profiles_keeps_the_faster_kind(profile_dir, compiled_dir, tmp_path):
+    """--compile-profile-dir searches eager and compiled layers and writes whichever plan is faster."""
+    out = compiled_dir
+    speeds = {}
+    for name, dirs in (("eager", ["--profile-dir", profile_dir]), ("compiled", ["--profile-dir", out]),
+                       ("both", ["--profile-dir", profile_dir, "--compile-profile-dir", out])):
+        path = tmp_path / f"{name}.json"
+        r = _run([sys.executable, "search/run.py", "--memory-gb", "8", "--num-gpus", "2", *dirs,
+                  "--output", str(path), "--no-plot", "--quiet", *SEARCH_MODEL])
+        assert r.returncode == 0, r.stderr
+        plan = _load(path)
+        speeds[name] = (plan["predicted"]["tokens_per_s"], plan.get("compile", False))
+    assert "eager and compiled layers" in r.stdout
+    faster = max(speeds["eager"], speeds["compiled"])
+    assert speeds["both"] == faster
+    r = _run([sys.executable, "search/run.py", "--memory-gb", "8", "--num-gpus", "2", "--profile-dir", profile_dir,
+              "--compile-profile-dir", profile_dir, "--no-plot", "--quiet", *SEARCH_MODEL])
+    assert r.returncode != 0 and "Traceback" not in r.stderr and "--compile" in r.stderr.strip().splitlines()[-1]
