@@ -89,6 +89,7 @@ class HardwareProfile:
     p2p: Dict[int, CommFit]
     compute_slowdown: float
     comm_slowdown: float
+    memory_gb: Optional[float] = None  # one GPU's memory (GiB), where the profile recorded it
 
 
 @dataclass
@@ -370,7 +371,9 @@ def parse_hardware(d: Dict, path: str = HARDWARE_FILE) -> HardwareProfile:
     ov = r.get(d, "overlap", "", dict)
     cs = r.number(ov, "compute_slowdown", "overlap", 1.0)
     ms = r.number(ov, "comm_slowdown", "overlap", 1.0)
-    return HardwareProfile(path, gpu_name, num_gpus, num_nodes, gpus_per_node, collectives, p2p, cs, ms)
+    memory_gb = r.number(hw, "memory_gb", "hardware", 0.0) if "memory_gb" in hw else None
+    return HardwareProfile(path, gpu_name, num_gpus, num_nodes, gpus_per_node, collectives, p2p, cs, ms,
+                           memory_gb or None)
 
 
 # -------------------------------------------------------------------- model.json

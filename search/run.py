@@ -27,6 +27,7 @@ from search.profiles import check_model_matches, load_profiles  # noqa: E402
 from search.strategies import SP_MODES, Space, label  # noqa: E402
 
 PROG = "search/run.py"
+CARD_SHARE = 0.9  # of a GPU's memory, above which the budget leaves no room for allocator overhead
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -133,6 +134,10 @@ def search_modes(args, cfg, sizes):
             raise UserError(f"--compile-profile-dir {args.compile_profile_dir}: its model.json timed eager layers; "
                             f"profile with tools/profile_model.py --compile")
         profiles.append(compiled)
+    if hw.memory_gb and args.memory_gb > CARD_SHARE * hw.memory_gb:
+        print(f"{PROG}: note: --memory-gb {args.memory_gb:g} is over {CARD_SHARE:.0%} of the {hw.memory_gb:.1f} GiB "
+              f"card; with FSDP2 on several GPUs the allocator reserves more than the profile predicts "
+              f"(docs/search.md, 'Choosing --memory-gb')", file=sys.stderr)
     per_node = gpus_per_node(args, hw.gpus_per_node)
     space = Space(max_tp=args.max_tp or per_node, allow_zero3=not args.disable_sdp,
                   allow_checkpoint=not args.disable_checkpoint, sequence_parallel=args.sequence_parallel)

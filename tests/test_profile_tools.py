@@ -191,3 +191,19 @@ def test_search_with_both_profiles_keeps_the_faster_kind(profile_dir, compiled_d
     r = _run([sys.executable, "search/run.py", "--memory-gb", "8", "--num-gpus", "2", "--profile-dir", profile_dir,
               "--compile-profile-dir", profile_dir, "--no-plot", "--quiet", *SEARCH_MODEL])
     assert r.returncode != 0 and "Traceback" not in r.stderr and "--compile" in r.stderr.strip().splitlines()[-1]
+
+
+def test_budget_near_the_card_gets_a_note(profile_dir, tmp_path):
+    out = str(tmp_path)
+    shutil.copy(os.path.join(profile_dir, profiles.MODEL_FILE), out)
+    hw = _load(os.path.join(profile_dir, profiles.HARDWARE_FILE))
+    hw["hardware"]["memory_gb"] = 10.0
+    with open(os.path.join(out, profiles.HARDWARE_FILE), "w") as f:
+        json.dump(hw, f)
+    notes = []
+    for budget in ("9.5", "8"):
+        r = _run([sys.executable, "search/run.py", "--memory-gb", budget, "--num-gpus", "2", "--profile-dir", out,
+                  "--output", str(tmp_path / "plan.json"), "--no-plot", "--quiet", *SEARCH_MODEL])
+        assert r.returncode == 0, r.stderr
+        notes.append("note: --memory-gb" in r.stderr)
+    assert notes == [True, False]

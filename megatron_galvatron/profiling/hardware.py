@@ -46,6 +46,8 @@ def describe(device: torch.device, num_gpus: int, num_nodes: int) -> Dict:
         "cuda": torch.version.cuda,
         "nccl": nccl_version(),
         "host": platform.node(),
+        **({"memory_gb": torch.cuda.get_device_properties(device).total_memory / 2 ** 30}
+           if device.type == "cuda" else {}),
     }
 
 
