@@ -5,7 +5,9 @@
 # MODEL, MEMORY_GB, BATCH, PLANS, BASELINES, BASELINE_MBS, BASELINE_GBS (baselines accumulate to
 # this global batch), ITERS, WARMUP, ROUNDS, VARIANTS, PROFILE_ARGS may be overridden from the
 # environment; HARDWARE=path/hardware.json reuses that collective profile (same machine kind)
-# and profiles only the model. OUT receives bench.json, bench.log,
+# and profiles only the model. COMPILE=1 also profiles compiled layers (COMPILE_PROFILE_ARGS,
+# default tp 1 at micro-batches 4 8): the search then weighs eager against compiled layers and
+# the benchmark prices compiled plans on that profile. OUT receives bench.json, bench.log,
 # plan.json, plan.png and validate.tar.gz (everything, profiles and logs included).
 set -uo pipefail
 OUT=${OUT:-validate_out}; mkdir -p "$OUT"
@@ -29,10 +31,22 @@ else
         ${PROFILE_ARGS:-} > "$WORK/profile.log" 2>&1
 fi
 tail -3 "$WORK/profile.log"; grep -h "time\|took\|s$" "$WORK/prof/"*.log 2>/dev/null | tail -4
-python3 search/run.py --memory-gb "$MEMORY_GB" --num-gpus "$NGPU" $MODEL --profile-dir "$WORK/prof" $BATCH \
-    --output "$WORK/plan.json" --plot "$WORK/plan.png" 2>&1 | grep -v -i warn | tee "$WORK/search.log" | tail -12
+COMPILED=""
+if [[ "${COMPILE:-0}" == 1 ]]; then
+    mkdir -p "$WORK/prof_compiled"; cp "$WORK/prof/hardware.json" "$WORK/prof_compiled/"
+    CARGS=${COMPILE_PROFILE_ARGS:-"--micro-batch-sizes 4 8 --tp 1"}
+    # shellcheck disable=SC2086
+    timeout ${PROFILE_TIMEOUT:-900} python3 tools/profile_model.py --out-dir "$WORK/prof_compiled" $MODEL --compile \
+        $CARGS > "$WORK/profile_compiled.log" 2>&1
+    tail -3 "$WORK/profile_compiled.log"
+    COMPILED="--compile-profile-dir $WORK/prof_compiled"
+fi
 # shellcheck disable=SC2086
-timeout ${BENCH_TIMEOUT:-3600} torchrun --standalone --nproc-per-node "$NGPU" tools/benchmark.py $MODEL --bf16 --profile-dir "$WORK/prof" \
+python3 search/run.py --memory-gb "$MEMORY_GB" --num-gpus "$NGPU" $MODEL --profile-dir "$WORK/prof" $COMPILED \
+    $BATCH --output "$WORK/plan.json" --plot "$WORK/plan.png" 2>&1 | grep -v -i warn | tee "$WORK/search.log" | tail -12
+# shellcheck disable=SC2086
+timeout ${BENCH_TIMEOUT:-3600} torchrun --standalone --nproc-per-node "$NGPU" tools/benchmark.py $MODEL --bf16 \
+    --profile-dir "$WORK/prof" $COMPILED \
     --plans "$WORK/plan.json" --global-plans $PLANS --baselines "$BASELINES" --baseline-micro-batches "$BASELINE_MBS" \
     --baseline-global-batch ${BASELINE_GBS:-0} \
     --plan-variants "${VARIANTS:-plan}" --rounds ${ROUNDS:-1} --iters ${ITERS:-5} --warmup ${WARMUP:-2} \
