@@ -48,9 +48,9 @@ def test_valid_tp_degrees():
     assert valid_tp_degrees(cfg, [1, 2, 3, 4, 8]) == [1, 2, 4]
 
 
-def test_layer_memory_per_token():
-    cfg = _cfg()
-    s = ModelSettings(micro_batch_sizes=[1, 3], seq_lengths=[16], tp_degrees=[1, 2], dtype="fp32",
+def _layer_profile(cfg, dtype: str):
+    """The layer tables of a CPU profile at tp 1 and 2, micro-batches 1 and 3, seq 16."""
+    s = ModelSettings(micro_batch_sizes=[1, 3], seq_lengths=[16], tp_degrees=[1, 2], dtype=dtype,
                       warmup=0, iters=1, progress=False)
     prof = ModelProfiler(cfg, torch.device("cpu"), s)
     shards = ShardGroups(2)
@@ -59,9 +59,14 @@ def test_layer_memory_per_token():
         def update(self, n):
             pass
     try:
-        layer = prof.layer_profile(shards, Bar())
+        return prof.layer_profile(shards, Bar())
     finally:
         shards.close()
+
+
+def test_layer_memory_per_token():
+    cfg = _cfg()
+    layer = _layer_profile(cfg, "fp32")
     mem = layer["memory"]
     h = cfg.hidden_size
     # a checkpointed layer keeps only its fp32 input, sequence-sharded under sp
@@ -90,18 +95,7 @@ def test_sharded_unit_saves_a_bf16_residual_stream():
     each norm then saves a bf16 input and output where under autocast it saves an fp32 input and
     the bf16 cast, and a checkpointed layer keeps a bf16 input."""
     cfg = _cfg()
-    s = ModelSettings(micro_batch_sizes=[1, 3], seq_lengths=[16], tp_degrees=[1, 2], dtype="bf16",
-                      warmup=0, iters=1, progress=False)
-    prof = ModelProfiler(cfg, torch.device("cpu"), s)
-    shards = ShardGroups(2)
-
-    class Bar:
-        def update(self, n):
-            pass
-    try:
-        layer = prof.layer_profile(shards, Bar())
-    finally:
-        shards.close()
+    layer = _layer_profile(cfg, "bf16")
     h = cfg.hidden_size
     mem, sharded = layer["memory"], layer["sharded"]
     assert sharded["checkpoint_bytes_per_token"] == {"tp1": 2 * h, "tp2": 2 * h, "tp2_sp": h}
