@@ -55,13 +55,16 @@ def expand_variants(plans, variants):
     return runs
 
 
-def price(plan, cfg, args):
-    """The plan with this run's prediction: compiled plans on the compiled profiles."""
+def price(plan, cfg, args, loaded):
+    """The plan with this run's prediction: compiled plans on the compiled profiles. `loaded`
+    keeps each profile directory's parsed profiles for the next plan."""
     from search.predict import predict
     from search.profiles import load_profiles
     prof = args.compile_profile_dir if plan.compile and args.compile_profile_dir else args.profile_dir
-    if prof and load_profiles(prof)[1].compiled == plan.compile:
-        plan.predicted = predict(plan, cfg, prof).plan_fields()
+    if prof and prof not in loaded:
+        loaded[prof] = load_profiles(prof)
+    if prof and loaded[prof][1].compiled == plan.compile:
+        plan.predicted = predict(plan, cfg, loaded[prof]).plan_fields()
     elif prof:  # a prediction for the other mode would mislead
         plan.predicted = {}
     return plan
@@ -101,7 +104,8 @@ def main() -> None:
             raise UserError(f"--plan-variants {args.plan_variants!r}: a comma list of plan, eager, compile")
         for _, plan in plans:
             check_plan(plan, cfg, world)
-        runs = [(name, price(plan, cfg, args)) for name, plan in expand_variants(plans, variants)]
+        loaded = {}
+        runs = [(name, price(plan, cfg, args, loaded)) for name, plan in expand_variants(plans, variants)]
         args.compile = False  # each plan says whether its layers are compiled
         mbs = [int(x) for x in args.baseline_micro_batches.split(",")]
         baselines = [k for k in args.baselines.split(",") if k]

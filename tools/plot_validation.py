@@ -19,7 +19,10 @@ def rows_of(bench: dict, profile_dir=None, compile_profile_dir=None):
     `compile_profile_dir` (left out without it: the eager profile would price other kernels)."""
     from megatron_galvatron.model.config import GPTConfig
     from megatron_galvatron.plan import Plan
+    from search.predict import predict
+    from search.profiles import load_profiles
     cfg = GPTConfig(**bench["model"])
+    loaded = {d: load_profiles(d) for d in (profile_dir, compile_profile_dir) if d}
     rows = []
     for r in bench["results"]:
         if not r.get("plan") or r["status"] != "ok":
@@ -30,10 +33,9 @@ def rows_of(bench: dict, profile_dir=None, compile_profile_dir=None):
             continue
         pred_t, pred_m = r["predicted_iter_time_s"], r["predicted_peak_mem_gb"]
         if prof:
-            from search.predict import predict
             plan = Plan.from_dict(r["plan"])
             plan.compile = compiled
-            p = predict(plan, cfg, prof)
+            p = predict(plan, cfg, loaded[prof])
             pred_t, pred_m = p.iter_time_s, max(p.stage_allocated) / 2 ** 30
         rows.append({"name": r["name"], "time": r["iter_time_s"], "pred_time": pred_t,
                      "mem": r["peak_mem_gb"], "pred_mem": pred_m, "tokens": r["tokens_per_s_per_gpu"]})
@@ -87,11 +89,13 @@ def main() -> None:
                    help="price compiled plans on these profiles (profile_model.py --compile)")
     p.add_argument("--title", default="cost model: predicted vs measured")
     a = p.parse_args()
-    with open(a.bench_json) as f:
-        rows = rows_of(json.load(f), a.profile_dir, a.compile_profile_dir)
-    print(markdown(rows))
-    plot(rows, a.out, a.title)
-    print(f"wrote {a.out}")
+    from megatron_galvatron.errors import exit_on_user_error
+    with exit_on_user_error("plot_validation.py"):
+        with open(a.bench_json) as f:
+            rows = rows_of(json.load(f), a.profile_dir, a.compile_profile_dir)
+        print(markdown(rows))
+        plot(rows, a.out, a.title)
+        print(f"wrote {a.out}")
 
 
 if __name__ == "__main__":
