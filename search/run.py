@@ -19,6 +19,8 @@ if __package__ in (None, ""):  # run as `python search/run.py`
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from megatron_galvatron.errors import UserError, exit_on_user_error  # noqa: E402
+from megatron_galvatron.model.config import GPTConfig  # noqa: E402
+from search.bound import compute_bound  # noqa: E402
 from search.comm import Network  # noqa: E402
 from search.cost_model import CostModel  # noqa: E402
 from search.engine import InfeasibleError, Result, Searcher  # noqa: E402
@@ -157,6 +159,16 @@ def search_modes(args, cfg, sizes):
     return sorted(results, key=Result.sort_key)[:args.top_k], searchers
 
 
+def describe_bound(best: Result, searchers, cfg, num_gpus: int) -> str:
+    """The best plan against the compute bound of the profile it was searched on (search/bound.py)."""
+    prof = next(s.cost.profile for s in searchers if s.cost.profile.compiled == best.plan.compile)
+    bound = compute_bound(prof, cfg.num_layers, GPTConfig(**cfg.to_dict()).flops_per_token())
+    per_gpu = best.tokens_per_s / num_gpus
+    return (f"compute bound ({'compiled' if prof.compiled else 'eager'} layers at tp 1, no communication, "
+            f"optimizer or bubbles): {bound.tokens_per_s:,.0f} tokens/s/GPU; this plan {per_gpu:,.0f} "
+            f"({per_gpu / bound.tokens_per_s:.1%} of it)")
+
+
 def main(argv=None) -> None:
     args = build_parser().parse_args(argv)
     with exit_on_user_error(PROG):
@@ -178,6 +190,7 @@ def main(argv=None) -> None:
         print(f"\nsearched {n['candidates']} candidates{kinds} in {elapsed:.2f} s: {n['evaluated']} solved "
               f"({n['dp_runs']} DP runs), {n['pruned_by_memory']} over the memory bound, "
               f"{n['pruned_by_bound']} cut by the time bound")
+        print(describe_bound(results[0], searchers, cfg, args.num_gpus))
         print(f"wrote {args.output}")
         if not args.no_plot:
             from search.plot import save_plan_picture

@@ -70,6 +70,35 @@ def price(plan, cfg, args, loaded):
     return plan
 
 
+def bounds(cfg, args, loaded):
+    """The compute bound (search/bound.py) on each profile given, by directory."""
+    from search.bound import compute_bound
+    from search.predict import search_config
+    from search.profiles import check_model_matches, load_profiles
+    from megatron_galvatron.training.metrics import peak_flops_of
+    out = {}
+    for prof in (args.profile_dir, args.compile_profile_dir):
+        if not prof:
+            continue
+        if prof not in loaded:
+            loaded[prof] = load_profiles(prof)
+        hw, model = loaded[prof]
+        check_model_matches(model, search_config(cfg).to_dict())
+        b = compute_bound(model, cfg.num_layers, cfg.flops_per_token())
+        out[prof] = dict(b.as_dict(peak_flops_of(hw.gpu_name)), compiled=model.compiled)
+    return out
+
+
+def describe_bounds(found) -> str:
+    lines = []
+    for prof, b in found.items():
+        mfu = f", MFU {b['mfu']:.3f}" if b["mfu"] else ""
+        lines.append(f"compute bound ({'compiled' if b['compiled'] else 'eager'} layers, {prof}): "
+                     f"{b['tokens_per_s_per_gpu']:,.0f} tokens/s/GPU{mfu}: the model's math alone at the "
+                     f"sustained clock, no communication, optimizer or bubbles (search/bound.py)")
+    return "\n".join(lines)
+
+
 def main() -> None:
     p = build_parser("Benchmark plans against plain PyTorch DDP and FSDP2")
     b = p.add_argument_group("benchmark")
@@ -106,6 +135,7 @@ def main() -> None:
             check_plan(plan, cfg, world)
         loaded = {}
         runs = [(name, price(plan, cfg, args, loaded)) for name, plan in expand_variants(plans, variants)]
+        found = bounds(cfg, args, loaded)
         args.compile = False  # each plan says whether its layers are compiled
         mbs = [int(x) for x in args.baseline_micro_batches.split(",")]
         baselines = [k for k in args.baselines.split(",") if k]
@@ -128,10 +158,13 @@ def main() -> None:
                     print(f"[round {rnd + 1}] " + table(results[i:i + 1]).splitlines()[-1], flush=True)
         if rank == 0:
             print("\n" + table(results), flush=True)
+            if found:
+                print(describe_bounds(found), flush=True)
             if args.out:
                 with open(args.out, "w") as f:
                     json.dump({"model": vars(cfg), "world_size": world, "device": str(device),
                                "cuda_alloc_conf": os.environ.get("PYTORCH_CUDA_ALLOC_CONF"),
+                               "compute_bound": found,
                                "results": [as_dict(r) for r in results]}, f, indent=2, default=str)
     if dist.is_initialized():
         dist.destroy_process_group()

@@ -60,7 +60,7 @@ class ModelSettings:
     seed: int = 1234
     progress: bool = True
     # time the transformer layers through torch.compile, as pretrain_gpt.py --compile (or a plan
-    # with "compile") runs them; memory is still counted on the eager layer
+    # with "compile") runs them, and count what the compiled layers save for backward
     compile: bool = False
 
 
@@ -191,11 +191,14 @@ class ModelProfiler:
         x = self.hidden(seq // tp if sp else seq, mb, dtype=dtype)
         fwd, bwd = self._fwd_bwd(lambda: layer(x), autocast)
         layer.zero_grad(set_to_none=True)
-        mem = []
-        for ckpt in (False, True):
-            layer.use_checkpoint = ckpt
-            # forward() bypasses a compiled module's compiled call: saved tensors are counted eagerly
-            mem += list(saved_bytes(layer, lambda: layer.forward(x), autocast))
+        # A compiled layer saves what inductor's partition of forward and backward keeps (it
+        # recomputes cheap elementwise results instead), so it is counted through the compiled
+        # call, the one just timed; the pack hook sees those tensors as it does eager ones.
+        mem = list(saved_bytes(layer, lambda: layer(x), autocast))
+        # Checkpointed, a layer keeps its input whatever runs inside: counted on forward(),
+        # which bypasses the compiled call and so does not compile a second variant.
+        layer.use_checkpoint = True
+        mem += list(saved_bytes(layer, lambda: layer.forward(x), autocast))
         layer.use_checkpoint = False
         return [fwd, bwd] + mem
 

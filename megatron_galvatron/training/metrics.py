@@ -12,7 +12,11 @@ _PEAK_BF16 = [("H200", 989e12), ("H100", 989e12), ("H800", 989e12), ("A100", 312
 def peak_flops(device: torch.device) -> Optional[float]:
     if device.type != "cuda":
         return None
-    name = torch.cuda.get_device_name(device)
+    return peak_flops_of(torch.cuda.get_device_name(device))
+
+
+def peak_flops_of(name: str) -> Optional[float]:
+    """By device name, e.g. a hardware profile's gpu_name."""
     for frag, peak in _PEAK_BF16:
         if frag in name:
             return peak
