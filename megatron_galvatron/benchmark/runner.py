@@ -40,6 +40,8 @@ class Result:
     peak_reserved_gb: float = 0.0  # what the caching allocator held at most (max over ranks)
     outside_allocator_gb: float = 0.0  # device memory in use beyond the allocator's (context, NCCL, ...)
     tried: Dict[int, float] = field(default_factory=dict)  # baselines: samples per GPU -> tokens/s/GPU
+    # rank 0's caching allocator after the last timed step, per CUDA stream (see allocator_pools)
+    pools: Dict[str, Dict[str, float]] = field(default_factory=dict)
 
 
 def _all_ok(ok: bool, device) -> bool:
@@ -83,6 +85,29 @@ def _timed(step, iters: int, warmup: int, device, states: Optional[list] = None)
     return times
 
 
+def allocator_pools(device) -> Dict[str, Dict[str, float]]:
+    """Per CUDA stream, GiB: what the caching allocator holds (reserved), how much of it is
+    allocated now, and its largest free block. Each stream allocates from its own segments, so
+    memory FSDP2's all-gather and reduce-scatter streams hold is not reusable by the compute
+    stream; without an empty_cache, what a stream holds after the step is what it held at most
+    (less any retries), which apportions peak reserved memory to the streams."""
+    if device.type != "cuda":
+        return {}
+    out: Dict[str, Dict[str, float]] = {}
+    for seg in torch.cuda.memory_snapshot():
+        if seg.get("device", device.index) != device.index:
+            continue
+        pool = out.setdefault(str(seg["stream"]), {"reserved_gb": 0.0, "allocated_gb": 0.0,
+                                                   "largest_free_gb": 0.0, "segments": 0})
+        pool["reserved_gb"] += seg["total_size"] / 2 ** 30
+        pool["allocated_gb"] += seg["allocated_size"] / 2 ** 30
+        pool["segments"] += 1
+        for b in seg["blocks"]:
+            if b["state"] == "inactive":
+                pool["largest_free_gb"] = max(pool["largest_free_gb"], b["size"] / 2 ** 30)
+    return out
+
+
 def _finish(res: Result, cfg: GPTConfig, times, tokens_per_iter: int, world: int, device, states=()) -> Result:
     res.times = list(res.times) + list(times)  # earlier rounds' times stay
     res.rounds += 1
@@ -103,6 +128,8 @@ def _finish(res: Result, cfg: GPTConfig, times, tokens_per_iter: int, world: int
     if cuda:
         free, total = torch.cuda.mem_get_info(device)
         outside = (total - free - torch.cuda.memory_reserved(device)) / 2 ** 30
+    if cuda and (not dist.is_initialized() or dist.get_rank() == 0):
+        res.pools = allocator_pools(device)
     peak = torch.tensor([metrics.peak_memory_gb(device), float(retries), reserved, outside], device=device)
     if dist.is_initialized():
         dist.all_reduce(peak, op=dist.ReduceOp.MAX)  # the fullest rank (stages differ)
