@@ -84,6 +84,18 @@ def persistent_bytes(states, activation, lazy, settled, flight: InFlight):
     return np.maximum(first, other)
 
 
+def budget_bytes(states, activation, lazy, settled, pooled, flight: InFlight, ratio: float):
+    """What a unit counts against the allocator's budget, in bytes of tensors on the compute
+    stream's scale (the budget is divided by the allocator's reserved/allocated ratio).
+
+    The caching allocator keeps a pool per CUDA stream. FSDP2 writes each ZeRO unit's fp32
+    gradient shard (`settled`) on its reduce-scatter stream, into memory the compute stream
+    never reuses: reserved = ratio x (the compute stream's peak) + the shards. `pooled` is the
+    part of `lazy` that is such a shard from the start (ZeRO-3, reduce-scattered every
+    micro-batch); ZeRO-2's unsharded accumulation stays on the compute stream."""
+    return persistent_bytes(states - pooled, activation, lazy - pooled, 0.0, flight) + settled / ratio
+
+
 def zero_gradient_bytes(params: float, dp: int, dp_type: str) -> Tuple[float, float]:
     """(lazy, settled) of `persistent_bytes` for a unit holding `params`. ZeRO-3 reduce-scatters
     every micro-batch into an fp32 gradient shard; ZeRO-2 accumulates the unsharded fp32
@@ -139,6 +151,7 @@ class StageCost(NamedTuple):
     per_mb: float
     per_iter: float
     allocated: float   # bytes at the stage's peak
+    budgeted: float    # what the stage counts against the budget (see budget_bytes)
     compute_mb: float  # compute within per_mb
     busy_iter: float   # GPU work within per_iter
     busy_mb: float     # other GPU work within per_mb (compute slowed by overlapping collectives)
@@ -194,9 +207,13 @@ class Memory:
     transient: float     # alive only while this unit computes (the stage peak takes the largest)
     lazy: float = 0.0     # part of `states` created only in the iteration's first backward
     settled: float = 0.0  # what `lazy` becomes once the last backward's reduce-scatter ran
+    pooled: float = 0.0   # part of `lazy` in the reduce-scatter stream's pool (see budget_bytes)
 
     def persistent(self, flight: InFlight) -> float:
         return float(persistent_bytes(self.states, self.activation, self.lazy, self.settled, flight))
+
+    def budgeted(self, flight: InFlight, ratio: float) -> float:
+        return float(budget_bytes(self.states, self.activation, self.lazy, self.settled, self.pooled, flight, ratio))
 
 
 @dataclass
@@ -448,7 +465,7 @@ class CostModel:
                      + (BF16 * params if s.dp_type == "zero3" and dp > 1 else 0.0))
         lazy, settled = zero_gradient_bytes(params, dp, s.dp_type)
         return Memory(model_state_bytes(params, dp, s.dp_type, self.has_compute_copy(s.dp_type, dp)), kept,
-                      transient, lazy, settled)
+                      transient, lazy, settled, lazy if s.dp_type == "zero3" else 0.0)
 
     def relayout(self, stage_world: int, micro_batch: int, src: Optional[Tuple] = None,
                  dst: Optional[Tuple] = None) -> float:
@@ -590,12 +607,17 @@ class CostModel:
                             act_kept, transient)
 
     # ---------------------------------------------------------------- allocator
-    def reserved(self, allocated: float) -> float:
-        return self.profile.reserved_over_allocated * allocated + self.profile.fixed_overhead_bytes
+    @property
+    def ratio(self) -> float:
+        return self.profile.reserved_over_allocated
 
-    def allocatable(self, budget_bytes: float) -> float:
-        """Bytes of tensors that fit when the allocator may hold `budget_bytes`."""
-        return (budget_bytes - self.profile.fixed_overhead_bytes) / self.profile.reserved_over_allocated
+    def reserved(self, budgeted: float) -> float:
+        """What the allocator holds for a stage that counts `budgeted` bytes (budget_bytes)."""
+        return self.ratio * budgeted + self.profile.fixed_overhead_bytes
+
+    def allocatable(self, budget: float) -> float:
+        """Budgeted bytes (budget_bytes) that fit when the allocator may hold `budget` bytes."""
+        return (budget - self.profile.fixed_overhead_bytes) / self.ratio
 
     # ---------------------------------------------------------------- a whole plan
     def stage_costs(self, plan: Plan, stage: int) -> StageCost:
@@ -607,6 +629,7 @@ class CostModel:
         vt, vm = self.vocab(plan.vocab, sw, mb, pp, stage)
         per_mb, per_iter, compute, busy, busy_mb = vt.per_mb, vt.per_iter, vt.compute, vt.busy_iter, vt.busy_mb
         persistent, transient = vm.persistent(flight), vm.transient
+        budgeted = vm.budgeted(flight, self.ratio)
         for s in layers:
             t, m = self.layer_time(s, sw, mb), self.layer_memory(s, sw, mb)
             per_mb += t.per_mb
@@ -615,6 +638,7 @@ class CostModel:
             busy += t.busy_iter
             busy_mb += t.busy_mb
             persistent += m.persistent(flight)
+            budgeted += m.budgeted(flight, self.ratio)
             transient = max(transient, m.transient)
         layouts = [layout(s, sw) for s in layers]
         if stage == 0:
@@ -623,14 +647,14 @@ class CostModel:
             layouts.append(layout(plan.vocab, sw))
         per_mb += sum(self.relayout(sw, mb, a, b) for a, b in zip(layouts, layouts[1:]))
         per_mb += ((stage > 0) + (stage < pp - 1)) * self.p2p(pp, sw, mb)
-        return StageCost(per_mb, per_iter, persistent + transient, compute, busy, busy_mb)
+        return StageCost(per_mb, per_iter, persistent + transient, budgeted + transient, compute, busy, busy_mb)
 
     def evaluate(self, plan: Plan) -> Prediction:
-        per_mb, per_iter, alloc, compute, busy, busy_mb = zip(*(self.stage_costs(plan, i)
-                                                                for i in range(plan.pp_deg)))
+        per_mb, per_iter, alloc, budgeted, compute, busy, busy_mb = zip(*(self.stage_costs(plan, i)
+                                                                          for i in range(plan.pp_deg)))
         it, scale = clock_scales(list(per_mb), list(per_iter), list(compute), list(busy_mb), list(busy),
                                  plan.chunks, self.profile.sustained_slowdown)
         per_mb = [m - c * (1.0 - f) for m, c, f in zip(per_mb, compute, scale)]
         tokens = plan.global_bsz * self.model.seq_length
         return Prediction(it, tokens / it, list(per_mb), list(per_iter), list(alloc),
-                          [self.reserved(a) for a in alloc])
+                          [self.reserved(b) for b in budgeted])

@@ -8,7 +8,8 @@ as fast as memory allows. Candidates are visited in order of an upper bound on t
 remaining candidate can beat the k-th best pipeline shape found.
 
 Stage peak memory is sum(persistent memory of its layers) + max(transient memory of one layer),
-which is not additive; the DP handles it by reserving a level tau for the transient and allowing
+each layer's persistent part counted as it weighs against the allocator's budget
+(search.cost_model.budget_bytes), which is not additive; the DP handles it by reserving a level tau for the transient and allowing
 only strategies whose transient is <= tau. The exact optimum is the best over all levels; the
 levels solved are the one the linear relaxation settles on, the top one (both skipped when their
 relaxation cannot beat what is known), and the level that minimises memory (so that a budget the
@@ -88,7 +89,7 @@ class StageFrame:
     flight: InFlight
     fixed_mb: float       # vocab + p2p time per micro-batch
     fixed_iter: float     # vocab once-per-iteration time
-    vocab_persistent: float
+    vocab_budgeted: float
     vocab_transient: float
     in_layout: Optional[Tuple]   # layout the first layer receives from the embedding (first stage)
     out_layout: Optional[Tuple]  # layout the LM head wants from the last layer (last stage)
@@ -167,7 +168,8 @@ class Searcher:
                   {},
                   sorted({layout(v, stage_world) for v in vocab_strategies(stage_world, micro_batch, self.model,
                                                                            self.space)}),
-                  np.array([m.lazy for m in mems]), np.array([m.settled for m in mems]))
+                  np.array([m.lazy for m in mems]), np.array([m.settled for m in mems]),
+                  np.array([m.pooled for m in mems]), c.ratio)
         every = sorted(set(layouts) | set(t.vocab_layouts))
         t.relayout = {(a, b): c.relayout(stage_world, micro_batch, a, b) for a in every for b in every}
         self._tables[key] = t
@@ -189,7 +191,7 @@ class Searcher:
         vt, vm = self.cost.vocab(cand.vocab, sw, mb, cand.pp, stage)
         p2p = ((stage > 0) + (stage < cand.pp - 1)) * self.cost.p2p(cand.pp, sw, mb)
         vl = layout(cand.vocab, sw)
-        return StageFrame(flight, vt.per_mb + p2p, vt.per_iter, vm.persistent(flight), vm.transient,
+        return StageFrame(flight, vt.per_mb + p2p, vt.per_iter, vm.budgeted(flight, self.cost.ratio), vm.transient,
                           vl if stage == 0 else None, vl if stage == cand.pp - 1 else None)
 
     # ---------------------------------------------------------------- bounds
@@ -212,12 +214,12 @@ class Searcher:
         obj = k * t.per_mb + t.per_iter
         arrays = []
         for f in frames:
-            key = ("lp", id(t), k, f.flight, f.vocab_persistent, f.vocab_transient, n_hi)
+            key = ("lp", id(t), k, f.flight, f.vocab_budgeted, f.vocab_transient, n_hi)
             arr = self._bounds.get(key)
             if arr is None:
                 floor = np.maximum(t.transient, f.vocab_transient).min()
-                room = np.full(n_hi, self.budget - f.vocab_persistent - floor)
-                arr = self._bounds[key] = lp_bound(obj, t.persistent(f.flight), n, room)
+                room = np.full(n_hi, self.budget - f.vocab_budgeted - floor)
+                arr = self._bounds[key] = lp_bound(obj, t.budgeted(f.flight), n, room)
             arrays.append(arr + k * f.fixed_mb + f.fixed_iter)
         if cand.pp == 1:
             return float(arrays[0][L - 1])
@@ -234,7 +236,7 @@ class Searcher:
             reserve = np.maximum(table.transient, vocab_transient)
             order = np.argsort(reserve, kind="stable")
             r = reserve[order]
-            m = np.minimum.accumulate(table.persistent(flight)[order])
+            m = np.minimum.accumulate(table.budgeted(flight)[order])
             last = np.concatenate((np.nonzero(np.diff(r))[0], [len(r) - 1]))
             levels, floor = r[last][::-1], m[last][::-1]
             need = np.arange(1, n_hi + 1)[None, :] * floor[:, None] + levels[:, None]
@@ -244,7 +246,7 @@ class Searcher:
 
     def stage_min_memory(self, table: Table, frame: StageFrame, n_hi: int) -> np.ndarray:
         """Smallest allocated bytes of the stage with n = 1..n_hi layers."""
-        return self.min_memory_levels(table, frame.flight, frame.vocab_transient, n_hi)[0] + frame.vocab_persistent
+        return self.min_memory_levels(table, frame.flight, frame.vocab_transient, n_hi)[0] + frame.vocab_budgeted
 
     def min_memory(self, cand: Candidate, frames: List[StageFrame]) -> float:
         t = self.table(self.num_gpus // cand.pp, cand.micro_batch)
@@ -302,7 +304,7 @@ class Searcher:
         reserve = np.maximum(table.transient, frame.vocab_transient)
         levels = np.unique(reserve)[::-1]
         obj = k * table.per_mb + table.per_iter
-        mem = table.persistent(frame.flight)
+        mem = table.budgeted(frame.flight)
         n = np.arange(1, n_hi + 1)
         in_layout, out_layout, _ = self._ends(frame)
         best_cost = np.full(n_hi, np.inf)
@@ -310,7 +312,7 @@ class Searcher:
         done = set()
 
         def room(level: float) -> float:
-            return self.budget - frame.vocab_persistent - level
+            return self.budget - frame.vocab_budgeted - level
 
         def run(level: float) -> None:
             if level in done:
@@ -367,7 +369,7 @@ class Searcher:
         for i, n in enumerate(split):
             _, surf, level = answers[i][n - 1]
             _, out_layout, backwards = self._ends(frames[i])
-            picked = surf.solve(n, self.budget - frames[i].vocab_persistent - level, out_layout)
+            picked = surf.solve(n, self.budget - frames[i].vocab_budgeted - level, out_layout)
             if backwards:
                 picked.reverse()
             layers += canonical_order([t.strategies[s] for s in picked], sw)

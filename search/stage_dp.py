@@ -11,7 +11,7 @@ import numpy as np
 
 from megatron_galvatron.plan import LayerStrategy
 from search import dp
-from search.cost_model import InFlight, persistent_bytes
+from search.cost_model import InFlight, budget_bytes, persistent_bytes
 from search.strategies import layout
 
 MiB = float(2 ** 20)
@@ -33,10 +33,16 @@ class Table:
     vocab_layouts: List[Tuple]  # layouts the embedding / LM head can have in this stage
     lazy: np.ndarray     # see search.cost_model.persistent_bytes
     settled: np.ndarray
+    pooled: np.ndarray   # see search.cost_model.budget_bytes
+    ratio: float         # the allocator's reserved / allocated
 
     def persistent(self, flight: InFlight) -> np.ndarray:
         """Bytes each strategy holds at the stage's peak besides its transient."""
         return persistent_bytes(self.states, self.activation, self.lazy, self.settled, flight)
+
+    def budgeted(self, flight: InFlight) -> np.ndarray:
+        """What each strategy counts against the memory budget besides its transient."""
+        return budget_bytes(self.states, self.activation, self.lazy, self.settled, self.pooled, flight, self.ratio)
 
 
 class Surface:
@@ -53,7 +59,7 @@ class Surface:
                  out_layouts: Sequence, n_hi: int, budget: float):
         idx = np.nonzero(table.transient <= level)[0]
         cost = k * table.per_mb[idx] + table.per_iter[idx]
-        mem = table.persistent(flight)[idx]
+        mem = table.budgeted(flight)[idx]
         self.idx, cost, mem = _pareto(idx, cost, mem, table.layout_id[idx])
         used = np.unique(table.layout_id[self.idx])
         self.group = np.searchsorted(used, table.layout_id[self.idx]).astype(np.int32)

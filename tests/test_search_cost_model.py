@@ -379,6 +379,30 @@ def test_allocator_overhead(cm):
 
 # ------------------------------------------------------------------ whole plans
 
+def test_gradient_shards_reserve_their_own_pool(cm):
+    """FSDP2 writes a ZeRO unit's fp32 gradient shard on its reduce-scatter stream, whose pool the
+    compute stream never reuses: reserved = 1.25 x (the compute stream's peak) + the shards + 1 GB.
+    Checked on whole plans of four layers on 4 ranks, one micro-batch and two."""
+    shard = 4 * 50000 / 4
+    for dp_type in ("zero3", "zero2"):
+        for chunks in (1, 2):
+            plan = Plan(world_size=4, pp_deg=1, pp_division=[4], global_bsz=8 * chunks, chunks=chunks,
+                        layers=[ddp(dp_type=dp_type)] * 4, vocab=VocabStrategy(), pipeline_type="1f1b")
+            pred = cm.evaluate(plan)
+            m = cm.layer_memory(ddp(dp_type=dp_type), 4, 8)
+            flight = InFlight(1, chunks - 1)
+            # the compute stream holds everything the allocated peak counts but the shards: a
+            # ZeRO-3 unit's from its first backward, a ZeRO-2 unit's only after its last one
+            lazy_on_compute = 0 if dp_type == "zero3" else m.lazy
+            on_compute = max(m.states - m.lazy + m.activation,
+                             m.states - m.lazy + lazy_on_compute + (m.activation if chunks > 1 else 0))
+            vocab = pred.stage_allocated[0] - 4 * m.persistent(flight)
+            assert pred.stage_reserved[0] == pytest.approx(1.25 * (4 * on_compute + vocab) + 4 * shard + 1e9)
+    rep = cm.evaluate(Plan(world_size=4, pp_deg=1, pp_division=[4], global_bsz=8, chunks=1, layers=[ddp()] * 4,
+                           vocab=VocabStrategy(), pipeline_type="1f1b"))
+    assert rep.stage_reserved[0] == pytest.approx(1.25 * rep.stage_allocated[0] + 1e9)
+
+
 def test_pipeline_iteration_time():
     assert pipeline_iteration_time([1.0, 2.0], [0.5, 0.1], chunks=4) == pytest.approx((4 + 2 - 1) * 2.0 + 0.5)
 

@@ -94,6 +94,26 @@ def _prefetch_neighbours(stage: StageModel, sharded: List[nn.Module]) -> None:
         b.set_modules_to_backward_prefetch([a])
 
 
+def _share_streams(sharded: List[nn.Module]) -> None:
+    """One set of FSDP streams for the whole stage, as a single FSDP root would have.
+
+    Every sharded layer is its own FSDP root, and each root makes its own all-gather and
+    reduce-scatter streams. The caching allocator keeps a pool per stream, so each layer's
+    collective buffers stay reserved in its own pool, usable by no other layer: at LLaMA-7B on
+    two GPUs 32 such pools held 18 GB, 6 GB of it free, and the card filled before the
+    allocated peak did. Every root is initialised first, because a root's lazy init (at its
+    first forward) re-creates the streams of the context it holds, shared or not."""
+    try:
+        from torch.distributed.fsdp import share_comm_ctx
+    except ImportError:  # older torch: each layer keeps its own streams
+        return
+    if len(sharded) < 2:
+        return
+    for m in sharded:
+        m._get_fsdp_state()._lazy_init()
+    share_comm_ctx(sharded)
+
+
 def parallelize(stage: StageModel, bf16: bool) -> ParallelModel:
     plan, ps = stage.plan, stage.ps
     pm = ParallelModel(stage=stage)
@@ -119,6 +139,7 @@ def parallelize(stage: StageModel, bf16: bool) -> ParallelModel:
             pm.sharded.append(module)
         else:
             pm.buckets.append(GradBucket(module, groups.dp_group, bf16=bf16))
+    _share_streams(pm.sharded)
     if tied_across_stages:
         pm.tied_pair_group = ps.group(ps.embedding_ranks)
     # FSDP swaps parameters for DTensor ones, so look them up again by name.
