@@ -58,6 +58,9 @@ def check_plans(world, cfg, plans, steps=3):
         for name, p in ref_params.items():
             if rel(res["params"][name], p) > 1e-4:
                 problems.append(f"param {name}: rel err {rel(res['params'][name], p)}")
+        for r in range(world):
+            if results[r][k]["fsdp_stream_sets"] > 1:
+                problems.append(f"rank {r}: its FSDP units use {results[r][k]['fsdp_stream_sets']} sets of streams")
         if problems:
             failures.append(plan.describe() + "\n  " + "\n  ".join(problems[:8]))
     assert not failures, "\n\n".join(failures)

@@ -29,7 +29,10 @@ def run_plans(rank, world, cfg, plans, steps, lr, clip, extra_argv=()):
     for plan_dict in plans:
         args = build_parser().parse_args(model_argv(cfg, steps, lr, clip) + list(extra_argv))
         tr = setup(args, Plan.from_dict(plan_dict).validate(world_size=world))
-        res = {"params0": gather_model(tr.stage), "losses": [], "grad_norms": []}
+        res = {"params0": gather_model(tr.stage), "losses": [], "grad_norms": [],
+               # every FSDP unit of the stage on one set of streams (parallelize._share_streams),
+               # whatever DP group it reduces over
+               "fsdp_stream_sets": len({id(m._get_fsdp_state()._comm_ctx) for m in tr.model.sharded})}
         for step in range(steps):
             stats = train_step(tr)
             res["losses"].append(reduce_loss(tr, stats.loss_sum).item() if tr.ps.is_last_stage else None)

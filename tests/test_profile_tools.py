@@ -110,6 +110,8 @@ def test_search_cli_runs_on_the_profiles(profile_dir, tmp_path):
               "--output", str(tmp_path / "plan.json"), "--no-plot", "--quiet", *SEARCH_MODEL])
     assert r.returncode == 0, r.stderr
     assert (tmp_path / "plan.json").exists()
+    bound = [line for line in r.stdout.splitlines() if line.startswith("compute bound (eager layers")]
+    assert len(bound) == 1 and "tokens/s/GPU; this plan" in bound[0], r.stdout[-1500:]
 
 
 def _search_error(profile_dir, *model):

@@ -549,3 +549,19 @@ def test_clock_gain_never_exceeds_its_bound():
         worst = max(worst, gain / bound if bound else 0)
     assert worst > 0.5  # and the bound is not loose by orders of magnitude
     assert clock_gain_bound(1.16, 8, 1) == pytest.approx(0.04)  # one stage: (S - 1) / 4
+
+
+def test_compute_bound_is_the_models_math_per_token(cm, cm_full):
+    """search/bound.py: per token, every layer's and the LM head's forward + backward slopes, and
+    the embedding's where timed; the faster of the replicated and ZeRO tables counts."""
+    from search.bound import compute_bound
+    b = compute_bound(cm.profile, 4, 1e6)
+    assert b.tokens_per_s == pytest.approx(1 / (4 * 3e-6 + 3e-7))
+    assert b.mfu(1e12) == pytest.approx(b.tokens_per_s * 1e6 / 1e12) and b.mfu(None) is None
+    full = compute_bound(cm_full.profile, 4, 1e6)
+    assert full.layer_s_per_token == pytest.approx(2.7e-6)  # the ZeRO unit's bf16 table is faster
+    assert full.tokens_per_s == pytest.approx(1 / (4 * 2.7e-6 + 3e-7 + 3e-8))
+    # no plan the cost model prices beats it: data parallelism over 8 GPUs at a large batch
+    plan = Plan(world_size=8, pp_deg=1, pp_division=[4], global_bsz=256, chunks=1, layers=[ddp()] * 4,
+                vocab=VocabStrategy(), pipeline_type="1f1b")
+    assert cm.evaluate(plan).tokens_per_s / 8 < b.tokens_per_s
