@@ -29,7 +29,7 @@ from search.profiles import check_model_matches, load_profiles  # noqa: E402
 from search.strategies import SP_MODES, Space, label  # noqa: E402
 
 PROG = "search/run.py"
-CARD_SHARE = 0.9  # of a GPU's memory, above which the budget leaves no room for allocator overhead
+CARD_SHARE = 0.97  # of a GPU's memory, above which NCCL's buffers (not in the profile) may not fit
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -138,7 +138,7 @@ def search_modes(args, cfg, sizes):
         profiles.append(compiled)
     if hw.memory_gb and args.memory_gb > CARD_SHARE * hw.memory_gb:
         print(f"{PROG}: note: --memory-gb {args.memory_gb:g} is over {CARD_SHARE:.0%} of the {hw.memory_gb:.1f} GiB "
-              f"card; with FSDP2 on several GPUs the allocator reserves more than the profile predicts "
+              f"card; NCCL's buffers and the CUDA context of every process need the rest "
               f"(docs/search.md, 'Choosing --memory-gb')", file=sys.stderr)
     per_node = gpus_per_node(args, hw.gpus_per_node)
     space = Space(max_tp=args.max_tp or per_node, allow_zero3=not args.disable_sdp,

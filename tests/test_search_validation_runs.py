@@ -92,3 +92,48 @@ def test_h200_gpt1p4b_compiled_plans_on_the_compiled_profile():
                     os.path.join(RESULTS, "h200x2_validate2/prof_compiled"))
         t, m = errors(rs)
         assert len(rs) == n and max(map(abs, t)) < 0.035 and max(map(abs, m)) < 0.01
+
+
+def _priced(bench_path, prof, compiled_prof):
+    import json
+    with open(os.path.join(RESULTS, bench_path)) as f:
+        bench = json.load(f)
+    return bench, rows_of(bench, os.path.join(RESULTS, prof), os.path.join(RESULTS, compiled_prof))
+
+
+def test_h200_gpt1p4b_ten_plans_on_the_shared_stream_runtime():
+    """The third set: the eight hand-picked plans, the earlier searched plan and the plan searched
+    on compiled layers profiled at micro-batches 16 and 32, on the runtime whose FSDP units share
+    one set of streams. Time within 5 % for 9 of 10 (the ZeRO-3 checkpointed plan -5.2 %),
+    allocated memory within 1 %, reserved memory over-predicted by 2.5-4 %, never under."""
+    d = "h200x2_gpt1p4b_bound/searched_on_mb16_32/"
+    _, rs = _priced(d + "validation_set/bench.json", "h200x2_validate2/prof_s60", d + "prof_compiled")
+    t, m = errors(rs)
+    assert len(rs) == 10
+    by = dict(zip([r["name"] for r in rs], t))
+    assert by["plan14.json"] == pytest.approx(-0.017, abs=0.0006)
+    assert by["tp=1,dp=zero3,ckpt=1,gbs=64,chunks=1"] == pytest.approx(-0.052, abs=0.0006)
+    assert sum(abs(e) > 0.05 for e in t) == 1 and sum(map(abs, t)) / 10 == pytest.approx(0.029, abs=0.0006)
+    assert max(map(abs, m)) < 0.01
+    over = [r["pred_reserved"] / r["reserved"] - 1 for r in rs]
+    assert min(over) > 0.02 and max(over) < 0.041
+
+
+def test_h200_llama7b_compiled_memory_and_reserved_pools():
+    """Counted through the compiled call, compiled layers' memory holds (it was +4.8 % counted on
+    the eager layer). With one set of FSDP streams, the reserved prediction (compute-stream peak
+    x ratio + gradient shards) is 2.5-3.3 % above what was measured on every plan that fitted;
+    the plan that retried cudaMalloc is predicted over the card (139.8 GiB)."""
+    L = "h200x2_llama7b/"
+    _, rs = _priced(L + "shared_streams/bench.json", L + "prof_s60", L + "compiled_memory/prof_compiled")
+    t, m = errors(rs)
+    assert max(map(abs, m)) < 0.01
+    for r, e in zip(rs, t):
+        if r["retries"]:
+            assert r["pred_reserved"] > 139.8 and e < -0.2
+        else:
+            assert 0.02 < r["pred_reserved"] / r["reserved"] - 1 < 0.035 and abs(e) < 0.05
+    _, rs = _priced(L + "shared_streams/bench_136gb.json", L + "prof_s60", L + "compiled_memory/prof_compiled")
+    (r,) = rs
+    assert r["retries"] == 0 and r["pred_reserved"] < 136 and r["reserved"] < r["pred_reserved"]
+    assert r["pred_time"] / r["time"] - 1 == pytest.approx(-0.038, abs=0.0006)

@@ -32,23 +32,33 @@ def rows_of(bench: dict, profile_dir=None, compile_profile_dir=None):
         if compiled and not compile_profile_dir:
             continue
         pred_t, pred_m = r["predicted_iter_time_s"], r["predicted_peak_mem_gb"]
+        pred_r = None
         if prof:
             plan = Plan.from_dict(r["plan"])
             plan.compile = compiled
             p = predict(plan, cfg, loaded[prof])
-            pred_t, pred_m = p.iter_time_s, max(p.stage_allocated) / 2 ** 30
+            pred_t, pred_m, pred_r = p.iter_time_s, max(p.stage_allocated) / 2 ** 30, max(p.peak_mem_gb)
         rows.append({"name": r["name"], "time": r["iter_time_s"], "pred_time": pred_t,
-                     "mem": r["peak_mem_gb"], "pred_mem": pred_m, "tokens": r["tokens_per_s_per_gpu"]})
+                     "mem": r["peak_mem_gb"], "pred_mem": pred_m, "tokens": r["tokens_per_s_per_gpu"],
+                     # what the caching allocator held at most (max over ranks), and the prediction
+                     "reserved": r.get("peak_reserved_gb") or None, "pred_reserved": pred_r,
+                     "retries": r.get("alloc_retries", 0)})
     return rows
 
 
 def markdown(rows) -> str:
-    out = ["| plan | measured s | predicted s | error | measured GB | predicted GB | error |",
-           "|---|---|---|---|---|---|---|"]
+    reserved = all(r["reserved"] and r["pred_reserved"] for r in rows)
+    extra = " reserved GB | predicted | error | retries |" if reserved else ""
+    out = ["| plan | measured s | predicted s | error | measured GB | predicted GB | error |" + extra,
+           "|---|---|---|---|---|---|---|" + ("---|---|---|---|" if reserved else "")]
     for r in rows:
-        out.append(f"| `{r['name']}` | {r['time']:.4f} | {r['pred_time']:.4f} | "
-                   f"{100 * (r['pred_time'] / r['time'] - 1):+.1f}% | {r['mem']:.2f} | {r['pred_mem']:.2f} | "
-                   f"{100 * (r['pred_mem'] / r['mem'] - 1):+.1f}% |")
+        line = (f"| `{r['name']}` | {r['time']:.4f} | {r['pred_time']:.4f} | "
+                f"{100 * (r['pred_time'] / r['time'] - 1):+.1f}% | {r['mem']:.2f} | {r['pred_mem']:.2f} | "
+                f"{100 * (r['pred_mem'] / r['mem'] - 1):+.1f}% |")
+        if reserved:
+            line += (f" {r['reserved']:.2f} | {r['pred_reserved']:.2f} | "
+                     f"{100 * (r['pred_reserved'] / r['reserved'] - 1):+.1f}% | {r['retries']} |")
+        out.append(line)
     te = [abs(r["pred_time"] / r["time"] - 1) for r in rows]
     me = [abs(r["pred_mem"] / r["mem"] - 1) for r in rows]
     out.append(f"\nmean absolute error: time {100 * sum(te) / len(te):.1f}%, memory {100 * sum(me) / len(me):.1f}%; "
