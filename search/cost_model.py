@@ -347,6 +347,12 @@ class CostModel:
         col_f, row_f, col_b, row_b = self._tp_block_comm(s, stage_world, micro_batch)
         return 2 * (col_f + row_f), 2 * (col_b + row_b)
 
+    def recompute_share(self, s: LayerStrategy, dp: int) -> float:
+        """Share of the layer's forward time its checkpointed backward repeats: as the profiler
+        timed it where the profile has it, else estimated (recompute_fraction)."""
+        measured = self.profile.measured_recompute_fraction(s.tp, s.sp, self.bf16_unit(s.dp_type, dp))
+        return self.recompute_fraction() if measured is None else measured
+
     def recompute_fraction(self) -> float:
         """Share of a layer's forward that checkpointing repeats in the backward.
 
@@ -403,7 +409,7 @@ class CostModel:
         fwd, bwd = self.layer_compute(s, stage_world, micro_batch)
         col_f, row_f, col_b, row_b = self._tp_block_comm(s, stage_world, micro_batch)
         tp_fwd, tp_bwd = 2 * (col_f + row_f), 2 * (col_b + row_b)
-        recompute = fwd * self.recompute_fraction() if s.checkpoint else 0.0
+        recompute = fwd * self.recompute_share(s, stage_world // s.tp) if s.checkpoint else 0.0
         recompute_tp = 2 * col_f + row_f if s.checkpoint else 0.0  # the MLP's output reduction is skipped
         bwd_window = bwd + recompute
         params = self.profile.layer_param_count / s.tp

@@ -122,6 +122,10 @@ class ModelProfile:
 
     # Degrees the profiler did not measure are scaled from the largest measured degree below them:
     # time per token and memory per token both shrink by that ratio (the sharded part dominates).
+    # (checkpointed backward - backward) / forward as measured, per layout key; absent from older
+    # profiles, where the cost model estimates it from multiply-adds
+    recompute_fraction: Dict[Tuple[int, bool], float] = field(default_factory=dict)
+    sharded_recompute_fraction: Dict[Tuple[int, bool], float] = field(default_factory=dict)
     sustained_slowdown: float = 1.0
     compiled: bool = False  # the layer tables time torch.compile'd layers (plans then say "compile")
 
@@ -193,6 +197,11 @@ class ModelProfile:
     def sharded_checkpoint_per_token(self, tp: int, sp: bool) -> Optional[float]:
         hit = self._optional(self.sharded_checkpoint_bytes_per_token, tp, sp)
         return None if hit is None else hit[0] * hit[1]
+
+    def measured_recompute_fraction(self, tp: int, sp: bool, sharded: bool) -> Optional[float]:
+        table = (self.sharded_recompute_fraction if sharded else None) or self.recompute_fraction
+        hit = self._optional(table, tp, sp)
+        return None if hit is None else hit[0]
 
     def sharded_vocab_fits(self, tp: int) -> Optional[Tuple[TimeFit, TimeFit]]:
         hit = self._optional(self._by_tp(self.sharded_vocab_time), tp, False)
@@ -399,6 +408,7 @@ def parse_model(d: Dict, path: str = MODEL_FILE) -> ModelProfile:
             raise r.fail(f"key '{where}' must be an object with fwd and bwd")
         layer_time[(tp, sp)] = (r.time_fit(r.get(v, "fwd", where), f"{where}.fwd"),
                                 r.time_fit(r.get(v, "bwd", where), f"{where}.bwd"))
+    recompute = _recompute_fractions(r, times, "layer.time")
     mem = r.get(layer, "memory", "layer", dict)
     param_count = r.integer(mem, "param_count", "layer.memory")
     tables = {}
@@ -428,6 +438,7 @@ def parse_model(d: Dict, path: str = MODEL_FILE) -> ModelProfile:
     prof = ModelProfile(path, dict(model), layer_time, param_count, tables["activation_bytes_per_token"],
                         tables["checkpoint_bytes_per_token"], vocab_params, vocab_time, vocab_act, step, ratio, fixed)
 
+    prof.recompute_fraction = recompute
     # Optional keys: absent is fine, present must be well formed.
     prof.layer_activation_constant = _optional_numbers(r, mem, "activation_constant_bytes", "layer.memory")
     prof.vocab_activation_constant = _tp_only(_optional_numbers(r, vocab, "activation_constant_bytes", "vocab",
@@ -438,6 +449,9 @@ def parse_model(d: Dict, path: str = MODEL_FILE) -> ModelProfile:
         if not isinstance(sharded, dict):
             raise r.fail("key 'layer.sharded' must be an object")
         prof.sharded_layer_time = _optional_times(r, sharded, "time", "layer.sharded")
+        if "time" in sharded:
+            prof.sharded_recompute_fraction = _recompute_fractions(
+                r, r.tp_table(sharded["time"], "layer.sharded.time"), "layer.sharded.time")
         prof.sharded_activation_bytes_per_token = _optional_numbers(r, sharded, "activation_bytes_per_token",
                                                                     "layer.sharded")
         prof.sharded_checkpoint_bytes_per_token = _optional_numbers(r, sharded, "checkpoint_bytes_per_token",
@@ -462,6 +476,15 @@ def parse_model(d: Dict, path: str = MODEL_FILE) -> ModelProfile:
         raise r.fail(f"key 'compiled' must be true or false, got {compiled!r}")
     prof.compiled = compiled
     return prof
+
+
+def _recompute_fractions(r: _Reader, times: Dict, where: str) -> Dict[Tuple[int, bool], float]:
+    out = {}
+    for k, v in times.items():
+        if isinstance(v, dict) and "recompute_fraction" in v:
+            name = f"{where}.{tp_key(*k)}.recompute_fraction"
+            out[k] = r.value(v["recompute_fraction"], name)
+    return out
 
 
 def _tp_only(table: Dict[Tuple[int, bool], Any]) -> Dict[int, Any]:

@@ -6,6 +6,8 @@ Model: gpt2, hidden 64, FFN 256, seq 128; a layer has 50,000 parameters, the voc
 The optimizer step takes 1e-10 s per parameter, so the per-iteration gradient passes (clip: 12 B
 per fp32 gradient; replicated units also zero their 4 B buffer) take 12/28 or 16/28 of that.
 """
+import dataclasses
+
 import pytest
 
 from megatron_galvatron.plan import LayerStrategy, Plan, VocabStrategy
@@ -205,6 +207,29 @@ def test_checkpoint_recomputes_forward_and_its_tp_comm(cm):
     t_sp_plain = cm.layer_time(ddp(2, sp=True), 4, 8)
     fwd_sp = 1e-3 + 5e-7 * 512
     assert t_sp.per_mb - t_sp_plain.per_mb == pytest.approx(5 / 7 * fwd_sp + 2 * ag_fp32 + rs_bf16)
+
+
+def test_measured_recompute_share_replaces_the_estimate():
+    """A profile that timed the checkpointed backward gives the recompute's share of the forward;
+    a ZeRO unit uses its own table's, degrees without one the nearest measured below."""
+    d = model_dict()
+    d["layer"]["time"]["tp1"]["recompute_fraction"] = 0.9
+    d["layer"]["sharded"] = {"time": {"tp1": {"fwd": fit(1e-3, 1e-6), "bwd": fit(2e-3, 2e-6),
+                                              "recompute_fraction": 0.8}},
+                             "activation_bytes_per_token": {"tp1": 1700.0}, "checkpoint_bytes_per_token": {"tp1": 130.0}}
+    hw = parse_hardware(hardware_dict())
+    c = CostModel(CFG, parse_model(d), Network(hw, num_gpus=8, gpus_per_node=4), replicated_autocast=True)
+    fwd = 1e-3 + 1e-6 * 256
+    for strategy, share in ((ddp(), 0.9), (ddp(dp_type="zero3"), 0.8), (ddp(2, sp=True), 0.9)):
+        plain = c.layer_time(strategy, 4, 8)
+        ckpt = c.layer_time(dataclasses.replace(strategy, checkpoint=True), 4, 8)
+        assert c.recompute_share(strategy, 4 // strategy.tp) == pytest.approx(share)
+        if strategy.tp == 1:
+            # one GPU's worth of recompute on the critical path (the all-reduce stays hidden)
+            assert ckpt.compute - plain.compute == pytest.approx(share * fwd)
+    d["layer"]["time"]["tp1"]["recompute_fraction"] = -0.1
+    with pytest.raises(Exception, match="recompute_fraction"):
+        parse_model(d)
 
 
 def test_relayout_and_p2p(cm):

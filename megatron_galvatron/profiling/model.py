@@ -190,6 +190,12 @@ class ModelProfiler:
         dtype, autocast = self._mode(sharded)
         x = self.hidden(seq // tp if sp else seq, mb, dtype=dtype)
         fwd, bwd = self._fwd_bwd(lambda: layer(x), autocast)
+        # A checkpointed layer's backward recomputes the forward first, stopping where the last
+        # saved tensor is back: timed as it runs, since its share of the forward's time depends
+        # on how fast each part's kernels are, not only on its multiply-adds.
+        layer.use_checkpoint = True
+        _, bwd_ckpt = self._fwd_bwd(lambda: layer(x), autocast)
+        layer.use_checkpoint = False
         layer.zero_grad(set_to_none=True)
         # A compiled layer saves what inductor's partition of forward and backward keeps (it
         # recomputes cheap elementwise results instead), so it is counted through the compiled
@@ -200,7 +206,7 @@ class ModelProfiler:
         layer.use_checkpoint = True
         mem += list(saved_bytes(layer, lambda: layer.forward(x), autocast))
         layer.use_checkpoint = False
-        return [fwd, bwd] + mem
+        return [fwd, bwd] + mem + [bwd_ckpt]
 
     def _vocab_point(self, vocab: VocabModule, mb: int, seq: int) -> List[float]:
         tokens, labels = self.tokens(seq, mb), self.tokens(seq, mb)
@@ -269,7 +275,10 @@ class ModelProfiler:
                     continue
                 pts = sorted(res.items())
                 times[key] = {"fwd": time_entry([[mb, s, r[0]] for (mb, s), r in pts]),
-                              "bwd": time_entry([[mb, s, r[1]] for (mb, s), r in pts])}
+                              "bwd": time_entry([[mb, s, r[1]] for (mb, s), r in pts]),
+                              # (checkpointed backward - backward) / forward, median over the points
+                              "recompute_fraction": median([max(0.0, (r[6] - r[1]) / r[0]) for _, r in pts]),
+                              "bwd_checkpointed_points": [[mb, s, r[6]] for (mb, s), r in pts]}
                 act[key], const[key] = bytes_per_token([[mb, s, r[2]] for (mb, s), r in pts])
                 ckpt[key], _ = bytes_per_token([[mb, s, r[4]] for (mb, s), r in pts])
                 points[key] = {"saved_bytes": [[mb, s, r[2]] for (mb, s), r in pts],
