@@ -137,3 +137,34 @@ def test_h200_llama7b_compiled_memory_and_reserved_pools():
     (r,) = rs
     assert r["retries"] == 0 and r["pred_reserved"] < 136 and r["reserved"] < r["pred_reserved"]
     assert r["pred_time"] / r["time"] - 1 == pytest.approx(-0.038, abs=0.0006)
+
+
+def test_h200_recompute_share_measured_by_the_profiler():
+    """The profiler's checkpointed-backward timing gives a recompute share above the multiply-add
+    estimate (attention and elementwise kernels run slower per multiply-add than the MLP's second
+    matmul, which is not recomputed), and it moves both checkpointed plans' predictions closer."""
+    from search.comm import Network
+    from search.cost_model import CostModel
+    from search.predict import predict, search_config
+    from search.profiles import load_profiles
+    from megatron_galvatron.model.config import GPTConfig
+    from megatron_galvatron.plan import Plan
+    import json
+    d = os.path.join(RESULTS, "h200x2_gpt1p4b_bound/recompute")
+    with open(os.path.join(d, "bench.json")) as f:
+        bench = json.load(f)
+    hw, prof = load_profiles(os.path.join(d, "prof"))
+    cfg = GPTConfig(**bench["model"])
+    estimate = CostModel(search_config(cfg), prof, Network(hw, 2, 2)).recompute_fraction()
+    assert estimate == pytest.approx(9 / 13)
+    assert prof.recompute_fraction[(1, False)] > estimate + 0.04
+    assert prof.sharded_recompute_fraction[(1, False)] > estimate + 0.02
+    measured = {r["name"]: r["iter_time_s"] for r in bench["results"]}
+    with_share = {r["name"]: predict(Plan.from_dict(r["plan"]), cfg, (hw, prof)).iter_time_s
+                  for r in bench["results"]}
+    prof.recompute_fraction, prof.sharded_recompute_fraction = {}, {}
+    without = {r["name"]: predict(Plan.from_dict(r["plan"]), cfg, (hw, prof)).iter_time_s for r in bench["results"]}
+    for name in ("tp=1,dp=zero3,ckpt=1,gbs=64,chunks=1", "tp=1,dp=ddp,ckpt=1,gbs=64,chunks=1"):
+        assert abs(with_share[name] / measured[name] - 1) < abs(without[name] / measured[name] - 1) - 0.006
+        assert abs(with_share[name] / measured[name] - 1) < 0.05
+    assert with_share["tp=1,dp=zero3,gbs=32,chunks=1"] == without["tp=1,dp=zero3,gbs=32,chunks=1"]
