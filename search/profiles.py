@@ -408,7 +408,6 @@ def parse_model(d: Dict, path: str = MODEL_FILE) -> ModelProfile:
             raise r.fail(f"key '{where}' must be an object with fwd and bwd")
         layer_time[(tp, sp)] = (r.time_fit(r.get(v, "fwd", where), f"{where}.fwd"),
                                 r.time_fit(r.get(v, "bwd", where), f"{where}.bwd"))
-    recompute = _recompute_fractions(r, times, "layer.time")
     mem = r.get(layer, "memory", "layer", dict)
     param_count = r.integer(mem, "param_count", "layer.memory")
     tables = {}
@@ -438,7 +437,7 @@ def parse_model(d: Dict, path: str = MODEL_FILE) -> ModelProfile:
     prof = ModelProfile(path, dict(model), layer_time, param_count, tables["activation_bytes_per_token"],
                         tables["checkpoint_bytes_per_token"], vocab_params, vocab_time, vocab_act, step, ratio, fixed)
 
-    prof.recompute_fraction = recompute
+    prof.recompute_fraction = _optional_numbers(r, layer, "recompute_fraction", "layer")
     # Optional keys: absent is fine, present must be well formed.
     prof.layer_activation_constant = _optional_numbers(r, mem, "activation_constant_bytes", "layer.memory")
     prof.vocab_activation_constant = _tp_only(_optional_numbers(r, vocab, "activation_constant_bytes", "vocab",
@@ -449,9 +448,7 @@ def parse_model(d: Dict, path: str = MODEL_FILE) -> ModelProfile:
         if not isinstance(sharded, dict):
             raise r.fail("key 'layer.sharded' must be an object")
         prof.sharded_layer_time = _optional_times(r, sharded, "time", "layer.sharded")
-        if "time" in sharded:
-            prof.sharded_recompute_fraction = _recompute_fractions(
-                r, r.tp_table(sharded["time"], "layer.sharded.time"), "layer.sharded.time")
+        prof.sharded_recompute_fraction = _optional_numbers(r, sharded, "recompute_fraction", "layer.sharded")
         prof.sharded_activation_bytes_per_token = _optional_numbers(r, sharded, "activation_bytes_per_token",
                                                                     "layer.sharded")
         prof.sharded_checkpoint_bytes_per_token = _optional_numbers(r, sharded, "checkpoint_bytes_per_token",
@@ -476,15 +473,6 @@ def parse_model(d: Dict, path: str = MODEL_FILE) -> ModelProfile:
         raise r.fail(f"key 'compiled' must be true or false, got {compiled!r}")
     prof.compiled = compiled
     return prof
-
-
-def _recompute_fractions(r: _Reader, times: Dict, where: str) -> Dict[Tuple[int, bool], float]:
-    out = {}
-    for k, v in times.items():
-        if isinstance(v, dict) and "recompute_fraction" in v:
-            name = f"{where}.{tp_key(*k)}.recompute_fraction"
-            out[k] = r.value(v["recompute_fraction"], name)
-    return out
 
 
 def _tp_only(table: Dict[Tuple[int, bool], Any]) -> Dict[int, Any]:

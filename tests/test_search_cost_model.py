@@ -213,9 +213,9 @@ def test_measured_recompute_share_replaces_the_estimate():
     """A profile that timed the checkpointed backward gives the recompute's share of the forward;
     a ZeRO unit uses its own table's, degrees without one the nearest measured below."""
     d = model_dict()
-    d["layer"]["time"]["tp1"]["recompute_fraction"] = 0.9
-    d["layer"]["sharded"] = {"time": {"tp1": {"fwd": fit(1e-3, 1e-6), "bwd": fit(2e-3, 2e-6),
-                                              "recompute_fraction": 0.8}},
+    d["layer"]["recompute_fraction"] = {"tp1": 0.9}
+    d["layer"]["sharded"] = {"time": {"tp1": {"fwd": fit(1e-3, 1e-6), "bwd": fit(2e-3, 2e-6)}},
+                             "recompute_fraction": {"tp1": 0.8},
                              "activation_bytes_per_token": {"tp1": 1700.0}, "checkpoint_bytes_per_token": {"tp1": 130.0}}
     hw = parse_hardware(hardware_dict())
     c = CostModel(CFG, parse_model(d), Network(hw, num_gpus=8, gpus_per_node=4), replicated_autocast=True)
@@ -227,7 +227,7 @@ def test_measured_recompute_share_replaces_the_estimate():
         if strategy.tp == 1:
             # one GPU's worth of recompute on the critical path (the all-reduce stays hidden)
             assert ckpt.compute - plain.compute == pytest.approx(share * fwd)
-    d["layer"]["time"]["tp1"]["recompute_fraction"] = -0.1
+    d["layer"]["recompute_fraction"]["tp1"] = -0.1
     with pytest.raises(Exception, match="recompute_fraction"):
         parse_model(d)
 

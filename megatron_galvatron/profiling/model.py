@@ -236,10 +236,10 @@ class ModelProfiler:
 
     # ---------------------------------------------------------------- the whole profile
     def layer_profile(self, shards: ShardGroups, bar) -> Dict:
-        times, act, ckpt, const, points = self._layer_tables(shards, bar, sharded=False)
+        times, act, ckpt, const, points, recompute = self._layer_tables(shards, bar, sharded=False)
         shard_counts = {f"tp{tp}": sum(p.numel() for p in self.layer(shards, tp, False).parameters())
                         for tp in self.tps}
-        out = {"time": times,
+        out = {"time": times, "recompute_fraction": recompute,
                "memory": {"param_count": shard_counts["tp1"], "param_count_per_shard": shard_counts,
                           "activation_bytes_per_token": act, "checkpoint_bytes_per_token": ckpt,
                           # kept per micro-batch in flight whatever its size: under bf16 autocast,
@@ -252,14 +252,14 @@ class ModelProfiler:
 
     def _sharded_layer_profile(self, shards: ShardGroups, bar) -> Dict:
         """The layer as a ZeRO unit runs it (see the module doc)."""
-        times, act, ckpt, _, points = self._layer_tables(shards, bar, sharded=True)
-        return {"time": times, "activation_bytes_per_token": act, "checkpoint_bytes_per_token": ckpt,
+        times, act, ckpt, _, points, recompute = self._layer_tables(shards, bar, sharded=True)
+        return {"time": times, "recompute_fraction": recompute, "activation_bytes_per_token": act, "checkpoint_bytes_per_token": ckpt,
                 "points": points}
 
     def _layer_tables(self, shards: ShardGroups, bar, sharded: bool):
         """Per layout key: time fits, activation / checkpoint bytes per token, constant bytes and
         the points, over every micro-batch x sequence point of every tp (and sp) degree."""
-        times, act, ckpt, const, points = {}, {}, {}, {}, {}
+        times, act, ckpt, const, points, recompute = {}, {}, {}, {}, {}, {}
         for tp in self.tps:
             for sp in ((False, True) if tp > 1 and self.s.sequence_parallel else (False,)):
                 key = f"tp{tp}{'_sp' if sp else ''}"
@@ -276,9 +276,9 @@ class ModelProfiler:
                 pts = sorted(res.items())
                 times[key] = {"fwd": time_entry([[mb, s, r[0]] for (mb, s), r in pts]),
                               "bwd": time_entry([[mb, s, r[1]] for (mb, s), r in pts]),
-                              # (checkpointed backward - backward) / forward, median over the points
-                              "recompute_fraction": median([max(0.0, (r[6] - r[1]) / r[0]) for _, r in pts]),
-                              "bwd_checkpointed_points": [[mb, s, r[6]] for (mb, s), r in pts]}
+                              "bwd_checkpointed": time_entry([[mb, s, r[6]] for (mb, s), r in pts])}
+                # (checkpointed backward - backward) / forward, median over the points
+                recompute[key] = median([max(0.0, (r[6] - r[1]) / r[0]) for _, r in pts])
                 act[key], const[key] = bytes_per_token([[mb, s, r[2]] for (mb, s), r in pts])
                 ckpt[key], _ = bytes_per_token([[mb, s, r[4]] for (mb, s), r in pts])
                 points[key] = {"saved_bytes": [[mb, s, r[2]] for (mb, s), r in pts],
@@ -286,7 +286,7 @@ class ModelProfiler:
                 if self.device.type == "cuda" and not sharded:
                     points[key]["cuda_allocated_delta"] = [[mb, s, r[3]] for (mb, s), r in pts]
                     points[key]["checkpoint_cuda_allocated_delta"] = [[mb, s, r[5]] for (mb, s), r in pts]
-        return times, act, ckpt, const, points
+        return times, act, ckpt, const, points, recompute
 
     def vocab_profile(self, shards: ShardGroups, bar) -> Dict:
         times, emb_times, act, const, emb_act, points = {}, {}, {}, {}, {}, {}
