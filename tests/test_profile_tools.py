@@ -216,3 +216,16 @@ def test_budget_near_the_card_gets_a_note(profile_dir, tmp_path):
         assert r.returncode == 0, r.stderr
         notes.append("note: --memory-gb" in r.stderr)
     assert notes == [True, False]
+
+
+def test_recompute_share_is_recorded_and_read(profile_dir):
+    """Every profiled degree has its checkpointed backward timed, replicated and as a ZeRO unit;
+    the loader hands the shares to the cost model."""
+    model = _load(os.path.join(profile_dir, profiles.MODEL_FILE))
+    _, prof = profiles.load_profiles(profile_dir)
+    for part, table in ((model["layer"], prof.recompute_fraction),
+                        (model["layer"]["sharded"], prof.sharded_recompute_fraction)):
+        assert set(part["recompute_fraction"]) == set(part["time"])
+        assert all(v >= 0 for v in part["recompute_fraction"].values())
+        assert all(len(e["bwd_checkpointed"]["points"]) == len(e["bwd"]["points"]) for e in part["time"].values())
+        assert sorted(table.values()) == sorted(part["recompute_fraction"].values())

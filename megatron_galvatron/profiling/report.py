@@ -60,19 +60,23 @@ def comm_summary(profile: Dict) -> str:
 
 def model_summary(profile: Dict) -> str:
     lines = [f"{'layer':<10}{'fwd us/tok':>12}{'bwd us/tok':>12}{'fwd+bwd err':>12}{'act B/tok':>12}"
-             f"{'ckpt B/tok':>12}"]
+             f"{'ckpt B/tok':>12}{'recompute':>10}"]
+
+    def recompute(table, key):  # the checkpointed backward's extra, as a share of the forward
+        v = table.get("recompute_fraction", {}).get(key)
+        return f"{v:>10.2f}" if v is not None else f"{'-':>10}"
     mem = profile["layer"]["memory"]
     for key, t in profile["layer"]["time"].items():
         err = max(t["fwd"]["max_rel_error"], t["bwd"]["max_rel_error"])
         lines.append(f"{key:<10}{t['fwd']['per_token_s'] * 1e6:>12.3f}{t['bwd']['per_token_s'] * 1e6:>12.3f}"
                      f"{err:>12.1%}{mem['activation_bytes_per_token'][key]:>12.0f}"
-                     f"{mem['checkpoint_bytes_per_token'][key]:>12.0f}")
+                     f"{mem['checkpoint_bytes_per_token'][key]:>12.0f}{recompute(profile['layer'], key)}")
     sharded = profile["layer"].get("sharded", {})
     for key, t in sharded.get("time", {}).items():  # as a ZeRO unit runs it: bf16 weights, no autocast
         err = max(t["fwd"]["max_rel_error"], t["bwd"]["max_rel_error"])
         lines.append(f"{key + ' zero':<10}{t['fwd']['per_token_s'] * 1e6:>12.3f}{t['bwd']['per_token_s'] * 1e6:>12.3f}"
                      f"{err:>12.1%}{sharded['activation_bytes_per_token'][key]:>12.0f}"
-                     f"{sharded['checkpoint_bytes_per_token'][key]:>12.0f}")
+                     f"{sharded['checkpoint_bytes_per_token'][key]:>12.0f}{recompute(sharded, key)}")
     for key, t in profile["vocab"]["time"].items():
         lines.append(f"{'vocab ' + key:<10}{t['fwd']['per_token_s'] * 1e6:>12.3f}{t['bwd']['per_token_s'] * 1e6:>12.3f}"
                      f"{max(t['fwd']['max_rel_error'], t['bwd']['max_rel_error']):>12.1%}"
