@@ -627,8 +627,8 @@ class CostModel:
 
     # ---------------------------------------------------------------- a whole plan
     def stage_costs(self, plan: Plan, stage: int) -> StageCost:
-        """Per micro-batch time, per iteration time, allocated bytes at peak of one stage (and the
-        compute within the times)."""
+        """Per micro-batch time, per iteration time, allocated bytes at peak and what they count
+        against the budget, of one stage (and the compute within the times)."""
         sw, mb, pp = plan.stage_world, plan.micro_batch_size, plan.pp_deg
         flight = in_flight(plan.pipeline_type, plan.chunks, pp, stage)
         layers = [plan.layers[i] for i in plan.stage_layers(stage)]

@@ -9,11 +9,11 @@ remaining candidate can beat the k-th best pipeline shape found.
 
 Stage peak memory is sum(persistent memory of its layers) + max(transient memory of one layer),
 each layer's persistent part counted as it weighs against the allocator's budget
-(search.cost_model.budget_bytes), which is not additive; the DP handles it by reserving a level tau for the transient and allowing
-only strategies whose transient is <= tau. The exact optimum is the best over all levels; the
-levels solved are the one the linear relaxation settles on, the top one (both skipped when their
-relaxation cannot beat what is known), and the level that minimises memory (so that a budget the
-minimum says fits always finds a plan).
+(search.cost_model.budget_bytes), which is not additive; the DP handles it by reserving a level
+tau for the transient and allowing only strategies whose transient is <= tau. The exact optimum
+is the best over all levels; the levels solved are the one the linear relaxation settles on, the
+top one (both skipped when their relaxation cannot beat what is known), and the level that
+minimises memory (so that a budget the minimum says fits always finds a plan).
 """
 from __future__ import annotations
 

@@ -118,14 +118,14 @@ class ModelProfile:
     sharded_vocab_time: Dict[int, Tuple[TimeFit, TimeFit]] = field(default_factory=dict)
     sharded_vocab_activation_bytes_per_token: Dict[int, float] = field(default_factory=dict)
     embedding_time: Dict[int, Tuple[TimeFit, TimeFit]] = field(default_factory=dict)
-    _cache: Dict[Any, Any] = field(default_factory=dict, repr=False)
-
-    # Degrees the profiler did not measure are scaled from the largest measured degree below them:
-    # time per token and memory per token both shrink by that ratio (the sharded part dominates).
     # (checkpointed backward - backward) / forward as measured, per layout key; absent from older
     # profiles, where the cost model estimates it from multiply-adds
     recompute_fraction: Dict[Tuple[int, bool], float] = field(default_factory=dict)
     sharded_recompute_fraction: Dict[Tuple[int, bool], float] = field(default_factory=dict)
+    _cache: Dict[Any, Any] = field(default_factory=dict, repr=False)
+
+    # Degrees the profiler did not measure are scaled from the largest measured degree below them:
+    # time per token and memory per token both shrink by that ratio (the sharded part dominates).
     sustained_slowdown: float = 1.0
     compiled: bool = False  # the layer tables time torch.compile'd layers (plans then say "compile")
 
@@ -437,8 +437,8 @@ def parse_model(d: Dict, path: str = MODEL_FILE) -> ModelProfile:
     prof = ModelProfile(path, dict(model), layer_time, param_count, tables["activation_bytes_per_token"],
                         tables["checkpoint_bytes_per_token"], vocab_params, vocab_time, vocab_act, step, ratio, fixed)
 
-    prof.recompute_fraction = _optional_numbers(r, layer, "recompute_fraction", "layer")
     # Optional keys: absent is fine, present must be well formed.
+    prof.recompute_fraction = _optional_numbers(r, layer, "recompute_fraction", "layer")
     prof.layer_activation_constant = _optional_numbers(r, mem, "activation_constant_bytes", "layer.memory")
     prof.vocab_activation_constant = _tp_only(_optional_numbers(r, vocab, "activation_constant_bytes", "vocab",
                                                                 allow_sp=False))

@@ -14,11 +14,13 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULTS = os.path.join(ROOT, "docs", "results")
 
 
-def rows(bench: str, prof: str):
+def rows(bench: str, prof: str, compiled_prof: str = None):
+    """The benchmark JSON and its plans priced: eager ones on `prof`, compiled ones on
+    `compiled_prof` (left out without it); paths under docs/results."""
     import json
     with open(os.path.join(RESULTS, bench)) as f:
         b = json.load(f)
-    return b, rows_of(b, os.path.join(RESULTS, prof))
+    return b, rows_of(b, os.path.join(RESULTS, prof), compiled_prof and os.path.join(RESULTS, compiled_prof))
 
 
 def errors(rs):
@@ -65,12 +67,7 @@ def test_h200_llama7b_memory_holds_and_time_misses_where_the_allocator_retried()
         bench, rs = rows("h200x2_llama7b/" + run, "h200x2_llama7b/prof_s60")
         t, m = errors(rs)
         assert max(map(abs, m)) < 0.01, run
-    from tools.plot_validation import rows_of as priced
-    import json
-    with open(os.path.join(RESULTS, "h200x2_llama7b/final_run/bench.json")) as f:
-        bench = json.load(f)
-    rs = priced(bench, os.path.join(RESULTS, "h200x2_llama7b/prof_s60"),
-                os.path.join(RESULTS, "h200x2_llama7b/prof_compiled"))
+    bench, rs = rows("h200x2_llama7b/final_run/bench.json", "h200x2_llama7b/prof_s60", "h200x2_llama7b/prof_compiled")
     t, m = errors(rs)
     by = {r["name"]: (e, em) for r, e, em in zip(rs, t, m)}
     retries = {r["name"]: r["alloc_retries"] for r in bench["results"]}
@@ -83,22 +80,11 @@ def test_h200_llama7b_memory_holds_and_time_misses_where_the_allocator_retried()
 
 
 def test_h200_gpt1p4b_compiled_plans_on_the_compiled_profile():
-    from tools.plot_validation import rows_of as priced
-    import json
     for run, n in (("run_a", 4), ("run_b", 2)):
-        with open(os.path.join(RESULTS, "h200x2_gpt1p4b_compile", run, "bench.json")) as f:
-            bench = json.load(f)
-        rs = priced(bench, os.path.join(RESULTS, "h200x2_validate2/prof_s60"),
-                    os.path.join(RESULTS, "h200x2_validate2/prof_compiled"))
+        _, rs = rows(f"h200x2_gpt1p4b_compile/{run}/bench.json", "h200x2_validate2/prof_s60",
+                     "h200x2_validate2/prof_compiled")
         t, m = errors(rs)
         assert len(rs) == n and max(map(abs, t)) < 0.035 and max(map(abs, m)) < 0.01
-
-
-def _priced(bench_path, prof, compiled_prof):
-    import json
-    with open(os.path.join(RESULTS, bench_path)) as f:
-        bench = json.load(f)
-    return bench, rows_of(bench, os.path.join(RESULTS, prof), os.path.join(RESULTS, compiled_prof))
 
 
 def test_h200_gpt1p4b_ten_plans_on_the_shared_stream_runtime():
@@ -107,7 +93,7 @@ def test_h200_gpt1p4b_ten_plans_on_the_shared_stream_runtime():
     one set of streams. Time within 5 % for 9 of 10 (the ZeRO-3 checkpointed plan -5.2 %),
     allocated memory within 1 %, reserved memory over-predicted by 2.5-4 %, never under."""
     d = "h200x2_gpt1p4b_bound/searched_on_mb16_32/"
-    _, rs = _priced(d + "validation_set/bench.json", "h200x2_validate2/prof_s60", d + "prof_compiled")
+    _, rs = rows(d + "validation_set/bench.json", "h200x2_validate2/prof_s60", d + "prof_compiled")
     t, m = errors(rs)
     assert len(rs) == 10
     by = dict(zip([r["name"] for r in rs], t))
@@ -125,7 +111,7 @@ def test_h200_llama7b_compiled_memory_and_reserved_pools():
     x ratio + gradient shards) is 2.5-3.3 % above what was measured on every plan that fitted;
     the plan that retried cudaMalloc is predicted over the card (139.8 GiB)."""
     L = "h200x2_llama7b/"
-    _, rs = _priced(L + "shared_streams/bench.json", L + "prof_s60", L + "compiled_memory/prof_compiled")
+    _, rs = rows(L + "shared_streams/bench.json", L + "prof_s60", L + "compiled_memory/prof_compiled")
     t, m = errors(rs)
     assert max(map(abs, m)) < 0.01
     for r, e in zip(rs, t):
@@ -133,7 +119,7 @@ def test_h200_llama7b_compiled_memory_and_reserved_pools():
             assert r["pred_reserved"] > 139.8 and e < -0.2
         else:
             assert 0.02 < r["pred_reserved"] / r["reserved"] - 1 < 0.035 and abs(e) < 0.05
-    _, rs = _priced(L + "shared_streams/bench_136gb.json", L + "prof_s60", L + "compiled_memory/prof_compiled")
+    _, rs = rows(L + "shared_streams/bench_136gb.json", L + "prof_s60", L + "compiled_memory/prof_compiled")
     (r,) = rs
     assert r["retries"] == 0 and r["pred_reserved"] < 136 and r["reserved"] < r["pred_reserved"]
     assert r["pred_time"] / r["time"] - 1 == pytest.approx(-0.038, abs=0.0006)

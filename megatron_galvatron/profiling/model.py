@@ -201,8 +201,8 @@ class ModelProfiler:
         # recomputes cheap elementwise results instead), so it is counted through the compiled
         # call, the one just timed; the pack hook sees those tensors as it does eager ones.
         mem = list(saved_bytes(layer, lambda: layer(x), autocast))
-        # Checkpointed, a layer keeps its input whatever runs inside: counted on forward(),
-        # which bypasses the compiled call and so does not compile a second variant.
+        # Checkpointed, a layer keeps its input whatever runs inside: counted on forward(), the
+        # eager call, which is what every checkpointed profile so far has counted.
         layer.use_checkpoint = True
         mem += list(saved_bytes(layer, lambda: layer.forward(x), autocast))
         layer.use_checkpoint = False
@@ -253,8 +253,8 @@ class ModelProfiler:
     def _sharded_layer_profile(self, shards: ShardGroups, bar) -> Dict:
         """The layer as a ZeRO unit runs it (see the module doc)."""
         times, act, ckpt, _, points, recompute = self._layer_tables(shards, bar, sharded=True)
-        return {"time": times, "recompute_fraction": recompute, "activation_bytes_per_token": act, "checkpoint_bytes_per_token": ckpt,
-                "points": points}
+        return {"time": times, "recompute_fraction": recompute, "activation_bytes_per_token": act,
+                "checkpoint_bytes_per_token": ckpt, "points": points}
 
     def _layer_tables(self, shards: ShardGroups, bar, sharded: bool):
         """Per layout key: time fits, activation / checkpoint bytes per token, constant bytes and
