@@ -28,3 +28,41 @@ def test_summarize():
     assert b.by_category == {"matmul": 20, "collective": 40, "elementwise": 2}
     assert b.top[0][0] == "ncclKernel" and b.top[1] == ("gemm_a", 20, 2)
     assert "per step" in b.table(2)
+
+
+def test_idle_gaps_name_the_kernels_around_them():
+    k = [("gemm_a", 0, 100), ("ncclKernel", 90, 500), ("gemm_b", 150, 300), ("elementwise_c", 290, 310),
+         ("gemm_d", 1400, 1500)]
+    b = summarize(k)
+    assert [(g.at_us, g.length_us, g.before, g.after) for g in b.gaps] == [
+        (100, 50, "gemm_a", "gemm_b"), (310, 1090, "elementwise_c", "gemm_d")]
+    assert b.compute_busy_us + sum(g.length_us for g in b.gaps) == b.window_us
+    table = b.gap_table(1)
+    assert "elementwise_c -> gemm_d" in table.splitlines()[-2]
+
+
+def test_kernels_of_skips_gpu_annotations():
+    from types import SimpleNamespace
+
+    from torch.autograd import DeviceType
+
+    from megatron_galvatron.benchmark.breakdown import kernels_of
+
+    def ev(name, s, e, annotation=False):
+        return SimpleNamespace(name=name, device_type=DeviceType.CUDA, is_user_annotation=annotation,
+                               time_range=SimpleNamespace(start=s, end=e))
+    prof = SimpleNamespace(events=lambda: [ev("gemm", 0, 5), ev("FSDP::all_gather", 0, 50, True), ev("idle", 6, 6)])
+    assert kernels_of(prof) == [("gemm", 0.0, 5.0)]
+
+
+def test_launchers_names_the_host_code():
+    from types import SimpleNamespace
+
+    from megatron_galvatron.benchmark.breakdown import launchers
+    step = SimpleNamespace(name="train_step", cpu_parent=None, kernels=[], stack=[])
+    copy = SimpleNamespace(name="aten::copy_", cpu_parent=step, stack=["train.py(120): _microbatches", "torch/x.py(1): f"],
+                           kernels=[SimpleNamespace(name="Memcpy HtoD (Pageable -> Device)", duration=30.0)])
+    gemm = SimpleNamespace(name="aten::mm", cpu_parent=step, stack=[], kernels=[SimpleNamespace(name="nvjet", duration=9.0)])
+    text = launchers(SimpleNamespace(events=lambda: [step, copy, copy, gemm]), "memcpy htod")
+    assert "2 x, 0.06 ms: aten::copy_ < train_step" in text
+    assert "train.py(120): _microbatches" in text and "torch/x.py" not in text and "aten::mm" not in text

@@ -7,7 +7,10 @@
 # environment; HARDWARE=path/hardware.json reuses that collective profile (same machine kind)
 # and profiles only the model. COMPILE=1 also profiles compiled layers (COMPILE_PROFILE_ARGS,
 # default tp 1 at micro-batches 4 8): the search then weighs eager against compiled layers and
-# the benchmark prices compiled plans on that profile. OUT receives bench.json, bench.log,
+# the benchmark prices compiled plans on that profile; COMPILE_PROFILE=dir instead prices them on
+# a compiled profile taken before. EXTRA_PLANS (plan files) run beside the searched plan;
+# BENCH_ARGS go to the benchmark only (e.g. --attention-backend cudnn, with PROFILE_ARGS alike).
+# OUT receives bench.json, bench.log,
 # plan.json, plan.png and validate.tar.gz (everything, profiles and logs included).
 set -uo pipefail
 OUT=${OUT:-validate_out}; mkdir -p "$OUT"
@@ -40,6 +43,8 @@ if [[ "${COMPILE:-0}" == 1 ]]; then
         $CARGS > "$WORK/profile_compiled.log" 2>&1
     tail -3 "$WORK/profile_compiled.log"
     COMPILED="--compile-profile-dir $WORK/prof_compiled"
+elif [[ -n "${COMPILE_PROFILE:-}" ]]; then
+    COMPILED="--compile-profile-dir $COMPILE_PROFILE"
 fi
 # shellcheck disable=SC2086
 python3 search/run.py --memory-gb "$MEMORY_GB" --num-gpus "$NGPU" $MODEL --profile-dir "$WORK/prof" $COMPILED \
@@ -47,9 +52,9 @@ python3 search/run.py --memory-gb "$MEMORY_GB" --num-gpus "$NGPU" $MODEL --profi
 # shellcheck disable=SC2086
 timeout ${BENCH_TIMEOUT:-3600} torchrun --standalone --nproc-per-node "$NGPU" tools/benchmark.py $MODEL --bf16 \
     --profile-dir "$WORK/prof" $COMPILED \
-    --plans "$WORK/plan.json" --global-plans $PLANS --baselines "$BASELINES" --baseline-micro-batches "$BASELINE_MBS" \
+    --plans "$WORK/plan.json" ${EXTRA_PLANS:-} --global-plans $PLANS --baselines "$BASELINES" --baseline-micro-batches "$BASELINE_MBS" \
     --baseline-global-batch ${BASELINE_GBS:-0} \
     --plan-variants "${VARIANTS:-plan}" --rounds ${ROUNDS:-1} --iters ${ITERS:-5} --warmup ${WARMUP:-2} \
-    --out "$WORK/bench.json" 2>&1 | grep --line-buffered -v -i warn | tee "$WORK/bench.log"
+    ${BENCH_ARGS:-} --out "$WORK/bench.json" 2>&1 | grep --line-buffered -v -i warn | tee "$WORK/bench.log"
 cp "$WORK/bench.json" "$WORK/bench.log" "$WORK/plan.json" "$WORK/plan.png" "$OUT/" 2>/dev/null
 tar -czf "$OUT/validate.tar.gz" -C "$WORK" .

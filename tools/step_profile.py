@@ -6,7 +6,9 @@
         --attention-bench --out breakdown.txt
 
 Each configuration runs ``--warmup`` steps, then ``--steps`` profiled ones; rank 0 prints the
-time per kernel category and the top kernels (megatron_galvatron/benchmark/breakdown.py).
+time per kernel category, the top kernels and the GPU's idle gaps with the kernels around them
+(megatron_galvatron/benchmark/breakdown.py). ``--launched-by "Memcpy HtoD"`` also prints which
+host code launched matching GPU work (copies from host memory make the host wait).
 ``--attention-bench`` also times causal SDPA forward + backward at the model's shape under
 each PyTorch kernel.
 """
@@ -19,8 +21,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import torch  # noqa: E402
 import torch.distributed as dist  # noqa: E402
 
+from megatron_galvatron import plan as plan_mod  # noqa: E402
 from megatron_galvatron.benchmark.baselines import BaselineSpec, baseline_step, build_baseline  # noqa: E402
-from megatron_galvatron.benchmark.breakdown import kernels_of, summarize  # noqa: E402
+from megatron_galvatron.benchmark.breakdown import kernels_of, launchers, summarize  # noqa: E402
 from megatron_galvatron.errors import exit_on_user_error  # noqa: E402
 from megatron_galvatron.parallel_state import detect_device, init_distributed  # noqa: E402
 from megatron_galvatron.profiling.hardware import time_repeated  # noqa: E402
@@ -29,17 +32,17 @@ from megatron_galvatron.training.train import setup, train_step  # noqa: E402
 from tools.benchmark import parse_global_plan  # noqa: E402
 
 
-def profile(step, warmup: int, steps: int):
+def profile(step, warmup: int, steps: int, launched_by=()) -> str:
     from torch.profiler import ProfilerActivity
     from torch.profiler import profile as tprofile
     for _ in range(warmup):
         step()
     torch.cuda.synchronize()
-    with tprofile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+    with tprofile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA], with_stack=bool(launched_by)) as prof:
         for _ in range(steps):
             step()
         torch.cuda.synchronize()
-    return summarize(kernels_of(prof))
+    return "\n".join([summarize(kernels_of(prof)).table(steps)] + [launchers(prof, p) for p in launched_by])
 
 
 def attention_bench(cfg, batch: int, device) -> str:
@@ -68,12 +71,15 @@ def attention_bench(cfg, batch: int, device) -> str:
 def main() -> None:
     p = build_parser("Kernel-time breakdown of training steps")
     b = p.add_argument_group("step profile")
+    b.add_argument("--plans", nargs="*", default=[], help="plan files, each run as it says (compiled or not)")
     b.add_argument("--global-plans", nargs="*", default=[])
     b.add_argument("--baselines", default="")
     b.add_argument("--baseline-micro-batch", type=int, default=8, help="samples per GPU")
     b.add_argument("--warmup", type=int, default=3)
     b.add_argument("--steps", type=int, default=2)
     b.add_argument("--attention-bench", action="store_true")
+    b.add_argument("--launched-by", nargs="*", default=[],
+                   help='name parts of GPU work (e.g. "Memcpy HtoD") whose launching host code to print')
     b.add_argument("--out", default=None, help="also write the report here")
     args = p.parse_args()
     with exit_on_user_error("step_profile.py"):
@@ -96,12 +102,15 @@ def main() -> None:
 
         if args.attention_bench:
             emit(attention_bench(cfg, args.baseline_micro_batch, device))
-        for spec in args.global_plans:
-            plan = check_plan(parse_global_plan(spec, world, cfg.num_layers), cfg, world)
+        plans = [(os.path.basename(f), plan_mod.load(f, world_size=world)) for f in args.plans]
+        plans += [(spec, parse_global_plan(spec, world, cfg.num_layers)) for spec in args.global_plans]
+        for name, plan in plans:
+            plan = check_plan(plan, cfg, world)
             args.train_iters = args.warmup + args.steps
             tr = setup(args, plan)
-            emit(f"\n== plan {spec} (attention {cfg.attention_backend}{', compiled' if args.compile else ''})\n"
-                 + profile(lambda: train_step(tr), args.warmup, args.steps).table(args.steps))
+            compiled = plan.compile or args.compile
+            emit(f"\n== plan {name} (attention {cfg.attention_backend}{', compiled' if compiled else ''})\n"
+                 + profile(lambda: train_step(tr), args.warmup, args.steps, args.launched_by))
             tr = None
             release()
         for name in [n for n in args.baselines.split(",") if n]:
@@ -110,7 +119,7 @@ def main() -> None:
             tokens = torch.randint(0, cfg.vocab_size, (mbs, cfg.seq_length + 1), device=device)
             emit(f"\n== baseline {name}, {mbs} per GPU\n" + profile(
                 lambda: baseline_step(model, opt, tokens[:, :-1], tokens[:, 1:], autocast, device),
-                args.warmup, args.steps).table(args.steps))
+                args.warmup, args.steps, args.launched_by))
             model = opt = tokens = None
             release()
     if dist.is_initialized():

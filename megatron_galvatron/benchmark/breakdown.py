@@ -2,6 +2,7 @@
 (matrix products, attention, normalisation, elementwise, optimizer, collectives), plus the
 time the GPU computed nothing (gaps between compute kernels: host overhead, waits on
 collectives or the CPU)."""
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Dict, Iterable, List, Tuple
 
@@ -40,12 +41,37 @@ def busy_time(intervals: Iterable[Tuple[float, float]]) -> float:
     return total
 
 
+@dataclass(frozen=True)
+class Gap:
+    at_us: float     # where it starts, from the window's start
+    length_us: float
+    before: str      # the compute kernel that ended last before it
+    after: str       # the one that starts it again
+
+
+def idle_gaps(kernels: List[Tuple[str, float, float]]) -> List[Gap]:
+    """Holes in the union of the kernels' intervals, each with the kernels on either side (which
+    say whether the GPU waited on the host, a collective or the optimizer)."""
+    if not kernels:
+        return []
+    ordered = sorted(kernels, key=lambda k: k[1])
+    start = ordered[0][1]
+    gaps, last_name, end = [], ordered[0][0], ordered[0][2]
+    for name, s, e in ordered[1:]:
+        if s > end:
+            gaps.append(Gap(end - start, s - end, last_name, name))
+        if e >= end:
+            end, last_name = e, name
+    return gaps
+
+
 @dataclass
 class Breakdown:
     window_us: float
     compute_busy_us: float  # union of non-collective kernels
     by_category: Dict[str, float] = field(default_factory=dict)  # summed kernel time, us
     top: List[Tuple[str, float, int]] = field(default_factory=list)  # name, total us, calls
+    gaps: List[Gap] = field(default_factory=list)  # idle of compute, in the window's order
 
     def table(self, steps: int) -> str:
         w = self.window_us / steps
@@ -59,6 +85,22 @@ class Breakdown:
         rows.append(f"{'top kernels':<90} {'ms/step':>9} {'calls':>6}")
         for name, t, n in self.top:
             rows.append(f"{name[:90]:<90} {t / steps / 1e3:>9.2f} {n // steps:>6}")
+        if self.gaps:
+            rows += ["", self.gap_table(steps)]
+        return "\n".join(rows)
+
+    def gap_table(self, steps: int, longest: int = 15) -> str:
+        """Idle of compute by gap length (many short gaps: the host launches too slowly; a few long
+        ones: waits), then the longest gaps with the kernels around them."""
+        bins = [(0.0, 20.0), (20.0, 100.0), (100.0, 1000.0), (1000.0, float("inf"))]
+        rows = [f"{'compute idle, gaps of':<22} {'count/step':>10} {'ms/step':>9}"]
+        for lo, hi in bins:
+            inside = [g.length_us for g in self.gaps if lo <= g.length_us < hi]
+            label = f"{lo:.0f}-{hi:.0f} us" if hi != float("inf") else f">= {lo:.0f} us"
+            rows.append(f"{label:<22} {len(inside) / steps:>10.1f} {sum(inside) / steps / 1e3:>9.2f}")
+        rows.append(f"longest gaps (ms from window start, ms): kernel before -> kernel after")
+        for g in sorted(self.gaps, key=lambda g: -g.length_us)[:longest]:
+            rows.append(f"  {g.at_us / 1e3:9.2f} {g.length_us / 1e3:7.2f}  {g.before[:60]} -> {g.after[:60]}")
         return "\n".join(rows)
 
 
@@ -75,16 +117,47 @@ def summarize(kernels: List[Tuple[str, float, float]], top: int = 25) -> Breakdo
         acc = by_name.setdefault(name, [0.0, 0])
         acc[0] += e - s
         acc[1] += 1
-    busy = busy_time((s, e) for name, s, e in kernels if category(name) != "collective")
+    compute = [k for k in kernels if category(k[0]) != "collective"]
+    busy = busy_time((s, e) for name, s, e in compute)
     tops = sorted(((n, t, c) for n, (t, c) in by_name.items()), key=lambda x: -x[1])[:top]
-    return Breakdown(end - start, busy, by_cat, tops)
+    gaps = [dataclasses.replace(g, at_us=g.at_us + compute[0][1] - start) for g in idle_gaps(compute)] if compute else []
+    return Breakdown(end - start, busy, by_cat, tops, gaps)
 
 
 def kernels_of(prof) -> List[Tuple[str, float, float]]:
-    """GPU kernels (name, start us, end us) from a finished torch.profiler.profile."""
+    """GPU kernels (name, start us, end us) from a finished torch.profiler.profile. Ranges that
+    record_function marks on the GPU timeline (FSDP's, the optimizer's) span kernels and waits
+    alike: they are left out."""
     from torch.autograd import DeviceType
     out = []
     for e in prof.events():
+        if getattr(e, "is_user_annotation", False):
+            continue
         if e.device_type == DeviceType.CUDA and e.time_range.end > e.time_range.start:
             out.append((e.name, float(e.time_range.start), float(e.time_range.end)))
     return out
+
+
+def launchers(prof, pattern: str, frames: int = 4) -> str:
+    """Which host code launched the GPU work whose name contains `pattern` (e.g. "Memcpy HtoD":
+    a copy from host memory can make the host wait for the GPU): each distinct chain of
+    operators with the innermost Python frames of the profile (``with_stack=True``), and how
+    many times it ran."""
+    seen: Dict[Tuple[str, Tuple[str, ...]], List[float]] = {}
+    for e in prof.events():
+        hits = [k for k in getattr(e, "kernels", []) if pattern.lower() in k.name.lower()]
+        if not hits:
+            continue
+        chain, parent = [e.name], e.cpu_parent
+        while parent is not None:
+            chain.append(parent.name)
+            parent = parent.cpu_parent
+        stack = tuple(f for f in (getattr(e, "stack", None) or []) if "torch/" not in f)[:frames]
+        acc = seen.setdefault((" < ".join(chain[:6]), stack), [0, 0.0])
+        acc[0] += 1
+        acc[1] += sum(k.duration for k in hits)
+    rows = [f"host code that launched '{pattern}':"]
+    for (chain, stack), (n, us) in sorted(seen.items(), key=lambda kv: -kv[1][0]):
+        rows.append(f"  {n} x, {us / 1e3:.2f} ms: {chain}")
+        rows += [f"      {f}" for f in stack]
+    return "\n".join(rows)

@@ -117,7 +117,10 @@ def _microbatches(tr: Trainer, dataset, start_sample: int):
         if rows.max() >= tr.cfg.vocab_size or rows.min() < 0:
             raise UserError(f"the data holds token id {int(rows.max())} but --vocab-size is {tr.cfg.vocab_size}: "
                             f"set --vocab-size to the tokenizer's vocabulary size (at least {int(rows.max()) + 1})")
-        t = torch.from_numpy(rows).to(tr.device, non_blocking=True)
+        t = torch.from_numpy(rows)
+        if tr.device.type == "cuda":  # from pageable memory the copy would wait for the GPU to drain
+            t = t.pin_memory()
+        t = t.to(tr.device, non_blocking=True)
         out.append((t[:, :-1], t[:, 1:]))
     return out
 
