@@ -44,6 +44,12 @@ COMPUTE_COPY_BYTES = 6
 # into the fp32 gradient it accumulates without sync (read 2 + 4, write 4).
 GATHER_COPY_OUT_BYTES = 4
 ACCUMULATE_BYTES = 10
+# FSDP2 on its all-gather and reduce-scatter streams, beside the compute: casting each local fp32
+# shard into the all-gather's bf16 input (read 4, write 2 per local parameter) and the bf16
+# gradient into the reduce-scatter's fp32 input (read 2, write 4 per parameter). They draw on
+# the memory bandwidth the compute stream's kernels use, so they count as its time.
+GATHER_COPY_IN_BYTES = 6
+REDUCE_COPY_IN_BYTES = 6
 
 
 # -------------------------------------------------------------------- plain formulas
@@ -273,22 +279,25 @@ class CostModel:
         return self.profile.step_s_per_param * params * nbytes / ADAM_STEP_BYTES
 
     def fsdp_passes(self, dp_type: str, params: float, dp: int) -> Tuple[float, float]:
-        """(per micro-batch, per iteration) seconds of FSDP2's memory passes on the compute stream
-        for a sharded unit holding `params` unsharded: the gathers' copy-out (ZeRO-3 gathers for the
-        forward and again for the backward) and, for ZeRO-2, the fp32 gradient accumulation: priced
-        on every micro-batch and taken back once per iteration, which is exact for a single
-        micro-batch (it reduce-scatters its bf16 gradient directly; the cast happens in the
-        reduce-scatter's copy-in, on its own stream). With more, the first micro-batch's cast into
-        the fp32 gradient (read 2, write 4 bytes) goes uncounted; counting it per micro-batch
-        would over-price every single-micro-batch ZeRO-2 plan instead, as the stage tables do not
-        know the micro-batch count."""
+        """(per micro-batch, per iteration) seconds of FSDP2's memory passes for a sharded unit
+        holding `params` unsharded: each gather's copy-in (on the all-gather stream) and copy-out
+        (ZeRO-3 gathers for the forward and again for the backward), each reduce-scatter's
+        copy-in (every micro-batch under ZeRO-3, the last one under ZeRO-2) and, for ZeRO-2, the
+        fp32 gradient accumulation: priced on every micro-batch and taken back once per
+        iteration, which is exact for a single micro-batch (it reduce-scatters its bf16 gradient
+        directly). With more, the first micro-batch's cast into the fp32 gradient (read 2, write
+        4 bytes) goes uncounted; counting it per micro-batch would over-price every
+        single-micro-batch ZeRO-2 plan instead, as the stage tables do not know the micro-batch
+        count."""
         if not is_sharded(dp_type, dp):
             return 0.0, 0.0
         gathers = 2 if dp_type == "zero3" else 1
-        per_mb = self.memory_pass(params, gathers * GATHER_COPY_OUT_BYTES)
+        per_mb = self.memory_pass(params, gathers * (GATHER_COPY_OUT_BYTES + GATHER_COPY_IN_BYTES / dp))
+        reduce = self.memory_pass(params, REDUCE_COPY_IN_BYTES)
         if dp_type == "zero2":
-            return per_mb + self.memory_pass(params, ACCUMULATE_BYTES), -self.memory_pass(params, ACCUMULATE_BYTES)
-        return per_mb, 0.0
+            accumulate = self.memory_pass(params, ACCUMULATE_BYTES)
+            return per_mb + accumulate, reduce - accumulate
+        return per_mb + reduce, 0.0
 
     def compute_copy_pass(self, params: float, dp_type: str, dp: int) -> float:
         """Refreshing a replicated unit's bf16 weight copy once per step (memory-bound)."""
