@@ -68,3 +68,11 @@ def test_training_steps_never_wait_on_the_gpu():
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stdout + out.stderr[-3000:]
     assert out.stdout.count("no host synchronisation") == len(plans)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message given without a GPU")
+def test_without_a_gpu_the_tool_says_so_in_one_line():
+    out = subprocess.run([sys.executable, os.path.join(ROOT, "tools", "check_host_sync.py"), "--num-layers", "2",
+                          "--global-plans", "tp=1,dp=ddp,gbs=2,chunks=1"], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert out.stderr.strip().splitlines()[-1] == "check_host_sync.py: error: the synchronisation check is CUDA's: run it on GPUs"
