@@ -63,6 +63,7 @@ def test_launchers_names_the_host_code():
     copy = SimpleNamespace(name="aten::copy_", cpu_parent=step, stack=["train.py(120): _microbatches", "torch/x.py(1): f"],
                            kernels=[SimpleNamespace(name="Memcpy HtoD (Pageable -> Device)", duration=30.0)])
     gemm = SimpleNamespace(name="aten::mm", cpu_parent=step, stack=[], kernels=[SimpleNamespace(name="nvjet", duration=9.0)])
-    text = launchers(SimpleNamespace(events=lambda: [step, copy, copy, gemm]), "memcpy htod")
+    full = SimpleNamespace(name="Command Buffer Full", cpu_parent=copy, stack=[], kernels=copy.kernels)
+    text = launchers(SimpleNamespace(events=lambda: [step, copy, copy, gemm, full]), "memcpy htod")
     assert "2 x, 0.06 ms: aten::copy_ < train_step" in text
     assert "train.py(120): _microbatches" in text and "torch/x.py" not in text and "aten::mm" not in text
