@@ -44,11 +44,12 @@ COMPUTE_COPY_BYTES = 6
 # into the fp32 gradient it accumulates without sync (read 2 + 4, write 4).
 GATHER_COPY_OUT_BYTES = 4
 ACCUMULATE_BYTES = 10
-# FSDP2 on its all-gather and reduce-scatter streams, beside the compute: casting each local fp32
-# shard into the all-gather's bf16 input (read 4, write 2 per local parameter) and the bf16
-# gradient into the reduce-scatter's fp32 input (read 2, write 4 per parameter). They draw on
-# the memory bandwidth the compute stream's kernels use, so they count as its time.
-GATHER_COPY_IN_BYTES = 6
+# FSDP2 on its all-gather and reduce-scatter streams, beside the compute: per gather, casting
+# the local fp32 shards into one bf16 buffer (read 4, write 2 per local parameter) and copying
+# that into the all-gather's input (read 2, write 2); per reduce-scatter, casting the bf16
+# gradient into the fp32 reduce-scatter input (read 2, write 4 per parameter). They draw on the
+# memory bandwidth the compute stream's kernels use, so they count as its time.
+GATHER_COPY_IN_BYTES = 10
 REDUCE_COPY_IN_BYTES = 6
 
 

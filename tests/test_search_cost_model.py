@@ -155,10 +155,10 @@ def test_zero2_gathers_every_forward_and_reduce_scatters_once(cm):
     t = cm.layer_time(ddp(dp_type="zero2"), 4, 8)
     # FSDP2 reshards after the backward: the next forward gathers again, prefetched beside the
     # previous layer's forward (this layer's forward stands in for it)
-    # FSDP2's own passes, at the optimizer's 1e-10 s per 28 bytes: the gather's copy-in (6 B per
+    # FSDP2's own passes, at the optimizer's 1e-10 s per 28 bytes: the gather's copy-in (10 B per
     # local parameter, a quarter of them) and copy-out (4 B per unsharded parameter), the fp32
     # accumulation (10 B), taken back once per iteration, and the reduce-scatter's copy-in (6 B)
-    gather = 1e-10 * 50000 * (4 + 6 / 4) / 28
+    gather = 1e-10 * 50000 * (4 + 10 / 4) / 28
     accumulate, reduce_in = 1e-10 * 50000 * 10 / 28, 1e-10 * 50000 * 6 / 28
     assert t.per_mb == pytest.approx(fwd + 1.25 * ag * (1 - 1 / 1.1) + bwd + gather + accumulate)
     cm.zero_prefetch = False  # nothing to hide behind without the prefetch
@@ -174,9 +174,9 @@ def test_zero3_gathers_every_micro_batch(cm):
     t = cm.layer_time(ddp(dp_type="zero3"), 4, 8)
     # the forward's gather is prefetched beside the forward; the backward's gather and
     # reduce-scatter run beside the backward
-    # and FSDP2 copies each gather's input in and output out (2 x (6 B per local parameter + 4 B
+    # and FSDP2 copies each gather's input in and output out (2 x (10 B per local parameter + 4 B
     # per unsharded one)) and each micro-batch's gradient into the reduce-scatter (6 B)
-    passes = 1e-10 * 50000 * (2 * (6 / 4 + 4) + 6) / 28
+    passes = 1e-10 * 50000 * (2 * (10 / 4 + 4) + 6) / 28
     assert t.per_mb == pytest.approx(fwd + 1.25 * ag * (1 - 1 / 1.1) + bwd + 1.25 * (ag + rs) * (1 - 1 / 1.1)
                                      + passes)
     step = 1e-10 * 50000 / 4
