@@ -279,22 +279,24 @@ class CostModel:
         """A memory-bound pass moving `nbytes` per parameter, at the AdamW step's bandwidth."""
         return self.profile.step_s_per_param * params * nbytes / ADAM_STEP_BYTES
 
-    def fsdp_passes(self, dp_type: str, params: float, dp: int) -> Tuple[float, float]:
+    def fsdp_passes(self, dp_type: str, params: float, dp: int, gathers: int = 0,
+                    reduces: int = 1) -> Tuple[float, float]:
         """(per micro-batch, per iteration) seconds of FSDP2's memory passes for a sharded unit
-        holding `params` unsharded: each gather's copy-in (on the all-gather stream) and copy-out
-        (ZeRO-3 gathers for the forward and again for the backward), each reduce-scatter's
-        copy-in (every micro-batch under ZeRO-3, the last one under ZeRO-2) and, for ZeRO-2, the
-        fp32 gradient accumulation: priced on every micro-batch and taken back once per
-        iteration, which is exact for a single micro-batch (it reduce-scatters its bf16 gradient
-        directly). With more, the first micro-batch's cast into the fp32 gradient (read 2, write
-        4 bytes) goes uncounted; counting it per micro-batch would over-price every
-        single-micro-batch ZeRO-2 plan instead, as the stage tables do not know the micro-batch
-        count."""
+        holding `params` unsharded: each gather's copy-in (on the all-gather stream) and copy-out,
+        each reduce-scatter's copy-in and, for ZeRO-2, the fp32 gradient accumulation. A layer
+        gathers once per micro-batch under ZeRO-2, twice (forward, backward) under ZeRO-3 (the
+        default, `gathers=0`; a vocab unit passes its own count) and reduce-scatters `reduces`
+        times: every micro-batch under ZeRO-3, on the last one under ZeRO-2. The accumulation is
+        priced on every micro-batch and taken back once per iteration, which is exact for a single
+        micro-batch (it reduce-scatters its bf16 gradient directly). With more, the first
+        micro-batch's cast into the fp32 gradient (read 2, write 4 bytes) goes uncounted; counting
+        it per micro-batch would over-price every single-micro-batch ZeRO-2 plan instead, as the
+        stage tables do not know the micro-batch count."""
         if not is_sharded(dp_type, dp):
             return 0.0, 0.0
-        gathers = 2 if dp_type == "zero3" else 1
+        gathers = gathers or (2 if dp_type == "zero3" else 1)
         per_mb = self.memory_pass(params, gathers * (GATHER_COPY_OUT_BYTES + GATHER_COPY_IN_BYTES / dp))
-        reduce = self.memory_pass(params, REDUCE_COPY_IN_BYTES)
+        reduce = self.memory_pass(params, reduces * REDUCE_COPY_IN_BYTES)
         if dp_type == "zero2":
             accumulate = self.memory_pass(params, ACCUMULATE_BYTES)
             return per_mb + accumulate, reduce - accumulate
@@ -593,13 +595,20 @@ class CostModel:
             per_mb += fwd + bwd + head + loss
         dp_mb, sync = self._vocab_dp(v, params, stage_world, first, last, bwd)
         per_mb += dp_mb
+        # FSDP2 gathers for each forward method the unit runs (embedding, head), ZeRO-3 again for
+        # each backward, ZeRO-2 again for the embedding's backward when the unit holds both; one
+        # reduce-scatter per end (see _vocab_dp)
+        ends = int(first) + int(last)
+        gathers = 2 * ends if v.dp_type == "zero3" else 1 + int(ends == 2)
+        fsdp_mb, fsdp_iter = self.fsdp_passes(v.dp_type, params, dp, gathers, ends)
+        per_mb += fsdp_mb
         local = params / dp if sharded else params
         if self.model.tied_embeddings and pp_deg > 1:
             # the two copies' gradients are summed once per step over the (first, last) stage pair
             sync += net.collective("all_reduce", 2, (pp_deg - 1) * stage_world, FP32 * (one / dp if sharded else one))
         busy = (self.optimizer_step(local) + self.grad_passes(local, not sharded)
-                + self.compute_copy_pass(local, v.dp_type, dp))
-        time = Time(per_mb, sync + busy, compute, busy)
+                + self.compute_copy_pass(local, v.dp_type, dp) + fsdp_iter)
+        time = Time(per_mb, sync + busy, compute, busy, fsdp_mb)
 
         act_kept = transient = 0.0
         if last:

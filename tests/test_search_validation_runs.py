@@ -41,11 +41,11 @@ def test_h100_eight_plans_within_two_percent_and_the_searched_plan_is_fastest():
 # (name, error in time, error in memory) with the 60 s sustained measurement, the slowdown scaled by
 # how busy each plan keeps the GPUs, as the document prints them
 H200_1P4B = [("plan.json", -0.008, 0.002), ("tp=1,dp=ddp,gbs=32,chunks=1", -0.015, 0.002),
-             ("tp=1,dp=zero2,gbs=32,chunks=2", -0.024, 0.003), ("tp=1,dp=zero3,gbs=32,chunks=1", -0.020, 0.005),
-             ("tp=1,dp=zero3,ckpt=1,gbs=64,chunks=1", -0.042, 0.012),
+             ("tp=1,dp=zero2,gbs=32,chunks=2", -0.021, 0.003), ("tp=1,dp=zero3,gbs=32,chunks=1", -0.017, 0.005),
+             ("tp=1,dp=zero3,ckpt=1,gbs=64,chunks=1", -0.040, 0.012),
              ("tp=2,dp=ddp,sp=1,gbs=16,chunks=1", 0.031, 0.001), ("pp=2,dp=ddp,gbs=32,chunks=4", 0.033, -0.003),
              ("pp=2,dp=ddp,gbs=32,chunks=8,sched=gpipe", 0.029, 0.002),
-             ("tp=1,dp=zero2,gbs=48,chunks=1", -0.020, 0.006)]
+             ("tp=1,dp=zero2,gbs=48,chunks=1", -0.019, 0.006)]
 
 
 def test_h200_gpt1p4b_with_the_settled_sustained_slowdown():
@@ -54,7 +54,7 @@ def test_h200_gpt1p4b_with_the_settled_sustained_slowdown():
     for r, e_t, e_m, (name, want_t, want_m) in zip(rs, t, m, H200_1P4B):
         assert r["name"] == name
         assert e_t == pytest.approx(want_t, abs=0.0006) and e_m == pytest.approx(want_m, abs=0.0006)
-    assert sum(map(abs, t)) / len(t) == pytest.approx(0.025, abs=0.0005)
+    assert sum(map(abs, t)) / len(t) == pytest.approx(0.024, abs=0.0005)
     assert max(map(abs, t)) < 0.05 and max(map(abs, m)) < 0.05  # every plan within 5 % on both
 
 
@@ -73,7 +73,7 @@ def test_h200_llama7b_memory_holds_and_time_misses_where_the_allocator_retried()
     retries = {r["name"]: r["alloc_retries"] for r in bench["results"]}
     assert retries["plan.json"] > 0 and by["plan.json"][0] < -0.15
     want = {"plan_126gb.json": (0.004, 0.000), "plan_126gb.json +compile": (-0.016, 0.048),
-            "plan_120gb.json": (-0.009, -0.000), "plan_120gb.json +compile": (-0.017, 0.049)}
+            "plan_120gb.json": (-0.006, -0.000), "plan_120gb.json +compile": (-0.014, 0.049)}
     for name, (wt, wm) in want.items():
         assert retries[name] == 0
         assert by[name][0] == pytest.approx(wt, abs=0.0006) and by[name][1] == pytest.approx(wm, abs=0.0006)
@@ -90,7 +90,7 @@ def test_h200_gpt1p4b_compiled_plans_on_the_compiled_profile():
 def test_h200_gpt1p4b_ten_plans_on_the_shared_stream_runtime():
     """The third set: the eight hand-picked plans, the earlier searched plan and the plan searched
     on compiled layers profiled at micro-batches 16 and 32, on the runtime whose FSDP units share
-    one set of streams. Time within 5 % for all 10 (the ZeRO-3 checkpointed plan -4.8 %; -5.2 %
+    one set of streams. Time within 5 % for all 10 (the ZeRO-3 checkpointed plan -4.6 %; -5.2 %
     before FSDP2's copy-in passes were priced), allocated memory within 1 %, reserved memory
     over-predicted by 2.5-4 %, never under."""
     d = "h200x2_gpt1p4b_bound/searched_on_mb16_32/"
@@ -99,8 +99,8 @@ def test_h200_gpt1p4b_ten_plans_on_the_shared_stream_runtime():
     assert len(rs) == 10
     by = dict(zip([r["name"] for r in rs], t))
     assert by["plan14.json"] == pytest.approx(-0.014, abs=0.0006)
-    assert by["tp=1,dp=zero3,ckpt=1,gbs=64,chunks=1"] == pytest.approx(-0.048, abs=0.0006)
-    assert max(map(abs, t)) < 0.05 and sum(map(abs, t)) / 10 == pytest.approx(0.026, abs=0.0006)
+    assert by["tp=1,dp=zero3,ckpt=1,gbs=64,chunks=1"] == pytest.approx(-0.0465, abs=0.0006)
+    assert max(map(abs, t)) < 0.05 and sum(map(abs, t)) / 10 == pytest.approx(0.025, abs=0.0006)
     assert max(map(abs, m)) < 0.01
     over = [r["pred_reserved"] / r["reserved"] - 1 for r in rs]
     assert min(over) > 0.02 and max(over) < 0.041
@@ -123,7 +123,7 @@ def test_h200_llama7b_compiled_memory_and_reserved_pools():
     _, rs = rows(L + "shared_streams/bench_136gb.json", L + "prof_s60", L + "compiled_memory/prof_compiled")
     (r,) = rs
     assert r["retries"] == 0 and r["pred_reserved"] < 136 and r["reserved"] < r["pred_reserved"]
-    assert r["pred_time"] / r["time"] - 1 == pytest.approx(-0.018, abs=0.0006)
+    assert r["pred_time"] / r["time"] - 1 == pytest.approx(-0.016, abs=0.0006)
 
 
 def test_h200_recompute_share_measured_by_the_profiler():
@@ -167,7 +167,7 @@ def test_h200_gpt1p4b_fourth_set_profiled_on_the_machine_it_ran_on():
     bench, rs = rows(d + "bench.json", d + "prof", compiled)
     t, m = errors(rs)
     assert len(rs) == 10 and max(map(abs, t)) < 0.045 and max(map(abs, m)) < 0.01
-    assert sum(map(abs, t)) / 10 == pytest.approx(0.025, abs=0.0006)
+    assert sum(map(abs, t)) / 10 == pytest.approx(0.024, abs=0.0006)
     by = dict(zip([r["name"] for r in rs], t))
     assert abs(by["plan.json"]) < 0.005
     best = max(bench["results"], key=lambda r: r["tokens_per_s_per_gpu"])
