@@ -399,7 +399,7 @@ class Searcher:
             frames = self._frames(c)
             bound = self.memory_aware_bound(c, frames)  # inf: not even the relaxation fits
             if math.isfinite(bound):
-                bound *= 1.0 - clock_gain_bound(slow, c.chunks, c.pp)
+                bound *= 1.0 - clock_gain_bound(slow, c.chunks, c.pp, self.cost.profile.sustained_curve)
                 scored.append((c.global_bsz * seq / bound, c, frames))
             else:
                 stats.pruned_by_memory += 1

@@ -127,6 +127,9 @@ class ModelProfile:
     # Degrees the profiler did not measure are scaled from the largest measured degree below them:
     # time per token and memory per token both shrink by that ratio (the sharded part dominates).
     sustained_slowdown: float = 1.0
+    # (duty, slowdown) measured with the GPU idle part of the time ('sustained.duty'), duty in
+    # (0, 1), non-decreasing and within [1, sustained_slowdown]; empty: the cost model's line
+    sustained_curve: Tuple[Tuple[float, float], ...] = ()
     compiled: bool = False  # the layer tables time torch.compile'd layers (plans then say "compile")
 
     def apply_sustained_slowdown(self, factor: float) -> None:
@@ -387,6 +390,25 @@ def parse_hardware(d: Dict, path: str = HARDWARE_FILE) -> HardwareProfile:
 
 # -------------------------------------------------------------------- model.json
 
+def _duty_curve(r, duty, slow: float) -> Tuple[Tuple[float, float], ...]:
+    """'sustained.duty': [[duty, slowdown], ...] as the cost model reads it: sorted by duty, each
+    slowdown held within [1, slow] and at least the one before (a GPU busy less of the time never
+    runs slower; what is left of noise must not make the curve fall)."""
+    if not isinstance(duty, list):
+        raise r.fail("key 'sustained.duty' must be a list of [duty, slowdown] pairs")
+    pts = []
+    for p in duty:
+        if (not isinstance(p, list) or len(p) != 2 or not all(isinstance(v, (int, float)) for v in p)
+                or not 0 < p[0] < 1 or p[1] <= 0):
+            raise r.fail(f"key 'sustained.duty' must hold [duty in (0, 1), slowdown > 0] pairs, got {p!r}")
+        pts.append((float(p[0]), float(p[1])))
+    out, low = [], 1.0
+    for u, s in sorted(pts):
+        low = min(max(s, low), slow)
+        out.append((u, low))
+    return tuple(out)
+
+
 def parse_model(d: Dict, path: str = MODEL_FILE) -> ModelProfile:
     r = _Reader(path)
     _check_schema(r, d, MODEL_SCHEMA)
@@ -468,6 +490,7 @@ def parse_model(d: Dict, path: str = MODEL_FILE) -> ModelProfile:
         if slow <= 0:
             raise r.fail(f"key 'sustained.slowdown' must be positive, got {slow}")
         prof.apply_sustained_slowdown(slow)
+        prof.sustained_curve = _duty_curve(r, sustained.get("duty", []), slow)
     compiled = d.get("compiled", False)
     if not isinstance(compiled, bool):
         raise r.fail(f"key 'compiled' must be true or false, got {compiled!r}")

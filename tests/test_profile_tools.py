@@ -152,6 +152,26 @@ def test_tool_user_errors_are_one_line(tmp_path):
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr, r.stderr
     r = _run([sys.executable, "tools/profile_comm.py", "--out-dir", str(tmp_path), "--quick"])
     assert r.returncode == 2 and "at least 2 ranks" in r.stderr and "Traceback" not in r.stderr, r.stderr
+    r = _run([sys.executable, "tools/profile_model.py", "--out-dir", str(tmp_path), "--micro-batch-sizes", "1", "2",
+              "--sustained-duty", "0.5", "1", *MODEL])
+    assert r.returncode == 2 and "--sustained-duty" in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+
+
+def test_duty_run_idles_the_device_between_chains():
+    """The profiler's duty-cycle run (profiling/model.py: run_at_duty) leaves the device idle
+    (1 - duty) / duty of a chain's time after each chain; timed here with a chain that sleeps."""
+    import time
+
+    from megatron_galvatron.profiling.hardware import Stopwatch
+    from megatron_galvatron.profiling.model import run_at_duty
+    import torch
+    cpu = torch.device("cpu")
+    t0 = time.perf_counter()
+    times = run_at_duty(lambda: time.sleep(0.01), lambda: Stopwatch(cpu), lambda: None, 0.3, 0.25, 0.01)
+    wall = time.perf_counter() - t0
+    assert len(times) >= 4 and min(times) >= 0.01
+    busy = sum(times)
+    assert 0.15 < busy / wall < 0.3  # a quarter of the time busy, the rest asleep
 
 
 def test_compiled_profile_makes_compiled_plans(profile_dir, compiled_dir, tmp_path):

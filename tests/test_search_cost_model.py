@@ -585,6 +585,58 @@ def test_clock_gain_never_exceeds_its_bound():
     assert clock_gain_bound(1.16, 8, 1) == pytest.approx(0.04)  # one stage: (S - 1) / 4
 
 
+def test_measured_duty_curve_sets_the_clock_of_partly_idle_stages():
+    from search.cost_model import slowdown_at
+    # without points: the straight line from 1 (idle) to the sustained slowdown (busy)
+    assert slowdown_at(0.5, 1.2) == pytest.approx(1.1) and slowdown_at(1.5, 1.2) == 1.2
+    # points on the line change nothing
+    line = ((0.25, 1.05), (0.5, 1.1), (0.75, 1.15))
+    args = ([1.0, 1.0], [0.0, 0.0], [1.0, 1.0], [0.0, 0.0], [0.0, 0.0], 2)
+    assert clock_scales(*args, 1.2, line)[1] == [pytest.approx(x) for x in clock_scales(*args, 1.2)[1]]
+    # a GPU measured to slow down less when idle a third of the time: two stages, 2 micro-batches,
+    # each busy 2 of 3 slots, run at the measured 1.08 instead of the line's 1.133
+    curve = ((2 / 3, 1.08),)
+    assert slowdown_at(2 / 3, 1.2, curve) == pytest.approx(1.08)
+    assert slowdown_at(5 / 6, 1.2, curve) == pytest.approx(1.14)  # halfway to (1, 1.2)
+    it, scale = clock_scales(*args, 1.2, curve)
+    assert scale == [pytest.approx(1.08 / 1.2)] * 2 and it == pytest.approx(3 * 1.08 / 1.2)
+
+
+def test_clock_gain_with_a_measured_curve_never_exceeds_its_bound():
+    import random
+    rng = random.Random(5)
+    # the grid bound of the straight line agrees with the closed form, from above
+    for S, chunks, pp in ((1.16, 8, 1), (1.3, 2, 4), (1.9, 1, 8)):
+        closed = clock_gain_bound(S, chunks, pp)
+        grid = clock_gain_bound(S, chunks, pp, ((0.5, 1 + (S - 1) / 2),))
+        assert closed <= grid + 1e-12 and grid < closed + 2e-3
+    for _ in range(2000):
+        pp, chunks, S = rng.randint(1, 8), rng.randint(1, 16), rng.uniform(1.0, 1.9)
+        us = sorted(rng.uniform(0.05, 0.95) for _ in range(rng.randint(1, 3)))
+        ss = sorted(rng.uniform(1.0, S) for _ in us)
+        curve = tuple(zip(us, ss))
+        compute = [rng.uniform(0, 1) for _ in range(pp)]
+        per_mb = [c + rng.uniform(0, 1) * rng.choice([0, 0.1, 1]) for c in compute]
+        busy_mb = [rng.uniform(0, m - c) for m, c in zip(per_mb, compute)]
+        per_iter = [rng.uniform(0, 0.5) for _ in range(pp)]
+        busy_iter = [rng.uniform(0, p) for p in per_iter]
+        plain = pipeline_iteration_time(per_mb, per_iter, chunks)
+        it, _ = clock_scales(per_mb, per_iter, compute, busy_mb, busy_iter, chunks, S, curve)
+        assert 1 - it / plain <= clock_gain_bound(S, chunks, pp, curve) + 1e-9
+
+
+def test_duty_curve_is_read_sorted_and_never_falling():
+    d = model_dict()
+    d["sustained"] = {"slowdown": 1.2, "duty": [[0.8, 1.25], [0.4, 1.05], [0.6, 1.01]]}
+    prof = parse_model(d)
+    # sorted by duty, held within [1, 1.2] and at least the point before
+    assert prof.sustained_curve == ((0.4, 1.05), (0.6, 1.05), (0.8, 1.2))
+    for bad in ([[1.0, 1.1]], [[0.5]], "fast", [[0.5, -1]]):
+        d["sustained"] = {"slowdown": 1.2, "duty": bad}
+        with pytest.raises(Exception, match="sustained.duty"):
+            parse_model(d)
+
+
 def test_compute_bound_is_the_models_math_per_token(cm, cm_full):
     """search/bound.py: per token, every layer's and the LM head's forward + backward slopes, and
     the embedding's where timed; the faster of the replicated and ZeRO tables counts."""

@@ -50,6 +50,11 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--sustained-seconds", type=float, default=30.0,
                    help="length of the back-to-back run of a layer chain that measures how much slower "
                         "layers run inside a long step than alone (model.json 'sustained'); 0 = skip")
+    g.add_argument("--sustained-duty", type=float, nargs="*", default=[],
+                   help="duty cycles in (0, 1) at which to repeat that run with the GPU idle between chains "
+                        "(model.json 'sustained.duty'): the cost model then prices partly idle stages "
+                        "(pipeline bubbles, exposed communication) at the measured clock instead of a "
+                        "straight line; each adds --sustained-seconds")
     g.add_argument("--compile", action="store_true",
                    help="time the transformer layers through torch.compile (plans searched on this profile "
                         "say \"compile\": the runtime compiles every layer)")
@@ -89,7 +94,8 @@ def main(argv=None) -> None:
             tp_degrees=sorted(set(args.tp)), sequence_parallel=not args.no_sequence_parallel,
             dtype=default_dtype(device) if args.dtype == "auto" else args.dtype,
             warmup=args.warmup, iters=args.iters, soak_seconds=args.soak_seconds,
-            sustained_seconds=args.sustained_seconds, compile=args.compile,
+            sustained_seconds=args.sustained_seconds, sustained_duty=tuple(args.sustained_duty),
+            compile=args.compile,
             optimizer_params=args.optimizer_params or default_optimizer_params(device),
             seed=args.seed, progress=not args.quiet)
         check_settings(cfg, settings)

@@ -13,7 +13,7 @@ from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from functools import partial
 import time
-from typing import Callable, Dict, List, Tuple
+from typing import Any, Callable, Dict, List, Tuple
 
 import torch
 from torch import nn
@@ -56,12 +56,34 @@ class ModelSettings:
     # cap within about 10 s (nvidia-smi dmon); 8 s runs measured 1.8-2.0 % less slowdown than 60 s
     # runs, whose quarters agreed within 0.3 %.
     sustained_seconds: float = 30.0
+    # duty cycles below 1 at which sustained_profile also runs the chain, idling the GPU between
+    # repeats as a pipeline bubble or exposed communication does ('sustained.duty')
+    sustained_duty: Tuple[float, ...] = ()
     optimizer_params: int = 2 ** 27
     seed: int = 1234
     progress: bool = True
     # time the transformer layers through torch.compile, as pretrain_gpt.py --compile (or a plan
     # with "compile") runs them, and count what the compiled layers save for backward
     compile: bool = False
+
+
+def run_at_duty(chain: Callable[[], None], stopwatch: Callable[[], Any], sync: Callable[[], None],
+                seconds: float, duty: float, busy_s: float) -> List[float]:
+    """Seconds of each `chain` run for `seconds`, each followed by an idle gap that keeps the
+    device busy a fraction `duty` of the time when a chain takes `busy_s`: the host waits for the
+    chain to finish, then sleeps, so the device has nothing queued."""
+    idle = busy_s * (1.0 - duty) / duty
+    watches = []
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end or len(watches) < 4:
+        sw = stopwatch()
+        sw.start()
+        chain()
+        sw.stop()
+        sync()
+        watches.append(sw)
+        time.sleep(idle)
+    return [w.seconds() for w in watches]
 
 
 def valid_tp_degrees(cfg: GPTConfig, wanted: List[int]) -> List[int]:
@@ -397,16 +419,27 @@ class ModelProfiler:
         last = [w.seconds() for w in watches[len(watches) // 2:]]
         alone = n * (pts[(mb, seq)] + bpts[(mb, seq)])
         sustained = median(last)
+        duty = []
+        for u in self.s.sustained_duty:
+            busy = run_at_duty(chain, lambda: Stopwatch(self.device), lambda: synchronize(self.device),
+                               self.s.sustained_seconds, u, sustained)
+            chain_s = median(busy[len(busy) // 2:])
+            idle = sustained * (1.0 - u) / u
+            # the chain runs faster at a lower duty, so the duty it had is a little below u
+            duty.append([chain_s / (chain_s + idle), max(1.0, chain_s / alone)])
         del layers, x
         torch.cuda.empty_cache()
         times = [w.seconds() for w in watches]
         q = max(1, len(times) // 4)
-        return {"slowdown": max(1.0, sustained / alone), "chain_s": sustained, "alone_s": alone,
+        out_duty = {"duty": duty} if duty else {}
+        return {"slowdown": max(1.0, sustained / alone), "chain_s": sustained, "alone_s": alone, **out_duty,
                 # drift over the run: a still-falling clock shows as later quarters slower
                 "quarters_s": [median(times[i * q:(i + 1) * q] or times[-1:]) for i in range(4)],
                 "repeats": len(watches), "method": f"{n} tp1 layers{' as ZeRO units' if sharded else ''}, "
                 f"micro-batch {mb} x seq {seq}, forward + backward back to back for "
-                f"{self.s.sustained_seconds:g} s; median of the last half vs {n} x the point's fwd + bwd"}
+                f"{self.s.sustained_seconds:g} s; median of the last half vs {n} x the point's fwd + bwd"
+                + ("; 'duty': the same at each duty cycle, the GPU idle between repeats (the host waits, then "
+                   "sleeps), [duty it had, slowdown]" if duty else "")}
 
     def allocator_profile(self, shards: ShardGroups) -> Dict:
         """Peak reserved / peak allocated over a training-like step (two layers, LM head, optimizer)."""
@@ -540,6 +573,8 @@ def check_settings(cfg: GPTConfig, s: ModelSettings) -> None:
                         "two token counts")
     if s.soak_seconds < 0 or s.sustained_seconds < 0:
         raise UserError("--soak-seconds and --sustained-seconds must be >= 0")
+    if any(not 0 < u < 1 for u in s.sustained_duty):
+        raise UserError(f"--sustained-duty takes duty cycles strictly between 0 and 1, got {list(s.sustained_duty)}")
     if s.warmup < 0 or s.iters < 1:
         raise UserError(f"--warmup={s.warmup} must be >= 0 and --iters={s.iters} >= 1")
     if s.optimizer_params < 64:
