@@ -4,6 +4,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ["--num-layers", "2", "--hidden-size", "32", "--num-attention-heads", "4", "--seq-length", "16",
         "--vocab-size", "64", "--make-vocab-size-divisible-by", "4"]
@@ -30,6 +32,14 @@ def test_rounds_and_json(tmp_path):
     assert 2 in tried and results[2]["micro_batch"] == 2 * max(tried, key=tried.get)  # the fastest, over 2 GPUs
     assert results[2]["global_batch"] == 8  # two micro-batches accumulated
     assert proc.stdout.count("[round 2]") == 4
+    # each plan against the fastest baseline, overall and round by round
+    gains = json.load(open(out))["speedups"]
+    best = max(results[2:], key=lambda r: r["tokens_per_s_per_gpu"])
+    for r in results[:2]:
+        g = gains[r["name"]]
+        assert g["over"] == best["name"] and len(g["per_round"]) == 2
+        assert abs(g["ratio"] - r["tokens_per_s_per_gpu"] / best["tokens_per_s_per_gpu"]) < 1e-9
+        assert f"{r['name']}: {g['ratio']:.3f}x the fastest baseline ({best['name']}), per round" in proc.stdout
 
 
 def test_unknown_baseline_is_one_line(tmp_path):
@@ -91,3 +101,17 @@ def test_plan_variants_name_and_mode():
                                                  ("b", True), ("b eager", False), ("b", True)]
     assert runs[3][1].predicted == {"iter_time_s": 1.0} and runs[4][1].predicted == {}
     assert eager.compile is False and compiled.compile is True  # the plans themselves are untouched
+
+
+def test_per_round_ratios_use_each_rounds_own_median():
+    from megatron_galvatron.benchmark.runner import Result, per_round, speedups
+    # 2 rounds x 3 iterations; 100 tokens per GPU per iteration
+    plan = Result("p", "ok", iter_time_s=1.0, tokens_per_s_per_gpu=100.0, rounds=2, times=[1.0, 0.9, 1.1, 1.2, 1.0, 1.3])
+    base = Result("b", "ok", iter_time_s=2.0, tokens_per_s_per_gpu=50.0, rounds=2, times=[2.0, 2.0, 2.0, 2.5, 2.5, 2.5])
+    slow = Result("s", "ok", iter_time_s=4.0, tokens_per_s_per_gpu=25.0, rounds=2, times=[4.0] * 6)
+    oom = Result("o", "oom")
+    assert per_round(plan) == [100.0, 100.0 / 1.2] and per_round(oom) == []
+    g = speedups([plan, oom], [slow, base, oom])
+    assert list(g) == ["p"] and g["p"]["over"] == "b" and g["p"]["ratio"] == 2.0
+    assert g["p"]["per_round"] == [2.0, pytest.approx((100.0 / 1.2) / (100.0 / 2.5))]
+    assert speedups([plan], [oom]) == {}

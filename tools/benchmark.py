@@ -19,7 +19,8 @@ import torch.distributed as dist  # noqa: E402
 
 from megatron_galvatron import plan as plan_mod  # noqa: E402
 from megatron_galvatron.benchmark.baselines import BaselineSpec  # noqa: E402
-from megatron_galvatron.benchmark.runner import as_dict, run_baseline, run_plan, table  # noqa: E402
+from megatron_galvatron.benchmark.runner import (as_dict, describe_speedups, run_baseline, run_plan, speedups,  # noqa: E402
+                                                 table)
 from megatron_galvatron.errors import UserError, exit_on_user_error  # noqa: E402
 from megatron_galvatron.parallel_state import detect_device, init_distributed  # noqa: E402
 from megatron_galvatron.training.arguments import build_parser, check_plan, model_config  # noqa: E402
@@ -156,15 +157,18 @@ def main() -> None:
                                           results[i], args.baseline_global_batch)
                 if rank == 0:
                     print(f"[round {rnd + 1}] " + table(results[i:i + 1]).splitlines()[-1], flush=True)
+        gains = speedups(results[:len(runs)], results[len(runs):])
         if rank == 0:
             print("\n" + table(results), flush=True)
+            if gains:
+                print(describe_speedups(gains), flush=True)
             if found:
                 print(describe_bounds(found), flush=True)
             if args.out:
                 with open(args.out, "w") as f:
                     json.dump({"model": vars(cfg), "world_size": world, "device": str(device),
                                "cuda_alloc_conf": os.environ.get("PYTORCH_CUDA_ALLOC_CONF"),
-                               "compute_bound": found,
+                               "compute_bound": found, "speedups": gains,
                                "results": [as_dict(r) for r in results]}, f, indent=2, default=str)
     if dist.is_initialized():
         dist.destroy_process_group()

@@ -232,5 +232,36 @@ def table(results: List[Result]) -> str:
     return "\n".join(rows)
 
 
+def per_round(r: Result) -> List[float]:
+    """tokens/s/GPU of each round of `r`: the median of that round's own timed iterations."""
+    if r.status != "ok" or not r.rounds or len(r.times) < r.rounds:
+        return []
+    n = len(r.times) // r.rounds
+    tokens = r.tokens_per_s_per_gpu * r.iter_time_s  # per GPU per iteration
+    return [tokens / float(np.median(r.times[i * n:(i + 1) * n])) for i in range(r.rounds)]
+
+
+def speedups(plans: List[Result], baselines: List[Result]) -> Dict[str, Dict]:
+    """Each plan that ran against the fastest baseline that ran: the ratio of tokens/s/GPU over
+    all rounds and round by round (rounds visit every configuration in turn, so a round's ratio
+    compares runs minutes apart on the same machine)."""
+    ok = [b for b in baselines if b.status == "ok"]
+    if not ok:
+        return {}
+    best = max(ok, key=lambda b: b.tokens_per_s_per_gpu)
+    out = {}
+    for r in plans:
+        if r.status == "ok":
+            out[r.name] = {"over": best.name, "ratio": r.tokens_per_s_per_gpu / best.tokens_per_s_per_gpu,
+                           "per_round": [a / b for a, b in zip(per_round(r), per_round(best))]}
+    return out
+
+
+def describe_speedups(found: Dict[str, Dict]) -> str:
+    return "\n".join(f"{name}: {s['ratio']:.3f}x the fastest baseline ({s['over']})"
+                     + (f", per round {', '.join(f'{x:.3f}' for x in s['per_round'])}" if len(s["per_round"]) > 1 else "")
+                     for name, s in found.items())
+
+
 def as_dict(r: Result) -> Dict:
     return asdict(r)
