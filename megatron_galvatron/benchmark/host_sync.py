@@ -12,8 +12,8 @@ import torch
 
 # The text of the warning torch.cuda.set_sync_debug_mode("warn") raises.
 SYNC_WARNING = "called a synchronizing CUDA operation"
-# Frames worth naming: this package first, then PyTorch's distributed code (FSDP2, DDP).
-OWN = ("megatron_galvatron", "pretrain_gpt.py", "tools/")
+# The frames a report names first: this package's, its entry point's and its tools'.
+OWN = ("megatron_galvatron/", "pretrain_gpt.py", "tools/check_host_sync.py", "tools/benchmark.py")
 
 
 @dataclass(frozen=True)
