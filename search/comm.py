@@ -17,7 +17,7 @@ size, since NCCL switches protocol and algorithm as messages grow.
 from __future__ import annotations
 
 import math
-from typing import Dict, Tuple
+from typing import Dict, List, Tuple
 
 from search.profiles import REQUIRED_COLLECTIVES, CommFit, HardwareProfile, ProfileError
 
@@ -102,9 +102,10 @@ class Network:
     def _p2p_spans(self, pp_deg: int) -> bool:
         return self.hw.num_gpus // pp_deg >= self.hw.gpus_per_node
 
-    def overlap(self, compute_s: float, comm_s: float) -> float:
+    def overlap(self, compute_s: float, comm_s: float, op: str = "") -> float:
         """Wall time of `compute_s` of compute and `comm_s` of communication (each as long as it takes
-        alone) started together on two streams.
+        alone) started together on two streams; the slowdowns are the collective `op`'s where the
+        profile measured them per collective.
 
         While both run, compute progresses at 1 / compute_slowdown and communication at
         1 / comm_slowdown of their own speed; whichever finishes first leaves the other to run alone.
@@ -112,11 +113,19 @@ class Network:
         the whole backward times the slowdown. When compute x compute_slowdown equals comm x
         comm_slowdown (the profiler's overlap test makes the two about as long) both end together
         at that time."""
+        return self.overlap_many(compute_s, [(comm_s, op)])
+
+    def overlap_many(self, compute_s: float, comms: List[Tuple[float, str]]) -> float:
+        """`overlap` for several collectives one after another on the side stream ((seconds, op)
+        each): their slowdowns weighted by their times."""
+        comm_s = sum(t for t, _ in comms)
         if comm_s <= 0:
             return compute_s
         if compute_s <= 0:
             return comm_s
-        cs, ms = self.compute_slowdown, self.comm_slowdown
+        pairs = [(t, self.hw.overlap_by_op.get(op, (self.compute_slowdown, self.comm_slowdown))) for t, op in comms]
+        cs = sum(t * p[0] for t, p in pairs) / comm_s
+        ms = sum(t * p[1] for t, p in pairs) / comm_s
         if comm_s * ms <= compute_s * cs:
             return compute_s + comm_s * ms * (1.0 - 1.0 / cs)
         return comm_s + compute_s * cs * (1.0 - 1.0 / ms)

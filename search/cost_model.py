@@ -431,13 +431,13 @@ class CostModel:
         net = self.net
         if not is_sharded(dp_type, dp):
             ar = net.collective("all_reduce", dp, stride, grad)
-            return 0.0, 0.0, net.overlap(bwd_window, ar) - bwd_window
+            return 0.0, 0.0, net.overlap(bwd_window, ar, "all_reduce") - bwd_window
         ag = net.collective("all_gather", dp, stride, par)
         rs = net.collective("reduce_scatter", dp, stride, grad)
-        fwd_gather = net.overlap(fwd_window, ag) - fwd_window if self.zero_prefetch else ag
+        fwd_gather = net.overlap(fwd_window, ag, "all_gather") - fwd_window if self.zero_prefetch else ag
         if dp_type == "zero2":
-            return fwd_gather, 0.0, net.overlap(bwd_window, rs) - bwd_window
-        return fwd_gather, net.overlap(bwd_window, ag + rs) - bwd_window, 0.0
+            return fwd_gather, 0.0, net.overlap(bwd_window, rs, "reduce_scatter") - bwd_window
+        return fwd_gather, net.overlap_many(bwd_window, [(ag, "all_gather"), (rs, "reduce_scatter")]) - bwd_window, 0.0
 
     def layer_time(self, s: LayerStrategy, stage_world: int, micro_batch: int) -> Time:
         fwd, bwd = self.layer_compute(s, stage_world, micro_batch)
@@ -562,20 +562,21 @@ class CostModel:
         net = self.net
         grad, par = FP32 * params, BF16 * params
 
-        def behind_head(comm: float) -> float:
-            return net.overlap(bwd, comm) - bwd
+        def behind_head(*comms: Tuple[float, str]) -> float:
+            return net.overlap_many(bwd, list(comms)) - bwd
 
         if not is_sharded(v.dp_type, dp):
             ar = net.collective("all_reduce", dp, stride, grad)
-            return 0.0, (ar if first else behind_head(ar))
+            return 0.0, (ar if first else behind_head((ar, "all_reduce")))
         ag = net.collective("all_gather", dp, stride, par)
         rs = net.collective("reduce_scatter", dp, stride, grad)
         ends = int(first) + int(last)
         if v.dp_type == "zero3":
-            per_mb = ends * ag + (behind_head(ag + rs) if last else 0.0) + ((ag + rs) if first else 0.0)
+            per_mb = (ends * ag + (behind_head((ag, "all_gather"), (rs, "reduce_scatter")) if last else 0.0)
+                      + ((ag + rs) if first else 0.0))
             return per_mb, 0.0
         per_mb = ag + (ag if ends == 2 else 0.0)
-        return per_mb, (behind_head(rs) if last else 0.0) + (rs if first else 0.0)
+        return per_mb, (behind_head((rs, "reduce_scatter")) if last else 0.0) + (rs if first else 0.0)
 
     def vocab(self, v: VocabStrategy, stage_world: int, micro_batch: int, pp_deg: int,
               stage: int) -> Tuple[Time, Memory]:

@@ -90,6 +90,9 @@ class HardwareProfile:
     compute_slowdown: float
     comm_slowdown: float
     memory_gb: Optional[float] = None  # one GPU's memory (GiB), where the profile recorded it
+    # (compute_slowdown, comm_slowdown) measured per collective ('overlap.by_collective'); a
+    # collective without its own pair uses the two above
+    overlap_by_op: Dict[str, Tuple[float, float]] = field(default_factory=dict)
 
 
 @dataclass
@@ -383,9 +386,16 @@ def parse_hardware(d: Dict, path: str = HARDWARE_FILE) -> HardwareProfile:
     ov = r.get(d, "overlap", "", dict)
     cs = r.number(ov, "compute_slowdown", "overlap", 1.0)
     ms = r.number(ov, "comm_slowdown", "overlap", 1.0)
+    by_op = {}
+    for op, pair in ov.get("by_collective", {}).items():
+        if op not in collectives or not isinstance(pair, dict):
+            raise r.fail(f"key 'overlap.by_collective.{op}' must name a profiled collective and hold "
+                         f"compute_slowdown and comm_slowdown")
+        by_op[op] = (r.number(pair, "compute_slowdown", f"overlap.by_collective.{op}", 1.0),
+                     r.number(pair, "comm_slowdown", f"overlap.by_collective.{op}", 1.0))
     memory_gb = r.number(hw, "memory_gb", "hardware", 0.0) if "memory_gb" in hw else None
     return HardwareProfile(path, gpu_name, num_gpus, num_nodes, gpus_per_node, collectives, p2p, cs, ms,
-                           memory_gb or None)
+                           memory_gb or None, by_op)
 
 
 # -------------------------------------------------------------------- model.json

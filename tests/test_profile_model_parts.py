@@ -104,3 +104,25 @@ def test_sharded_unit_saves_a_bf16_residual_stream():
         # 2 x hidden bytes per norm token, within the norms' per-token statistics
         assert 4 * h * norm_tokens <= saved <= (4 * h + 16) * norm_tokens
     assert set(sharded["time"]) == {"tp1", "tp2", "tp2_sp"}
+
+
+def _collectives_of_the_overlap_test(rank, world):
+    import torch.distributed as dist
+
+    from megatron_galvatron.profiling.comm import collective_call
+    out = {}
+    for op in ("all_reduce", "all_gather", "reduce_scatter"):
+        call, full, shard = collective_call(op, 64 * 4, dist.group.WORLD, world, torch.device("cpu"))
+        call()  # buffers of ones: sums come back as the world size, gathers as ones
+        out[op] = (full.numel(), float(full.sum()), shard.numel(), float(shard.sum()))
+    return out
+
+
+def test_overlap_test_runs_each_collective_on_buffers_of_its_size():
+    """profile_comm's per-collective overlap test: the all-reduce over a 64-float buffer, the
+    all-gather into one and the reduce-scatter out of one (2 gloo ranks)."""
+    from tests.dist_utils import run_distributed
+    for res in run_distributed(2, _collectives_of_the_overlap_test):
+        assert res["all_reduce"][:2] == (64, 128.0)             # each element summed over 2 ranks
+        assert res["all_gather"] == (64, 64.0, 32, 32.0)        # two 32-element shards of ones gathered
+        assert res["reduce_scatter"] == (64, 64.0, 32, 64.0)    # a 32-element shard of sums of 2

@@ -183,6 +183,31 @@ def test_zero3_gathers_every_micro_batch(cm):
     assert t.per_iter == pytest.approx(step + step * 12 / 28)
 
 
+def test_overlap_measured_per_collective():
+    """'overlap.by_collective': each collective slows the compute beside it by its own measured
+    factor; several in a row, by their time-weighted factors; unmeasured ones by the overall pair."""
+    d = hardware_dict()
+    d["overlap"]["by_collective"] = {"all_gather": {"compute_slowdown": 1.05, "comm_slowdown": 1.0},
+                                     "reduce_scatter": {"compute_slowdown": 1.3, "comm_slowdown": 1.1}}
+    net = Network(parse_hardware(d), num_gpus=8, gpus_per_node=4)
+    assert net.overlap(1.0, 0.1, "all_gather") == pytest.approx(1.0 + 0.1 * (1 - 1 / 1.05))
+    assert net.overlap(1.0, 0.1, "all_reduce") == pytest.approx(1.0 + 0.1 * 1.25 * (1 - 1 / 1.1))
+    cs, ms = (0.1 * 1.05 + 0.2 * 1.3) / 0.3, (0.1 * 1.0 + 0.2 * 1.1) / 0.3
+    got = net.overlap_many(1.0, [(0.1, "all_gather"), (0.2, "reduce_scatter")])
+    assert got == pytest.approx(1.0 + 0.3 * ms * (1 - 1 / cs))
+    # a ZeRO-3 layer's backward: its gather and reduce-scatter at their own factors
+    c = CostModel(CFG, parse_model(model_dict()), net, replicated_autocast=True)
+    ag = 1e-5 + 3 / 4 * (2 * 50000) / 100e9
+    rs = 1e-5 + 3 / 4 * (4 * 50000) / 100e9
+    bwd = 2e-3 + 512e-6
+    _, b_extra, _ = c._dp_sync("zero3", 50000, 4, ddp(dp_type="zero3"), 1e-3 + 256e-6, bwd)
+    cs, ms = (ag * 1.05 + rs * 1.3) / (ag + rs), (ag * 1.0 + rs * 1.1) / (ag + rs)
+    assert b_extra == pytest.approx((ag + rs) * ms * (1 - 1 / cs))
+    d["overlap"]["by_collective"] = {"all_to_none": {"compute_slowdown": 1.0, "comm_slowdown": 1.0}}
+    with pytest.raises(Exception, match="overlap.by_collective.all_to_none"):
+        parse_hardware(d)
+
+
 def test_checkpoint_recompute_stops_before_the_last_matmul(cm):
     # multiply-adds per token: qkv 64 x 192, dense 64 x 64, fc1 64 x 256, fc2 256 x 64, causal
     # attention 128 x 64 = 57,344, of which fc2's 16,384 (2/7) are not recomputed

@@ -233,13 +233,19 @@ class CommProfiler:
         return out
 
     def overlap(self) -> Dict:
-        """Slowdown of a matmul stream and an all-reduce on a second stream when run together."""
+        """Slowdown of a matmul stream and a collective on a second stream when run together: the
+        all-reduce's at the top level, and each collective's own in 'by_collective' (FSDP's
+        all-gathers and reduce-scatters contend differently from DDP's all-reduce)."""
         if self.device.type != "cuda":
             return {"compute_slowdown": 1.0, "comm_slowdown": 1.0, "note": "not measured on cpu"}
         n = self.topo.gpus_per_node if self.topo.gpus_per_node > 1 else self.world
         _, group = self.groups.mine(partition(self.world, n, "consec"), self.rank)
-        return measure_overlap(self.device, group, self.s.overlap_bytes, self.s.overlap_reps, n,
-                               self._max_over_ranks)
+        by_op = {op: measure_overlap(self.device, group, self.s.overlap_bytes, self.s.overlap_reps, n,
+                                     self._max_over_ranks, op)
+                 for op in ("all_reduce", "all_gather", "reduce_scatter")}
+        out = dict(by_op["all_reduce"])
+        out["by_collective"] = {op: {k: m[k] for k in ("compute_slowdown", "comm_slowdown")} for op, m in by_op.items()}
+        return out
 
     def _max_over_ranks(self, xs: List[float]) -> List[float]:
         t = torch.tensor(xs, dtype=torch.float64, device=self.device)
@@ -268,13 +274,24 @@ class CommProfiler:
         }
 
 
+def collective_call(op: str, nbytes: int, group, group_size: int,
+                    device: torch.device) -> Tuple[Callable[[], None], torch.Tensor, torch.Tensor]:
+    """(call, full buffer, shard): one collective over fp32 buffers whose larger side (the
+    all-reduced buffer, the gathered output, the reduce-scattered input) holds `nbytes`."""
+    shard = torch.ones(nbytes // 4 // group_size, dtype=torch.float32, device=device)
+    full = torch.ones(shard.numel() * group_size, dtype=torch.float32, device=device)
+    calls = {"all_reduce": lambda: dist.all_reduce(full, group=group),
+             "all_gather": lambda: dist.all_gather_into_tensor(full, shard, group=group),
+             "reduce_scatter": lambda: dist.reduce_scatter_tensor(shard, full, group=group)}
+    return calls[op], full, shard
+
+
 def measure_overlap(device: torch.device, group, nbytes: int, reps: int, group_size: int,
-                    max_over_ranks: Callable[[List[float]], List[float]]) -> Dict:
-    """Time bf16 matmuls (default stream) and an all-reduce (side stream) alone and together,
-    each with CUDA events on its own stream. The matmul count is chosen so both take about as
-    long, which is when they contend the most."""
-    elems = nbytes // 4
-    buf = torch.ones(elems, dtype=torch.float32, device=device)
+                    max_over_ranks: Callable[[List[float]], List[float]], op: str = "all_reduce") -> Dict:
+    """Time bf16 matmuls (default stream) and a collective `op` of `nbytes` (its larger side; side
+    stream) alone and together, each with CUDA events on its own stream. The matmul count is
+    chosen so both take about as long, which is when they contend the most."""
+    run_op, _, _ = collective_call(op, nbytes, group, group_size, device)
     a = torch.randn(4096, 4096, dtype=torch.bfloat16, device=device)
     b = torch.randn(4096, 4096, dtype=torch.bfloat16, device=device)
     side = torch.cuda.Stream(device)
@@ -282,7 +299,7 @@ def measure_overlap(device: torch.device, group, nbytes: int, reps: int, group_s
 
     def comm():
         with torch.cuda.stream(side):
-            dist.all_reduce(buf, group=group)
+            run_op()
 
     def one_matmul():
         torch.mm(a, b)
@@ -305,7 +322,7 @@ def measure_overlap(device: torch.device, group, nbytes: int, reps: int, group_s
         side.wait_stream(main)
         with torch.cuda.stream(side):
             sm.start()
-            dist.all_reduce(buf, group=group)
+            run_op()
             sm.stop()
         sc.start()
         compute()
@@ -316,7 +333,7 @@ def measure_overlap(device: torch.device, group, nbytes: int, reps: int, group_s
     ac, am, bc, bm = max_over_ranks([median(alone_c), median(alone_m), median(both_c), median(both_m)])
     return {"compute_slowdown": max(1.0, bc / ac), "comm_slowdown": max(1.0, bm / am),
             "compute_alone_s": ac, "comm_alone_s": am, "compute_overlapped_s": bc, "comm_overlapped_s": bm,
-            "method": f"{k} bf16 4096^3 matmuls on the default stream vs all_reduce of {nbytes} bytes over "
+            "method": f"{k} bf16 4096^3 matmuls on the default stream vs {op} of {nbytes} bytes over "
                       f"{group_size} ranks on a side stream, CUDA events on each stream, median of {reps}"}
 
 

@@ -55,6 +55,9 @@ def comm_summary(profile: Dict) -> str:
     ov = profile["overlap"]
     lines.append(f"overlap: compute x{ov['compute_slowdown']:.3f}, communication x{ov['comm_slowdown']:.3f}"
                  + (f" ({ov['note']})" if "note" in ov else ""))
+    for op, pair in ov.get("by_collective", {}).items():
+        lines.append(f"  beside {op}: compute x{pair['compute_slowdown']:.3f}, "
+                     f"communication x{pair['comm_slowdown']:.3f}")
     return "\n".join(lines)
 
 
