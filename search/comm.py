@@ -117,7 +117,9 @@ class Network:
 
     def overlap_many(self, compute_s: float, comms: List[Tuple[float, str]]) -> float:
         """`overlap` for several collectives one after another on the side stream ((seconds, op)
-        each): their slowdowns weighted by their times."""
+        each). Shorter together than the compute, each slows it by its own measured amount; longer,
+        the compute ends first and the rest runs alone, with the slowdowns weighted by the
+        collectives' times."""
         comm_s = sum(t for t, _ in comms)
         if comm_s <= 0:
             return compute_s
@@ -127,5 +129,5 @@ class Network:
         cs = sum(t * p[0] for t, p in pairs) / comm_s
         ms = sum(t * p[1] for t, p in pairs) / comm_s
         if comm_s * ms <= compute_s * cs:
-            return compute_s + comm_s * ms * (1.0 - 1.0 / cs)
+            return compute_s + sum(t * p[1] * (1.0 - 1.0 / p[0]) for t, p in pairs)
         return comm_s + compute_s * cs * (1.0 - 1.0 / ms)

@@ -185,24 +185,26 @@ def test_zero3_gathers_every_micro_batch(cm):
 
 def test_overlap_measured_per_collective():
     """'overlap.by_collective': each collective slows the compute beside it by its own measured
-    factor; several in a row, by their time-weighted factors; unmeasured ones by the overall pair."""
+    factor; unmeasured ones by the overall pair; several in a row shorter than the compute add
+    up, longer ones run on at their time-weighted factors."""
     d = hardware_dict()
     d["overlap"]["by_collective"] = {"all_gather": {"compute_slowdown": 1.05, "comm_slowdown": 1.0},
                                      "reduce_scatter": {"compute_slowdown": 1.3, "comm_slowdown": 1.1}}
     net = Network(parse_hardware(d), num_gpus=8, gpus_per_node=4)
     assert net.overlap(1.0, 0.1, "all_gather") == pytest.approx(1.0 + 0.1 * (1 - 1 / 1.05))
     assert net.overlap(1.0, 0.1, "all_reduce") == pytest.approx(1.0 + 0.1 * 1.25 * (1 - 1 / 1.1))
-    cs, ms = (0.1 * 1.05 + 0.2 * 1.3) / 0.3, (0.1 * 1.0 + 0.2 * 1.1) / 0.3
     got = net.overlap_many(1.0, [(0.1, "all_gather"), (0.2, "reduce_scatter")])
-    assert got == pytest.approx(1.0 + 0.3 * ms * (1 - 1 / cs))
+    assert got == pytest.approx(1.0 + 0.1 * (1 - 1 / 1.05) + 0.2 * 1.1 * (1 - 1 / 1.3))
+    cs, ms = (1.0 * 1.05 + 2.0 * 1.3) / 3.0, (1.0 * 1.0 + 2.0 * 1.1) / 3.0  # communication outlasts compute
+    got = net.overlap_many(0.5, [(1.0, "all_gather"), (2.0, "reduce_scatter")])
+    assert got == pytest.approx(3.0 + 0.5 * cs * (1 - 1 / ms))
     # a ZeRO-3 layer's backward: its gather and reduce-scatter at their own factors
     c = CostModel(CFG, parse_model(model_dict()), net, replicated_autocast=True)
     ag = 1e-5 + 3 / 4 * (2 * 50000) / 100e9
     rs = 1e-5 + 3 / 4 * (4 * 50000) / 100e9
     bwd = 2e-3 + 512e-6
     _, b_extra, _ = c._dp_sync("zero3", 50000, 4, ddp(dp_type="zero3"), 1e-3 + 256e-6, bwd)
-    cs, ms = (ag * 1.05 + rs * 1.3) / (ag + rs), (ag * 1.0 + rs * 1.1) / (ag + rs)
-    assert b_extra == pytest.approx((ag + rs) * ms * (1 - 1 / cs))
+    assert b_extra == pytest.approx(ag * (1 - 1 / 1.05) + rs * 1.1 * (1 - 1 / 1.3))
     d["overlap"]["by_collective"] = {"all_to_none": {"compute_slowdown": 1.0, "comm_slowdown": 1.0}}
     with pytest.raises(Exception, match="overlap.by_collective.all_to_none"):
         parse_hardware(d)
