@@ -301,13 +301,13 @@ class CostModel:
         """A memory-bound pass moving `nbytes` per parameter, at the AdamW step's bandwidth."""
         return self.profile.step_s_per_param * params * nbytes / ADAM_STEP_BYTES
 
-    def fsdp_passes(self, dp_type: str, params: float, dp: int, gathers: int = 0,
+    def fsdp_passes(self, dp_type: str, params: float, dp: int, gathers: Optional[int] = None,
                     reduces: int = 1) -> Tuple[float, float]:
         """(per micro-batch, per iteration) seconds of FSDP2's memory passes for a sharded unit
         holding `params` unsharded: each gather's copy-in (on the all-gather stream) and copy-out,
         each reduce-scatter's copy-in and, for ZeRO-2, the fp32 gradient accumulation. A layer
         gathers once per micro-batch under ZeRO-2, twice (forward, backward) under ZeRO-3 (the
-        default, `gathers=0`; a vocab unit passes its own count) and reduce-scatters `reduces`
+        default; a vocab unit passes its own count) and reduce-scatters `reduces`
         times: every micro-batch under ZeRO-3, on the last one under ZeRO-2. The accumulation is
         priced on every micro-batch and taken back once per iteration, which is exact for a single
         micro-batch (it reduce-scatters its bf16 gradient directly). With more, the first
@@ -316,7 +316,8 @@ class CostModel:
         stage tables do not know the micro-batch count."""
         if not is_sharded(dp_type, dp):
             return 0.0, 0.0
-        gathers = gathers or (2 if dp_type == "zero3" else 1)
+        if gathers is None:
+            gathers = 2 if dp_type == "zero3" else 1
         per_mb = self.memory_pass(params, gathers * (GATHER_COPY_OUT_BYTES + GATHER_COPY_IN_BYTES / dp))
         reduce = self.memory_pass(params, reduces * REDUCE_COPY_IN_BYTES)
         if dp_type == "zero2":

@@ -590,6 +590,16 @@ def test_clock_scales_follow_how_busy_each_stage_is():
     assert f == pytest.approx((1 + 0.2 * u) / 1.2, rel=1e-6) and it == pytest.approx(0.5 * f + 0.5, rel=1e-6)
 
 
+def _random_stages(rng, pp):
+    """(per_mb, per_iter, compute, busy_mb, busy_iter) of `pp` random stages, as clock_scales takes them."""
+    compute = [rng.uniform(0, 1) for _ in range(pp)]
+    per_mb = [c + rng.uniform(0, 1) * rng.choice([0, 0.1, 1]) for c in compute]
+    busy_mb = [rng.uniform(0, m - c) for m, c in zip(per_mb, compute)]
+    per_iter = [rng.uniform(0, 0.5) for _ in range(pp)]
+    busy_iter = [rng.uniform(0, p) for p in per_iter]
+    return per_mb, per_iter, compute, busy_mb, busy_iter
+
+
 def test_clock_gain_never_exceeds_its_bound():
     """The search's bounds take clock_gain_bound off; no plan may gain more (random stages)."""
     import random
@@ -597,11 +607,7 @@ def test_clock_gain_never_exceeds_its_bound():
     worst = 0.0
     for _ in range(3000):
         pp, chunks, S = rng.randint(1, 8), rng.randint(1, 16), rng.uniform(1.0, 1.9)
-        compute = [rng.uniform(0, 1) for _ in range(pp)]
-        per_mb = [c + rng.uniform(0, 1) * rng.choice([0, 0.1, 1]) for c in compute]
-        busy_mb = [rng.uniform(0, m - c) for m, c in zip(per_mb, compute)]
-        per_iter = [rng.uniform(0, 0.5) for _ in range(pp)]
-        busy_iter = [rng.uniform(0, p) for p in per_iter]
+        per_mb, per_iter, compute, busy_mb, busy_iter = _random_stages(rng, pp)
         plain = pipeline_iteration_time(per_mb, per_iter, chunks)
         it, _ = clock_scales(per_mb, per_iter, compute, busy_mb, busy_iter, chunks, S)
         gain = 1 - it / plain
@@ -642,11 +648,7 @@ def test_clock_gain_with_a_measured_curve_never_exceeds_its_bound():
         us = sorted(rng.uniform(0.05, 0.95) for _ in range(rng.randint(1, 3)))
         ss = sorted(rng.uniform(1.0, S) for _ in us)
         curve = tuple(zip(us, ss))
-        compute = [rng.uniform(0, 1) for _ in range(pp)]
-        per_mb = [c + rng.uniform(0, 1) * rng.choice([0, 0.1, 1]) for c in compute]
-        busy_mb = [rng.uniform(0, m - c) for m, c in zip(per_mb, compute)]
-        per_iter = [rng.uniform(0, 0.5) for _ in range(pp)]
-        busy_iter = [rng.uniform(0, p) for p in per_iter]
+        per_mb, per_iter, compute, busy_mb, busy_iter = _random_stages(rng, pp)
         plain = pipeline_iteration_time(per_mb, per_iter, chunks)
         it, _ = clock_scales(per_mb, per_iter, compute, busy_mb, busy_iter, chunks, S, curve)
         assert 1 - it / plain <= clock_gain_bound(S, chunks, pp, curve) + 1e-9

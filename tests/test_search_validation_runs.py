@@ -8,6 +8,7 @@ import os
 
 import pytest
 
+from megatron_galvatron.benchmark.runner import Result, per_round
 from tools.plot_validation import rows_of
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -176,12 +177,8 @@ def test_h200_gpt1p4b_fourth_set_profiled_on_the_machine_it_ran_on():
     with open(os.path.join(RESULTS, d + "rounds3/rounds3.json")) as f:
         rounds = json.load(f)["results"]
     by_name = {r["name"]: r for r in rounds}
-
-    def per_round(r):  # tokens/s/GPU of each round: the median of its own timed iterations
-        n = len(r["times"]) // r["rounds"]
-        tokens = r["global_batch"] * bench["model"]["seq_length"] / bench["world_size"]
-        return [tokens / sorted(r["times"][i * n:(i + 1) * n])[n // 2] for i in range(r["rounds"])]
-    ratios = [a / b for a, b in zip(per_round(by_name["plan.json"]), per_round(by_name["fsdp2+compile"]))]
+    ratios = [a / b for a, b in zip(per_round(Result(**by_name["plan.json"])),
+                                    per_round(Result(**by_name["fsdp2+compile"])))]
     assert len(ratios) == 3 and min(ratios) > 1.10
     assert by_name["plan.json"]["tokens_per_s_per_gpu"] / by_name["fsdp2+compile"]["tokens_per_s_per_gpu"] > 1.10
 
@@ -195,19 +192,14 @@ def test_h200_gpt1p4b_batch_128_plan_on_a_faster_clocked_machine():
     for run in ("bench.json", "rounds3.json"):
         with open(os.path.join(d, run)) as f:
             bench = json.load(f)
-        seq, world = bench["model"]["seq_length"], bench["world_size"]
+        seq = bench["model"]["seq_length"]
         flops = 6 * (24 * 50358272 + 50304 * 2048 + 2048 * 2048 + 2 * 2048) + 12 * 24 * 2048 * seq
-
-        def per_round(r):
-            n = len(r["times"]) // r["rounds"]
-            tokens = r["global_batch"] * seq / world
-            return [tokens / sorted(r["times"][i * n:(i + 1) * n])[n // 2] for i in range(r["rounds"])]
         rs = bench["results"]
         ours = next(r for r in rs if r["global_batch"] == 128)
         base = next(r for r in rs if r["name"] == "fsdp2+compile")
         assert ours["mfu"] == pytest.approx(ours["tokens_per_s_per_gpu"] * flops / 989e12, rel=2e-3)
-        ratios = [a / b for a, b in zip(per_round(ours), per_round(base))]
-        assert min(ratios) > 1.114 and min(per_round(ours)) * flops / 989e12 > 0.60
+        ratios = [a / b for a, b in zip(per_round(Result(**ours)), per_round(Result(**base)))]
+        assert min(ratios) > 1.114 and min(per_round(Result(**ours))) * flops / 989e12 > 0.60
         if run == "bench.json":
             batch64 = next(r for r in rs if r["global_batch"] == 64)
             assert batch64["tokens_per_s_per_gpu"] / base["tokens_per_s_per_gpu"] == pytest.approx(1.0975, abs=0.001)

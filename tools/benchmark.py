@@ -26,6 +26,12 @@ from megatron_galvatron.parallel_state import detect_device, init_distributed  #
 from megatron_galvatron.training.arguments import build_parser, check_plan, model_config  # noqa: E402
 
 
+def load_plans(files, specs, world: int, num_layers: int):
+    """(name, plan) for each plan file (named by its file name) and each uniform plan spec."""
+    plans = [(os.path.basename(f), plan_mod.load(f, world_size=world)) for f in files]
+    return plans + [(s, parse_global_plan(s, world, num_layers)) for s in specs]
+
+
 def parse_global_plan(spec: str, world: int, num_layers: int) -> plan_mod.Plan:
     """'tp=2,pp=1,dp=zero3,sp=1,ckpt=1,gbs=16,chunks=2,consec=1,vtp=2,sched=1f1b'."""
     kv = dict(item.split("=", 1) for item in spec.split(",") if item)
@@ -127,8 +133,7 @@ def main() -> None:
         device = detect_device(int(os.environ.get("LOCAL_RANK", "0")))
         rank, world = init_distributed(device)
         cfg = model_config(args)
-        plans = [(os.path.basename(f), plan_mod.load(f, world_size=world)) for f in args.plans]
-        plans += [(s, parse_global_plan(s, world, cfg.num_layers)) for s in args.global_plans]
+        plans = load_plans(args.plans, args.global_plans, world, cfg.num_layers)
         variants = [v for v in args.plan_variants.split(",") if v]
         if not variants or set(variants) - {"plan", "eager", "compile"}:
             raise UserError(f"--plan-variants {args.plan_variants!r}: a comma list of plan, eager, compile")

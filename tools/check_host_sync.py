@@ -17,13 +17,12 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import torch  # noqa: E402
 import torch.distributed as dist  # noqa: E402
 
-from megatron_galvatron import plan as plan_mod  # noqa: E402
 from megatron_galvatron.benchmark.host_sync import describe, host_syncs  # noqa: E402
 from megatron_galvatron.errors import UserError, exit_on_user_error  # noqa: E402
 from megatron_galvatron.parallel_state import detect_device, init_distributed  # noqa: E402
 from megatron_galvatron.training.arguments import build_parser, check_plan, model_config  # noqa: E402
 from megatron_galvatron.training.train import setup, train_step  # noqa: E402
-from tools.benchmark import parse_global_plan  # noqa: E402
+from tools.benchmark import load_plans  # noqa: E402
 
 
 def main() -> int:
@@ -40,8 +39,7 @@ def main() -> int:
             raise UserError("the synchronisation check is CUDA's: run it on GPUs")
         rank, world = init_distributed(device)
         cfg = model_config(args)
-        plans = [(os.path.basename(f), plan_mod.load(f, world_size=world)) for f in args.plans]
-        plans += [(s, parse_global_plan(s, world, cfg.num_layers)) for s in args.global_plans]
+        plans = load_plans(args.plans, args.global_plans, world, cfg.num_layers)
         if not plans:
             raise UserError("give --plans and/or --global-plans")
         for _, plan in plans:

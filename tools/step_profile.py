@@ -21,7 +21,6 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import torch  # noqa: E402
 import torch.distributed as dist  # noqa: E402
 
-from megatron_galvatron import plan as plan_mod  # noqa: E402
 from megatron_galvatron.benchmark.baselines import BaselineSpec, baseline_step, build_baseline  # noqa: E402
 from megatron_galvatron.benchmark.breakdown import kernels_of, launchers, summarize  # noqa: E402
 from megatron_galvatron.errors import exit_on_user_error  # noqa: E402
@@ -29,7 +28,7 @@ from megatron_galvatron.parallel_state import detect_device, init_distributed  #
 from megatron_galvatron.profiling.hardware import time_repeated  # noqa: E402
 from megatron_galvatron.training.arguments import build_parser, check_plan, model_config  # noqa: E402
 from megatron_galvatron.training.train import setup, train_step  # noqa: E402
-from tools.benchmark import parse_global_plan  # noqa: E402
+from tools.benchmark import load_plans  # noqa: E402
 
 
 def profile(step, warmup: int, steps: int, launched_by=()) -> str:
@@ -102,8 +101,7 @@ def main() -> None:
 
         if args.attention_bench:
             emit(attention_bench(cfg, args.baseline_micro_batch, device))
-        plans = [(os.path.basename(f), plan_mod.load(f, world_size=world)) for f in args.plans]
-        plans += [(spec, parse_global_plan(spec, world, cfg.num_layers)) for spec in args.global_plans]
+        plans = load_plans(args.plans, args.global_plans, world, cfg.num_layers)
         for name, plan in plans:
             plan = check_plan(plan, cfg, world)
             args.train_iters = args.warmup + args.steps

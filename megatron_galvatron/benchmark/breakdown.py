@@ -2,7 +2,6 @@
 (matrix products, attention, normalisation, elementwise, optimizer, collectives), plus the
 time the GPU computed nothing (gaps between compute kernels: host overhead, waits on
 collectives or the CPU)."""
-import dataclasses
 from dataclasses import dataclass, field
 from typing import Dict, Iterable, List, Tuple
 
@@ -49,17 +48,16 @@ class Gap:
     after: str       # the one that starts it again
 
 
-def idle_gaps(kernels: List[Tuple[str, float, float]]) -> List[Gap]:
-    """Holes in the union of the kernels' intervals, each with the kernels on either side (which
-    say whether the GPU waited on the host, a collective or the optimizer)."""
+def idle_gaps(kernels: List[Tuple[str, float, float]], origin: float = 0.0) -> List[Gap]:
+    """Holes in the union of the kernels' intervals (placed from `origin`), each with the kernels
+    on either side (which say whether the GPU waited on the host, a collective or the optimizer)."""
     if not kernels:
         return []
     ordered = sorted(kernels, key=lambda k: k[1])
-    start = ordered[0][1]
     gaps, last_name, end = [], ordered[0][0], ordered[0][2]
     for name, s, e in ordered[1:]:
         if s > end:
-            gaps.append(Gap(end - start, s - end, last_name, name))
+            gaps.append(Gap(end - origin, s - end, last_name, name))
         if e >= end:
             end, last_name = e, name
     return gaps
@@ -120,8 +118,7 @@ def summarize(kernels: List[Tuple[str, float, float]], top: int = 25) -> Breakdo
     compute = [k for k in kernels if category(k[0]) != "collective"]
     busy = busy_time((s, e) for name, s, e in compute)
     tops = sorted(((n, t, c) for n, (t, c) in by_name.items()), key=lambda x: -x[1])[:top]
-    gaps = [dataclasses.replace(g, at_us=g.at_us + compute[0][1] - start) for g in idle_gaps(compute)] if compute else []
-    return Breakdown(end - start, busy, by_cat, tops, gaps)
+    return Breakdown(end - start, busy, by_cat, tops, idle_gaps(compute, start))
 
 
 def kernels_of(prof) -> List[Tuple[str, float, float]]:
