@@ -14,10 +14,10 @@ from megatron_galvatron.model.transformer_layer import apply_rope, rope_cache
 
 
 class PlainBlock(nn.Module):
-    def __init__(self, cfg: GPTConfig, device):
+    def __init__(self, cfg: GPTConfig, device, checkpoint: bool = False):
         super().__init__()
         h, hd, f = cfg.hidden_size, cfg.head_dim, cfg.ffn_hidden_size
-        self.cfg = cfg
+        self.cfg, self.checkpoint = cfg, checkpoint
         Norm = nn.LayerNorm if cfg.family == "gpt2" else nn.RMSNorm
         kw = {"eps": cfg.norm_eps, "device": device}
         self.ln_1, self.ln_2 = Norm(h, **kw), Norm(h, **kw)
@@ -49,9 +49,17 @@ class PlainBlock(nn.Module):
             return self.down(F.silu(self.gate(x)) * self.up(x))
         return self.down(F.gelu(self.fc(x), approximate="tanh"))
 
-    def forward(self, x: torch.Tensor, rope=None) -> torch.Tensor:
+    def _forward(self, x: torch.Tensor, rope=None) -> torch.Tensor:
         x = x + self.attention(self.ln_1(x), rope)
         return x + self.mlp(self.ln_2(x))
+
+    def forward(self, x: torch.Tensor, rope=None) -> torch.Tensor:
+        # Checkpointed inside forward, so that a compiled block compiles the checkpoint with it:
+        # a checkpoint around a compiled block recomputes through another graph than the one the
+        # forward saved from, and PyTorch refuses the mismatch (seen on LLaMA blocks).
+        if self.checkpoint and torch.is_grad_enabled():
+            return torch.utils.checkpoint.checkpoint(self._forward, x, rope, use_reentrant=False)
+        return self._forward(x, rope)
 
 
 class PlainGPT(nn.Module):
@@ -59,7 +67,7 @@ class PlainGPT(nn.Module):
 
     def __init__(self, cfg: GPTConfig, device, checkpoint: bool = False):
         super().__init__()
-        self.cfg, self.checkpoint = cfg, checkpoint
+        self.cfg = cfg
         h = cfg.hidden_size
         self.wte = nn.Embedding(cfg.vocab_size, h, device=device)
         if cfg.family == "gpt2":
@@ -67,7 +75,7 @@ class PlainGPT(nn.Module):
             self.rope = None
         else:
             self.register_buffer("rope", rope_cache(cfg, device), persistent=False)
-        self.blocks = nn.ModuleList(PlainBlock(cfg, device) for _ in range(cfg.num_layers))
+        self.blocks = nn.ModuleList(PlainBlock(cfg, device, checkpoint) for _ in range(cfg.num_layers))
         Norm = nn.LayerNorm if cfg.family == "gpt2" else nn.RMSNorm
         self.ln_f = Norm(h, eps=cfg.norm_eps, device=device)
         self.lm_head = None if cfg.tie_embeddings else nn.Linear(h, cfg.vocab_size, bias=False, device=device)
@@ -77,10 +85,7 @@ class PlainGPT(nn.Module):
         if self.cfg.family == "gpt2":
             x = x + self.wpe(torch.arange(tokens.shape[1], device=tokens.device))
         for block in self.blocks:
-            if self.checkpoint and torch.is_grad_enabled():
-                x = torch.utils.checkpoint.checkpoint(block, x, self.rope, use_reentrant=False)
-            else:
-                x = block(x, self.rope)
+            x = block(x, self.rope)
         x = self.ln_f(x)
         logits = F.linear(x, self.wte.weight if self.lm_head is None else self.lm_head.weight)
         return F.cross_entropy(logits.float().view(-1, logits.shape[-1]), labels.reshape(-1))
