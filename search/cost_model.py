@@ -44,6 +44,10 @@ COMPUTE_COPY_BYTES = 6
 # into the fp32 gradient it accumulates without sync (read 2 + 4, write 4).
 GATHER_COPY_OUT_BYTES = 4
 ACCUMULATE_BYTES = 10
+# A replicated unit computing on its bf16 weight copy folds every micro-batch's bf16 gradient into
+# the fp32 main gradient (read 2 + 4, write 4 bytes per parameter); its profiled backward, a bf16
+# module whose gradient accumulates in place across repeats, moved 6 of those (read 2 + 2, write 2).
+FOLD_EXTRA_BYTES = 4
 # FSDP2 on its all-gather and reduce-scatter streams, beside the compute: per gather, casting
 # the local fp32 shards into one bf16 buffer (read 4, write 2 per local parameter) and copying
 # that into the all-gather's input (read 2, write 2); per reduce-scatter, casting the bf16
@@ -325,6 +329,13 @@ class CostModel:
             return per_mb + accumulate, reduce - accumulate
         return per_mb + reduce, 0.0
 
+    def fold_pass(self, params: float, dp_type: str, dp: int) -> float:
+        """Per micro-batch: what folding a replicated unit's bf16 gradient into its fp32 main
+        gradient moves beyond the in-place accumulation its profiled backward already holds."""
+        if not self.has_compute_copy(dp_type, dp):
+            return 0.0
+        return self.memory_pass(params, FOLD_EXTRA_BYTES)
+
     def compute_copy_pass(self, params: float, dp_type: str, dp: int) -> float:
         """Refreshing a replicated unit's bf16 weight copy once per step (memory-bound)."""
         if not self.has_compute_copy(dp_type, dp):
@@ -451,14 +462,15 @@ class CostModel:
         dp = stage_world // s.tp
         f_extra, b_extra, sync = self._dp_sync(s.dp_type, params, stage_world, s, fwd, bwd_window)
         fsdp_mb, fsdp_iter = self.fsdp_passes(s.dp_type, params, dp)
-        per_mb = fwd + f_extra + tp_fwd + bwd_window + b_extra + tp_bwd + recompute_tp + fsdp_mb
+        passes_mb = fsdp_mb + self.fold_pass(params, s.dp_type, dp)  # memory-bound, compute stream
+        per_mb = fwd + f_extra + tp_fwd + bwd_window + b_extra + tp_bwd + recompute_tp + passes_mb
         sharded = is_sharded(s.dp_type, dp)
         local = params / dp if sharded else params
         copy = self.compute_copy_pass(local, s.dp_type, dp)
         busy = self.optimizer_step(local) + self.grad_passes(local, not sharded) + copy + fsdp_iter
         # with prefetch the forward's extra is compute slowed by the hidden all-gather; without,
         # the all-gather is exposed and the GPU waits
-        overlapped = b_extra + (f_extra if self.zero_prefetch else 0.0) + fsdp_mb
+        overlapped = b_extra + (f_extra if self.zero_prefetch else 0.0) + passes_mb
         return Time(per_mb, sync + busy, fwd + bwd_window, busy, overlapped)
 
     def layer_activation(self, s: LayerStrategy, dp: int) -> Tuple[float, float, float]:
@@ -625,14 +637,17 @@ class CostModel:
         ends = int(first) + int(last)
         gathers = 2 * ends if v.dp_type == "zero3" else 1 + int(ends == 2)
         fsdp_mb, fsdp_iter = self.fsdp_passes(v.dp_type, params, dp, gathers, ends)
-        per_mb += fsdp_mb
+        # the LM head's weight folds like a layer's; the embedding was profiled on an fp32 table,
+        # whose in-place fp32 gradient accumulation (read 4 + 4, write 4) moved more than the fold
+        passes_mb = fsdp_mb + (self.fold_pass(one, v.dp_type, dp) if last else 0.0)
+        per_mb += passes_mb
         local = params / dp if sharded else params
         if self.model.tied_embeddings and pp_deg > 1:
             # the two copies' gradients are summed once per step over the (first, last) stage pair
             sync += net.collective("all_reduce", 2, (pp_deg - 1) * stage_world, FP32 * (one / dp if sharded else one))
         busy = (self.optimizer_step(local) + self.grad_passes(local, not sharded)
                 + self.compute_copy_pass(local, v.dp_type, dp) + fsdp_iter)
-        time = Time(per_mb, sync + busy, compute, busy, fsdp_mb)
+        time = Time(per_mb, sync + busy, compute, busy, passes_mb)
 
         act_kept = transient = 0.0
         if last:

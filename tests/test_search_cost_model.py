@@ -680,3 +680,26 @@ def test_compute_bound_is_the_models_math_per_token(cm, cm_full):
     plan = Plan(world_size=8, pp_deg=1, pp_division=[4], global_bsz=256, chunks=1, layers=[ddp()] * 4,
                 vocab=VocabStrategy(), pipeline_type="1f1b")
     assert cm.evaluate(plan).tokens_per_s / 8 < b.tokens_per_s
+
+
+def test_replicated_units_fold_each_micro_batch_gradient_into_fp32():
+    """On bf16 weight copies a replicated unit folds every micro-batch's bf16 gradient into its fp32
+    main gradient: 4 bytes per parameter beyond the in-place bf16 accumulation the profiled module
+    did, per micro-batch, at the optimizer's 1e-10 s per 28 bytes; nothing under autocast (the
+    fp32 gradient accumulates in place as profiled) or for FSDP units (priced by fsdp_passes)."""
+    hw = parse_hardware(hardware_dict())
+    copies = CostModel(CFG, parse_model(model_dict()), Network(hw, num_gpus=8, gpus_per_node=4))
+    autocast = CostModel(CFG, parse_model(model_dict()), Network(hw, num_gpus=8, gpus_per_node=4),
+                         replicated_autocast=True)
+    fold = 1e-10 * 50000 * 4 / 28
+    assert copies.fold_pass(50000, "ddp", 4) == pytest.approx(fold)
+    assert autocast.fold_pass(50000, "ddp", 4) == 0.0 and copies.fold_pass(50000, "zero2", 4) == 0.0
+    for s in (ddp(), ddp(dp_type="zero2")):  # zero2 on a DP group of 1 runs replicated
+        t_copy, t_auto = copies.layer_time(s, 1, 2), autocast.layer_time(s, 1, 2)
+        assert t_copy.per_mb - t_auto.per_mb == pytest.approx(fold)
+        assert t_copy.busy_mb - t_auto.busy_mb == pytest.approx(fold)  # compute-stream work
+    # the LM head's weight (64,000 parameters) folds on the last stage; the embedding does not
+    v = VocabStrategy(tp=1, tp_consec=True, dp_type="ddp", sp=False)
+    head = copies.vocab(v, 1, 2, 2, 1)[0].per_mb - autocast.vocab(v, 1, 2, 2, 1)[0].per_mb
+    emb = copies.vocab(v, 1, 2, 2, 0)[0].per_mb - autocast.vocab(v, 1, 2, 2, 0)[0].per_mb
+    assert head == pytest.approx(1e-10 * 64000 * 4 / 28) and emb == pytest.approx(0.0)

@@ -106,8 +106,8 @@ def test_memory_within_two_percent_where_the_model_is_exact():
 
 RUN2 = os.path.join(ROOT, "docs", "results", "h200x2_validate2")
 # (predicted s, predicted GiB) per plan of run 2, as docs/cost_model_validation.md prints them
-EXPECTED2 = [(1.0336, 69.95), (0.5275, 76.70), (0.5427, 42.12), (0.5286, 62.39), (1.2357, 26.72),
-             (0.3241, 41.51), (0.6756, 36.27), (0.6382, 67.52), (0.7693, 92.07)]
+EXPECTED2 = [(1.0339, 69.95), (0.5290, 76.70), (0.5427, 42.12), (0.5286, 62.39), (1.2357, 26.72),
+             (0.3249, 41.51), (0.6797, 36.27), (0.6456, 67.52), (0.7693, 92.07)]
 
 
 def test_run2_with_the_sustained_profile():
@@ -127,7 +127,7 @@ def test_run2_with_the_sustained_profile():
         assert t == pytest.approx(et, abs=1e-4) and m == pytest.approx(em, abs=0.01)
     terr = [abs(t / r["iter_time_s"] - 1) for (t, _), r in zip(got, plans)]
     merr = [abs(m / r["peak_mem_gb"] - 1) for (_, m), r in zip(got, plans)]
-    assert sum(terr) / len(terr) == pytest.approx(0.031, abs=0.0005)
+    assert sum(terr) / len(terr) == pytest.approx(0.033, abs=0.0005)
     assert sum(merr) / len(merr) == pytest.approx(0.004, abs=0.0005)
     assert max(merr) < 0.015
     # the searched plan is the fastest measured

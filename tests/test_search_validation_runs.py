@@ -28,12 +28,14 @@ def errors(rs):
     return ([r["pred_time"] / r["time"] - 1 for r in rs], [r["pred_mem"] / r["mem"] - 1 for r in rs])
 
 
-def test_h100_eight_plans_within_two_percent_and_the_searched_plan_is_fastest():
+def test_h100_eight_plans_within_five_percent_and_the_searched_plan_is_fastest():
+    """Every plan over-predicted since the replicated units' gradient fold is priced (within 1.5 %
+    before, +0.3 to +4.8 % now): the H100 set shows none of the fold's cost that the H200 runs do."""
     bench, rs = rows("h100x1_gpt3b/validation/bench.json", "h100x1_gpt3b/prof")
     assert len(rs) == 8
     t, m = errors(rs)
-    assert max(map(abs, t)) < 0.016 and max(map(abs, m)) < 0.013
-    assert sum(map(abs, t)) / 8 == pytest.approx(0.008, abs=0.0005)
+    assert min(t) > 0 and max(t) < 0.049 and max(map(abs, m)) < 0.013
+    assert sum(map(abs, t)) / 8 == pytest.approx(0.0295, abs=0.0005)
     assert sum(map(abs, m)) / 8 == pytest.approx(0.005, abs=0.0005)
     best = max(bench["results"], key=lambda r: r["tokens_per_s_per_gpu"])
     assert best["name"] == "plan.json"  # oracle gap 0
@@ -41,11 +43,11 @@ def test_h100_eight_plans_within_two_percent_and_the_searched_plan_is_fastest():
 
 # (name, error in time, error in memory) with the 60 s sustained measurement, the slowdown scaled by
 # how busy each plan keeps the GPUs, as the document prints them
-H200_1P4B = [("plan.json", -0.008, 0.002), ("tp=1,dp=ddp,gbs=32,chunks=1", -0.015, 0.002),
+H200_1P4B = [("plan.json", -0.008, 0.002), ("tp=1,dp=ddp,gbs=32,chunks=1", -0.012, 0.002),
              ("tp=1,dp=zero2,gbs=32,chunks=2", -0.021, 0.003), ("tp=1,dp=zero3,gbs=32,chunks=1", -0.017, 0.005),
-             ("tp=1,dp=zero3,ckpt=1,gbs=64,chunks=1", -0.040, 0.012),
-             ("tp=2,dp=ddp,sp=1,gbs=16,chunks=1", 0.031, 0.001), ("pp=2,dp=ddp,gbs=32,chunks=4", 0.033, -0.003),
-             ("pp=2,dp=ddp,gbs=32,chunks=8,sched=gpipe", 0.029, 0.002),
+             ("tp=1,dp=zero3,ckpt=1,gbs=64,chunks=1", -0.0405, 0.012),
+             ("tp=2,dp=ddp,sp=1,gbs=16,chunks=1", 0.0335, 0.001), ("pp=2,dp=ddp,gbs=32,chunks=4", 0.040, -0.003),
+             ("pp=2,dp=ddp,gbs=32,chunks=8,sched=gpipe", 0.041, 0.002),
              ("tp=1,dp=zero2,gbs=48,chunks=1", -0.019, 0.006)]
 
 
@@ -55,7 +57,7 @@ def test_h200_gpt1p4b_with_the_settled_sustained_slowdown():
     for r, e_t, e_m, (name, want_t, want_m) in zip(rs, t, m, H200_1P4B):
         assert r["name"] == name
         assert e_t == pytest.approx(want_t, abs=0.0006) and e_m == pytest.approx(want_m, abs=0.0006)
-    assert sum(map(abs, t)) / len(t) == pytest.approx(0.024, abs=0.0005)
+    assert sum(map(abs, t)) / len(t) == pytest.approx(0.026, abs=0.0005)
     assert max(map(abs, t)) < 0.05 and max(map(abs, m)) < 0.05  # every plan within 5 % on both
 
 
@@ -101,7 +103,7 @@ def test_h200_gpt1p4b_ten_plans_on_the_shared_stream_runtime():
     by = dict(zip([r["name"] for r in rs], t))
     assert by["plan14.json"] == pytest.approx(-0.014, abs=0.0006)
     assert by["tp=1,dp=zero3,ckpt=1,gbs=64,chunks=1"] == pytest.approx(-0.0465, abs=0.0006)
-    assert max(map(abs, t)) < 0.05 and sum(map(abs, t)) / 10 == pytest.approx(0.025, abs=0.0006)
+    assert max(map(abs, t)) < 0.05 and sum(map(abs, t)) / 10 == pytest.approx(0.027, abs=0.0006)
     assert max(map(abs, m)) < 0.01
     over = [r["pred_reserved"] / r["reserved"] - 1 for r in rs]
     assert min(over) > 0.02 and max(over) < 0.041
@@ -168,7 +170,7 @@ def test_h200_gpt1p4b_fourth_set_profiled_on_the_machine_it_ran_on():
     bench, rs = rows(d + "bench.json", d + "prof", compiled)
     t, m = errors(rs)
     assert len(rs) == 10 and max(map(abs, t)) < 0.045 and max(map(abs, m)) < 0.01
-    assert sum(map(abs, t)) / 10 == pytest.approx(0.024, abs=0.0006)
+    assert sum(map(abs, t)) / 10 == pytest.approx(0.026, abs=0.0006)
     by = dict(zip([r["name"] for r in rs], t))
     assert abs(by["plan.json"]) < 0.005
     best = max(bench["results"], key=lambda r: r["tokens_per_s_per_gpu"])
@@ -203,3 +205,31 @@ def test_h200_gpt1p4b_batch_128_plan_on_a_faster_clocked_machine():
         if run == "bench.json":
             batch64 = next(r for r in rs if r["global_batch"] == 64)
             assert batch64["tokens_per_s_per_gpu"] / base["tokens_per_s_per_gpu"] == pytest.approx(1.0975, abs=0.001)
+
+
+def test_h200x1_llama7b_ten_plans_and_the_searched_plan_against_fsdp2():
+    """1x H200, LLaMA-7B (profiled, searched and run on single-GPU machines of one day): the ten
+    plans within 3.2 % on time and 1.1 % on allocated memory with the replicated units' gradient
+    fold priced (4 of 10 within 5 % without it: -2.5 to -6.3 %); the searched plan is the fastest
+    measured, and in the run beside the baselines 1.161x FSDP2 + compile, the fastest that fits
+    (DDP runs out of memory at every size)."""
+    import json
+    d = "h200x1_llama7b/"
+    bench, rs = rows(d + "validation/bench.json", d + "prof", d + "prof_compiled")
+    t, m = errors(rs)
+    assert len(rs) == 10 and max(map(abs, t)) < 0.032 and max(map(abs, m)) < 0.011
+    assert sum(map(abs, t)) / 10 == pytest.approx(0.022, abs=0.0005)
+    assert max(bench["results"], key=lambda r: r["tokens_per_s_per_gpu"])["name"] == "plan.json"
+    with open(os.path.join(RESULTS, d + "speed/bench.json")) as f:
+        speed = json.load(f)
+    by = {r["name"]: r for r in speed["results"]}
+    assert by["ddp"]["status"] == "oom" and all(r["status"] == "ok" for n, r in by.items() if n != "ddp")
+    best = max((r for n, r in by.items() if n != "plan.json" and r["status"] == "ok"),
+               key=lambda r: r["tokens_per_s_per_gpu"])
+    assert best["name"] == "fsdp2+compile"
+    assert by["plan.json"]["tokens_per_s_per_gpu"] / best["tokens_per_s_per_gpu"] == pytest.approx(1.161, abs=0.001)
+    # MFU: 6N + 12 L h s per token, N = 32 layers of 202,383,360 + two 32000 x 4096 matrices + final norm
+    flops = 6 * (32 * 202383360 + 2 * 32000 * 4096 + 4096) + 12 * 32 * 4096 * 2048
+    assert by["plan.json"]["mfu"] == pytest.approx(by["plan.json"]["tokens_per_s_per_gpu"] * flops / 989e12, rel=2e-3)
+    _, speed_rows = rows(d + "speed/bench.json", d + "prof", d + "prof_compiled")
+    assert speed_rows[0]["pred_time"] / speed_rows[0]["time"] - 1 == pytest.approx(-0.021, abs=0.0006)
