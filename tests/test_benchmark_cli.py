@@ -115,3 +115,22 @@ def test_per_round_ratios_use_each_rounds_own_median():
     assert list(g) == ["p"] and g["p"]["over"] == "b" and g["p"]["ratio"] == 2.0
     assert g["p"]["per_round"] == [2.0, pytest.approx((100.0 / 1.2) / (100.0 / 2.5))]
     assert speedups([plan], [oom]) == {}
+
+
+
+def test_results_are_written_as_each_configuration_finishes(tmp_path):
+    """The JSON after each configuration holds every result so far and leaves out those not yet
+    run, so a configuration that crashes the run later loses nothing measured before it."""
+    import json
+    from megatron_galvatron.benchmark.runner import Result
+    from megatron_galvatron.model.config import GPTConfig
+    from tools.benchmark import write_json
+    cfg = GPTConfig(num_layers=1, hidden_size=16, num_attention_heads=2, seq_length=8, vocab_size=32,
+                    make_vocab_size_divisible_by=4)
+    out = tmp_path / "bench.json"
+    done = [Result(name="plan.json", status="ok", iter_time_s=1.0), None,
+            Result(name="fsdp2", status="oom")]
+    write_json(str(out), cfg, 2, "cpu", {}, {}, done)
+    got = json.load(open(out))
+    assert [(r["name"], r["status"]) for r in got["results"]] == [("plan.json", "ok"), ("fsdp2", "oom")]
+    assert got["world_size"] == 2 and got["model"]["hidden_size"] == 16

@@ -106,6 +106,15 @@ def describe_bounds(found) -> str:
     return "\n".join(lines)
 
 
+def write_json(path: str, cfg, world: int, device, found, gains, results) -> None:
+    """Every result so far (configurations not yet run are left out)."""
+    with open(path, "w") as f:
+        json.dump({"model": vars(cfg), "world_size": world, "device": str(device),
+                   "cuda_alloc_conf": os.environ.get("PYTORCH_CUDA_ALLOC_CONF"),
+                   "compute_bound": found, "speedups": gains,
+                   "results": [as_dict(r) for r in results if r is not None]}, f, indent=2, default=str)
+
+
 def main() -> None:
     p = build_parser("Benchmark plans against plain PyTorch DDP and FSDP2")
     b = p.add_argument_group("benchmark")
@@ -151,17 +160,25 @@ def main() -> None:
         # power cap, other tenants) fall on all of them alike; each result's median covers
         # the timed iterations of all rounds.
         results = [None] * (len(runs) + len(baselines))
+
+        def report(rnd: int, i: int) -> None:
+            """One finished configuration: its line, and the JSON so far, which a configuration that
+            crashes later (a kernel or compile error ends the run) leaves in place."""
+            if rank != 0:
+                return
+            print(f"[round {rnd + 1}] " + table(results[i:i + 1]).splitlines()[-1], flush=True)
+            if args.out:
+                write_json(args.out, cfg, world, device, found, {}, results)
+
         for rnd in range(args.rounds):
             for i, (name, plan) in enumerate(runs):
                 results[i] = run_plan(name, args, plan, args.iters, args.warmup, results[i])
-                if rank == 0:
-                    print(f"[round {rnd + 1}] " + table(results[i:i + 1]).splitlines()[-1], flush=True)
+                report(rnd, i)
             for j, name in enumerate(baselines):
                 i = len(runs) + j
                 results[i] = run_baseline(name, cfg, device, args.seed, args.bf16, mbs, args.iters, args.warmup,
                                           results[i], args.baseline_global_batch)
-                if rank == 0:
-                    print(f"[round {rnd + 1}] " + table(results[i:i + 1]).splitlines()[-1], flush=True)
+                report(rnd, i)
         gains = speedups(results[:len(runs)], results[len(runs):])
         if rank == 0:
             print("\n" + table(results), flush=True)
@@ -170,11 +187,7 @@ def main() -> None:
             if found:
                 print(describe_bounds(found), flush=True)
             if args.out:
-                with open(args.out, "w") as f:
-                    json.dump({"model": vars(cfg), "world_size": world, "device": str(device),
-                               "cuda_alloc_conf": os.environ.get("PYTORCH_CUDA_ALLOC_CONF"),
-                               "compute_bound": found, "speedups": gains,
-                               "results": [as_dict(r) for r in results]}, f, indent=2, default=str)
+                write_json(args.out, cfg, world, device, found, gains, results)
     if dist.is_initialized():
         dist.destroy_process_group()
 
