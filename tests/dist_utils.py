@@ -1,6 +1,8 @@
 """Run a function on N CPU processes with the gloo backend and collect each rank's result."""
 import os
+import signal
 import socket
+import subprocess
 import tempfile
 import traceback
 
@@ -54,3 +56,18 @@ def run_distributed(world: int, fn, *args, timeout: float = 600):
                         errors.append(f"rank {r}:\n{res['error']}")
             raise AssertionError("\n".join(errors) or str(e)) from None
         return [torch.load(os.path.join(outdir, f"{r}.pt"), weights_only=False)["result"] for r in range(world)]
+
+
+def run_launched(cmd, timeout: float, **kw) -> subprocess.CompletedProcess:
+    """subprocess.run(cmd, capture_output=True, text=True) for a launcher (torchrun) that, past
+    its timeout, ends the launcher's whole process group: subprocess.run kills the launcher alone,
+    and its ranks, left waiting in a collective, would hold the CPU through every later test."""
+    with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                          start_new_session=True, **kw) as proc:
+        try:
+            out, err = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            out, err = proc.communicate()
+            raise subprocess.TimeoutExpired(cmd, timeout, out, err) from None
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)

@@ -6,6 +6,8 @@ import sys
 
 import pytest
 
+from tests.dist_utils import run_launched
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ["--num-layers", "2", "--hidden-size", "32", "--num-attention-heads", "4", "--seq-length", "16",
         "--vocab-size", "64", "--make-vocab-size-divisible-by", "4"]
@@ -19,7 +21,7 @@ def test_rounds_and_json(tmp_path):
         "--global-plans", "tp=2,dp=ddp,gbs=4,chunks=2", "tp=1,dp=zero3,gbs=4,chunks=1",
         "--baselines", "ddp,fsdp2+ckpt", "--baseline-micro-batches", "1,2", "--iters", "2", "--warmup", "1",
         "--rounds", "2", "--baseline-global-batch", "8", "--out", str(out)]
-    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    proc = run_launched(cmd, timeout=300, cwd=ROOT, env=env)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     results = json.load(open(out))["results"]
     assert [r["name"] for r in results] == ["tp=2,dp=ddp,gbs=4,chunks=2", "tp=1,dp=zero3,gbs=4,chunks=1",

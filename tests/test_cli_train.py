@@ -2,8 +2,9 @@
 pipeline, print the same per-iteration losses as one plain process, and the loss falls."""
 import os
 import re
-import subprocess
 import sys
+
+from tests.dist_utils import run_launched
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ["--num-layers", "2", "--hidden-size", "32", "--num-attention-heads", "4", "--seq-length", "16",
@@ -17,8 +18,7 @@ def run(flags, nproc=1, timeout=120):
     launcher = [sys.executable]
     if nproc > 1:
         launcher += ["-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(nproc)]
-    proc = subprocess.run(launcher + [os.path.join(ROOT, "pretrain_gpt.py")] + flags, cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=timeout)
+    proc = run_launched(launcher + [os.path.join(ROOT, "pretrain_gpt.py")] + flags, timeout, cwd=ROOT, env=env)
     assert proc.returncode == 0, f"exit {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
     losses = {}
     for m in LINE.finditer(proc.stdout):

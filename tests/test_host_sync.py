@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from megatron_galvatron.benchmark.host_sync import SYNC_WARNING, describe, host_syncs
+from tests.dist_utils import run_launched
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -65,7 +66,7 @@ def test_training_steps_never_wait_on_the_gpu():
            os.path.join(ROOT, "tools", "check_host_sync.py"), "--model-family", "gpt2", "--num-layers", "4",
            "--hidden-size", "256", "--num-attention-heads", "8", "--seq-length", "256", "--vocab-size", "1024",
            "--bf16", "--mock-data", "--global-plans", *plans]
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    out = run_launched(cmd, 600)
     assert out.returncode == 0, out.stdout + out.stderr[-3000:]
     assert out.stdout.count("no host synchronisation") == len(plans)
 

@@ -3,13 +3,13 @@ import json
 import os
 import shutil
 import statistics
-import subprocess
 import sys
 
 import pytest
 
 from search import profiles
 from search.comm import bus_factor
+from tests.dist_utils import run_launched
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MODEL = ["--num-layers", "2", "--hidden-size", "64", "--num-attention-heads", "4", "--seq-length", "32",
@@ -19,7 +19,7 @@ SEARCH_MODEL = MODEL  # the search takes the same model flags
 
 def _run(cmd, **kw):
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
-    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=240, env=env, **kw)
+    return run_launched(cmd, 240, cwd=ROOT, env=env, **kw)
 
 
 @pytest.fixture(scope="module")
