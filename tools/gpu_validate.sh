@@ -10,6 +10,9 @@
 # the benchmark prices compiled plans on that profile; COMPILE_PROFILE=dir instead prices them on
 # a compiled profile taken before. EXTRA_PLANS (plan files) run beside the searched plan;
 # BENCH_ARGS go to the benchmark only (e.g. --attention-backend cudnn, with PROFILE_ARGS alike).
+# SUSTAINED_DUTY (default "0.85 0.7"; empty to skip) repeats the profiler's sustained run at those
+# duty cycles, so that TP and pipeline plans, which idle the GPU part of the step, are priced at
+# the clock this machine holds when partly idle (docs/cost_model_validation.md).
 # OUT receives bench.json, bench.log,
 # plan.json, plan.png and validate.tar.gz (everything, profiles and logs included).
 set -uo pipefail
@@ -24,14 +27,16 @@ BATCH=${BATCH:-"--global-batch-size-range 16 64"}
 PLANS=${PLANS:-"tp=1,dp=ddp,gbs=32,chunks=1 tp=1,dp=zero2,gbs=32,chunks=2 tp=1,dp=zero3,gbs=32,chunks=1 tp=1,dp=zero3,ckpt=1,gbs=64,chunks=1 tp=2,dp=ddp,sp=1,gbs=16,chunks=1 pp=2,dp=ddp,gbs=32,chunks=4 pp=2,dp=ddp,gbs=32,chunks=8,sched=gpipe tp=1,dp=zero2,gbs=48,chunks=1"}
 BASELINES=${BASELINES:-ddp,fsdp2,fsdp2+ourmodel}
 BASELINE_MBS=${BASELINE_MBS:-"8,16,24"}
+DUTY=${SUSTAINED_DUTY-"0.85 0.7"}
+DUTY_ARGS=${DUTY:+--sustained-duty $DUTY}
 nvidia-smi --query-gpu=name,memory.total,power.limit,clocks.max.sm --format=csv > "$WORK/gpus.txt" 2>&1
 if [[ -n "${HARDWARE:-}" ]]; then
     cp "$HARDWARE" "$WORK/prof/hardware.json"
     timeout ${PROFILE_TIMEOUT:-900} python3 tools/profile_model.py --out-dir "$WORK/prof" $MODEL \
-        --micro-batch-sizes 1 2 4 8 --tp 1 2 ${PROFILE_ARGS:-} > "$WORK/profile.log" 2>&1
+        --micro-batch-sizes 1 2 4 8 --tp 1 2 $DUTY_ARGS ${PROFILE_ARGS:-} > "$WORK/profile.log" 2>&1
 else
     timeout ${PROFILE_TIMEOUT:-900} bash tools/device_profile.sh "$WORK/prof" $MODEL --micro-batch-sizes 1 2 4 8 --tp 1 2 \
-        ${PROFILE_ARGS:-} > "$WORK/profile.log" 2>&1
+        $DUTY_ARGS ${PROFILE_ARGS:-} > "$WORK/profile.log" 2>&1
 fi
 tail -3 "$WORK/profile.log"; grep -h "time\|took\|s$" "$WORK/prof/"*.log 2>/dev/null | tail -4
 COMPILED=""
@@ -40,7 +45,7 @@ if [[ "${COMPILE:-0}" == 1 ]]; then
     CARGS=${COMPILE_PROFILE_ARGS:-"--micro-batch-sizes 4 8 --tp 1"}
     # shellcheck disable=SC2086
     timeout ${PROFILE_TIMEOUT:-900} python3 tools/profile_model.py --out-dir "$WORK/prof_compiled" $MODEL --compile \
-        $CARGS > "$WORK/profile_compiled.log" 2>&1
+        $CARGS $DUTY_ARGS > "$WORK/profile_compiled.log" 2>&1
     tail -3 "$WORK/profile_compiled.log"
     COMPILED="--compile-profile-dir $WORK/prof_compiled"
 elif [[ -n "${COMPILE_PROFILE:-}" ]]; then
