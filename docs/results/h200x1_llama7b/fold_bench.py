@@ -1,6 +1,9 @@
 """Per micro-batch backward of a chain of LLaMA-7B layers: bf16 module accumulating its bf16
 gradient in place (what profile_model times) vs the runtime's replicated unit (bf16 copy of fp32
-masters, GradBucket folding each bf16 gradient into the fp32 buffer). Interleaved, soaked."""
+masters, GradBucket folding each bf16 gradient into the fp32 buffer). Interleaved, soaked.
+Run from the repository root on one GPU: python docs/results/h200x1_llama7b/fold_bench.py.
+Each replicated call enters GradBucket.compute(), which refreshes the bf16 copies (6 bytes per
+parameter); the runtime does that once per step, so that part of the difference is not the fold."""
 import sys, time, os
 sys.path.insert(0, os.getcwd())
 import torch
