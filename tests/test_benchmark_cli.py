@@ -119,11 +119,9 @@ def test_per_round_ratios_use_each_rounds_own_median():
     assert speedups([plan], [oom]) == {}
 
 
-
 def test_results_are_written_as_each_configuration_finishes(tmp_path):
     """The JSON after each configuration holds every result so far and leaves out those not yet
     run, so a configuration that crashes the run later loses nothing measured before it."""
-    import json
     from megatron_galvatron.benchmark.runner import Result
     from megatron_galvatron.model.config import GPTConfig
     from tools.benchmark import write_json

@@ -213,15 +213,13 @@ def test_h200x1_llama7b_ten_plans_and_the_searched_plan_against_fsdp2():
     fold priced (4 of 10 within 5 % without it: -2.5 to -6.3 %); the searched plan is the fastest
     measured, and in the run beside the baselines 1.161x FSDP2 + compile, the fastest that fits
     (DDP runs out of memory at every size)."""
-    import json
     d = "h200x1_llama7b/"
     bench, rs = rows(d + "validation/bench.json", d + "prof", d + "prof_compiled")
     t, m = errors(rs)
     assert len(rs) == 10 and max(map(abs, t)) < 0.032 and max(map(abs, m)) < 0.011
     assert sum(map(abs, t)) / 10 == pytest.approx(0.022, abs=0.0005)
     assert max(bench["results"], key=lambda r: r["tokens_per_s_per_gpu"])["name"] == "plan.json"
-    with open(os.path.join(RESULTS, d + "speed/bench.json")) as f:
-        speed = json.load(f)
+    speed, speed_rows = rows(d + "speed/bench.json", d + "prof", d + "prof_compiled")
     by = {r["name"]: r for r in speed["results"]}
     assert by["ddp"]["status"] == "oom" and all(r["status"] == "ok" for n, r in by.items() if n != "ddp")
     best = max((r for n, r in by.items() if n != "plan.json" and r["status"] == "ok"),
@@ -231,7 +229,6 @@ def test_h200x1_llama7b_ten_plans_and_the_searched_plan_against_fsdp2():
     # MFU: 6N + 12 L h s per token, N = 32 layers of 202,383,360 + two 32000 x 4096 matrices + final norm
     flops = 6 * (32 * 202383360 + 2 * 32000 * 4096 + 4096) + 12 * 32 * 4096 * 2048
     assert by["plan.json"]["mfu"] == pytest.approx(by["plan.json"]["tokens_per_s_per_gpu"] * flops / 989e12, rel=2e-3)
-    _, speed_rows = rows(d + "speed/bench.json", d + "prof", d + "prof_compiled")
     assert speed_rows[0]["pred_time"] / speed_rows[0]["time"] - 1 == pytest.approx(-0.021, abs=0.0006)
 
 
@@ -257,7 +254,6 @@ def test_the_measured_duty_curve_prices_the_tp_and_pipeline_plans(tmp_path):
     """The duty curve measured on one H200 (slowdown 1.066 at duty 0.84, 1.042 at 0.68, 1.137 busy),
     carried over to the 2x H200 GPT-1.4B sets: their TP + SP and pipeline plans, predicted 1.5-4.2 %
     slow on the straight line, fall within 3 %, and each set's time MAE drops."""
-    import json
     curve = "h200x1_llama7b/prof"
     compiled = "h200x2_gpt1p4b_bound/searched_on_mb16_32/prof_compiled"
     sets = [("h200x2_validate2/bench.json", "h200x2_validate2/prof_s60", None, 0.026, 0.018),
@@ -266,10 +262,9 @@ def test_the_measured_duty_curve_prices_the_tp_and_pipeline_plans(tmp_path):
             ("h200x2_gpt1p4b_fourth/bench.json", "h200x2_gpt1p4b_fourth/prof", compiled, 0.026, 0.017)]
     idle = ("tp=2,dp=ddp,sp=1,gbs=16,chunks=1", "pp=2,dp=ddp,gbs=32,chunks=4", "pp=2,dp=ddp,gbs=32,chunks=8,sched=gpipe")
     for i, (bench, prof, cprof, mae_now, mae_curve) in enumerate(sets):
-        with open(os.path.join(RESULTS, bench)) as f:
-            b = json.load(f)
-        now = rows_of(b, os.path.join(RESULTS, prof), cprof and os.path.join(RESULTS, cprof))
-        carried = rows_of(b, _with_duty_curve(prof, str(tmp_path / f"p{i}"), curve),
+        _, now = rows(bench, prof, cprof)
+        # rows() joins under docs/results, which leaves these absolute paths as they are
+        _, carried = rows(bench, _with_duty_curve(prof, str(tmp_path / f"p{i}"), curve),
                           cprof and _with_duty_curve(cprof, str(tmp_path / f"c{i}"), curve))
         t_now, t_curve = errors(now)[0], errors(carried)[0]
         by_now, by_curve = dict(zip([r["name"] for r in now], t_now)), dict(zip([r["name"] for r in carried], t_curve))
