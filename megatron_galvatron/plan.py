@@ -15,9 +15,12 @@ import dataclasses
 import json
 import os
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence
 
 from megatron_galvatron.errors import UserError
+
+if TYPE_CHECKING:  # the model description is only read here, never built
+    from megatron_galvatron.model.config import GPTConfig
 
 FORMAT = "megatron_galvatron.plan/1"
 DP_TYPES = ("ddp", "zero2", "zero3")
@@ -62,16 +65,6 @@ class VocabStrategy:
 
 
 @dataclass
-class ModelShape:
-    """What validation needs to know about the model (filled from pretrain flags)."""
-
-    num_layers: int
-    num_attention_heads: int
-    num_query_groups: Optional[int] = None
-    ffn_hidden_size: Optional[int] = None
-
-
-@dataclass
 class Plan:
     world_size: int
     pp_deg: int
@@ -107,12 +100,14 @@ class Plan:
         return range(start, start + self.pp_division[stage])
 
     @property
-    def micro_batch_size(self) -> int:
-        """Samples in one micro-batch across the whole stage (before DP sharding)."""
+    def global_micro_batch_size(self) -> int:
+        """Samples in one micro-batch over all data-parallel ranks of a stage; a layer's DP rank
+        gets global_micro_batch_size / dp of them (its micro-batch size in Megatron's sense)."""
         return self.global_bsz // self.chunks
 
     # ---------------------------------------------------------------- validation
-    def validate(self, model: Optional[ModelShape] = None, world_size: Optional[int] = None) -> "Plan":
+    def validate(self, model: Optional["GPTConfig"] = None, world_size: Optional[int] = None) -> "Plan":
+        """Check the plan on its own, against the model it will train and the launch world size."""
         _check_int("world_size", self.world_size, 1)
         _check_int("pp_deg", self.pp_deg, 1)
         _check_int("global_bsz", self.global_bsz, 1)
@@ -158,6 +153,11 @@ class Plan:
                     f"global_bsz={self.global_bsz} / chunks={self.chunks} = {mbs} samples per micro-batch is not "
                     f"divisible by the data-parallel degree {dp} of {name}: make global_bsz a multiple of chunks x {dp}"
                 )
+        if model is not None:
+            for name, s in [(f"layers[{i}]", s) for i, s in enumerate(self.layers)] + [("vocab", self.vocab)]:
+                if s.sp and model.seq_length % s.tp:
+                    raise PlanError(f"{name} uses sequence parallelism with tp={s.tp}, which does not divide "
+                                    f"--seq-length {model.seq_length}: turn sp off or use a tp that divides it")
         return self
 
     # ---------------------------------------------------------------- (de)serialisation
@@ -247,7 +247,7 @@ def _check_int(name: str, v: Any, minimum: int) -> None:
         raise PlanError(f"{name}={v} must be >= {minimum}")
 
 
-def _check_strategy(name: str, s, stage_world: int, model: Optional[ModelShape]) -> None:
+def _check_strategy(name: str, s, stage_world: int, model: Optional["GPTConfig"]) -> None:
     _check_int(f"{name}.tp", s.tp, 1)
     if stage_world % s.tp:
         raise PlanError(f"{name}.tp={s.tp} does not divide the stage size {stage_world} "
@@ -263,10 +263,10 @@ def _check_strategy(name: str, s, stage_world: int, model: Optional[ModelShape])
         if model.num_attention_heads % s.tp:
             raise PlanError(f"{name}.tp={s.tp} does not divide --num-attention-heads={model.num_attention_heads}: "
                             f"use a tp that divides it")
-        groups = model.num_query_groups or model.num_attention_heads
-        if groups % s.tp:
-            raise PlanError(f"{name}.tp={s.tp} does not divide --num-query-groups={groups}: use a tp that divides it")
-        if model.ffn_hidden_size is not None and model.ffn_hidden_size % s.tp:
+        if model.num_query_groups % s.tp:
+            raise PlanError(f"{name}.tp={s.tp} does not divide --num-query-groups={model.num_query_groups}: "
+                            f"use a tp that divides it")
+        if model.ffn_hidden_size % s.tp:
             raise PlanError(f"{name}.tp={s.tp} does not divide --ffn-hidden-size={model.ffn_hidden_size}: "
                             f"use a tp that divides it")
 

@@ -20,7 +20,7 @@ import numpy as np
 from megatron_galvatron.layout import Layout, exchange_sets
 from megatron_galvatron.plan import LayerStrategy, Plan, VocabStrategy
 from search.comm import Network
-from search.model_config import ModelConfig
+from megatron_galvatron.model.config import GPTConfig
 from search.profiles import ModelProfile
 from search.strategies import layout
 
@@ -281,7 +281,7 @@ def _blocks(lo: Tuple, stage_world: int) -> int:
 
 
 class CostModel:
-    def __init__(self, model: ModelConfig, profile: ModelProfile, net: Network, zero_prefetch: bool = True,
+    def __init__(self, model: GPTConfig, profile: ModelProfile, net: Network, zero_prefetch: bool = True,
                  replicated_autocast: bool = False):
         self.model = model
         self.profile = profile
@@ -548,7 +548,7 @@ class CostModel:
     def vocab_copies(self, pp_deg: int, stage: int) -> int:
         first, last = stage == 0, stage == pp_deg - 1
         if first and last:
-            return 1 if self.model.tied_embeddings else 2
+            return 1 if self.model.tie_embeddings else 2
         return int(first) + int(last)
 
     def vocab_params(self, v: VocabStrategy, pp_deg: int, stage: int) -> Tuple[float, float]:
@@ -642,7 +642,7 @@ class CostModel:
         passes_mb = fsdp_mb + (self.fold_pass(one, v.dp_type, dp) if last else 0.0)
         per_mb += passes_mb
         local = params / dp if sharded else params
-        if self.model.tied_embeddings and pp_deg > 1:
+        if self.model.tie_embeddings and pp_deg > 1:
             # the two copies' gradients are summed once per step over the (first, last) stage pair
             sync += net.collective("all_reduce", 2, (pp_deg - 1) * stage_world, FP32 * (one / dp if sharded else one))
         busy = (self.optimizer_step(local) + self.grad_passes(local, not sharded)
@@ -687,7 +687,7 @@ class CostModel:
     def stage_costs(self, plan: Plan, stage: int) -> StageCost:
         """Per micro-batch time, per iteration time, allocated bytes at peak and what they count
         against the budget, of one stage (and the compute within the times)."""
-        sw, mb, pp = plan.stage_world, plan.micro_batch_size, plan.pp_deg
+        sw, mb, pp = plan.stage_world, plan.global_micro_batch_size, plan.pp_deg
         flight = in_flight(plan.pipeline_type, plan.chunks, pp, stage)
         layers = [plan.layers[i] for i in plan.stage_layers(stage)]
         vt, vm = self.vocab(plan.vocab, sw, mb, pp, stage)

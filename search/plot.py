@@ -1,12 +1,16 @@
 """A PNG picture of a plan: the strategy of every layer, and each stage's predicted peak memory."""
 from __future__ import annotations
 
+from megatron_galvatron.optional import import_optional
 from megatron_galvatron.plan import Plan
 from search.strategies import label
 
 
-def save_plan_picture(plan: Plan, path: str, memory_gb: float = None) -> None:
-    import matplotlib  # imported here: only this output needs it
+def save_plan_picture(plan: Plan, path: str, memory_gb: float = None) -> bool:
+    """Draw the plan into ``path``; False (with one line saying how to get it) without matplotlib."""
+    matplotlib = import_optional("matplotlib", f"the plan picture {path}", "pip install matplotlib")
+    if matplotlib is None:
+        return False
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from matplotlib.patches import Patch
@@ -48,3 +52,4 @@ def save_plan_picture(plan: Plan, path: str, memory_gb: float = None) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+    return True

@@ -19,12 +19,11 @@ if __package__ in (None, ""):  # run as `python search/run.py`
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from megatron_galvatron.errors import UserError, exit_on_user_error  # noqa: E402
-from megatron_galvatron.model.config import GPTConfig  # noqa: E402
+from megatron_galvatron.model.config import add_model_args, config_from_args  # noqa: E402
 from search.bound import compute_bound  # noqa: E402
 from search.comm import Network  # noqa: E402
 from search.cost_model import CostModel  # noqa: E402
 from search.engine import InfeasibleError, Result, Searcher  # noqa: E402
-from search.model_config import add_model_args, model_config_from_args  # noqa: E402
 from search.profiles import check_model_matches, load_profiles  # noqa: E402
 from search.strategies import SP_MODES, Space, label  # noqa: E402
 
@@ -44,7 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a model.json of compiled layers (profile_model.py --compile): plans are searched with "
                         "both profiles and the faster kind wins, so the plan says whether compiling pays")
     p.add_argument("--output", default="plan.json", help="plan JSON to write")
-    add_model_args(p)
+    add_model_args(p, required=True)
     s = p.add_argument_group("search space")
     s.add_argument("--max-tp", type=int, default=None, help="largest tensor-parallel degree (default: GPUs per node)")
     s.add_argument("--max-pp", type=int, default=None, help="largest pipeline degree (default: no limit)")
@@ -162,7 +161,7 @@ def search_modes(args, cfg, sizes):
 def describe_bound(best: Result, searchers, cfg, num_gpus: int) -> str:
     """The best plan against the compute bound of the profile it was searched on (search/bound.py)."""
     prof = next(s.cost.profile for s in searchers if s.cost.profile.compiled == best.plan.compile)
-    bound = compute_bound(prof, cfg.num_layers, GPTConfig(**cfg.to_dict()).flops_per_token())
+    bound = compute_bound(prof, cfg.num_layers, cfg.flops_per_token())
     per_gpu = best.tokens_per_s / num_gpus
     return (f"compute bound ({'compiled' if prof.compiled else 'eager'} layers at tp 1, no communication, "
             f"optimizer or bubbles): {bound.tokens_per_s:,.0f} tokens/s/GPU; this plan {per_gpu:,.0f} "
@@ -173,13 +172,13 @@ def main(argv=None) -> None:
     args = build_parser().parse_args(argv)
     with exit_on_user_error(PROG):
         check_args(args)
-        cfg = model_config_from_args(args)
+        cfg = config_from_args(args)
         sizes = batch_sizes(args)
         t0 = time.perf_counter()
         results, searchers = search_modes(args, cfg, sizes)
         elapsed = time.perf_counter() - t0
         best = results[0].plan
-        best.validate(cfg.shape(), args.num_gpus)
+        best.validate(cfg, args.num_gpus)
         best.save(args.output)
         print(best.describe())
         print(f"\ntop {len(results)} plans:")
@@ -195,8 +194,8 @@ def main(argv=None) -> None:
         if not args.no_plot:
             from search.plot import save_plan_picture
             path = args.plot or os.path.splitext(args.output)[0] + ".png"
-            save_plan_picture(best, path, args.memory_gb)
-            print(f"wrote {path}")
+            if save_plan_picture(best, path, args.memory_gb):
+                print(f"wrote {path}")
 
 
 if __name__ == "__main__":

@@ -5,7 +5,7 @@ from dataclasses import dataclass
 from typing import List, Tuple
 
 from megatron_galvatron.plan import LayerStrategy, VocabStrategy
-from search.model_config import ModelConfig
+from megatron_galvatron.model.config import GPTConfig
 
 SP_MODES = ("on", "off", "search")
 
@@ -31,7 +31,7 @@ def layout(s, stage_world: int) -> Tuple[int, bool, bool]:
     return (s.tp, s.tp_consec or s.tp == stage_world, s.sp)
 
 
-def tp_degrees(stage_world: int, model: ModelConfig, max_tp: int, for_layers: bool = True) -> List[int]:
+def tp_degrees(stage_world: int, model: GPTConfig, max_tp: int, for_layers: bool = True) -> List[int]:
     out = []
     for tp in divisors(stage_world):
         if tp > max_tp:
@@ -60,7 +60,7 @@ def _dp_types(dp: int, space: Space) -> List[str]:
     return ["ddp", "zero2", "zero3"] if space.allow_zero3 else ["ddp", "zero2"]
 
 
-def layer_strategies(stage_world: int, micro_batch: int, model: ModelConfig, space: Space) -> List[LayerStrategy]:
+def layer_strategies(stage_world: int, micro_batch: int, model: GPTConfig, space: Space) -> List[LayerStrategy]:
     """Every strategy of a transformer layer in a stage of `stage_world` ranks fed `micro_batch` samples."""
     out = []
     ckpt = [False, True] if space.allow_checkpoint else [False]
@@ -76,7 +76,7 @@ def layer_strategies(stage_world: int, micro_batch: int, model: ModelConfig, spa
     return out
 
 
-def vocab_strategies(stage_world: int, micro_batch: int, model: ModelConfig, space: Space) -> List[VocabStrategy]:
+def vocab_strategies(stage_world: int, micro_batch: int, model: GPTConfig, space: Space) -> List[VocabStrategy]:
     """Strategies of the embedding / LM head; their TP groups are consecutive ranks."""
     out = []
     for tp in tp_degrees(stage_world, model, space.max_tp, for_layers=False):

@@ -22,7 +22,7 @@ if __package__ in (None, ""):
 from megatron_galvatron.errors import UserError, exit_on_user_error  # noqa: E402
 from search import profiles  # noqa: E402
 from search.comm import bus_factor, spans_nodes  # noqa: E402
-from search.model_config import ModelConfig, add_model_args, model_config_from_args  # noqa: E402
+from megatron_galvatron.model.config import GPTConfig, add_model_args, config_from_args  # noqa: E402
 
 # H100 SXM node: NVLink 4 inside the node, one 400 Gb/s InfiniBand NIC per GPU between nodes.
 PRESETS: Dict[str, Dict[str, Any]] = {
@@ -97,7 +97,7 @@ def hardware_profile(num_gpus: int, gpus_per_node: int = 8, hw: Dict[str, Any] =
     }
 
 
-def _activation_per_token(cfg: ModelConfig, tp: int, sp: bool) -> float:
+def _activation_per_token(cfg: GPTConfig, tp: int, sp: bool) -> float:
     """Bytes per token kept for backward by one layer (Megatron's accounting, flash attention)."""
     h, f, kv = cfg.hidden_size, cfg.ffn_hidden_size, cfg.kv_size
     if cfg.family == "gpt2":
@@ -112,7 +112,7 @@ def _time_entry(intercept: float, per_token: float, seq: int) -> Dict[str, Any]:
     return {"intercept_s": intercept, "per_token_s": per_token, "points": pts}
 
 
-def model_profile(cfg: ModelConfig, max_tp: int = 64, hw: Dict[str, Any] = None) -> Dict[str, Any]:
+def model_profile(cfg: GPTConfig, max_tp: int = 64, hw: Dict[str, Any] = None) -> Dict[str, Any]:
     hw = hw or preset("h100")
     h, s = cfg.hidden_size, cfg.seq_length
     layer_params = cfg.layer_param_count()
@@ -150,7 +150,7 @@ def model_profile(cfg: ModelConfig, max_tp: int = 64, hw: Dict[str, Any] = None)
     }
 
 
-def write_profiles(out_dir: str, cfg: ModelConfig, num_gpus: int, gpus_per_node: int = 8,
+def write_profiles(out_dir: str, cfg: GPTConfig, num_gpus: int, gpus_per_node: int = 8,
                    preset_name: str = "h100", **overrides: Any) -> str:
     hw = preset(preset_name, **overrides)
     os.makedirs(out_dir, exist_ok=True)
@@ -165,10 +165,10 @@ def main(argv=None) -> None:
     parser.add_argument("--num-gpus", type=int, required=True)
     parser.add_argument("--num-nodes", type=int, default=None, help="default: num-gpus / 8, at least 1")
     parser.add_argument("--preset", default="h100", choices=sorted(PRESETS))
-    add_model_args(parser)
+    add_model_args(parser, required=True)
     args = parser.parse_args(argv)
     with exit_on_user_error("search.synthetic"):
-        cfg = model_config_from_args(args)
+        cfg = config_from_args(args)
         nodes = args.num_nodes or max(1, args.num_gpus // 8)
         if args.num_gpus % nodes:
             raise UserError(f"--num-gpus={args.num_gpus} is not divisible by --num-nodes={nodes}")

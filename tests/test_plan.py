@@ -9,7 +9,8 @@ import json
 import pytest
 
 from megatron_galvatron import plan as plan_mod
-from megatron_galvatron.plan import LayerStrategy, ModelShape, Plan, PlanError, VocabStrategy
+from megatron_galvatron.model.config import GPTConfig, config_from_args
+from megatron_galvatron.plan import LayerStrategy, Plan, PlanError, VocabStrategy
 from megatron_galvatron.training import arguments
 
 FIX_WORDS = ("use ", "make ", "set ", "remove", "give ", "fix ", "launch ", "search ", "pass ", "add ")
@@ -73,7 +74,7 @@ def test_save_load_round_trip(tmp_path):
 
 def test_derived_facts():
     p = mixed_plan()
-    assert p.num_layers == 6 and p.stage_world == 4 and p.micro_batch_size == 4
+    assert p.num_layers == 6 and p.stage_world == 4 and p.global_micro_batch_size == 4
     assert [p.stage_of_layer(i) for i in range(6)] == [0, 0, 1, 1, 1, 1]
     assert list(p.stage_layers(0)) == [0, 1] and list(p.stage_layers(1)) == [2, 3, 4, 5]
     assert plan_mod.even_division(10, 4) == [2, 2, 3, 3] and sum(plan_mod.even_division(7, 3)) == 7
@@ -102,8 +103,8 @@ def test_describe_lists_every_layer_and_vocab():
 # ----------------------------------------------------------------------------- validation
 
 def test_valid_plan_passes_with_model_and_world():
-    mixed_plan().validate(ModelShape(num_layers=6, num_attention_heads=8, num_query_groups=4, ffn_hidden_size=64),
-                          world_size=8)
+    mixed_plan().validate(GPTConfig(family="llama", num_layers=6, hidden_size=64, num_attention_heads=8,
+                                    num_query_groups=4, ffn_hidden_size=64), world_size=8)
 
 
 def test_tp_not_dividing_stage_size():
@@ -116,9 +117,10 @@ def test_tp_not_dividing_stage_size():
 
 
 @pytest.mark.parametrize("shape,field", [
-    (ModelShape(6, num_attention_heads=6, num_query_groups=6, ffn_hidden_size=64), "--num-attention-heads=6"),
-    (ModelShape(6, num_attention_heads=8, num_query_groups=2, ffn_hidden_size=64), "--num-query-groups=2"),
-    (ModelShape(6, num_attention_heads=8, num_query_groups=8, ffn_hidden_size=66), "--ffn-hidden-size=66"),
+    (GPTConfig(num_layers=6, hidden_size=48, num_attention_heads=6, ffn_hidden_size=64), "--num-attention-heads=6"),
+    (GPTConfig(family="llama", num_layers=6, hidden_size=64, num_attention_heads=8, num_query_groups=2,
+               ffn_hidden_size=64), "--num-query-groups=2"),
+    (GPTConfig(num_layers=6, hidden_size=64, num_attention_heads=8, ffn_hidden_size=66), "--ffn-hidden-size=66"),
 ])
 def test_tp_not_dividing_model_dimensions(shape, field):
     plan_error(lambda: mixed_plan().validate(shape), "layers[2].tp=4", field)
@@ -128,7 +130,7 @@ def test_pp_division_must_match_layers_and_num_layers():
     plan_error(lambda: Plan.from_dict(edited(pp_division=[2, 3])).validate(), "pp_division=[2, 3]", "sums to 5")
     plan_error(lambda: Plan.from_dict(edited(pp_division=[6])).validate(), "pp_division=[6]")
     plan_error(lambda: Plan.from_dict(edited(pp_division=[0, 6])).validate(), "pp_division entry", fix=False)
-    shape = ModelShape(num_layers=4, num_attention_heads=8)
+    shape = GPTConfig(num_layers=4, hidden_size=64, num_attention_heads=8)
     plan_error(lambda: mixed_plan().validate(shape), "--num-layers is 4")
 
 
@@ -300,7 +302,7 @@ def test_galvatron_imported_plan_is_validated_like_a_native_one():
 
 def _flags_plan(argv, world):
     args = arguments.build_parser().parse_args(argv)
-    cfg = arguments.model_config(args)
+    cfg = config_from_args(args)
     return arguments.build_plan(args, cfg, world)
 
 

@@ -9,11 +9,11 @@ import pytest
 from megatron_galvatron import plan as plan_mod
 from search import _dp_core  # noqa: F401  (CI builds it; without it the searches below crawl)
 from search import synthetic
-from search.model_config import ModelConfig
+from megatron_galvatron.model.config import GPTConfig
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CFG = ModelConfig(family="llama", num_layers=8, hidden_size=1024, num_attention_heads=16, num_query_groups=4,
-                  ffn_hidden_size=2816, vocab_size=32000, seq_length=1024)
+CFG = GPTConfig(family="llama", num_layers=8, hidden_size=1024, num_attention_heads=16, num_query_groups=4,
+                ffn_hidden_size=2816, vocab_size=32000, seq_length=1024)
 MODEL_FLAGS = ["--model-family", "llama", "--num-layers", "8", "--hidden-size", "1024", "--num-attention-heads", "16",
                "--num-query-groups", "4", "--ffn-hidden-size", "2816", "--vocab-size", "32000", "--seq-length", "1024"]
 
@@ -34,8 +34,7 @@ def test_run_writes_a_plan_the_runtime_accepts(prof_dir, tmp_path):
              "--output", str(out), "--global-batch-size", "64"] + MODEL_FLAGS, cwd=str(tmp_path))
     assert r.returncode == 0, r.stderr
     plan = plan_mod.load(str(out))
-    plan.validate(plan_mod.ModelShape(num_layers=8, num_attention_heads=16, num_query_groups=4,
-                                      ffn_hidden_size=2816), 16)
+    plan.validate(CFG, 16)
     pred = plan.predicted
     assert set(pred) == {"iter_time_s", "tokens_per_s", "peak_mem_gb", "peak_alloc_gb"}
     assert len(pred["peak_mem_gb"]) == plan.pp_deg and max(pred["peak_mem_gb"]) <= 20

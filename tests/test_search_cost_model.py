@@ -14,7 +14,7 @@ from megatron_galvatron.plan import LayerStrategy, Plan, VocabStrategy
 from search.comm import Network
 from search.cost_model import (CostModel, InFlight, clock_gain_bound, clock_scales, in_flight, microbatches_in_flight,
                                model_state_bytes, pipeline_iteration_time)
-from search.model_config import ModelConfig
+from megatron_galvatron.model.config import GPTConfig
 from search.profiles import parse_hardware, parse_model
 
 INTRA = {"latency_s": 1e-5, "bandwidth_GBps": 100.0, "points": []}
@@ -39,8 +39,8 @@ def hardware_dict():
     }
 
 
-CFG = ModelConfig(family="gpt2", num_layers=4, hidden_size=64, num_attention_heads=4, num_query_groups=4,
-                  ffn_hidden_size=256, vocab_size=1000, seq_length=128)
+CFG = GPTConfig(family="gpt2", num_layers=4, hidden_size=64, num_attention_heads=4, num_query_groups=4,
+                ffn_hidden_size=256, vocab_size=1000, seq_length=128)
 
 
 def model_dict(cfg=CFG):
@@ -316,8 +316,8 @@ def test_layer_memory(cm):
 
 
 def test_backward_work_of_a_gated_mlp():
-    llama = ModelConfig(family="llama", num_layers=4, hidden_size=64, num_attention_heads=4, num_query_groups=4,
-                        ffn_hidden_size=256, vocab_size=1000, seq_length=128)
+    llama = GPTConfig(family="llama", num_layers=4, hidden_size=64, num_attention_heads=4, num_query_groups=4,
+                      ffn_hidden_size=256, vocab_size=1000, seq_length=128)
     hw = parse_hardware(hardware_dict())
     c = CostModel(llama, parse_model(model_dict(llama)), Network(hw, num_gpus=8, gpus_per_node=4),
                   replicated_autocast=True)

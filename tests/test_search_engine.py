@@ -12,12 +12,12 @@ from search.comm import Network
 from search.cost_model import GiB, CostModel
 from search.engine import InfeasibleError, Searcher
 from search.stage_dp import min_max_partition
-from search.model_config import ModelConfig
+from megatron_galvatron.model.config import GPTConfig
 from search.profiles import load_profiles
 from search.strategies import Space, divisors, layer_strategies, layout, vocab_strategies
 
-GPT = ModelConfig(family="gpt2", num_layers=8, hidden_size=1024, num_attention_heads=16, num_query_groups=16,
-                  ffn_hidden_size=4096, vocab_size=50304, seq_length=1024)
+GPT = GPTConfig(family="gpt2", num_layers=8, hidden_size=1024, num_attention_heads=16, num_query_groups=16,
+                ffn_hidden_size=4096, vocab_size=50304, seq_length=1024)
 
 
 def make_searcher(tmp_path, cfg, memory_gb, preset="h100", num_gpus=8, gpus_per_node=8, batch=(32,),
@@ -39,7 +39,7 @@ def test_ample_memory_and_fast_links_need_no_checkpointing_nor_zero3(tmp_path):
     results = make_searcher(tmp_path, GPT, 1000, preset="fast-links").run(progress=False)
     best = results[0].plan
     assert not uses(best, "zero3") and not uses(best, "checkpoint")
-    best.validate(GPT.shape(), 8)
+    best.validate(GPT, 8)
 
 
 def smallest_budget(searcher_factory):
@@ -73,8 +73,8 @@ def test_below_the_minimum_the_error_quotes_a_budget_that_works(tmp_path):
 
 def test_every_plan_fits_validates_and_costs_what_the_dp_said(tmp_path):
     # cheap links and little memory: plans mix layouts, stages and vocab layouts
-    cfg = ModelConfig(family="llama", num_layers=16, hidden_size=4096, num_attention_heads=32, num_query_groups=8,
-                      ffn_hidden_size=11008, vocab_size=32000, seq_length=4096)
+    cfg = GPTConfig(family="llama", num_layers=16, hidden_size=4096, num_attention_heads=32, num_query_groups=8,
+                    ffn_hidden_size=11008, vocab_size=32000, seq_length=4096)
     s = make_searcher(tmp_path, cfg, 8, preset="fast-links", num_gpus=16, batch=(64,))
     results = s.run(top_k=5, progress=False)
     assert len(results) == 5
@@ -83,15 +83,15 @@ def test_every_plan_fits_validates_and_costs_what_the_dp_said(tmp_path):
     assert any(len({layout(x, r.plan.stage_world) for x in r.plan.layers + [r.plan.vocab]}) > 1 for r in results)
     for r in results:
         assert max(r.prediction.peak_mem_gb) <= 8
-        Plan.from_dict(r.plan.to_dict()).validate(cfg.shape(), 16)
+        Plan.from_dict(r.plan.to_dict()).validate(cfg, 16)
         # the DP's per-stage objective, re-priced layer by layer by the cost model
         k = r.plan.chunks + r.plan.pp_deg - 1
         repriced = [k * mb + it for mb, it in zip(r.prediction.stage_per_mb, r.prediction.stage_per_iter)]
         assert r.stage_objective == pytest.approx(repriced, rel=1e-9)
 
 
-TINY = ModelConfig(family="gpt2", num_layers=3, hidden_size=1024, num_attention_heads=8, num_query_groups=8,
-                   ffn_hidden_size=4096, vocab_size=8192, seq_length=512)
+TINY = GPTConfig(family="gpt2", num_layers=3, hidden_size=1024, num_attention_heads=8, num_query_groups=8,
+                 ffn_hidden_size=4096, vocab_size=8192, seq_length=512)
 
 
 def brute_force(cost, num_gpus, budget_gb, space, batch):

@@ -8,11 +8,11 @@ import pytest
 from search import profiles, synthetic
 from search.comm import Network, bus_factor
 from search.cost_model import CostModel
-from search.model_config import ModelConfig
+from megatron_galvatron.model.config import GPTConfig
 from search.profiles import ProfileError, check_model_matches, load_profiles, parse_hardware, parse_model
 
-CFG = ModelConfig(family="llama", num_layers=4, hidden_size=256, num_attention_heads=8, num_query_groups=4,
-                  ffn_hidden_size=704, vocab_size=1000, seq_length=256)
+CFG = GPTConfig(family="llama", num_layers=4, hidden_size=256, num_attention_heads=8, num_query_groups=4,
+                ffn_hidden_size=704, vocab_size=1000, seq_length=256)
 
 
 @pytest.fixture

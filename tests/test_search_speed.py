@@ -11,14 +11,14 @@ from search import synthetic
 from search.comm import Network
 from search.cost_model import CostModel
 from search.engine import Searcher
-from search.model_config import ModelConfig
+from megatron_galvatron.model.config import GPTConfig
 from search.profiles import load_profiles
 from search.strategies import Space
 
-LLAMA_7B = ModelConfig(family="llama", num_layers=32, hidden_size=4096, num_attention_heads=32, num_query_groups=32,
-                       ffn_hidden_size=11008, vocab_size=32000, seq_length=4096)
-LLAMA_70B = ModelConfig(family="llama", num_layers=80, hidden_size=8192, num_attention_heads=64, num_query_groups=8,
-                        ffn_hidden_size=28672, vocab_size=32000, seq_length=4096)
+LLAMA_7B = GPTConfig(family="llama", num_layers=32, hidden_size=4096, num_attention_heads=32, num_query_groups=32,
+                     ffn_hidden_size=11008, vocab_size=32000, seq_length=4096)
+LLAMA_70B = GPTConfig(family="llama", num_layers=80, hidden_size=8192, num_attention_heads=64, num_query_groups=8,
+                      ffn_hidden_size=28672, vocab_size=32000, seq_length=4096)
 
 
 @pytest.mark.parametrize("cfg, gpus, limit_s", [(LLAMA_7B, 8, 2.0), (LLAMA_70B, 64, 20.0)])

@@ -5,7 +5,7 @@ import sys
 
 from megatron_galvatron import plan as plan_mod
 from search import synthetic
-from search.model_config import ModelConfig
+from megatron_galvatron.model.config import GPTConfig
 from tests.equivalence import check_plans, tiny_cfg
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -13,10 +13,10 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def test_searched_plan_trains_like_the_reference(tmp_path):
     cfg = tiny_cfg("llama")
-    mc = ModelConfig(family="llama", num_layers=cfg["num_layers"], hidden_size=cfg["hidden_size"],
-                     num_attention_heads=cfg["num_attention_heads"], num_query_groups=cfg["num_query_groups"],
-                     ffn_hidden_size=cfg["ffn_hidden_size"], vocab_size=cfg["vocab_size"],
-                     seq_length=cfg["seq_length"])
+    mc = GPTConfig(family="llama", num_layers=cfg["num_layers"], hidden_size=cfg["hidden_size"],
+                   num_attention_heads=cfg["num_attention_heads"], num_query_groups=cfg["num_query_groups"],
+                   ffn_hidden_size=cfg["ffn_hidden_size"], vocab_size=cfg["vocab_size"],
+                   seq_length=cfg["seq_length"])
     prof = synthetic.write_profiles(str(tmp_path / "prof"), mc, num_gpus=4, gpus_per_node=4)
     flags = ["--model-family", "llama", "--num-layers", str(mc.num_layers), "--hidden-size", str(mc.hidden_size),
              "--num-attention-heads", str(mc.num_attention_heads), "--num-query-groups", str(mc.num_query_groups),

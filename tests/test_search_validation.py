@@ -21,7 +21,7 @@ import pytest
 from megatron_galvatron.plan import Plan
 from search.comm import Network
 from search.cost_model import CostModel
-from search.model_config import ModelConfig
+from megatron_galvatron.model.config import GPTConfig
 from search.profiles import parse_hardware, parse_model
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -76,9 +76,9 @@ def bench():
     with open(os.path.join(RUN, "prof", "hardware.json")) as f:
         hw = json.load(f)
     m = b["model"]
-    cfg = ModelConfig(family=m["family"], num_layers=m["num_layers"], hidden_size=m["hidden_size"],
-                      num_attention_heads=m["num_attention_heads"], num_query_groups=m["num_query_groups"],
-                      ffn_hidden_size=m["ffn_hidden_size"], vocab_size=m["vocab_size"], seq_length=m["seq_length"])
+    cfg = GPTConfig(family=m["family"], num_layers=m["num_layers"], hidden_size=m["hidden_size"],
+                    num_attention_heads=m["num_attention_heads"], num_query_groups=m["num_query_groups"],
+                    ffn_hidden_size=m["ffn_hidden_size"], vocab_size=m["vocab_size"], seq_length=m["seq_length"])
     # The measured run predates the runtime's ZeRO prefetch and bf16 compute on replicated units.
     cost = CostModel(cfg, parse_model(h200_model_profile()), Network(parse_hardware(hw), 2, 2), zero_prefetch=False,
                      replicated_autocast=True)

@@ -135,7 +135,7 @@ def test_h200_recompute_share_measured_by_the_profiler():
     matmul, which is not recomputed), and it moves both checkpointed plans' predictions closer."""
     from search.comm import Network
     from search.cost_model import CostModel
-    from search.predict import predict, search_config
+    from search.predict import predict
     from search.profiles import load_profiles
     from megatron_galvatron.model.config import GPTConfig
     from megatron_galvatron.plan import Plan
@@ -145,7 +145,7 @@ def test_h200_recompute_share_measured_by_the_profiler():
         bench = json.load(f)
     hw, prof = load_profiles(os.path.join(d, "prof"))
     cfg = GPTConfig(**bench["model"])
-    estimate = CostModel(search_config(cfg), prof, Network(hw, 2, 2)).recompute_fraction()
+    estimate = CostModel(cfg, prof, Network(hw, 2, 2)).recompute_fraction()
     assert estimate == pytest.approx(9 / 13)
     assert prof.recompute_fraction[(1, False)] > estimate + 0.04
     assert prof.sharded_recompute_fraction[(1, False)] > estimate + 0.02

@@ -19,17 +19,17 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from search import synthetic  # noqa: E402
-from search.model_config import ModelConfig  # noqa: E402
+from megatron_galvatron.model.config import GPTConfig  # noqa: E402
 
 MODELS = {
-    "llama-7b": ModelConfig(family="llama", num_layers=32, hidden_size=4096, num_attention_heads=32,
-                            num_query_groups=32, ffn_hidden_size=11008, vocab_size=32000, seq_length=4096),
-    "llama-70b": ModelConfig(family="llama", num_layers=80, hidden_size=8192, num_attention_heads=64,
-                             num_query_groups=8, ffn_hidden_size=28672, vocab_size=32000, seq_length=4096),
+    "llama-7b": GPTConfig(family="llama", num_layers=32, hidden_size=4096, num_attention_heads=32,
+                          num_query_groups=32, ffn_hidden_size=11008, vocab_size=32000, seq_length=4096),
+    "llama-70b": GPTConfig(family="llama", num_layers=80, hidden_size=8192, num_attention_heads=64,
+                           num_query_groups=8, ffn_hidden_size=28672, vocab_size=32000, seq_length=4096),
 }
 
 
-def model_flags(cfg: ModelConfig):
+def model_flags(cfg: GPTConfig):
     return ["--model-family", cfg.family, "--num-layers", str(cfg.num_layers), "--hidden-size", str(cfg.hidden_size),
             "--num-attention-heads", str(cfg.num_attention_heads), "--num-query-groups", str(cfg.num_query_groups),
             "--ffn-hidden-size", str(cfg.ffn_hidden_size), "--vocab-size", str(cfg.vocab_size),

@@ -23,7 +23,8 @@ from megatron_galvatron.benchmark.runner import (as_dict, describe_speedups, run
                                                  table)
 from megatron_galvatron.errors import UserError, exit_on_user_error  # noqa: E402
 from megatron_galvatron.parallel_state import detect_device, init_distributed  # noqa: E402
-from megatron_galvatron.training.arguments import build_parser, check_plan, model_config  # noqa: E402
+from megatron_galvatron.model.config import config_from_args  # noqa: E402
+from megatron_galvatron.training.arguments import build_parser  # noqa: E402
 
 
 def load_plans(files, specs, world: int, num_layers: int):
@@ -80,7 +81,6 @@ def price(plan, cfg, args, loaded):
 def bounds(cfg, args, loaded):
     """The compute bound (search/bound.py) on each profile given, by directory."""
     from search.bound import compute_bound
-    from search.predict import search_config
     from search.profiles import check_model_matches, load_profiles
     from megatron_galvatron.training.metrics import peak_flops_of
     out = {}
@@ -90,7 +90,7 @@ def bounds(cfg, args, loaded):
         if prof not in loaded:
             loaded[prof] = load_profiles(prof)
         hw, model = loaded[prof]
-        check_model_matches(model, search_config(cfg).to_dict())
+        check_model_matches(model, cfg.to_dict())
         b = compute_bound(model, cfg.num_layers, cfg.flops_per_token())
         out[prof] = dict(b.as_dict(peak_flops_of(hw.gpu_name)), compiled=model.compiled)
     return out
@@ -141,13 +141,13 @@ def main() -> None:
     with exit_on_user_error("benchmark.py"):
         device = detect_device(int(os.environ.get("LOCAL_RANK", "0")))
         rank, world = init_distributed(device)
-        cfg = model_config(args)
+        cfg = config_from_args(args)
         plans = load_plans(args.plans, args.global_plans, world, cfg.num_layers)
         variants = [v for v in args.plan_variants.split(",") if v]
         if not variants or set(variants) - {"plan", "eager", "compile"}:
             raise UserError(f"--plan-variants {args.plan_variants!r}: a comma list of plan, eager, compile")
         for _, plan in plans:
-            check_plan(plan, cfg, world)
+            plan.validate(cfg, world_size=world)
         loaded = {}
         runs = [(name, price(plan, cfg, args, loaded)) for name, plan in expand_variants(plans, variants)]
         found = bounds(cfg, args, loaded)

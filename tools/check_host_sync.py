@@ -20,7 +20,8 @@ import torch.distributed as dist  # noqa: E402
 from megatron_galvatron.benchmark.host_sync import describe, host_syncs  # noqa: E402
 from megatron_galvatron.errors import UserError, exit_on_user_error  # noqa: E402
 from megatron_galvatron.parallel_state import detect_device, init_distributed  # noqa: E402
-from megatron_galvatron.training.arguments import build_parser, check_plan, model_config  # noqa: E402
+from megatron_galvatron.model.config import config_from_args  # noqa: E402
+from megatron_galvatron.training.arguments import build_parser  # noqa: E402
 from megatron_galvatron.training.train import setup, train_step  # noqa: E402
 from tools.benchmark import load_plans  # noqa: E402
 
@@ -38,12 +39,12 @@ def main() -> int:
         if device.type != "cuda":
             raise UserError("the synchronisation check is CUDA's: run it on GPUs")
         rank, world = init_distributed(device)
-        cfg = model_config(args)
+        cfg = config_from_args(args)
         plans = load_plans(args.plans, args.global_plans, world, cfg.num_layers)
         if not plans:
             raise UserError("give --plans and/or --global-plans")
         for _, plan in plans:
-            check_plan(plan, cfg, world)
+            plan.validate(cfg, world_size=world)
         failed = False
         for name, plan in plans:
             args.train_iters = args.warmup + args.steps

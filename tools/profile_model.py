@@ -26,7 +26,7 @@ from megatron_galvatron.profiling.model import (  # noqa: E402
     default_optimizer_params,
 )
 from megatron_galvatron.profiling.report import model_summary, write_profile  # noqa: E402
-from megatron_galvatron.training.arguments import add_model_args, model_config  # noqa: E402
+from megatron_galvatron.model.config import add_model_args, config_from_args  # noqa: E402
 from search.profiles import parse_model  # noqa: E402
 
 PROG = "profile_model.py"
@@ -86,7 +86,7 @@ def validate(profile, path) -> None:
 def main(argv=None) -> None:
     args = build_parser().parse_args(argv)
     with exit_on_user_error(PROG):
-        cfg = model_config(args)
+        cfg = config_from_args(args)
         device = pick_device(args.device)
         settings = ModelSettings(
             micro_batch_sizes=sorted(set(args.micro_batch_sizes)),

@@ -26,7 +26,8 @@ from megatron_galvatron.benchmark.breakdown import kernels_of, launchers, summar
 from megatron_galvatron.errors import exit_on_user_error  # noqa: E402
 from megatron_galvatron.parallel_state import detect_device, init_distributed  # noqa: E402
 from megatron_galvatron.profiling.hardware import time_repeated  # noqa: E402
-from megatron_galvatron.training.arguments import build_parser, check_plan, model_config  # noqa: E402
+from megatron_galvatron.model.config import config_from_args  # noqa: E402
+from megatron_galvatron.training.arguments import build_parser  # noqa: E402
 from megatron_galvatron.training.train import setup, train_step  # noqa: E402
 from tools.benchmark import load_plans  # noqa: E402
 
@@ -84,7 +85,7 @@ def main() -> None:
     with exit_on_user_error("step_profile.py"):
         device = detect_device(int(os.environ.get("LOCAL_RANK", "0")))
         rank, world = init_distributed(device)
-        cfg = model_config(args)
+        cfg = config_from_args(args)
         report = []
 
         def emit(text):
@@ -103,7 +104,7 @@ def main() -> None:
             emit(attention_bench(cfg, args.baseline_micro_batch, device))
         plans = load_plans(args.plans, args.global_plans, world, cfg.num_layers)
         for name, plan in plans:
-            plan = check_plan(plan, cfg, world)
+            plan = plan.validate(cfg, world_size=world)
             args.train_iters = args.warmup + args.steps
             tr = setup(args, plan)
             compiled = plan.compile or args.compile

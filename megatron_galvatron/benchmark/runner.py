@@ -144,7 +144,7 @@ def run_plan(name: str, args, plan: Plan, iters: int, warmup: int, res: Optional
     """Time ``plan``; ``res`` is the result of an earlier round, whose times this round adds to."""
     if res is None:
         res = Result(name=name, status="ok", plan=plan.to_dict(), global_batch=plan.global_bsz,
-                     micro_batch=plan.micro_batch_size, predicted_iter_time_s=plan.predicted.get("iter_time_s"))
+                     micro_batch=plan.global_micro_batch_size, predicted_iter_time_s=plan.predicted.get("iter_time_s"))
         pm = plan.predicted.get("peak_alloc_gb", plan.predicted.get("peak_mem_gb"))
         res.predicted_peak_mem_gb = max(pm) if isinstance(pm, list) and pm else pm
     elif res.status != "ok":

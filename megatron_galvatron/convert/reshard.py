@@ -12,7 +12,6 @@ from typing import Optional, Tuple
 
 from megatron_galvatron import plan as plan_mod
 from megatron_galvatron.errors import UserError
-from megatron_galvatron.training import arguments
 from megatron_galvatron.training import checkpointing as ckpt
 
 
@@ -21,7 +20,7 @@ def reshard(load: str, plan_path: str, world_size: Optional[int] = None, save: O
     """(checkpoint directory, validated target plan, directory of the rewritten copy or None)."""
     d, meta, cfg = ckpt.open_verified(load)
     plan = plan_mod.load(plan_path, world_size=world_size)
-    arguments.check_plan(plan, cfg, plan.world_size)
+    plan.validate(cfg, world_size=plan.world_size)
     if save is None:
         return d, plan, None
     same = ckpt.same_plan(meta, plan)

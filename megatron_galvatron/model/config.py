@@ -1,14 +1,31 @@
-"""Model hyper-parameters for the two decoder-only families."""
+"""The one description of the model: its shape, family and vocabulary, and the flags that set it.
+
+Torch-free, so the runtime, the profilers, the cost model, the search and the converters all
+read the same object (a profile records it as ``to_dict()``; a checkpoint records it too).
+"""
+import argparse
+import dataclasses
 from dataclasses import dataclass
-from typing import Optional
+from typing import Any, Dict, Optional
 
 from megatron_galvatron.errors import UserError
 
 FAMILIES = ("gpt2", "llama")
 ATTENTION_BACKENDS = ("default", "cudnn", "flash", "efficient", "math")
+# What sets the model's shape: a profile measured for other values does not describe this model.
+SHAPE_FIELDS = ("family", "num_layers", "hidden_size", "num_attention_heads", "num_query_groups",
+                "ffn_hidden_size", "vocab_size", "seq_length")
+_POSITIVE = ("num_layers", "hidden_size", "num_attention_heads", "num_query_groups", "ffn_hidden_size",
+             "vocab_size", "seq_length", "max_position_embeddings", "make_vocab_size_divisible_by")
 
 
-@dataclass
+def flag(field_name: str) -> str:
+    """The command-line flag that sets a field."""
+    return {"family": "--model-family", "norm_eps": "--norm-epsilon", "init_std": "--init-method-std",
+            "rope_theta": "--rotary-base"}.get(field_name, "--" + field_name.replace("_", "-"))
+
+
+@dataclass(frozen=True)
 class GPTConfig:
     family: str = "gpt2"  # gpt2: learned positions, LayerNorm, GELU, biases, tied embeddings
     num_layers: int = 2   # llama: RoPE, RMSNorm, SwiGLU, grouped-query attention, untied head
@@ -32,20 +49,21 @@ class GPTConfig:
     def __post_init__(self):
         if self.family not in FAMILIES:
             raise UserError(f"--model-family {self.family!r}: use one of {', '.join(FAMILIES)}")
-        if self.num_query_groups is None:
-            self.num_query_groups = self.num_attention_heads
-        if self.ffn_hidden_size is None:
-            self.ffn_hidden_size = 4 * self.hidden_size
-        if self.max_position_embeddings is None:
-            self.max_position_embeddings = self.seq_length
-        if self.tie_embeddings is None:
-            self.tie_embeddings = self.family == "gpt2"
+        defaults = {"num_query_groups": self.num_attention_heads, "ffn_hidden_size": 4 * self.hidden_size,
+                    "max_position_embeddings": self.seq_length, "tie_embeddings": self.family == "gpt2"}
+        for k, v in defaults.items():
+            if getattr(self, k) is None:
+                object.__setattr__(self, k, v)  # frozen: the defaults are filled once, here
+        for k in _POSITIVE:
+            v = getattr(self, k)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise UserError(f"{flag(k)} {v!r} must be a positive integer")
         if self.hidden_size % self.num_attention_heads:
-            raise UserError(f"--hidden-size {self.hidden_size} is not divisible by --num-attention-heads "
-                            f"{self.num_attention_heads}")
+            raise UserError(f"{flag('hidden_size')} {self.hidden_size} is not divisible by "
+                            f"{flag('num_attention_heads')} {self.num_attention_heads}")
         if self.num_attention_heads % self.num_query_groups:
-            raise UserError(f"--num-attention-heads {self.num_attention_heads} is not divisible by "
-                            f"--num-query-groups {self.num_query_groups}")
+            raise UserError(f"{flag('num_attention_heads')} {self.num_attention_heads} is not divisible by "
+                            f"{flag('num_query_groups')} {self.num_query_groups}")
         if self.family == "gpt2" and self.num_query_groups != self.num_attention_heads:
             raise UserError("grouped-query attention (--num-query-groups) is only for --model-family llama")
         if self.attention_backend not in ATTENTION_BACKENDS:
@@ -59,6 +77,11 @@ class GPTConfig:
         return self.hidden_size // self.num_attention_heads
 
     @property
+    def kv_size(self) -> int:
+        """Width of the K (and of the V) projection: query groups x head size."""
+        return self.head_dim * self.num_query_groups
+
+    @property
     def gated_mlp(self) -> bool:
         return self.family == "llama"
 
@@ -66,20 +89,22 @@ class GPTConfig:
     def has_bias(self) -> bool:
         return self.family == "gpt2"
 
+    def to_dict(self) -> Dict[str, Any]:
+        return dataclasses.asdict(self)
+
     def layer_param_count(self) -> int:
-        h, f, hd = self.hidden_size, self.ffn_hidden_size, self.head_dim
-        qkv = h * (self.num_attention_heads + 2 * self.num_query_groups) * hd
-        dense = self.num_attention_heads * hd * h
-        mlp = (3 if self.gated_mlp else 2) * h * f
-        n = qkv + dense + mlp
-        if self.has_bias:
-            n += (self.num_attention_heads + 2 * self.num_query_groups) * hd + h + f + h + 4 * h
-        else:
-            n += 2 * h
-        return n
+        h, f, kv = self.hidden_size, self.ffn_hidden_size, self.kv_size
+        n = h * (h + 2 * kv) + h * h + (3 if self.gated_mlp else 2) * h * f
+        if self.has_bias:  # qkv, dense, fc1, fc2 biases and two LayerNorms (weight + bias)
+            return n + (h + 2 * kv) + h + f + h + 4 * h
+        return n + 2 * h  # two RMSNorm weights
+
+    def vocab_param_count(self) -> int:
+        """Parameters of one vocab matrix (the embedding, or the untied LM head)."""
+        return self.vocab_size * self.hidden_size
 
     def param_count(self) -> int:
-        emb = self.vocab_size * self.hidden_size
+        emb = self.vocab_param_count()
         n = self.num_layers * self.layer_param_count() + emb + self.hidden_size * (2 if self.has_bias else 1)
         if self.family == "gpt2":
             n += self.max_position_embeddings * self.hidden_size
@@ -90,3 +115,52 @@ class GPTConfig:
     def flops_per_token(self) -> float:
         """Training FLOPs per token: 6N for the dense matmuls plus attention scores and values."""
         return 6 * self.param_count() + 12 * self.num_layers * self.hidden_size * self.seq_length
+
+
+# Toy defaults let a bare `pretrain_gpt.py` run; CLIs that describe a real model pass required=True.
+_SHAPE_DEFAULTS = {"num_layers": 2, "hidden_size": 64, "num_attention_heads": 4, "seq_length": 32, "vocab_size": 256}
+
+
+def add_model_args(p: argparse.ArgumentParser, required: bool = False) -> None:
+    """The model flags (Megatron-LM spelling) every CLI shares; ``required``: the shape has no default."""
+    g = p.add_argument_group("model")
+
+    def shape(name: str, help_: str) -> None:
+        if required:
+            g.add_argument(name, type=int, required=True, help=help_)
+        else:
+            g.add_argument(name, type=int, default=_SHAPE_DEFAULTS[name[2:].replace("-", "_")],
+                           help=help_ + " (default: %(default)s)")
+
+    g.add_argument("--model-family", choices=FAMILIES, default="gpt2",
+                   help="gpt2: learned positions, LayerNorm, GELU, biases, tied embeddings; llama: RoPE, "
+                        "RMSNorm, SwiGLU, grouped-query attention, untied head (default: %(default)s)")
+    shape("--num-layers", "transformer layers")
+    shape("--hidden-size", "hidden size")
+    shape("--num-attention-heads", "attention heads")
+    g.add_argument("--num-query-groups", type=int, default=None, help="K/V heads (default: --num-attention-heads)")
+    g.add_argument("--ffn-hidden-size", type=int, default=None, help="MLP width (default: 4 x --hidden-size)")
+    shape("--seq-length", "tokens per sample")
+    g.add_argument("--max-position-embeddings", type=int, default=None, help="default: --seq-length")
+    shape("--vocab-size", "vocabulary size before padding")
+    g.add_argument("--make-vocab-size-divisible-by", type=int, default=128,
+                   help="pad the vocabulary to a multiple of this x the vocab TP degree (default: %(default)s)")
+    g.add_argument("--hidden-dropout", type=float, default=0.0)
+    g.add_argument("--attention-dropout", type=float, default=0.0)
+    g.add_argument("--norm-epsilon", type=float, default=1e-5)
+    g.add_argument("--init-method-std", type=float, default=0.02)
+    g.add_argument("--rotary-base", type=float, default=10000.0)
+    g.add_argument("--use-flash-attn", action="store_true", help="use the flash-attn package if installed")
+    g.add_argument("--attention-backend", default="default", choices=ATTENTION_BACKENDS,
+                   help="PyTorch SDPA kernel to try first (others stay as fallbacks); default: PyTorch's own order")
+
+
+def config_from_args(args: argparse.Namespace) -> GPTConfig:
+    return GPTConfig(
+        family=args.model_family, num_layers=args.num_layers, hidden_size=args.hidden_size,
+        num_attention_heads=args.num_attention_heads, num_query_groups=args.num_query_groups,
+        ffn_hidden_size=args.ffn_hidden_size, vocab_size=args.vocab_size, seq_length=args.seq_length,
+        max_position_embeddings=args.max_position_embeddings, hidden_dropout=args.hidden_dropout,
+        attention_dropout=args.attention_dropout, norm_eps=args.norm_epsilon, init_std=args.init_method_std,
+        rope_theta=args.rotary_base, make_vocab_size_divisible_by=args.make_vocab_size_divisible_by,
+        use_flash_attn=args.use_flash_attn, attention_backend=args.attention_backend)

@@ -3,29 +3,7 @@ import argparse
 
 from megatron_galvatron import plan as plan_mod
 from megatron_galvatron.errors import UserError
-from megatron_galvatron.model.config import GPTConfig
-
-
-def add_model_args(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("model")
-    g.add_argument("--model-family", choices=["gpt2", "llama"], default="gpt2")
-    g.add_argument("--num-layers", type=int, default=2)
-    g.add_argument("--hidden-size", type=int, default=64)
-    g.add_argument("--num-attention-heads", type=int, default=4)
-    g.add_argument("--num-query-groups", type=int, default=None)
-    g.add_argument("--ffn-hidden-size", type=int, default=None)
-    g.add_argument("--seq-length", type=int, default=32)
-    g.add_argument("--max-position-embeddings", type=int, default=None)
-    g.add_argument("--vocab-size", type=int, default=256)
-    g.add_argument("--make-vocab-size-divisible-by", type=int, default=128)
-    g.add_argument("--hidden-dropout", type=float, default=0.0)
-    g.add_argument("--attention-dropout", type=float, default=0.0)
-    g.add_argument("--norm-epsilon", type=float, default=1e-5)
-    g.add_argument("--init-method-std", type=float, default=0.02)
-    g.add_argument("--rotary-base", type=float, default=10000.0)
-    g.add_argument("--use-flash-attn", action="store_true", help="use the flash-attn package if installed")
-    g.add_argument("--attention-backend", default="default", choices=["default", "cudnn", "flash", "efficient", "math"],
-                   help="PyTorch SDPA kernel to try first (others stay as fallbacks); default: PyTorch's own order")
+from megatron_galvatron.model.config import GPTConfig, add_model_args
 
 
 def add_parallel_args(p: argparse.ArgumentParser) -> None:
@@ -94,25 +72,6 @@ def build_parser(description: str = "Train a GPT model under a per-layer hybrid 
     return p
 
 
-def model_config(args) -> GPTConfig:
-    for name in ("num_layers", "hidden_size", "num_attention_heads", "seq_length", "vocab_size"):
-        if getattr(args, name) < 1:
-            raise UserError(f"--{name.replace('_', '-')} must be >= 1")
-    return GPTConfig(
-        family=args.model_family, num_layers=args.num_layers, hidden_size=args.hidden_size,
-        num_attention_heads=args.num_attention_heads, num_query_groups=args.num_query_groups,
-        ffn_hidden_size=args.ffn_hidden_size, vocab_size=args.vocab_size, seq_length=args.seq_length,
-        max_position_embeddings=args.max_position_embeddings, hidden_dropout=args.hidden_dropout,
-        attention_dropout=args.attention_dropout, norm_eps=args.norm_epsilon, init_std=args.init_method_std,
-        rope_theta=args.rotary_base, make_vocab_size_divisible_by=args.make_vocab_size_divisible_by,
-        use_flash_attn=args.use_flash_attn, attention_backend=getattr(args, "attention_backend", "default"))
-
-
-def model_shape(cfg: GPTConfig) -> plan_mod.ModelShape:
-    return plan_mod.ModelShape(num_layers=cfg.num_layers, num_attention_heads=cfg.num_attention_heads,
-                               num_query_groups=cfg.num_query_groups, ffn_hidden_size=cfg.ffn_hidden_size)
-
-
 def build_plan(args, cfg: GPTConfig, world_size: int) -> plan_mod.Plan:
     """The plan from --galvatron-config, or the uniform GLOBAL-mode plan from the flags."""
     if args.galvatron_config:
@@ -141,16 +100,5 @@ def build_plan(args, cfg: GPTConfig, world_size: int) -> plan_mod.Plan:
                                 chunks=chunks, pipeline_type=args.pipeline_type, vocab_tp=vocab_tp)
         plan.vocab = plan_mod.VocabStrategy(tp=vocab_tp, tp_consec=bool(args.global_tp_consec),
                                             dp_type=vocab_dp_type, sp=args.sequence_parallel and vocab_tp > 1)
-    return check_plan(plan, cfg, world_size)
+    return plan.validate(cfg, world_size=world_size)
 
-
-def check_plan(plan: plan_mod.Plan, cfg: GPTConfig, world_size: int) -> plan_mod.Plan:
-    """Plan validation plus what only the model config can tell (sequence splits)."""
-    plan.validate(model_shape(cfg), world_size=world_size)
-    for i, s in enumerate(plan.layers):
-        if s.sp and cfg.seq_length % s.tp:
-            raise UserError(f"layers[{i}] uses sequence parallelism with tp={s.tp}, which does not divide "
-                            f"--seq-length {cfg.seq_length}")
-    if plan.vocab.sp and cfg.seq_length % plan.vocab.tp:
-        raise UserError(f"vocab sequence parallelism with tp={plan.vocab.tp} does not divide --seq-length")
-    return plan

@@ -13,7 +13,7 @@ import torch
 import torch.distributed as dist
 
 from megatron_galvatron.errors import UserError
-from megatron_galvatron.model.config import GPTConfig
+from megatron_galvatron.model.config import GPTConfig, config_from_args
 from megatron_galvatron.model.parallelize import ParallelModel, parallelize
 from megatron_galvatron.model.stage import StageModel
 from megatron_galvatron.parallel_state import ParallelState, detect_device, init_distributed
@@ -71,8 +71,8 @@ def setup(args, plan: Optional[Plan] = None) -> Trainer:
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     device = detect_device(local_rank)
     rank, world = init_distributed(device)
-    cfg = arguments.model_config(args)
-    plan = arguments.check_plan(plan, cfg, world) if plan else arguments.build_plan(args, cfg, world)
+    cfg = config_from_args(args)
+    plan = plan.validate(cfg, world_size=world) if plan else arguments.build_plan(args, cfg, world)
     ps = ParallelState(plan, rank, world, device)
     # Replicated dropout draws from the default stream: offset it per pipeline stage (as
     # Megatron does) so that stages do not repeat each other's masks.
@@ -109,7 +109,7 @@ def _microbatches(tr: Trainer, dataset, start_sample: int):
     first and last stage reads the whole global micro-batch and keeps its own DP share later."""
     if not (tr.ps.is_first_stage or tr.ps.is_last_stage):
         return [(None, None)] * tr.plan.chunks
-    mb = tr.plan.micro_batch_size
+    mb = tr.plan.global_micro_batch_size
     out = []
     for c in range(tr.plan.chunks):
         first = start_sample + c * mb
@@ -151,7 +151,7 @@ def _p2p(tr: Trainer, dtype) -> Optional[P2P]:
     def shape(layout):
         dp = plan.stage_world // layout.tp
         seq = cfg.seq_length // layout.tp if layout.sp else cfg.seq_length
-        return (seq, plan.micro_batch_size // dp, cfg.hidden_size)
+        return (seq, plan.global_micro_batch_size // dp, cfg.hidden_size)
 
     prev_rank = ps.rank_in_stage(ps.pp_rank - 1) if not ps.is_first_stage else None
     next_rank = ps.rank_in_stage(ps.pp_rank + 1) if not ps.is_last_stage else None
