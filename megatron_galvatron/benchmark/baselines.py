@@ -19,6 +19,7 @@ from torch.nn.parallel import DistributedDataParallel
 from megatron_galvatron.benchmark.plain_gpt import PlainGPT
 from megatron_galvatron.errors import UserError
 from megatron_galvatron.model.config import GPTConfig
+from megatron_galvatron.model.parallelize import apply_activation_checkpointing
 from megatron_galvatron.model.stage import StageModel
 from megatron_galvatron.parallel_state import ParallelState
 from megatron_galvatron.plan import uniform
@@ -49,6 +50,7 @@ class _Ours(torch.nn.Module):
         plan = uniform(1, cfg.num_layers, checkpoint=checkpoint, global_bsz=1, chunks=1)
         ps = ParallelState(plan, 0, 1, device)  # single-rank groups: no collectives inside the model
         self.stage = StageModel(cfg, plan, ps, seed)
+        apply_activation_checkpointing(self.stage.units())
 
     def forward(self, tokens, labels):
         return self.stage(tokens.t(), labels.t()).float().mean()

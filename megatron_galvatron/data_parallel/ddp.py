@@ -21,10 +21,10 @@ import torch.distributed as dist
 from torch import nn
 
 
-def _hook(ref, p: torch.Tensor) -> None:
+def _hook(ref, i: int, p: torch.Tensor) -> None:
     bucket = ref()
     if bucket is not None:
-        bucket._on_grad(p)
+        bucket._on_grad(i, p)
 
 
 class GradBucket:
@@ -34,12 +34,16 @@ class GradBucket:
         self.world = 1 if group is None else dist.get_world_size(group)
         device = self.params[0].device if self.params else torch.device("cpu")
         self.buffer = torch.zeros(sum(p.numel() for p in self.params), dtype=torch.float32, device=device)
+        # Per parameter (same order as self.params): its fp32 main gradient, a view into the
+        # buffer, and under bf16 the buffer its compute copy lives in.
+        self.main_grads: List[torch.Tensor] = []
+        self.compute_copies: List[torch.Tensor] = []
         offset = 0
         for p in self.params:
-            p.grad = self.buffer[offset:offset + p.numel()].view_as(p)
-            p.main_grad_view = p.grad
+            self.main_grads.append(self.buffer[offset:offset + p.numel()].view_as(p))
+            p.grad = self.main_grads[-1]
             if bf16:
-                p.compute_copy = torch.empty_like(p.data, dtype=torch.bfloat16)
+                self.compute_copies.append(torch.empty_like(p.data, dtype=torch.bfloat16))
             offset += p.numel()
         self.sync_enabled = True
         self._ready = 0
@@ -49,18 +53,19 @@ class GradBucket:
             # The hook holds the bucket weakly: parameters own their hooks, so a strong
             # reference would form a cycle through C++ that the garbage collector cannot free.
             ref = weakref.ref(self)
-            for p in self.params:
-                p.register_post_accumulate_grad_hook(functools.partial(_hook, ref))
+            for i, p in enumerate(self.params):
+                p.register_post_accumulate_grad_hook(functools.partial(_hook, ref, i))
 
-    def _on_grad(self, p: torch.Tensor) -> None:
-        if p.grad is not p.main_grad_view:
+    def _on_grad(self, i: int, p: torch.Tensor) -> None:
+        main = self.main_grads[i]
+        if p.grad is not main:
             # A bf16 micro-batch gradient (or one autograd did not accumulate in place): fold it
             # into the fp32 main gradient.
             if p.grad.dtype == torch.float32:
-                p.main_grad_view.copy_(p.grad)
-                p.grad = p.main_grad_view
+                main.copy_(p.grad)
+                p.grad = main
             else:
-                p.main_grad_view.add_(p.grad)
+                main.add_(p.grad)
                 p.grad = None
         if not self.sync_enabled or self.world == 1:
             return
@@ -75,16 +80,16 @@ class GradBucket:
             yield
             return
         masters = [p.data for p in self.params]
-        for p, m in zip(self.params, masters):
-            p.compute_copy.copy_(m)
-            p.data = p.compute_copy
+        for p, m, c in zip(self.params, masters, self.compute_copies):
+            c.copy_(m)
+            p.data = c
             p.grad = None
         try:
             yield
         finally:
-            for p, m in zip(self.params, masters):
+            for p, m, g in zip(self.params, masters, self.main_grads):
                 p.data = m
-                p.grad = p.main_grad_view
+                p.grad = g
 
     def finish(self) -> None:
         if self._handle is not None:
@@ -95,5 +100,5 @@ class GradBucket:
 
     def zero_grad(self) -> None:
         self.buffer.zero_()
-        for p in self.params:
-            p.grad = p.main_grad_view
+        for p, g in zip(self.params, self.main_grads):
+            p.grad = g

@@ -19,12 +19,7 @@ def _dp_full(t: torch.Tensor) -> torch.Tensor:
 
 
 def _tp_groups(stage: StageModel):
-    out = {}
-    for prefix, module in [(f"layers.{i}.", m) for i, m in stage.layers.items()] + \
-            ([("vocab.", stage.vocab)] if stage.vocab is not None else []):
-        for name, _ in module.named_parameters():
-            out[prefix + name] = module.groups.tp_group
-    return out
+    return {f"{u.name}.{name}": u.groups.tp_group for u in stage.units() for name, _ in u.module.named_parameters()}
 
 
 @torch.no_grad()

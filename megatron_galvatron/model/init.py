@@ -6,8 +6,12 @@ global seed and the parameter's canonical name, then the local shard is cut from
 import math
 import zlib
 
+from typing import Dict
+
 import torch
 from torch import nn
+
+from megatron_galvatron.model.param_facts import ParamMeta
 
 # Output projections of each residual branch get std / sqrt(2 * num_layers), as in GPT-2/Megatron.
 _SCALED = ("attention.dense.weight", "mlp.fc2.weight")
@@ -27,11 +31,12 @@ def full_init(name: str, shape, std: float, num_layers: int, seed: int, device) 
 
 
 @torch.no_grad()
-def init_params_(model: nn.Module, std: float, num_layers: int, seed: int) -> None:
-    """Fill every parameter from its full tensor; parameters carry shard_spec, full_shape, tp info."""
+def init_params_(model: nn.Module, facts: Dict[str, ParamMeta], std: float, num_layers: int, seed: int) -> None:
+    """Fill every parameter from its full tensor, cut as its facts (model/param_facts.py) say."""
     for name, p in model.named_parameters():
-        full = full_init(canonical_name(name), p.full_shape, std, num_layers, seed, p.device)
-        p.copy_(p.shard_spec.shard(full, p.tp_rank, p.tp_size).to(p.dtype))
+        m = facts[name]
+        full = full_init(canonical_name(name), m.full_shape, std, num_layers, seed, p.device)
+        p.copy_(m.shard_spec.shard(full, m.tp_rank, m.tp_size).to(p.dtype))
 
 
 def canonical_name(name: str) -> str:

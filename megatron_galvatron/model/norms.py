@@ -3,15 +3,18 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from megatron_galvatron.tensor_parallel.layers import replicated_param
+from megatron_galvatron.tensor_parallel.layers import add_param
 
 
 class Norm(nn.Module):
     def __init__(self, hidden: int, kind: str, eps: float, sequence_parallel: bool, device, dtype=torch.float32):
         super().__init__()
         self.kind, self.eps, self.hidden = kind, eps, hidden
-        self.weight = replicated_param((hidden,), device, dtype, sequence_parallel)
-        self.bias = replicated_param((hidden,), device, dtype, sequence_parallel) if kind == "layernorm" else None
+        add_param(self, "weight", (hidden,), (hidden,), device, dtype, sequence_parallel=sequence_parallel)
+        if kind == "layernorm":
+            add_param(self, "bias", (hidden,), (hidden,), device, dtype, sequence_parallel=sequence_parallel)
+        else:
+            self.bias = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.kind == "layernorm":

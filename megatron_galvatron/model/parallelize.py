@@ -1,8 +1,14 @@
-"""Apply data parallelism to a stage model, layer by layer, as the plan says.
+"""The one builder: applies every per-unit concern the plan names to a built stage.
 
-Each layer (and the vocab module) gets its own wrapper on its own DP group: FSDP2 for
-zero2/zero3, a flat-buffer all-reduce bucket for ddp (and for any DP degree of 1). The result
-knows how to drive gradient synchronisation for a step and which parameters to clip.
+Over ``StageModel.units()`` (each layer, then the vocab module), in this order:
+  1. activation checkpointing of the layers whose strategy says ``checkpoint``;
+  2. torch.compile of every layer when the plan says ``compile`` (after 1, so that a compiled
+     layer compiles its own recomputation: a checkpoint around a compiled layer would
+     recompute through another graph);
+  3. data parallelism on the unit's own DP group: FSDP2 for zero2/zero3, a flat-buffer
+     all-reduce bucket for ddp (and for any DP degree of 1). FSDP goes last because it
+     replaces the parameters it shards.
+The result drives gradient synchronisation for a step and knows which parameters to clip.
 """
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
@@ -19,7 +25,9 @@ from megatron_galvatron.data_parallel.grad_sync import (
     local_grad,
     sync_sequence_parallel_grads,
 )
-from megatron_galvatron.model.stage import StageModel
+from megatron_galvatron.model.activation_checkpoint import checkpoint_module
+from megatron_galvatron.model.stage import StageModel, Unit
+from megatron_galvatron.plan import Plan
 
 
 @dataclass
@@ -60,10 +68,10 @@ class ParallelModel:
     def _sequence_parallel_params(self):
         meta = self.stage.param_meta
         out = []
-        for prefix, module in _prefixed_modules(self.stage):
-            params = [p for n, p in module.named_parameters() if meta[prefix + n].sequence_parallel]
+        for u in self.stage.units():
+            params = [p for n, p in u.module.named_parameters() if meta[f"{u.name}.{n}"].sequence_parallel]
             if params:
-                out.append((params, module.groups.tp_group))
+                out.append((params, u.groups.tp_group))
         return out
 
     def clip_grads(self, max_norm: float) -> torch.Tensor:
@@ -75,13 +83,6 @@ class ParallelModel:
         for m in self.sharded:
             for p in m.parameters():
                 p.grad = None
-
-
-def _prefixed_modules(stage: StageModel):
-    out = [(f"layers.{i}.", layer) for i, layer in stage.layers.items()]
-    if stage.vocab is not None:
-        out.append(("vocab.", stage.vocab))
-    return out
 
 
 def _prefetch_neighbours(stage: StageModel, sharded: List[nn.Module]) -> None:
@@ -114,31 +115,49 @@ def _share_streams(sharded: List[nn.Module]) -> None:
     share_comm_ctx(sharded)
 
 
-def parallelize(stage: StageModel, bf16: bool) -> ParallelModel:
-    plan, ps = stage.plan, stage.ps
+def apply_activation_checkpointing(units: List[Unit]) -> None:
+    for u in units:
+        if getattr(u.strategy, "checkpoint", False):
+            checkpoint_module(u.module, u.module.tracker.generator)
+
+
+def _grad_copies(stage: StageModel, u: Unit, sharded: bool, tied_across_stages: bool):
+    """How many ranks hold an identical copy of each local gradient element of the unit."""
+    out = {}
+    for name, _ in u.module.named_parameters():
+        meta = stage.param_meta[f"{u.name}.{name}"]
+        factor = float(meta.tp_size if meta.shard_spec.dim is None else 1)
+        if not sharded:
+            factor *= u.groups.dp
+        if tied_across_stages and name == "word_embeddings.weight":
+            factor *= 2
+        out[f"{u.name}.{name}"] = factor
+    return out
+
+
+def parallelize(stage: StageModel, plan: Plan, bf16: bool) -> ParallelModel:
+    """Apply ``plan`` (the one the stage was built from) to ``stage``, in the order above."""
+    if plan is not stage.plan:
+        raise ValueError("parallelize: the stage was built from another plan")
+    units = stage.units()
+    apply_activation_checkpointing(units)
+    if plan.compile:
+        for u in units:
+            if u.name.startswith("layers."):
+                u.module.compile()
+    ps = stage.ps
     pm = ParallelModel(stage=stage)
-    units = [(prefix, module, plan.layers[int(prefix.split(".")[1])].dp_type if prefix != "vocab." else
-              plan.vocab.dp_type, ("embed", "head") if prefix == "vocab." else ())
-             for prefix, module in _prefixed_modules(stage)]
     tied_across_stages = stage.cfg.tie_embeddings and plan.pp_deg > 1 and stage.vocab is not None
     factors = {}
-    for prefix, module, dp_type, methods in units:
-        groups = module.groups
-        sharded = groups.dp > 1 and dp_type in ("zero2", "zero3")
-        # How many ranks hold an identical copy of each local gradient element.
-        for name, _ in module.named_parameters():
-            meta = stage.param_meta[prefix + name]
-            factor = float(meta.tp_size if meta.shard_spec.dim is None else 1)
-            if not sharded:
-                factor *= groups.dp
-            if tied_across_stages and name == "word_embeddings.weight":
-                factor *= 2
-            factors[prefix + name] = factor
+    for u in units:
+        sharded = u.groups.dp > 1 and u.strategy.dp_type in ("zero2", "zero3")
+        factors.update(_grad_copies(stage, u, sharded, tied_across_stages))
         if sharded:
-            fsdp.shard_module(module, groups.dp_group, ps.device, dp_type, bf16, methods)
-            pm.sharded.append(module)
+            methods = ("embed", "head") if u.name == "vocab" else ()
+            fsdp.shard_module(u.module, u.groups.dp_group, ps.device, u.strategy.dp_type, bf16, methods)
+            pm.sharded.append(u.module)
         else:
-            pm.buckets.append(GradBucket(module, groups.dp_group, bf16=bf16))
+            pm.buckets.append(GradBucket(u.module, u.groups.dp_group, bf16=bf16))
     _share_streams(pm.sharded)
     if tied_across_stages:
         pm.tied_pair_group = ps.group(ps.embedding_ranks)

@@ -2,34 +2,35 @@
 
 forward() walks the stage: embedding (first stage), then each layer under its own strategy,
 re-laying out the activation wherever two neighbours' layouts differ, then the LM head and
-loss (last stage). Parallel wrappers (data parallelism, compile) are applied afterwards by
-model/parallelize.py; this module is plain PyTorch given explicit groups.
+loss (last stage). Every other per-layer concern (checkpointing, compile, data parallelism)
+is applied afterwards by model/parallelize.py over ``units()``; this module is plain PyTorch
+given explicit groups.
 """
 from dataclasses import dataclass
-from typing import Dict, Optional, Tuple
+from typing import Dict, List, Optional, Union
 
 import torch
 from torch import nn
 
 from megatron_galvatron.model.config import GPTConfig
 from megatron_galvatron.model.init import init_params_
+from megatron_galvatron.model.param_facts import ParamMeta, param_facts
 from megatron_galvatron.model.relayout import relayout
 from megatron_galvatron.model.transformer_layer import TransformerLayer
 from megatron_galvatron.model.vocab import VocabModule
-from megatron_galvatron.parallel_state import Layout, ParallelState
-from megatron_galvatron.plan import Plan
-from megatron_galvatron.tensor_parallel.sharding import ShardSpec
+from megatron_galvatron.parallel_state import LayerGroups, Layout, ParallelState
+from megatron_galvatron.plan import LayerStrategy, Plan, VocabStrategy
 
 
 @dataclass(frozen=True)
-class ParamMeta:
-    """Where a local parameter sits in its full tensor."""
+class Unit:
+    """One piece of a stage that runs under its own strategy: a transformer layer or the vocab
+    module. ``name`` is the prefix of its parameters' names ("layers.3", "vocab")."""
 
-    shard_spec: ShardSpec
-    full_shape: Tuple[int, ...]
-    tp_rank: int
-    tp_size: int
-    sequence_parallel: bool
+    name: str
+    module: nn.Module
+    strategy: Union[LayerStrategy, VocabStrategy]
+    groups: LayerGroups
 
 
 class StageModel(nn.Module):
@@ -50,22 +51,24 @@ class StageModel(nn.Module):
         for i in self.layer_ids:
             s = plan.layers[i]
             groups = ps.layer_groups(s)
-            self.layers[str(i)] = TransformerLayer(cfg, groups, groups.layout.sp, s.checkpoint, seed, device,
-                                                   layer_idx=i)
+            self.layers[str(i)] = TransformerLayer(cfg, groups, groups.layout.sp, seed, device, layer_idx=i)
             self.layouts.append(groups.layout)
         # Layout of what arrives from the previous stage (its last layer's).
         self.input_layout = (self.vocab_layout if ps.is_first_stage
                              else Layout.of(plan.layers[self.layer_ids[0] - 1], w))
-        for module in self.modules():  # shard coordinates for init and checkpoints
-            groups = getattr(module, "groups", None)
-            if groups is not None:
-                for p in module.parameters():
-                    p.tp_rank, p.tp_size = groups.tp_rank, groups.tp
-        init_params_(self, cfg.init_std, cfg.num_layers, seed)
-        # Data-parallel wrappers replace parameter objects; keep what is known about each by name.
-        self.param_meta: Dict[str, ParamMeta] = {
-            name: ParamMeta(p.shard_spec, p.full_shape, p.tp_rank, p.tp_size, p.sequence_parallel)
-            for name, p in self.named_parameters()}
+        # Data-parallel wrappers replace parameter objects; what is known about each is kept by name.
+        self.param_meta: Dict[str, ParamMeta] = {}
+        for u in self.units():
+            self.param_meta.update(param_facts(u.module, u.groups.tp_rank, u.groups.tp, prefix=u.name + "."))
+        init_params_(self, self.param_meta, cfg.init_std, cfg.num_layers, seed)
+
+    def units(self) -> List[Unit]:
+        """The stage's layers in order, then the vocab module (where this stage has one)."""
+        out = [Unit(f"layers.{i}", self.layers[str(i)], self.plan.layers[i], self.layers[str(i)].groups)
+               for i in self.layer_ids]
+        if self.vocab is not None:
+            out.append(Unit("vocab", self.vocab, self.plan.vocab, self.vocab_groups))
+        return out
 
     @property
     def output_layout(self) -> Layout:

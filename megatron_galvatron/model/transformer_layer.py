@@ -9,7 +9,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
-from torch.utils.checkpoint import checkpoint
 
 from megatron_galvatron.model.config import GPTConfig
 from megatron_galvatron.model.norms import Norm, norm_kind
@@ -108,10 +107,9 @@ class MLP(nn.Module):
 
 
 class TransformerLayer(nn.Module):
-    def __init__(self, cfg: GPTConfig, groups: LayerGroups, sp: bool, checkpoint: bool, seed: int, device,
-                 layer_idx: int = 0):
+    def __init__(self, cfg: GPTConfig, groups: LayerGroups, sp: bool, seed: int, device, layer_idx: int = 0):
         super().__init__()
-        self.cfg, self.groups, self.sp, self.use_checkpoint = cfg, groups, sp, checkpoint
+        self.cfg, self.groups, self.sp = cfg, groups, sp
         self.tracker = RNGTracker(seed, groups.tp_rank, device, stream=1 + layer_idx)
         kind = norm_kind(cfg.family)
         self.input_norm = Norm(cfg.hidden_size, kind, cfg.norm_eps, sp, device)
@@ -128,24 +126,6 @@ class TransformerLayer(nn.Module):
                 return F.dropout(x, p, True)
         return F.dropout(x, p, True)
 
-    def _forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x + self._dropout(self.attention(self.input_norm(x)))
         return x + self._dropout(self.mlp(self.post_attention_norm(x)))
-
-    def _checkpointed(self, x: torch.Tensor, first_state: torch.Tensor, done: list) -> torch.Tensor:
-        if not done:  # the first pass draws from the live stream
-            done.append(True)
-            return self._forward(x)
-        # Recomputation replays the first pass's masks. Other micro-batches may have drawn since
-        # (pipeline warm-up), so the live stream is put back afterwards, not left at the replay's end.
-        live = self.tracker.generator.get_state()
-        self.tracker.generator.set_state(first_state)
-        try:
-            return self._forward(x)
-        finally:
-            self.tracker.generator.set_state(live)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.use_checkpoint and self.training and torch.is_grad_enabled():
-            return checkpoint(self._checkpointed, x, self.tracker.generator.get_state(), [], use_reentrant=False)
-        return self._forward(x)

@@ -16,8 +16,8 @@ from megatron_galvatron.tensor_parallel.cross_entropy import vocab_parallel_cros
 from megatron_galvatron.tensor_parallel.layers import (
     ColumnParallelLinear,
     VocabParallelEmbedding,
+    add_param,
     pad_vocab,
-    replicated_param,
 )
 from megatron_galvatron.tensor_parallel.mappings import copy_to_tp, gather_from_sp, scatter_to_sp
 from megatron_galvatron.tensor_parallel.random import RNGTracker
@@ -35,8 +35,8 @@ class VocabModule(nn.Module):
             self.word_embeddings = VocabParallelEmbedding(cfg.vocab_size, self.padded_vocab, cfg.hidden_size,
                                                           groups.tp_group, device=device)
         if has_embedding and cfg.family == "gpt2":
-            self.position_embeddings = replicated_param((cfg.max_position_embeddings, cfg.hidden_size), device,
-                                                        torch.float32)
+            shape = (cfg.max_position_embeddings, cfg.hidden_size)
+            add_param(self, "position_embeddings", shape, shape, device, torch.float32)
         if has_head:
             self.final_norm = Norm(cfg.hidden_size, norm_kind(cfg.family), cfg.norm_eps, sp, device)
             if not cfg.tie_embeddings:

@@ -20,7 +20,9 @@ from torch import nn
 
 from megatron_galvatron.errors import UserError
 from megatron_galvatron.model.config import GPTConfig
+from megatron_galvatron.model.activation_checkpoint import checkpoint_module, checkpointed
 from megatron_galvatron.model.init import init_params_
+from megatron_galvatron.model.param_facts import param_facts
 from megatron_galvatron.model.transformer_layer import TransformerLayer
 from megatron_galvatron.model.vocab import VocabModule
 from megatron_galvatron.profiling.fit import bytes_per_token, time_entry
@@ -122,14 +124,16 @@ class ModelProfiler:
 
     # ---------------------------------------------------------------- building blocks
     def _init(self, module: nn.Module, groups) -> nn.Module:
-        for p in module.parameters():
-            p.tp_rank, p.tp_size = groups.tp_rank, groups.tp
-        init_params_(module, self.cfg.init_std, self.cfg.num_layers, self.s.seed)
+        init_params_(module, param_facts(module, groups.tp_rank, groups.tp), self.cfg.init_std,
+                     self.cfg.num_layers, self.s.seed)
         return module
 
     def layer(self, shards: ShardGroups, tp: int, sp: bool, checkpoint: bool = False) -> TransformerLayer:
         g = shards.layer_groups(tp, sp)
-        return self._init(TransformerLayer(self.cfg, g, g.layout.sp, checkpoint, self.s.seed, self.device), g)
+        layer = self._init(TransformerLayer(self.cfg, g, g.layout.sp, self.s.seed, self.device), g)
+        if checkpoint:
+            checkpoint_module(layer, layer.tracker.generator)
+        return layer
 
     def vocab(self, shards: ShardGroups, tp: int) -> VocabModule:
         g = shards.layer_groups(tp, False)
@@ -215,9 +219,8 @@ class ModelProfiler:
         # A checkpointed layer's backward recomputes the forward first, stopping where the last
         # saved tensor is back: timed as it runs, since its share of the forward's time depends
         # on how fast each part's kernels are, not only on its multiply-adds.
-        layer.use_checkpoint = True
-        _, bwd_ckpt = self._fwd_bwd(lambda: layer(x), autocast)
-        layer.use_checkpoint = False
+        with checkpointed(layer, layer.tracker.generator):
+            _, bwd_ckpt = self._fwd_bwd(lambda: layer(x), autocast)
         layer.zero_grad(set_to_none=True)
         # A compiled layer saves what inductor's partition of forward and backward keeps (it
         # recomputes cheap elementwise results instead), so it is counted through the compiled
@@ -225,9 +228,8 @@ class ModelProfiler:
         mem = list(saved_bytes(layer, lambda: layer(x), autocast))
         # Checkpointed, a layer keeps its input whatever runs inside: counted on forward(), the
         # eager call, which is what every checkpointed profile so far has counted.
-        layer.use_checkpoint = True
-        mem += list(saved_bytes(layer, lambda: layer.forward(x), autocast))
-        layer.use_checkpoint = False
+        with checkpointed(layer, layer.tracker.generator):
+            mem += list(saved_bytes(layer, lambda: layer.forward(x), autocast))
         return [fwd, bwd] + mem + [bwd_ckpt]
 
     def _vocab_point(self, vocab: VocabModule, mb: int, seq: int) -> List[float]:

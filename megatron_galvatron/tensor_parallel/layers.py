@@ -1,7 +1,8 @@
 """Tensor-parallel layers (Megatron style) that take their TP group explicitly.
 
-Weights are allocated as local shards; the model initialises them from full tensors through
-each parameter's ``shard_spec`` so that every layout starts from the same full weights.
+Weights are allocated as local shards. Each module records in ``param_specs`` how each of its
+parameters is cut from the full tensor (model/param_facts.py collects them), so that every
+layout starts from, and checkpoints back to, the same full weights.
 """
 import math
 from typing import Optional, Tuple
@@ -17,29 +18,25 @@ from megatron_galvatron.tensor_parallel.mappings import (
     reduce_from_tp,
     reduce_scatter_to_sp,
 )
-from megatron_galvatron.tensor_parallel.sharding import ShardSpec
+from megatron_galvatron.tensor_parallel.sharding import ParamSpec, ShardSpec
 
 
 def group_size(group) -> int:
     return 1 if group is None else dist.get_world_size(group)
 
 
-def replicated_param(shape, device, dtype, sequence_parallel: bool = False) -> nn.Parameter:
-    """A parameter every TP rank holds whole (norms, position embeddings)."""
-    return _param(shape, ShardSpec(), shape, device, dtype, sequence_parallel)
-
-
 def group_rank(group) -> int:
     return 0 if group is None else dist.get_rank(group)
 
 
-def _param(shape, spec: ShardSpec, full_shape, device, dtype, sequence_parallel: bool = False) -> nn.Parameter:
-    p = nn.Parameter(torch.empty(shape, device=device, dtype=dtype))
-    p.shard_spec, p.full_shape = spec, tuple(full_shape)
-    # Replicated across the TP group but fed sequence-sharded inputs: gradients are partial
-    # per TP rank and are summed over the TP group after backward.
-    p.sequence_parallel = sequence_parallel
-    return p
+def add_param(module: nn.Module, name: str, local_shape, full_shape, device, dtype,
+              spec: ShardSpec = ShardSpec(), sequence_parallel: bool = False) -> None:
+    """Register an uninitialised parameter on ``module`` and record how it is cut from the full
+    tensor; ``spec`` defaults to replicated (every TP rank holds it whole)."""
+    module.register_parameter(name, nn.Parameter(torch.empty(local_shape, device=device, dtype=dtype)))
+    if "param_specs" not in module.__dict__:
+        module.param_specs = {}
+    module.param_specs[name] = ParamSpec(spec, tuple(full_shape), sequence_parallel)
 
 
 class ColumnParallelLinear(nn.Module):
@@ -56,8 +53,11 @@ class ColumnParallelLinear(nn.Module):
         padded = out_features if unpadded_out is not None else None
         full_out = unpadded_out if unpadded_out is not None else out_features
         spec = ShardSpec(dim=0, blocks=blocks, padded_size=padded)
-        self.weight = _param((out_features // tp, in_features), spec, (full_out, in_features), device, dtype)
-        self.bias = _param((out_features // tp,), spec, (full_out,), device, dtype) if bias else None
+        add_param(self, "weight", (out_features // tp, in_features), (full_out, in_features), device, dtype, spec)
+        if bias:
+            add_param(self, "bias", (out_features // tp,), (full_out,), device, dtype, spec)
+        else:
+            self.bias = None
 
     def forward(self, x: torch.Tensor, weight: Optional[torch.Tensor] = None) -> torch.Tensor:
         if self.sequence_parallel:
@@ -77,10 +77,13 @@ class RowParallelLinear(nn.Module):
         if in_features % tp:
             raise ValueError(f"input size {in_features} not divisible by tp={tp}")
         self.group, self.sequence_parallel = group, sequence_parallel
-        self.weight = _param((out_features, in_features // tp), ShardSpec(dim=1), (out_features, in_features),
-                             device, dtype)
-        self.bias = _param((out_features,), ShardSpec(), (out_features,), device, dtype,
-                           sequence_parallel) if bias else None
+        add_param(self, "weight", (out_features, in_features // tp), (out_features, in_features), device, dtype,
+                  ShardSpec(dim=1))
+        if bias:
+            add_param(self, "bias", (out_features,), (out_features,), device, dtype,
+                      sequence_parallel=sequence_parallel)
+        else:
+            self.bias = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = F.linear(x, self.weight)
@@ -103,8 +106,8 @@ class VocabParallelEmbedding(nn.Module):
         self.group, self.sequence_parallel = group, sequence_parallel
         self.per_rank = padded_vocab_size // tp
         self.vocab_start = group_rank(group) * self.per_rank
-        self.weight = _param((self.per_rank, hidden), ShardSpec(dim=0, padded_size=padded_vocab_size),
-                             (vocab_size, hidden), device, dtype)
+        add_param(self, "weight", (self.per_rank, hidden), (vocab_size, hidden), device, dtype,
+                  ShardSpec(dim=0, padded_size=padded_vocab_size))
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         if group_size(self.group) == 1:

@@ -12,6 +12,8 @@ import torch
 
 @dataclass(frozen=True)
 class ShardSpec:
+    """How a TP rank's local tensor is cut from the full one."""
+
     dim: Optional[int] = None          # None: replicated across the TP group
     blocks: Optional[Tuple[int, ...]] = None  # sizes along dim of independently split blocks
     padded_size: Optional[int] = None  # pad dim to this size with zeros before splitting
@@ -44,3 +46,14 @@ class ShardSpec:
         if full_size is not None:
             full = full.narrow(self.dim, 0, full_size)
         return full
+
+
+@dataclass(frozen=True)
+class ParamSpec:
+    """What a module declares about one of its parameters when it creates it."""
+
+    shard_spec: ShardSpec
+    full_shape: Tuple[int, ...]
+    # Replicated across the TP group but fed sequence-sharded inputs: gradients are partial
+    # per TP rank and are summed over the TP group after backward.
+    sequence_parallel: bool = False

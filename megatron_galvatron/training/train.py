@@ -1,6 +1,7 @@
 """Set up a run from flags and train: one step goes data -> schedule (forward/backward over
 micro-batches, through the stage model's layers and their collectives) -> gradient sync ->
 clip -> AdamW -> LR schedule."""
+import dataclasses
 import json
 import os
 import time
@@ -73,15 +74,14 @@ def setup(args, plan: Optional[Plan] = None) -> Trainer:
     rank, world = init_distributed(device)
     cfg = config_from_args(args)
     plan = plan.validate(cfg, world_size=world) if plan else arguments.build_plan(args, cfg, world)
+    if args.compile and not plan.compile:  # the flag asks what a searched plan may say itself
+        plan = dataclasses.replace(plan, compile=True)
     ps = ParallelState(plan, rank, world, device)
     # Replicated dropout draws from the default stream: offset it per pipeline stage (as
     # Megatron does) so that stages do not repeat each other's masks.
     torch.manual_seed(args.seed + 100 * ps.pp_rank)
     stage = StageModel(cfg, plan, ps, args.seed)
-    if args.compile or plan.compile:
-        for layer in stage.layers.values():
-            layer.compile()
-    model = parallelize(stage, args.bf16)
+    model = parallelize(stage, plan, args.bf16)
     optimizer = build_optimizer(stage, args.lr, args.weight_decay, (args.adam_beta1, args.adam_beta2), args.adam_eps)
     decay = args.lr_decay_iters or args.train_iters
     sched = LRSchedule(args.lr, args.min_lr, args.lr_warmup_iters, decay, args.lr_decay_style)
