@@ -4,14 +4,10 @@
     torchrun --nproc-per-node 4 pretrain_gpt.py --global-tp-deg 2 --default-dp-type zero3 ...
 """
 import gc
-import os
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
-from megatron_galvatron.errors import exit_on_user_error  # noqa: E402
-from megatron_galvatron.training.arguments import build_parser  # noqa: E402
-from megatron_galvatron.training.train import setup, train  # noqa: E402
+from megatron_galvatron.errors import exit_on_user_error
+from megatron_galvatron.training.arguments import build_parser
+from megatron_galvatron.training.train import setup, train
 
 
 def main(argv=None) -> None:

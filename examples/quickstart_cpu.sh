@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python -m pip install -q torch==2.13.0 pybind11 numpy
-python -m pip install -q --no-build-isolation -e .
+python -m pip install -q --no-build-isolation -e ".[plot]"
 MODEL="--model-family gpt2 --num-layers 4 --hidden-size 64 --num-attention-heads 4 --seq-length 64 --vocab-size 512"
 OUT=${OUT:-runs/quickstart}
 mkdir -p "$OUT"

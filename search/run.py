@@ -15,17 +15,14 @@ import time
 from itertools import groupby
 from typing import List
 
-if __package__ in (None, ""):  # run as `python search/run.py`
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from megatron_galvatron.errors import UserError, exit_on_user_error  # noqa: E402
-from megatron_galvatron.model.config import add_model_args, config_from_args  # noqa: E402
-from search.bound import compute_bound  # noqa: E402
-from search.comm import Network  # noqa: E402
-from search.cost_model import CostModel  # noqa: E402
-from search.engine import InfeasibleError, Result, Searcher  # noqa: E402
-from search.profiles import check_model_matches, load_profiles  # noqa: E402
-from search.strategies import SP_MODES, Space, label  # noqa: E402
+from megatron_galvatron.errors import UserError, exit_on_user_error
+from megatron_galvatron.model.config import add_model_args, config_from_args
+from search.bound import compute_bound
+from search.comm import Network
+from search.cost_model import CostModel
+from search.engine import InfeasibleError, Result, Searcher
+from search.profiles import check_model_matches, load_profiles
+from search.strategies import SP_MODES, Space, label
 
 PROG = "search/run.py"
 CARD_SHARE = 0.97  # of a GPU's memory, above which NCCL's buffers (not in the profile) may not fit

@@ -13,16 +13,12 @@ from __future__ import annotations
 import argparse
 import math
 import os
-import sys
 from typing import Any, Dict, List
 
-if __package__ in (None, ""):
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from megatron_galvatron.errors import UserError, exit_on_user_error  # noqa: E402
-from search import profiles  # noqa: E402
-from search.comm import bus_factor, spans_nodes  # noqa: E402
-from megatron_galvatron.model.config import GPTConfig, add_model_args, config_from_args  # noqa: E402
+from megatron_galvatron.errors import UserError, exit_on_user_error
+from search import profiles
+from search.comm import bus_factor, spans_nodes
+from megatron_galvatron.model.config import GPTConfig, add_model_args, config_from_args
 
 # H100 SXM node: NVLink 4 inside the node, one 400 Gb/s InfiniBand NIC per GPU between nodes.
 PRESETS: Dict[str, Dict[str, Any]] = {

@@ -15,11 +15,8 @@ import sys
 import tempfile
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-
-from search import synthetic  # noqa: E402
-from megatron_galvatron.model.config import GPTConfig  # noqa: E402
+from search import synthetic
+from megatron_galvatron.model.config import GPTConfig
 
 MODELS = {
     "llama-7b": GPTConfig(family="llama", num_layers=32, hidden_size=4096, num_attention_heads=32,
@@ -41,7 +38,7 @@ def bench(name: str, gpus: int, memory_gb: float, workdir: str):
     nodes = max(1, gpus // 8)
     prof = synthetic.write_profiles(os.path.join(workdir, f"{name}-{gpus}"), cfg, gpus, gpus // nodes)
     out = os.path.join(workdir, f"{name}-{gpus}.json")
-    cmd = [sys.executable, os.path.join(ROOT, "search", "run.py"), "--memory-gb", str(memory_gb),
+    cmd = [sys.executable, "-m", "search.run", "--memory-gb", str(memory_gb),
            "--num-gpus", str(gpus), "--num-nodes", str(nodes), "--profile-dir", prof, "--output", out,
            "--quiet", "--no-plot"] + model_flags(cfg)
     t0 = time.perf_counter()

@@ -11,40 +11,17 @@ iteration time and memory next to the measured ones.
 import dataclasses
 import json
 import os
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import torch.distributed as dist
 
-import torch.distributed as dist  # noqa: E402
-
-from megatron_galvatron import plan as plan_mod  # noqa: E402
-from megatron_galvatron.benchmark.baselines import BaselineSpec  # noqa: E402
-from megatron_galvatron.benchmark.runner import (as_dict, describe_speedups, run_baseline, run_plan, speedups,  # noqa: E402
+from megatron_galvatron.benchmark.baselines import BaselineSpec
+from megatron_galvatron.benchmark.plans import load_plans
+from megatron_galvatron.benchmark.runner import (as_dict, describe_speedups, run_baseline, run_plan, speedups,
                                                  table)
-from megatron_galvatron.errors import UserError, exit_on_user_error  # noqa: E402
-from megatron_galvatron.parallel_state import detect_device, init_distributed  # noqa: E402
-from megatron_galvatron.model.config import config_from_args  # noqa: E402
-from megatron_galvatron.training.arguments import build_parser  # noqa: E402
-
-
-def load_plans(files, specs, world: int, num_layers: int):
-    """(name, plan) for each plan file (named by its file name) and each uniform plan spec."""
-    plans = [(os.path.basename(f), plan_mod.load(f, world_size=world)) for f in files]
-    return plans + [(s, parse_global_plan(s, world, num_layers)) for s in specs]
-
-
-def parse_global_plan(spec: str, world: int, num_layers: int) -> plan_mod.Plan:
-    """'tp=2,pp=1,dp=zero3,sp=1,ckpt=1,gbs=16,chunks=2,consec=1,vtp=2,sched=1f1b'."""
-    kv = dict(item.split("=", 1) for item in spec.split(",") if item)
-    known = {"tp", "pp", "dp", "sp", "ckpt", "gbs", "chunks", "consec", "vtp", "sched"}
-    if set(kv) - known:
-        raise UserError(f"--global-plans {spec!r}: unknown key(s) {sorted(set(kv) - known)}; known: {sorted(known)}")
-    tp = int(kv.get("tp", 1))
-    return plan_mod.uniform(world, num_layers, pp_deg=int(kv.get("pp", 1)), tp=tp,
-                            tp_consec=bool(int(kv.get("consec", 1))), dp_type=kv.get("dp", "ddp"),
-                            sp=bool(int(kv.get("sp", 0))), checkpoint=bool(int(kv.get("ckpt", 0))),
-                            global_bsz=int(kv.get("gbs", 8)), chunks=int(kv.get("chunks", 1)),
-                            pipeline_type=kv.get("sched", "1f1b"), vocab_tp=int(kv.get("vtp", tp)))
+from megatron_galvatron.errors import UserError, exit_on_user_error
+from megatron_galvatron.parallel_state import detect_device, init_distributed
+from megatron_galvatron.model.config import config_from_args
+from megatron_galvatron.training.arguments import build_parser
 
 
 def expand_variants(plans, variants):

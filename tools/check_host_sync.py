@@ -12,18 +12,16 @@ any rank. Exit code 1 when any plan synchronised. Needs CUDA.
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import torch
+import torch.distributed as dist
 
-import torch  # noqa: E402
-import torch.distributed as dist  # noqa: E402
-
-from megatron_galvatron.benchmark.host_sync import describe, host_syncs  # noqa: E402
-from megatron_galvatron.errors import UserError, exit_on_user_error  # noqa: E402
-from megatron_galvatron.parallel_state import detect_device, init_distributed  # noqa: E402
-from megatron_galvatron.model.config import config_from_args  # noqa: E402
-from megatron_galvatron.training.arguments import build_parser  # noqa: E402
-from megatron_galvatron.training.train import setup, train_step  # noqa: E402
-from tools.benchmark import load_plans  # noqa: E402
+from megatron_galvatron.benchmark.host_sync import describe, host_syncs
+from megatron_galvatron.errors import UserError, exit_on_user_error
+from megatron_galvatron.parallel_state import detect_device, init_distributed
+from megatron_galvatron.model.config import config_from_args
+from megatron_galvatron.training.arguments import build_parser
+from megatron_galvatron.training.train import setup, train_step
+from megatron_galvatron.benchmark.plans import load_plans
 
 
 def main() -> int:

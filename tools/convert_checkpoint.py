@@ -5,12 +5,8 @@
     python tools/convert_checkpoint.py reshard --load ckpts/run1 --galvatron-config plan.json [--save ckpts/run1b]
 """
 import argparse
-import os
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from megatron_galvatron.errors import exit_on_user_error  # noqa: E402
+from megatron_galvatron.errors import exit_on_user_error
 
 PROG = "convert_checkpoint.py"
 

@@ -8,10 +8,7 @@ Plans that ran compiled are priced on --compile-profile-dir, or left out without
 """
 import argparse
 import json
-import os
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def rows_of(bench: dict, profile_dir=None, compile_profile_dir=None):
@@ -66,8 +63,11 @@ def markdown(rows) -> str:
     return "\n".join(out)
 
 
-def plot(rows, path: str, title: str) -> None:
-    import matplotlib
+def plot(rows, path: str, title: str) -> bool:
+    from megatron_galvatron.optional import import_optional
+    matplotlib = import_optional("matplotlib", f"the plot {path}", "pip install matplotlib")
+    if matplotlib is None:
+        return False
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     fig, axes = plt.subplots(1, 2, figsize=(11, 5))
@@ -88,6 +88,7 @@ def plot(rows, path: str, title: str) -> None:
     fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(path, dpi=130)
+    return True
 
 
 def main() -> None:
@@ -104,8 +105,8 @@ def main() -> None:
         with open(a.bench_json) as f:
             rows = rows_of(json.load(f), a.profile_dir, a.compile_profile_dir)
         print(markdown(rows))
-        plot(rows, a.out, a.title)
-        print(f"wrote {a.out}")
+        if plot(rows, a.out, a.title):
+            print(f"wrote {a.out}")
 
 
 if __name__ == "__main__":

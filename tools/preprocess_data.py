@@ -8,14 +8,8 @@ writes data/corpus_text_document.bin/.idx, the prefix that --data-path takes.
 import argparse
 import json
 import os
-import sys
 from contextlib import ExitStack
 from multiprocessing import Pool
-
-try:
-    import megatron_galvatron  # noqa: F401
-except ImportError:
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import numpy as np
 from tqdm import tqdm

@@ -8,19 +8,16 @@ writes OUT_DIR/hardware.json (docs/profile_format.md); docs/profiling.md has the
 """
 import argparse
 import os
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import torch.distributed as dist
 
-import torch.distributed as dist  # noqa: E402
+from megatron_galvatron.errors import UserError, exit_on_user_error
+from megatron_galvatron.parallel_state import detect_device, init_distributed
+from megatron_galvatron.profiling.comm import CommProfiler, CommSettings
+from megatron_galvatron.profiling.hardware import HARDWARE_FILE
+from megatron_galvatron.profiling.report import comm_summary, parse_size, sweep, write_profile
 
-from megatron_galvatron.errors import UserError, exit_on_user_error  # noqa: E402
-from megatron_galvatron.parallel_state import detect_device, init_distributed  # noqa: E402
-from megatron_galvatron.profiling.comm import CommProfiler, CommSettings  # noqa: E402
-from megatron_galvatron.profiling.hardware import HARDWARE_FILE  # noqa: E402
-from megatron_galvatron.profiling.report import comm_summary, parse_size, sweep, write_profile  # noqa: E402
-
-from search.profiles import parse_hardware  # noqa: E402
+from search.profiles import parse_hardware
 
 PROG = "profile_comm.py"
 

@@ -8,16 +8,13 @@ writes OUT_DIR/model.json (docs/profile_format.md); docs/profiling.md has the de
 """
 import argparse
 import os
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import torch
 
-import torch  # noqa: E402
-
-from megatron_galvatron.errors import UserError, exit_on_user_error  # noqa: E402
-from megatron_galvatron.parallel_state import detect_device  # noqa: E402
-from megatron_galvatron.profiling.hardware import MODEL_FILE  # noqa: E402
-from megatron_galvatron.profiling.model import (  # noqa: E402
+from megatron_galvatron.errors import UserError, exit_on_user_error
+from megatron_galvatron.parallel_state import detect_device
+from megatron_galvatron.profiling.hardware import MODEL_FILE
+from megatron_galvatron.profiling.model import (
     DTYPES,
     ModelProfiler,
     ModelSettings,
@@ -25,9 +22,9 @@ from megatron_galvatron.profiling.model import (  # noqa: E402
     default_dtype,
     default_optimizer_params,
 )
-from megatron_galvatron.profiling.report import model_summary, write_profile  # noqa: E402
-from megatron_galvatron.model.config import add_model_args, config_from_args  # noqa: E402
-from search.profiles import parse_model  # noqa: E402
+from megatron_galvatron.profiling.report import model_summary, write_profile
+from megatron_galvatron.model.config import add_model_args, config_from_args
+from search.profiles import parse_model
 
 PROG = "profile_model.py"
 

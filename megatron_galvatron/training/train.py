@@ -14,6 +14,7 @@ import torch
 import torch.distributed as dist
 
 from megatron_galvatron.errors import UserError
+from megatron_galvatron.optional import import_optional
 from megatron_galvatron.model.config import GPTConfig, config_from_args
 from megatron_galvatron.model.parallelize import ParallelModel, parallelize
 from megatron_galvatron.model.stage import StageModel
@@ -309,14 +310,14 @@ def _writer(tb_dir: Optional[str]):
     if not tb_dir:
         return None
     os.makedirs(tb_dir, exist_ok=True)
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-        w = SummaryWriter(tb_dir)
+    tb = import_optional("torch.utils.tensorboard", f"TensorBoard events in {tb_dir} (scalars.jsonl written instead)",
+                         "pip install tensorboard")
+    if tb is not None:
+        w = tb.SummaryWriter(tb_dir)
         return lambda rec: [w.add_scalar(k, v, rec["iteration"]) for k, v in rec.items() if k != "iteration"]
-    except ImportError:  # tensorboard not installed: keep the scalars as JSON lines
-        path = os.path.join(tb_dir, "scalars.jsonl")
+    path = os.path.join(tb_dir, "scalars.jsonl")
 
-        def write(rec):
-            with open(path, "a") as f:
-                f.write(json.dumps(rec) + "\n")
-        return write
+    def write(rec):
+        with open(path, "a") as f:
+            f.write(json.dumps(rec) + "\n")
+    return write
