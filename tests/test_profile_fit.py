@@ -92,7 +92,8 @@ def test_constants_match_the_search():
 # ------------------------------------------------------------------ piecewise fits
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-REAL_PROFILES = [os.path.join(ROOT, "docs", "results", "h200x2_validate", "prof", "hardware.json"),
+REAL_PROFILES = [os.path.join(ROOT, "tests", "fixtures", "results", "h200x2_gpt1p4b", "validation_autocast_runtime",
+                              "profile", "hardware.json"),
                  os.path.join(ROOT, "examples", "profiles", "h200x2_llama7b_seq2048", "hardware.json")]
 MiB = 2 ** 20
 

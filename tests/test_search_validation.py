@@ -1,6 +1,7 @@
-"""The cost model against the 2x H200 GPU run in docs/results/h200x2_validate (GPT 1.4B).
+"""The cost model against the 2x H200 GPU run in results/h200x2_gpt1p4b/validation_autocast_runtime (GPT 1.4B),
+read from its copy under tests/fixtures/results/.
 
-Keeps docs/cost_model_validation.md honest: the predictions printed there are recomputed here
+Keeps docs/log.md honest: the predictions printed there are recomputed here
 from the files in the repository, so a change to the cost model that moves them fails until the
 document is updated.
 
@@ -25,7 +26,7 @@ from megatron_galvatron.model.config import GPTConfig
 from search.profiles import parse_hardware, parse_model
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-RUN = os.path.join(ROOT, "docs", "results", "h200x2_validate")
+RUN = os.path.join(ROOT, "tests", "fixtures", "results", "h200x2_gpt1p4b", "validation_autocast_runtime")
 H100 = os.path.join(ROOT, "examples", "profiles", "h100x1_gpt1p4b_seq2048", "model.json")
 
 # us per token (fwd, bwd) from the run's profile.log; intercepts in seconds recovered from bench.json
@@ -44,7 +45,7 @@ PARAMS = 24 * 50358272 + 50304 * 2048 + 2048 * 2048 + 2 * 2048
 LEAKED_GIB = 8 * PARAMS / 2 ** 30
 LEAKS_BEFORE = [0, 1, 2, 2, 2, 2, 2, 2]
 
-# (predicted s, predicted GiB allocated) per bench.json plan, as docs/cost_model_validation.md prints them
+# (predicted s, predicted GiB allocated) per bench.json plan, as docs/log.md prints them
 EXPECTED = [(1.054, 52.53), (0.520, 82.82), (0.553, 42.12), (0.528, 62.39), (1.222, 26.72), (0.364, 44.63),
             (0.693, 40.26), (0.665, 82.99)]
 
@@ -73,7 +74,7 @@ def h200_model_profile():
 def bench():
     with open(os.path.join(RUN, "bench.json")) as f:
         b = json.load(f)
-    with open(os.path.join(RUN, "prof", "hardware.json")) as f:
+    with open(os.path.join(RUN, "profile", "hardware.json")) as f:
         hw = json.load(f)
     m = b["model"]
     cfg = GPTConfig(family=m["family"], num_layers=m["num_layers"], hidden_size=m["hidden_size"],
@@ -104,8 +105,8 @@ def test_memory_within_two_percent_where_the_model_is_exact():
         assert got == pytest.approx(measured, rel=0.02), r["name"]
 
 
-RUN2 = os.path.join(ROOT, "docs", "results", "h200x2_validate2")
-# (predicted s, predicted GiB) per plan of run 2, as docs/cost_model_validation.md prints them
+RUN2 = os.path.join(ROOT, "tests", "fixtures", "results", "h200x2_gpt1p4b", "validation_sustained_profile")
+# (predicted s, predicted GiB) per plan of run 2, as docs/log.md prints them
 EXPECTED2 = [(1.0339, 69.95), (0.5290, 76.70), (0.5427, 42.12), (0.5286, 62.39), (1.2357, 26.72),
              (0.3249, 41.51), (0.6797, 36.27), (0.6456, 67.52), (0.7693, 92.07)]
 
@@ -121,7 +122,7 @@ def test_run2_with_the_sustained_profile():
     plans = [r for r in bench["results"] if r.get("plan")]
     got = []
     for r in plans:
-        p = predict(Plan.from_dict(r["plan"]), cfg, os.path.join(RUN2, "prof"))
+        p = predict(Plan.from_dict(r["plan"]), cfg, os.path.join(RUN2, "profile"))
         got.append((p.iter_time_s, max(p.stage_allocated) / 2 ** 30))
     for (t, m), (et, em) in zip(got, EXPECTED2):
         assert t == pytest.approx(et, abs=1e-4) and m == pytest.approx(em, abs=0.01)

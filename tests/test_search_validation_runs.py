@@ -1,5 +1,5 @@
-"""The cost model against the later GPU runs in docs/results (the numbers that
-docs/cost_model_validation.md quotes), recomputed from the committed benchmark JSONs and profiles.
+"""The cost model against the later GPU runs in results/ (the numbers that docs/log.md quotes),
+recomputed from copies of their benchmark JSONs and profiles under tests/fixtures/results/.
 
 Plans run with torch.compile are left out (the profiles time eager layers), as in
 tools/plot_validation.py, whose pricing this uses.
@@ -12,12 +12,12 @@ from megatron_galvatron.benchmark.runner import Result, per_round
 from tools.plot_validation import rows_of
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-RESULTS = os.path.join(ROOT, "docs", "results")
+RESULTS = os.path.join(ROOT, "tests", "fixtures", "results")
 
 
 def rows(bench: str, prof: str, compiled_prof: str = None):
     """The benchmark JSON and its plans priced: eager ones on `prof`, compiled ones on
-    `compiled_prof` (left out without it); paths under docs/results."""
+    `compiled_prof` (left out without it); paths under tests/fixtures/results."""
     import json
     with open(os.path.join(RESULTS, bench)) as f:
         b = json.load(f)
@@ -31,7 +31,7 @@ def errors(rs):
 def test_h100_eight_plans_within_five_percent_and_the_searched_plan_is_fastest():
     """Every plan over-predicted since the replicated units' gradient fold is priced (within 1.5 %
     before, +0.3 to +4.8 % now): the H100 set shows none of the fold's cost that the H200 runs do."""
-    bench, rs = rows("h100x1_gpt3b/validation/bench.json", "h100x1_gpt3b/prof")
+    bench, rs = rows("h100x1_gpt3b/validation/bench.json", "h100x1_gpt3b/profile")
     assert len(rs) == 8
     t, m = errors(rs)
     assert min(t) > 0 and max(t) < 0.049 and max(map(abs, m)) < 0.013
@@ -52,7 +52,7 @@ H200_1P4B = [("plan.json", -0.008, 0.002), ("tp=1,dp=ddp,gbs=32,chunks=1", -0.01
 
 
 def test_h200_gpt1p4b_with_the_settled_sustained_slowdown():
-    _, rs = rows("h200x2_validate2/bench.json", "h200x2_validate2/prof_s60")
+    _, rs = rows("h200x2_gpt1p4b/validation_sustained_profile/bench.json", "h200x2_gpt1p4b/profile_sustained_60s")
     t, m = errors(rs)
     for r, e_t, e_m, (name, want_t, want_m) in zip(rs, t, m, H200_1P4B):
         assert r["name"] == name
@@ -66,11 +66,13 @@ def test_h200_llama7b_memory_holds_and_time_misses_where_the_allocator_retried()
     card's capacity (124 GB allocated) retried cudaMalloc and ran 9-22 % over the prediction;
     the ones the search picks with 6-14 GB more headroom are within 5 %, eager and compiled (the
     compiled ones priced on the compiled profile, whose memory is counted on the eager layer)."""
-    for run in ("bench.json", "compile_run/bench.json", "rounds_run/bench.json", "final_run/bench.json"):
-        bench, rs = rows("h200x2_llama7b/" + run, "h200x2_llama7b/prof_s60")
+    for run in ("search_132gb/bench.json", "vs_baselines_compiled/bench.json", "vs_baselines_rounds/bench.json",
+                "three_searches_vs_baselines/bench.json"):
+        bench, rs = rows("h200x2_llama7b/" + run, "h200x2_llama7b/profile_sustained_60s")
         t, m = errors(rs)
         assert max(map(abs, m)) < 0.01, run
-    bench, rs = rows("h200x2_llama7b/final_run/bench.json", "h200x2_llama7b/prof_s60", "h200x2_llama7b/prof_compiled")
+    bench, rs = rows("h200x2_llama7b/three_searches_vs_baselines/bench.json", "h200x2_llama7b/profile_sustained_60s",
+                     "h200x2_llama7b/profile_compiled_mb4_8")
     t, m = errors(rs)
     by = {r["name"]: (e, em) for r, e, em in zip(rs, t, m)}
     retries = {r["name"]: r["alloc_retries"] for r in bench["results"]}
@@ -83,9 +85,9 @@ def test_h200_llama7b_memory_holds_and_time_misses_where_the_allocator_retried()
 
 
 def test_h200_gpt1p4b_compiled_plans_on_the_compiled_profile():
-    for run, n in (("run_a", 4), ("run_b", 2)):
-        _, rs = rows(f"h200x2_gpt1p4b_compile/{run}/bench.json", "h200x2_validate2/prof_s60",
-                     "h200x2_validate2/prof_compiled")
+    for run, n in (("1round", 4), ("2rounds", 2)):
+        _, rs = rows(f"h200x2_gpt1p4b/compiled_vs_baselines_{run}/bench.json", "h200x2_gpt1p4b/profile_sustained_60s",
+                     "h200x2_gpt1p4b/profile_compiled_mb8_16")
         t, m = errors(rs)
         assert len(rs) == n and max(map(abs, t)) < 0.035 and max(map(abs, m)) < 0.01
 
@@ -96,8 +98,8 @@ def test_h200_gpt1p4b_ten_plans_on_the_shared_stream_runtime():
     one set of streams. Time within 5 % for all 10 (the ZeRO-3 checkpointed plan -4.6 %; -5.2 %
     before FSDP2's copy-in passes were priced), allocated memory within 1 %, reserved memory
     over-predicted by 2.5-4 %, never under."""
-    d = "h200x2_gpt1p4b_bound/searched_on_mb16_32/"
-    _, rs = rows(d + "validation_set/bench.json", "h200x2_validate2/prof_s60", d + "prof_compiled")
+    d = "h200x2_gpt1p4b/"
+    _, rs = rows(d + "validation_shared_streams/bench.json", d + "profile_sustained_60s", d + "profile_compiled_mb16_32")
     t, m = errors(rs)
     assert len(rs) == 10
     by = dict(zip([r["name"] for r in rs], t))
@@ -115,7 +117,7 @@ def test_h200_llama7b_compiled_memory_and_reserved_pools():
     x ratio + gradient shards) is 2.5-3.3 % above what was measured on every plan that fitted;
     the plan that retried cudaMalloc is predicted over the card (139.8 GiB)."""
     L = "h200x2_llama7b/"
-    _, rs = rows(L + "shared_streams/bench.json", L + "prof_s60", L + "compiled_memory/prof_compiled")
+    _, rs = rows(L + "shared_fsdp_streams/bench.json", L + "profile_sustained_60s", L + "profile_compiled_memory")
     t, m = errors(rs)
     assert max(map(abs, m)) < 0.01
     for r, e in zip(rs, t):
@@ -123,7 +125,7 @@ def test_h200_llama7b_compiled_memory_and_reserved_pools():
             assert r["pred_reserved"] > 139.8 and e < -0.2
         else:
             assert 0.02 < r["pred_reserved"] / r["reserved"] - 1 < 0.035 and abs(e) < 0.05
-    _, rs = rows(L + "shared_streams/bench_136gb.json", L + "prof_s60", L + "compiled_memory/prof_compiled")
+    _, rs = rows(L + "shared_fsdp_streams/bench_136gb.json", L + "profile_sustained_60s", L + "profile_compiled_memory")
     (r,) = rs
     assert r["retries"] == 0 and r["pred_reserved"] < 136 and r["reserved"] < r["pred_reserved"]
     assert r["pred_time"] / r["time"] - 1 == pytest.approx(-0.016, abs=0.0006)
@@ -140,10 +142,10 @@ def test_h200_recompute_share_measured_by_the_profiler():
     from megatron_galvatron.model.config import GPTConfig
     from megatron_galvatron.plan import Plan
     import json
-    d = os.path.join(RESULTS, "h200x2_gpt1p4b_bound/recompute")
+    d = os.path.join(RESULTS, "h200x2_gpt1p4b/recompute_share")
     with open(os.path.join(d, "bench.json")) as f:
         bench = json.load(f)
-    hw, prof = load_profiles(os.path.join(d, "prof"))
+    hw, prof = load_profiles(os.path.join(d, "profile"))
     cfg = GPTConfig(**bench["model"])
     estimate = CostModel(cfg, prof, Network(hw, 2, 2)).recompute_fraction()
     assert estimate == pytest.approx(9 / 13)
@@ -165,9 +167,9 @@ def test_h200_gpt1p4b_fourth_set_profiled_on_the_machine_it_ran_on():
     ten plans, the search on it and on the compiled profile): every plan within 5 % on time,
     allocated memory within 1 %; the searched plan is the fastest measured and predicted within
     0.5 %. In three interleaved rounds it is >= 1.10x FSDP2 + compile in every round."""
-    d = "h200x2_gpt1p4b_fourth/"
-    compiled = "h200x2_gpt1p4b_bound/searched_on_mb16_32/prof_compiled"
-    bench, rs = rows(d + "bench.json", d + "prof", compiled)
+    d = "h200x2_gpt1p4b/validation_same_machine/"
+    compiled = "h200x2_gpt1p4b/profile_compiled_mb16_32"
+    bench, rs = rows(d + "bench.json", d + "profile", compiled)
     t, m = errors(rs)
     assert len(rs) == 10 and max(map(abs, t)) < 0.045 and max(map(abs, m)) < 0.01
     assert sum(map(abs, t)) / 10 == pytest.approx(0.026, abs=0.0006)
@@ -176,7 +178,7 @@ def test_h200_gpt1p4b_fourth_set_profiled_on_the_machine_it_ran_on():
     best = max(bench["results"], key=lambda r: r["tokens_per_s_per_gpu"])
     assert best["name"] == "plan.json"  # oracle gap 0, the baseline included
     import json
-    with open(os.path.join(RESULTS, d + "rounds3/rounds3.json")) as f:
+    with open(os.path.join(RESULTS, "h200x2_gpt1p4b/searched_plan_rounds3/rounds3.json")) as f:
         rounds = json.load(f)["results"]
     by_name = {r["name"]: r for r in rounds}
     ratios = [a / b for a, b in zip(per_round(Result(**by_name["plan.json"])),
@@ -190,7 +192,7 @@ def test_h200_gpt1p4b_batch_128_plan_on_a_faster_clocked_machine():
     layers): >= 1.114x FSDP2 + compile and MFU >= 0.60 in every round of two runs on a machine
     whose cards held a higher clock at the power cap; the batch-64 plan in the same run 1.098x."""
     import json
-    d = os.path.join(RESULTS, "h200x2_gpt1p4b_fourth/batch128")
+    d = os.path.join(RESULTS, "h200x2_gpt1p4b/search_batch128")
     for run in ("bench.json", "rounds3.json"):
         with open(os.path.join(d, run)) as f:
             bench = json.load(f)
@@ -214,12 +216,12 @@ def test_h200x1_llama7b_ten_plans_and_the_searched_plan_against_fsdp2():
     measured, and in the run beside the baselines 1.161x FSDP2 + compile, the fastest that fits
     (DDP runs out of memory at every size)."""
     d = "h200x1_llama7b/"
-    bench, rs = rows(d + "validation/bench.json", d + "prof", d + "prof_compiled")
+    bench, rs = rows(d + "validation/bench.json", d + "profile", d + "profile_compiled")
     t, m = errors(rs)
     assert len(rs) == 10 and max(map(abs, t)) < 0.032 and max(map(abs, m)) < 0.011
     assert sum(map(abs, t)) / 10 == pytest.approx(0.022, abs=0.0005)
     assert max(bench["results"], key=lambda r: r["tokens_per_s_per_gpu"])["name"] == "plan.json"
-    speed, speed_rows = rows(d + "speed/bench.json", d + "prof", d + "prof_compiled")
+    speed, speed_rows = rows(d + "vs_baselines/bench.json", d + "profile", d + "profile_compiled")
     by = {r["name"]: r for r in speed["results"]}
     assert by["ddp"]["status"] == "oom" and all(r["status"] == "ok" for n, r in by.items() if n != "ddp")
     best = max((r for n, r in by.items() if n != "plan.json" and r["status"] == "ok"),
@@ -233,7 +235,7 @@ def test_h200x1_llama7b_ten_plans_and_the_searched_plan_against_fsdp2():
 
 
 def _with_duty_curve(prof: str, dst: str, curve_from: str) -> str:
-    """A copy of the profile under docs/results whose sustained run gets `curve_from`'s duty curve,
+    """A copy of the profile under tests/fixtures/results whose sustained run gets `curve_from`'s duty curve,
     scaled to this profile's own busy slowdown."""
     import json
     import shutil
@@ -254,16 +256,18 @@ def test_the_measured_duty_curve_prices_the_tp_and_pipeline_plans(tmp_path):
     """The duty curve measured on one H200 (slowdown 1.066 at duty 0.84, 1.042 at 0.68, 1.137 busy),
     carried over to the 2x H200 GPT-1.4B sets: their TP + SP and pipeline plans, predicted 1.5-4.2 %
     slow on the straight line, fall within 3 %, and each set's time MAE drops."""
-    curve = "h200x1_llama7b/prof"
-    compiled = "h200x2_gpt1p4b_bound/searched_on_mb16_32/prof_compiled"
-    sets = [("h200x2_validate2/bench.json", "h200x2_validate2/prof_s60", None, 0.026, 0.018),
-            ("h200x2_gpt1p4b_bound/searched_on_mb16_32/validation_set/bench.json", "h200x2_validate2/prof_s60",
+    curve = "h200x1_llama7b/profile"
+    compiled = "h200x2_gpt1p4b/profile_compiled_mb16_32"
+    sets = [("h200x2_gpt1p4b/validation_sustained_profile/bench.json", "h200x2_gpt1p4b/profile_sustained_60s", None, 0.026,
+             0.018),
+            ("h200x2_gpt1p4b/validation_shared_streams/bench.json", "h200x2_gpt1p4b/profile_sustained_60s",
              compiled, 0.027, 0.023),
-            ("h200x2_gpt1p4b_fourth/bench.json", "h200x2_gpt1p4b_fourth/prof", compiled, 0.026, 0.017)]
+            ("h200x2_gpt1p4b/validation_same_machine/bench.json", "h200x2_gpt1p4b/validation_same_machine/profile", compiled,
+             0.026, 0.017)]
     idle = ("tp=2,dp=ddp,sp=1,gbs=16,chunks=1", "pp=2,dp=ddp,gbs=32,chunks=4", "pp=2,dp=ddp,gbs=32,chunks=8,sched=gpipe")
     for i, (bench, prof, cprof, mae_now, mae_curve) in enumerate(sets):
         _, now = rows(bench, prof, cprof)
-        # rows() joins under docs/results, which leaves these absolute paths as they are
+        # rows() joins under tests/fixtures/results, which leaves these absolute paths as they are
         _, carried = rows(bench, _with_duty_curve(prof, str(tmp_path / f"p{i}"), curve),
                           cprof and _with_duty_curve(cprof, str(tmp_path / f"c{i}"), curve))
         t_now, t_curve = errors(now)[0], errors(carried)[0]

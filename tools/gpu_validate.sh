@@ -12,7 +12,7 @@
 # BENCH_ARGS go to the benchmark only (e.g. --attention-backend cudnn, with PROFILE_ARGS alike).
 # SUSTAINED_DUTY (default "0.85 0.7"; empty to skip) repeats the profiler's sustained run at those
 # duty cycles, so that TP and pipeline plans, which idle the GPU part of the step, are priced at
-# the clock this machine holds when partly idle (docs/cost_model_validation.md).
+# the clock this machine holds when partly idle (docs/log.md).
 # OUT receives bench.json, bench.log,
 # plan.json, plan.png and validate.tar.gz (everything, profiles and logs included).
 set -uo pipefail
