@@ -8,12 +8,9 @@ exchange_sets), so the picture cannot show a rank layout the runtime would not b
 """
 import argparse
 import os
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from megatron_galvatron.layout import Layout, exchange_sets  # noqa: E402
-from megatron_galvatron.plan import LayerStrategy, Plan, VocabStrategy  # noqa: E402
+from megatron_galvatron.layout import Layout, exchange_sets
+from megatron_galvatron.plan import LayerStrategy, Plan, VocabStrategy
 
 
 def example_plan() -> Plan:

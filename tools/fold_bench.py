@@ -7,19 +7,15 @@ masters, GradBucket folding each bf16 gradient into the fp32 buffer). Interleave
 Each replicated call enters GradBucket.compute(), which refreshes the bf16 copies (6 bytes per
 parameter); the runtime does that once per step, so that part of the difference is not the fold.
 Output of the run docs/ quotes: results/h200x1_llama7b/gradient_fold/fold_bench.txt."""
-import os
-import sys
 import time
 from contextlib import ExitStack
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import torch
 
-import torch  # noqa: E402
-
-from megatron_galvatron.data_parallel.ddp import GradBucket  # noqa: E402
-from megatron_galvatron.model.config import GPTConfig  # noqa: E402
-from megatron_galvatron.profiling.model import ModelProfiler, ModelSettings  # noqa: E402
-from megatron_galvatron.profiling.shards import ShardGroups  # noqa: E402
+from megatron_galvatron.data_parallel.ddp import GradBucket
+from megatron_galvatron.model.config import GPTConfig
+from megatron_galvatron.profiling.model import ModelProfiler, ModelSettings
+from megatron_galvatron.profiling.shards import ShardGroups
 
 
 def main():
