@@ -94,12 +94,13 @@ def setup(args, plan: Optional[Plan] = None) -> Trainer:
     optimizer = build_optimizer(stage, lr.lr, opt.weight_decay, opt.betas, opt.eps)
     sched = LRSchedule(lr.lr, lr.min_lr, lr.warmup_iters, lr.decay_iters, lr.decay_style)
     tr = Trainer(config, cfg, plan, ps, model, optimizer, sched, None, None)
-    _load_checkpoint(tr)
+    _start_from_checkpoint(tr)
     tr.train_data, tr.valid_data = build_datasets(config, cfg, plan, tr.consumed_samples, tr.iteration)
     return tr
 
 
-def _load_checkpoint(tr: Trainer) -> None:
+def _start_from_checkpoint(tr: Trainer) -> None:
+    """Check --save before any step is spent, and take what --load holds."""
     ck, rank = tr.config.checkpoint, tr.ps.rank
     if ck.save:
         checkpoint.check_writable(ck.save, rank)
