@@ -9,8 +9,9 @@ import time
 
 import torch
 
+from megatron_galvatron import checkpoint
+from megatron_galvatron.checkpoint.format import META, TMP_PREFIX
 from megatron_galvatron.model.canonical import gather_model
-from megatron_galvatron.training import checkpointing
 from megatron_galvatron.training.arguments import build_parser
 from megatron_galvatron.training.train import setup
 
@@ -22,22 +23,23 @@ MODEL = ["--mock-data", "--num-layers", "4", "--hidden-size", "256", "--num-atte
 CHILD = """
 import sys
 sys.path.insert(0, {root!r})
-from megatron_galvatron.training import checkpointing
+from megatron_galvatron import checkpoint
+from megatron_galvatron.checkpoint import tensors
 from megatron_galvatron.training.arguments import build_parser
 from megatron_galvatron.training.train import setup, train_step
-checkpointing.FLUSH_BYTES = 8 << 20  # several files per save: a wide window to be killed in
+tensors.FLUSH_BYTES = 8 << 20  # several files per save: a wide window to be killed in
 tr = setup(build_parser().parse_args({argv!r}))
 train_step(tr)
 for k in range(1, 100000):
     tr.iteration = k
-    checkpointing.save_checkpoint(tr, {ckpt!r})
+    checkpoint.save(tr.checkpoint_state(), {ckpt!r})
     print("saved", k, flush=True)
 """
 
 
 def _tmp_dirs(root):
     try:
-        return [e for e in os.listdir(root) if e.startswith(checkpointing.TMP_PREFIX)]
+        return [e for e in os.listdir(root) if e.startswith(TMP_PREFIX)]
     except FileNotFoundError:
         return []
 
@@ -53,7 +55,7 @@ def test_sigkill_during_save_keeps_last_checkpoint_loadable(tmp_path):
             tmp = _tmp_dirs(root)
             if tmp:
                 files = os.listdir(os.path.join(root, tmp[0])) if os.path.isdir(os.path.join(root, tmp[0])) else []
-                if any(f.endswith(".safetensors") for f in files) and checkpointing.META not in files:
+                if any(f.endswith(".safetensors") for f in files) and META not in files:
                     os.kill(child.pid, signal.SIGKILL)
                     break
             time.sleep(0.001)
@@ -63,20 +65,20 @@ def test_sigkill_during_save_keeps_last_checkpoint_loadable(tmp_path):
     assert child.returncode == -signal.SIGKILL
     assert _tmp_dirs(root), "the kill did not land inside a save"
 
-    d = checkpointing.resolve(root)
-    meta = checkpointing.read_meta(d)
+    d = checkpoint.resolve(root)
+    meta = checkpoint.read_meta(d)
     assert meta["iteration"] >= 1
     for entry in os.listdir(root):  # every published checkpoint is complete and intact
         if entry.startswith("iter_"):
-            checkpointing.verify(os.path.join(root, entry), checkpointing.read_meta(os.path.join(root, entry)))
+            checkpoint.verify(os.path.join(root, entry), checkpoint.read_meta(os.path.join(root, entry)))
 
     tr = setup(build_parser().parse_args(MODEL + ["--load", root, "--save", root]))
     assert tr.iteration == meta["iteration"]
-    _, stored = checkpointing.read_model_tensors(root)
+    _, stored = checkpoint.read_model_tensors(root)
     for name, t in gather_model(tr.stage).items():
         assert torch.equal(t, stored[name]), name
     assert all(len(s) == 3 for s in tr.optimizer.state.values()) and tr.optimizer.state
 
     tr.iteration += 1  # the next save clears the interrupted one and becomes the latest
-    path = checkpointing.save_checkpoint(tr, root)
-    assert not _tmp_dirs(root) and checkpointing.resolve(root) == path
+    path = checkpoint.save(tr.checkpoint_state(), root)
+    assert not _tmp_dirs(root) and checkpoint.resolve(root) == path

@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 import torch
 
+from megatron_galvatron import checkpoint
 from megatron_galvatron.data.mock_dataset import MockGPTDataset
-from megatron_galvatron.training import checkpointing
 from tests.reference_model import reference_loss
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -134,7 +134,7 @@ def test_resumed_run_equals_uninterrupted_run(runs):
     rc, stdout, stderr = runs["resume"]
     assert rc == 0, stderr
     assert _losses(runs["first"][1]) + _losses(stdout) == _losses(runs["uninterrupted"][1])
-    assert checkpointing.latest_iteration(runs["resumed"]) == 6
+    assert checkpoint.latest_iteration(runs["resumed"]) == 6
 
 
 def test_skip_train_prints_validation_loss_of_the_loaded_checkpoint(runs):
@@ -143,7 +143,7 @@ def test_skip_train_prints_validation_loss_of_the_loaded_checkpoint(runs):
     got = re.findall(r"^validation loss: (\S+)$", stdout, re.M)
     at_4 = re.findall(r"iteration +4 \| validation loss: (\S+)", runs["first"][1])
     assert got == at_4, (got, at_4)
-    _, params = checkpointing.read_model_tensors(runs["ckpt"])
+    _, params = checkpoint.read_model_tensors(runs["ckpt"])
     rows = torch.from_numpy(np.stack([MockGPTDataset(16, 61, 6, 4)[i] for i in range(4)]).astype(np.int64))
     cfg = {"family": "gpt2", "num_layers": 2, "num_attention_heads": 4, "num_query_groups": 4, "norm_eps": 1e-5}
     with torch.no_grad():

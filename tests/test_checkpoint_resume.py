@@ -10,12 +10,12 @@ import pytest
 import torch
 from safetensors import safe_open
 
+from megatron_galvatron import checkpoint
 from megatron_galvatron.data.mock_dataset import MockGPTDataset
 from megatron_galvatron.model.canonical import gather_model
 from megatron_galvatron.plan import LayerStrategy as L
 from megatron_galvatron.plan import Plan, uniform
 from megatron_galvatron.plan import VocabStrategy as V
-from megatron_galvatron.training import checkpointing
 from megatron_galvatron.training.arguments import build_parser
 from megatron_galvatron.training.train import evaluate, reduce_loss, setup, train_step
 from tests.dist_utils import run_distributed
@@ -61,7 +61,7 @@ def _world4(rank, world, root):
         cfg, path = tiny_cfg(family), os.path.join(root, family)
         tr = _trainer(cfg, PLAN_A.to_dict(), world, extra)
         first = _losses(tr, SAVE_AT)
-        checkpointing.save_checkpoint(tr, path)
+        checkpoint.save(tr.checkpoint_state(), path)
         saved = gather_model(tr.stage)
         out[family] = {"uninterrupted": first + _losses(tr, STEPS - SAVE_AT), "saved": saved,
                        "final": gather_model(tr.stage)}
@@ -97,8 +97,8 @@ def saved(tmp_path_factory):
 
 def test_checkpoint_holds_full_canonical_tensors_written_by_several_ranks(saved):
     root, results = saved
-    d = checkpointing.resolve(os.path.join(root, "gpt2"))
-    meta = checkpointing.read_meta(d)
+    d = checkpoint.resolve(os.path.join(root, "gpt2"))
+    meta = checkpoint.read_meta(d)
     params = results[0]["gpt2"]["saved"]
     assert meta["iteration"] == SAVE_AT and meta["consumed_samples"] == SAVE_AT * 8
     assert meta["plan"] == PLAN_A.to_dict() and meta["world_size"] == 4

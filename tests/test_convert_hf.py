@@ -14,12 +14,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from megatron_galvatron.checkpoint.architecture import model_flags
 from megatron_galvatron.convert.hf import hf_to_ours, ours_to_hf
 from megatron_galvatron.pipeline.schedules import forward_only
 from megatron_galvatron.plan import Plan, uniform
 from megatron_galvatron.tensor_parallel.mappings import gather_from_tp
 from megatron_galvatron.training.arguments import build_parser
-from megatron_galvatron.training.checkpointing import model_flags
 from megatron_galvatron.training.train import _forward_fn, _p2p, reduce_loss, setup
 from tests.dist_utils import run_distributed
 

@@ -34,7 +34,7 @@ def main(argv=None) -> None:
     with exit_on_user_error(PROG):
         if args.command == "hf-to-ours":
             from megatron_galvatron.convert.hf import hf_to_ours
-            from megatron_galvatron.training.checkpointing import model_flags
+            from megatron_galvatron.checkpoint.architecture import model_flags
             path, cfg = hf_to_ours(args.hf_dir, args.save)
             print(f"wrote {path}\ntrain it with: pretrain_gpt.py --load {args.save} {model_flags(cfg)}")
         elif args.command == "ours-to-hf":

@@ -15,10 +15,12 @@ from typing import Dict, Iterable, Tuple
 
 import torch
 
+from megatron_galvatron.checkpoint.architecture import config_record
+from megatron_galvatron.checkpoint.format import converted_meta
+from megatron_galvatron.checkpoint.tensors import TensorReader, open_verified, write_checkpoint
 from megatron_galvatron.convert import hf_gpt2, hf_llama
 from megatron_galvatron.errors import UserError
 from megatron_galvatron.model.config import GPTConfig
-from megatron_galvatron.training import checkpointing as ckpt
 
 FAMILIES = {"gpt2": hf_gpt2, "llama": hf_llama}
 HF_SHARD_BYTES = 4 << 30
@@ -161,17 +163,16 @@ def hf_to_ours(hf_dir: str, save_root: str) -> Tuple[str, GPTConfig]:
     cfg = family.config_from_hf(config)
     weights = HFWeights(hf_dir, family)
     weights.check(*family.hf_shapes(cfg, _tie(config, family)))
-    meta = {"iteration": 0, "consumed_samples": 0, "model": ckpt.config_record(cfg), "plan": None,
-            "world_size": None, "optimizer": {"has_state": False},
-            "source": {"hf_dir": os.path.abspath(hf_dir), "architectures": config.get("architectures")},
-            "hf_config": config}
+    meta = converted_meta(config_record(cfg),
+                          source={"hf_dir": os.path.abspath(hf_dir), "architectures": config.get("architectures")},
+                          hf_config=config)
     items = (("model/" + k, t.contiguous()) for k, t in family.to_ours(cfg, weights.get, weights.has))
-    return ckpt.write_checkpoint(save_root, meta, items), cfg
+    return write_checkpoint(save_root, meta, items), cfg
 
 
 def ours_to_hf(load: str, out_dir: str, shard_bytes: int = HF_SHARD_BYTES) -> GPTConfig:
     """Write a checkpoint as a folder transformers' from_pretrained loads (float32 weights)."""
-    d, meta, cfg = ckpt.open_verified(load)
+    d, meta, cfg = open_verified(load)
     family = FAMILIES[cfg.family]
     if cfg.family == "gpt2" and not cfg.tie_embeddings:
         raise UserError("this gpt2 checkpoint has an untied LM head, which GPT2LMHeadModel cannot hold")
@@ -182,7 +183,7 @@ def ours_to_hf(load: str, out_dir: str, shard_bytes: int = HF_SHARD_BYTES) -> GP
     config["torch_dtype"] = "float32"
     if "dtype" in config:
         config["dtype"] = "float32"
-    reader = ckpt.TensorReader(d, meta)
+    reader = TensorReader(d, meta)
     write_hf_folder(out_dir, config, family.to_hf(cfg, lambda name: reader.get("model/" + name)), shard_bytes)
     reader.close()
     return cfg

@@ -11,21 +11,23 @@ import shutil
 from typing import Optional, Tuple
 
 from megatron_galvatron import plan as plan_mod
+from megatron_galvatron.checkpoint import format as ckpt_format
+from megatron_galvatron.checkpoint.atomic import begin_save, commit_save
+from megatron_galvatron.checkpoint.tensors import open_verified
 from megatron_galvatron.errors import UserError
-from megatron_galvatron.training import checkpointing as ckpt
 
 
 def reshard(load: str, plan_path: str, world_size: Optional[int] = None, save: Optional[str] = None
             ) -> Tuple[str, plan_mod.Plan, Optional[str]]:
     """(checkpoint directory, validated target plan, directory of the rewritten copy or None)."""
-    d, meta, cfg = ckpt.open_verified(load)
+    d, meta, cfg = open_verified(load)
     plan = plan_mod.load(plan_path, world_size=world_size)
     plan.validate(cfg, world_size=plan.world_size)
     if save is None:
         return d, plan, None
-    same = ckpt.same_plan(meta, plan)
-    files = {f: info for f, info in meta["files"].items() if same or not f.startswith("rng_")}
-    name, tmp = ckpt.begin_save(save, int(meta["iteration"]))
+    same = ckpt_format.same_plan(meta, plan)
+    files = {f: info for f, info in meta["files"].items() if same or not ckpt_format.is_rng_file(f)}
+    name, tmp = begin_save(save, int(meta["iteration"]))
     try:
         for f in files:
             src, dst = os.path.join(d, f), os.path.join(tmp, f)
@@ -35,9 +37,8 @@ def reshard(load: str, plan_path: str, world_size: Optional[int] = None, save: O
                 shutil.copyfile(src, dst)
                 with open(dst, "rb+") as fh:
                     os.fsync(fh.fileno())
-        out = dict(meta, plan=plan.to_dict(), world_size=plan.world_size, files=files,
-                   resharded_from={"dir": os.path.abspath(d), "plan": meta.get("plan")})
-        return d, plan, ckpt.commit_save(save, name, tmp, out)
+        out = ckpt_format.resharded_meta(meta, plan.to_dict(), plan.world_size, files, d)
+        return d, plan, commit_save(save, name, tmp, out)
     except OSError as e:
         shutil.rmtree(tmp, ignore_errors=True)
         raise UserError(f"cannot write the resharded copy under {save}: {e.strerror or e}")

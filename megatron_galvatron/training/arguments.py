@@ -4,6 +4,8 @@ import argparse
 from megatron_galvatron import plan as plan_mod
 from megatron_galvatron.errors import UserError
 from megatron_galvatron.model.config import GPTConfig, add_model_args
+from megatron_galvatron.training.config import (CheckpointConfig, DataConfig, EvalConfig, LoggingConfig, LRConfig,
+                                             OptimizerConfig, TrainingConfig)
 
 
 def add_parallel_args(p: argparse.ArgumentParser) -> None:
@@ -61,6 +63,23 @@ def add_data_args(p: argparse.ArgumentParser) -> None:
                    help="load only the weights from --load: iteration 0, fresh optimizer, data from the start")
     g.add_argument("--no-load-optim", action="store_true", help="do not load the optimizer state from --load")
     g.add_argument("--no-load-rng", action="store_true", help="do not load the RNG streams from --load")
+
+
+def training_config(args: argparse.Namespace) -> TrainingConfig:
+    """The run's settings besides model and plan, read once from the parsed flags."""
+    return TrainingConfig(
+        train_iters=args.train_iters, seed=args.seed, bf16=args.bf16,
+        optimizer=OptimizerConfig(weight_decay=args.weight_decay, betas=(args.adam_beta1, args.adam_beta2),
+                                  eps=args.adam_eps, clip_grad=args.clip_grad),
+        lr=LRConfig(lr=args.lr, min_lr=args.min_lr, warmup_iters=args.lr_warmup_iters,
+                    decay_iters=args.lr_decay_iters or args.train_iters, decay_style=args.lr_decay_style),
+        eval=EvalConfig(interval=args.eval_interval, iters=args.eval_iters, skip_train=args.skip_train),
+        logging=LoggingConfig(interval=args.log_interval, tensorboard_dir=args.tensorboard_dir,
+                              metrics_json=args.metrics_json, exit_on_nonfinite=bool(args.exit_on_nonfinite)),
+        checkpoint=CheckpointConfig(save=args.save, load=args.load, save_interval=args.save_interval,
+                                    finetune=args.finetune, load_optim=not args.no_load_optim,
+                                    load_rng=not args.no_load_rng),
+        data=DataConfig(path=args.data_path, split=args.split))
 
 
 def build_parser(description: str = "Train a GPT model under a per-layer hybrid parallel plan") -> argparse.ArgumentParser:

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from megatron_galvatron import checkpoint
 from megatron_galvatron.errors import UserError
 from megatron_galvatron.optional import import_optional
 from megatron_galvatron.model.config import GPTConfig, config_from_args
@@ -22,13 +23,14 @@ from megatron_galvatron.parallel_state import ParallelState, detect_device, init
 from megatron_galvatron.pipeline.p2p import P2P
 from megatron_galvatron.pipeline.schedules import Schedule, StepStats, forward_only
 from megatron_galvatron.plan import Plan
-from megatron_galvatron.training import arguments, checkpointing, metrics
+from megatron_galvatron.training import arguments, metrics
+from megatron_galvatron.training.config import TrainingConfig
 from megatron_galvatron.training.optimizer import LRSchedule, build_optimizer
 
 
 @dataclass
 class Trainer:
-    args: object
+    config: TrainingConfig
     cfg: GPTConfig
     plan: Plan
     ps: ParallelState
@@ -51,25 +53,31 @@ class Trainer:
     def stage(self) -> StageModel:
         return self.model.stage
 
+    def checkpoint_state(self) -> checkpoint.TrainingState:
+        return checkpoint.TrainingState(self.stage, self.plan, self.optimizer, self.lr_schedule,
+                                        checkpoint.Progress(self.iteration, self.consumed_samples),
+                                        self.config.optimizer, self.config.seed)
 
-def build_datasets(args, cfg: GPTConfig, plan: Plan, consumed_samples: int = 0, iteration: int = 0):
+
+def build_datasets(config: TrainingConfig, cfg: GPTConfig, plan: Plan, consumed_samples: int = 0, iteration: int = 0):
     # A resumed run reads on from consumed_samples, possibly with another global batch size.
-    n_train = max(args.train_iters * plan.global_bsz,
-                  consumed_samples + max(0, args.train_iters - iteration) * plan.global_bsz)
-    n_eval = (args.train_iters // args.eval_interval + 1) * args.eval_iters * plan.global_bsz \
-        if args.eval_interval and args.eval_iters else args.eval_iters * plan.global_bsz
-    if args.data_path:
+    iters, ev, seed = config.train_iters, config.eval, config.seed
+    n_train = max(iters * plan.global_bsz, consumed_samples + max(0, iters - iteration) * plan.global_bsz)
+    n_eval = (iters // ev.interval + 1) * ev.iters * plan.global_bsz if ev.interval and ev.iters \
+        else ev.iters * plan.global_bsz
+    if config.data.path:
         from megatron_galvatron.data.gpt_dataset import build_train_valid_test_datasets
-        train, valid, _ = build_train_valid_test_datasets(args.data_path, args.split, cfg.seq_length, args.seed,
+        train, valid, _ = build_train_valid_test_datasets(config.data.path, config.data.split, cfg.seq_length, seed,
                                                           (n_train, n_eval, 0))
         return train, valid
     from megatron_galvatron.data.mock_dataset import MockGPTDataset
-    train = MockGPTDataset(cfg.seq_length, cfg.vocab_size, args.seed, n_train)
-    valid = MockGPTDataset(cfg.seq_length, cfg.vocab_size, args.seed + 1, max(n_eval, 1))
+    train = MockGPTDataset(cfg.seq_length, cfg.vocab_size, seed, n_train)
+    valid = MockGPTDataset(cfg.seq_length, cfg.vocab_size, seed + 1, max(n_eval, 1))
     return train, valid
 
 
 def setup(args, plan: Optional[Plan] = None) -> Trainer:
+    config = arguments.training_config(args)
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     device = detect_device(local_rank)
     rank, world = init_distributed(device)
@@ -80,29 +88,37 @@ def setup(args, plan: Optional[Plan] = None) -> Trainer:
     ps = ParallelState(plan, rank, world, device)
     # Replicated dropout draws from the default stream: offset it per pipeline stage (as
     # Megatron does) so that stages do not repeat each other's masks.
-    torch.manual_seed(args.seed + 100 * ps.pp_rank)
-    stage = StageModel(cfg, plan, ps, args.seed)
-    model = parallelize(stage, plan, args.bf16)
-    optimizer = build_optimizer(stage, args.lr, args.weight_decay, (args.adam_beta1, args.adam_beta2), args.adam_eps)
-    decay = args.lr_decay_iters or args.train_iters
-    sched = LRSchedule(args.lr, args.min_lr, args.lr_warmup_iters, decay, args.lr_decay_style)
-    tr = Trainer(args, cfg, plan, ps, model, optimizer, sched, None, None)
-    save_dir, load_dir = getattr(args, "save", None), getattr(args, "load", None)
-    if save_dir:
-        checkpointing.check_writable(save_dir, rank)
-    if load_dir:
-        # --load X --save X is the resume-or-start idiom: an empty X starts from scratch.
-        same = bool(save_dir) and os.path.realpath(save_dir) == os.path.realpath(load_dir)
-        loaded = checkpointing.load_checkpoint(tr, load_dir, missing_ok=same, finetune=getattr(args, "finetune", False),
-                                               load_optim=not getattr(args, "no_load_optim", False),
-                                               load_rng=not getattr(args, "no_load_rng", False))
-        if loaded and rank == 0:
-            print(f"loaded checkpoint {loaded} at iteration {tr.iteration} "
-                  f"({tr.consumed_samples} samples consumed)", flush=True)
-        if loaded and same:
-            tr.last_saved_iteration = tr.iteration
-    tr.train_data, tr.valid_data = build_datasets(args, cfg, plan, tr.consumed_samples, tr.iteration)
+    torch.manual_seed(config.seed + 100 * ps.pp_rank)
+    stage = StageModel(cfg, plan, ps, config.seed)
+    model = parallelize(stage, plan, config.bf16)
+    opt, lr = config.optimizer, config.lr
+    optimizer = build_optimizer(stage, lr.lr, opt.weight_decay, opt.betas, opt.eps)
+    sched = LRSchedule(lr.lr, lr.min_lr, lr.warmup_iters, lr.decay_iters, lr.decay_style)
+    tr = Trainer(config, cfg, plan, ps, model, optimizer, sched, None, None)
+    _start_from_checkpoint(tr)
+    tr.train_data, tr.valid_data = build_datasets(config, cfg, plan, tr.consumed_samples, tr.iteration)
     return tr
+
+
+def _start_from_checkpoint(tr: Trainer) -> None:
+    """Check --save before any step is spent, and take what --load holds."""
+    ck, rank = tr.config.checkpoint, tr.ps.rank
+    if ck.save:
+        checkpoint.check_writable(ck.save, rank)
+    if not ck.load:
+        return
+    # --load X --save X is the resume-or-start idiom: an empty X starts from scratch.
+    same = bool(ck.save) and os.path.realpath(ck.save) == os.path.realpath(ck.load)
+    loaded = checkpoint.load(tr.checkpoint_state(), ck.load, missing_ok=same, finetune=ck.finetune,
+                             load_optim=ck.load_optim, load_rng=ck.load_rng)
+    if loaded is None:
+        return
+    tr.iteration, tr.consumed_samples = loaded.progress.iteration, loaded.progress.consumed_samples
+    if rank == 0:
+        print(f"loaded checkpoint {loaded.directory} at iteration {tr.iteration} "
+              f"({tr.consumed_samples} samples consumed)", flush=True)
+    if same:
+        tr.last_saved_iteration = tr.iteration
 
 
 def _microbatches(tr: Trainer, dataset, start_sample: int):
@@ -161,7 +177,7 @@ def _p2p(tr: Trainer, dtype) -> Optional[P2P]:
 
 def train_step(tr: Trainer) -> StepStats:
     batches = _microbatches(tr, tr.train_data, tr.consumed_samples)
-    dtype = torch.bfloat16 if tr.args.bf16 else torch.float32
+    dtype = torch.bfloat16 if tr.config.bf16 else torch.float32
     tr.stage.train()
     tr.model.zero_grad()
     schedule = Schedule(tr.plan.pipeline_type, tr.plan.pp_deg, tr.ps.pp_rank, tr.plan.chunks, _p2p(tr, dtype),
@@ -169,7 +185,7 @@ def train_step(tr: Trainer) -> StepStats:
     with tr.model.compute():
         stats = schedule.run(tr.device)
     tr.model.finish_grad_sync()
-    stats.grad_norm = tr.model.clip_grads(tr.args.clip_grad)
+    stats.grad_norm = tr.model.clip_grads(tr.config.optimizer.clip_grad)
     stats.lr = tr.lr_schedule.apply(tr.optimizer, tr.iteration)
     tr.optimizer.step()
     tr.iteration += 1
@@ -180,12 +196,12 @@ def train_step(tr: Trainer) -> StepStats:
 def evaluate(tr: Trainer, iters: Optional[int] = None) -> float:
     """Mean validation loss over the first `iters` global batches of the valid split (the same
     batches every time, so evaluations are comparable), forward only. Same value on every rank."""
-    iters = tr.args.eval_iters if iters is None else iters
+    iters = tr.config.eval.iters if iters is None else iters
     if iters < 1:
         raise UserError("evaluation needs --eval-iters N with N >= 1")
     if tr.valid_data is None:
         raise UserError("evaluation needs a validation split: give --split a non-zero valid weight (e.g. 949,50,1)")
-    dtype = torch.bfloat16 if tr.args.bf16 else torch.float32
+    dtype = torch.bfloat16 if tr.config.bf16 else torch.float32
     tr.stage.eval()
     total = torch.zeros((), device=tr.device)
     with tr.model.compute():
@@ -204,7 +220,7 @@ def evaluate(tr: Trainer, iters: Optional[int] = None) -> float:
 
 def save_checkpoint(tr: Trainer) -> str:
     t0 = time.perf_counter()
-    path = checkpointing.save_checkpoint(tr, tr.args.save)
+    path = checkpoint.save(tr.checkpoint_state(), tr.config.checkpoint.save)
     tr.last_saved_iteration = tr.iteration
     if tr.ps.rank == 0:
         print(f"saved checkpoint {path} at iteration {tr.iteration} in {time.perf_counter() - t0:.2f} s", flush=True)
@@ -224,10 +240,10 @@ def _evaluate_and_log(tr: Trainer, writer) -> float:
 
 def _periodic(tr: Trainer, writer) -> float:
     """Evaluation and checkpoint due after this iteration; returns the seconds they took."""
-    args, t0 = tr.args, time.perf_counter()
-    if args.eval_interval and args.eval_iters and tr.iteration % args.eval_interval == 0:
+    ev, ck, t0 = tr.config.eval, tr.config.checkpoint, time.perf_counter()
+    if ev.interval and ev.iters and tr.iteration % ev.interval == 0:
         _evaluate_and_log(tr, writer)
-    if args.save and args.save_interval and tr.iteration % args.save_interval == 0:
+    if ck.save and ck.save_interval and tr.iteration % ck.save_interval == 0:
         save_checkpoint(tr)
     return time.perf_counter() - t0
 
@@ -247,25 +263,25 @@ def is_logging_rank(tr: Trainer) -> bool:
 
 
 def train(tr: Trainer) -> List[dict]:
-    args, device = tr.args, tr.device
-    if getattr(args, "skip_train", False):
+    config, log, device = tr.config, tr.config.logging, tr.device
+    if config.eval.skip_train:
         loss = evaluate(tr)
         tr.eval_log.append({"iteration": tr.iteration, "validation_loss": loss})
         if is_logging_rank(tr):
             print(f"validation loss: {loss:.6E}", flush=True)
         return tr.log
     flops_token = tr.cfg.flops_per_token()
-    peak = metrics.peak_flops(device) if args.bf16 else None
+    peak = metrics.peak_flops(device) if config.bf16 else None
     tokens_per_iter = tr.plan.global_bsz * tr.cfg.seq_length
-    writer = _writer(args.tensorboard_dir) if is_logging_rank(tr) else None
+    writer = _writer(log.tensorboard_dir) if is_logging_rank(tr) else None
     interval_loss, interval_n = torch.zeros((), device=device), 0
     metrics.synchronize(device)
     t0 = time.perf_counter()
-    while tr.iteration < args.train_iters:
+    while tr.iteration < config.train_iters:
         stats = train_step(tr)
         interval_loss += stats.loss_sum
         interval_n += 1
-        if tr.iteration % args.log_interval == 0 or tr.iteration == args.train_iters:
+        if tr.iteration % log.interval == 0 or tr.iteration == config.train_iters:
             loss = (reduce_loss(tr, interval_loss) / interval_n).item()
             grad_norm = stats.grad_norm.item()
             metrics.synchronize(device)
@@ -279,19 +295,19 @@ def train(tr: Trainer) -> List[dict]:
                 rec["mfu"] = tflops * 1e12 / peak
             tr.log.append(rec)
             if is_logging_rank(tr):
-                _print_iteration(rec, args.train_iters)
+                _print_iteration(rec, config.train_iters)
                 if writer is not None:
                     writer(rec)
-                if args.metrics_json:
-                    with open(args.metrics_json, "a") as f:
+                if log.metrics_json:
+                    with open(log.metrics_json, "a") as f:
                         f.write(json.dumps(rec) + "\n")
-            if args.exit_on_nonfinite and not np.isfinite(loss):
+            if log.exit_on_nonfinite and not np.isfinite(loss):
                 raise UserError(f"loss became {loss} at iteration {tr.iteration}: lower --lr or check the data")
             interval_loss.zero_()
             interval_n = 0
             t0 = time.perf_counter()
         t0 += _periodic(tr, writer)  # not counted in the iteration time
-    if args.save and tr.last_saved_iteration != tr.iteration:
+    if config.checkpoint.save and tr.last_saved_iteration != tr.iteration:
         save_checkpoint(tr)
     return tr.log
 

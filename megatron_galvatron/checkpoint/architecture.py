@@ -1,0 +1,51 @@
+"""The model architecture a checkpoint records, and whether it fits the model of this run."""
+import dataclasses
+from typing import List
+
+from megatron_galvatron.checkpoint.format import CheckpointError
+from megatron_galvatron.model.config import GPTConfig
+
+# Flags that fix tensor shapes: a mismatch cannot load. None: not a flag (follows the family).
+_SHAPE_FLAGS = {"family": "--model-family", "num_layers": "--num-layers", "hidden_size": "--hidden-size",
+                "num_attention_heads": "--num-attention-heads", "num_query_groups": "--num-query-groups",
+                "ffn_hidden_size": "--ffn-hidden-size", "vocab_size": "--vocab-size", "tie_embeddings": None}
+# Flags that change the function but not the shapes: a mismatch loads with a warning.
+_FUNCTION_FLAGS = {"norm_eps": "--norm-epsilon", "rope_theta": "--rotary-base"}
+
+
+def config_record(cfg: GPTConfig) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def config_from_record(record: dict) -> GPTConfig:
+    known = {f.name for f in dataclasses.fields(GPTConfig)}
+    return GPTConfig(**{k: v for k, v in record.items() if k in known})
+
+
+def model_flags(cfg: GPTConfig) -> str:
+    """The pretrain_gpt.py flags that build this architecture."""
+    flags = [f"--model-family {cfg.family}", f"--num-layers {cfg.num_layers}", f"--hidden-size {cfg.hidden_size}",
+             f"--num-attention-heads {cfg.num_attention_heads}", f"--ffn-hidden-size {cfg.ffn_hidden_size}",
+             f"--vocab-size {cfg.vocab_size}", f"--norm-epsilon {cfg.norm_eps}"]
+    if cfg.num_query_groups != cfg.num_attention_heads:
+        flags.append(f"--num-query-groups {cfg.num_query_groups}")
+    if cfg.family == "gpt2":
+        flags.append(f"--max-position-embeddings {cfg.max_position_embeddings}")
+    else:
+        flags.append(f"--rotary-base {cfg.rope_theta}")
+    return " ".join(flags)
+
+
+def check_config(record: dict, cfg: GPTConfig, where: str) -> List[str]:
+    """Raise if the checkpoint's architecture differs from cfg; return warnings for softer differences."""
+    saved = config_from_record(record)
+    fields = dict(_SHAPE_FLAGS)
+    if cfg.family == "gpt2":
+        fields["max_position_embeddings"] = "--max-position-embeddings"  # shape of the position table
+    diffs = [f"{flag or name} {getattr(saved, name)} (this run: {getattr(cfg, name)})"
+             for name, flag in fields.items() if getattr(saved, name) != getattr(cfg, name)]
+    if diffs:
+        raise CheckpointError(f"checkpoint {where} was saved with {', '.join(diffs)}: run with the checkpoint's "
+                              f"model flags: {model_flags(saved)}")
+    return [f"checkpoint {where} has {flag} {getattr(saved, name)} but this run uses {getattr(cfg, name)}"
+            for name, flag in _FUNCTION_FLAGS.items() if getattr(saved, name) != getattr(cfg, name)]

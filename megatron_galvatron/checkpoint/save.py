@@ -1,0 +1,111 @@
+"""Saving a run on every rank at once. Instead of collecting the model on one rank, the work is
+spread: inside a stage each parameter is gathered (FSDP full_tensor, TP all-gather) and written
+by one owner rank, owners chosen to balance bytes."""
+import json
+import os
+from typing import List, Tuple
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from megatron_galvatron.checkpoint.architecture import config_record
+from megatron_galvatron.checkpoint.atomic import begin_save, commit_save, fsync_dir, write_bytes
+from megatron_galvatron.checkpoint.collective import agree, broadcast
+from megatron_galvatron.checkpoint.format import CheckpointError, complete, rng_file, shard_stem, training_meta
+from megatron_galvatron.checkpoint.rng import rng_state
+from megatron_galvatron.checkpoint.shards import entries, full, is_tied_copy
+from megatron_galvatron.checkpoint.state import TrainingState
+from megatron_galvatron.checkpoint.tensors import ShardWriter
+
+
+def check_writable(root: str, rank: int) -> None:
+    """Fail at start-up, not after hours of training, when --save cannot be written."""
+    def probe():
+        if rank != 0:
+            return
+        try:
+            os.makedirs(root, exist_ok=True)
+        except OSError as e:
+            raise CheckpointError(f"--save {root}: {e.strerror or e}; choose a writable directory")
+        if not os.access(root, os.W_OK | os.X_OK):
+            raise CheckpointError(f"--save {root} is not writable: choose a writable directory")
+    agree(probe)
+
+
+def _state_tensors(optimizer, p) -> List[Tuple[str, torch.Tensor]]:
+    out = []
+    for k, v in sorted(optimizer.state.get(p, {}).items()):
+        if isinstance(v, (int, float)):
+            v = torch.tensor(float(v), dtype=torch.float64)
+        if torch.is_tensor(v):
+            out.append((k, v))
+    return out
+
+
+def _owners(stage_entries, n: int) -> List[int]:
+    """Stage-local writer of each entry: largest first onto the least-loaded rank."""
+    load, owner = [0] * n, [0] * len(stage_entries)
+    sizes = [int(np.prod(e[2].full_shape)) for e in stage_entries]
+    for j in sorted(range(len(stage_entries)), key=lambda j: (-sizes[j], j)):
+        r = min(range(n), key=lambda r: (load[r], r))
+        owner[j] = r
+        load[r] += sizes[j]
+    return owner
+
+
+def _meta(state: TrainingState) -> dict:
+    sched, opt, it = state.lr_schedule, state.optimizer_config, state.progress.iteration
+    return training_meta(
+        iteration=it, consumed_samples=state.progress.consumed_samples, model=config_record(state.stage.cfg),
+        plan=state.plan.to_dict(), world_size=state.ps.world_size,
+        lr_schedule={"lr": sched.lr, "min_lr": sched.min_lr, "warmup": sched.warmup,
+                     "decay_iters": sched.decay_iters, "style": sched.style, "next_lr": sched(it)},
+        optimizer={"type": "AdamW", "betas": list(opt.betas), "eps": opt.eps, "weight_decay": opt.weight_decay},
+        seed=state.seed)
+
+
+def save(state: TrainingState, root: str) -> str:
+    """Save the model, optimizer, progress, RNG streams and plan of a run under root; every rank
+    calls it. Returns the new checkpoint's directory."""
+    ps = state.ps
+    rank, world = ps.rank, ps.world_size
+    name, tmp = broadcast(agree(lambda: begin_save(root, state.progress.iteration) if rank == 0 else None))
+    stage_entries = [e for e in entries(state.stage) if not is_tied_copy(state.stage, e[0])]
+    owners = _owners(stage_entries, state.plan.stage_world)
+    writer = ShardWriter(tmp, shard_stem(rank))
+    for (cname, p, meta, group), owner in zip(stage_entries, owners):
+        mine = owner == ps.local_idx
+        states = [(f"optim/{k}/{cname}", v) for k, v in _state_tensors(state.optimizer, p)]
+        for key, t in [("model/" + cname, p)] + states:
+            whole = full(t, meta, group)
+            if mine:
+                writer.add(key, whole)
+    writer.flush()
+    rng = json.dumps(rng_state(state.stage)).encode()
+    writer.write(rng_file(rank), lambda path: write_bytes(path, rng))
+
+    def sync_files():
+        if writer.error:
+            raise CheckpointError(writer.error)
+        try:
+            fsync_dir(tmp)
+        except OSError as e:
+            raise CheckpointError(f"cannot sync {tmp}: {e.strerror or e}")
+    agree(sync_files)
+    parts = [(writer.files, writer.tensors)] * world
+    if world > 1:
+        dist.all_gather_object(parts, (writer.files, writer.tensors))
+
+    def commit():
+        if rank != 0:
+            return None
+        files, tensors = {}, {}
+        for f, t in parts:
+            files.update(f)
+            tensors.update(t)
+        try:
+            return commit_save(root, name, tmp, complete(_meta(state), files, tensors))
+        except OSError as e:
+            raise CheckpointError(f"cannot publish checkpoint {name} under {root}: {e.strerror or e}")
+    return broadcast(agree(commit))
