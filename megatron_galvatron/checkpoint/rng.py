@@ -26,10 +26,7 @@ def _unb64(s: str) -> torch.Tensor:
 
 def _trackers(stage: StageModel):
     """(name, module) of every module that owns a per-TP-rank dropout stream."""
-    out = [(f"layers.{i}", m) for i, m in stage.layers.items()]
-    if stage.vocab is not None:
-        out.append(("vocab", stage.vocab))
-    return out
+    return [(u.name, u.module) for u in stage.units()]
 
 
 def rng_state(stage: StageModel) -> dict:

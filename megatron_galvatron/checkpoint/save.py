@@ -14,7 +14,8 @@ from megatron_galvatron.checkpoint.atomic import begin_save, commit_save, fsync_
 from megatron_galvatron.checkpoint.collective import agree, broadcast
 from megatron_galvatron.checkpoint.format import CheckpointError, complete, rng_file, shard_stem, training_meta
 from megatron_galvatron.checkpoint.rng import rng_state
-from megatron_galvatron.checkpoint.shards import entries, full, is_tied_copy
+from megatron_galvatron.checkpoint.shards import entries, is_tied_copy
+from megatron_galvatron.model.canonical import full_tensor
 from megatron_galvatron.checkpoint.state import TrainingState
 from megatron_galvatron.checkpoint.tensors import ShardWriter
 
@@ -78,7 +79,7 @@ def save(state: TrainingState, root: str) -> str:
         mine = owner == ps.local_idx
         states = [(f"optim/{k}/{cname}", v) for k, v in _state_tensors(state.optimizer, p)]
         for key, t in [("model/" + cname, p)] + states:
-            whole = full(t, meta, group)
+            whole = full_tensor(t, meta, group)
             if mine:
                 writer.add(key, whole)
     writer.flush()

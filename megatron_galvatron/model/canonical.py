@@ -10,37 +10,36 @@ from typing import Dict, Optional
 import torch
 import torch.distributed as dist
 
+from megatron_galvatron.model.param_facts import ParamMeta
 from megatron_galvatron.model.stage import StageModel
 from megatron_galvatron.tensor_parallel.mappings import all_gather_dim0
 
 
-def _dp_full(t: torch.Tensor) -> torch.Tensor:
-    return t.full_tensor() if hasattr(t, "full_tensor") else t
-
-
-def _tp_groups(stage: StageModel):
-    return {f"{u.name}.{name}": u.groups.tp_group for u in stage.units() for name, _ in u.module.named_parameters()}
+def full_tensor(t: torch.Tensor, meta: ParamMeta, tp_group) -> torch.Tensor:
+    """The full, unpadded CPU tensor of a parameter (or of a gradient or optimizer state shaped
+    like it). Collective over the parameter's DP group (DTensor) and TP group."""
+    if hasattr(t, "full_tensor"):
+        t = t.full_tensor()
+    t = t.detach()
+    spec = meta.shard_spec
+    if t.ndim == 0 or spec.dim is None or meta.tp_size == 1 and spec.padded_size is None:
+        return t.to("cpu", copy=True)
+    d = spec.dim
+    gathered = all_gather_dim0(t.movedim(d, 0).contiguous(), tp_group)
+    shards = [s.movedim(0, d) for s in gathered.chunk(meta.tp_size, dim=0)]
+    return spec.unshard(shards, full_size=meta.full_shape[d]).to("cpu", copy=True).contiguous()
 
 
 @torch.no_grad()
 def gather_stage(stage: StageModel, grads: bool = False) -> Dict[str, torch.Tensor]:
     """This stage's parameters (or gradients) as full fp32 CPU tensors, on every rank of the stage."""
-    groups = _tp_groups(stage)
+    groups = stage.param_tp_groups()
     out = {}
     for name, p in stage.named_parameters():
         t = p.grad if grads else p
         if t is None:
             t = torch.zeros_like(p)
-        local = _dp_full(t.detach()).float()
-        meta = stage.param_meta[name]
-        if meta.shard_spec.dim is None or meta.tp_size == 1 and meta.shard_spec.padded_size is None:
-            full = local
-        else:
-            d = meta.shard_spec.dim
-            gathered = all_gather_dim0(local.movedim(d, 0).contiguous(), groups[name])
-            shards = [s.movedim(0, d) for s in gathered.chunk(meta.tp_size, dim=0)]
-            full = meta.shard_spec.unshard(shards, full_size=meta.full_shape[d])
-        out[name] = full.cpu().clone()
+        out[name] = full_tensor(t, stage.param_meta[name], groups[name]).float()
     return out
 
 

@@ -70,6 +70,10 @@ class StageModel(nn.Module):
             out.append(Unit("vocab", self.vocab, self.plan.vocab, self.vocab_groups))
         return out
 
+    def param_tp_groups(self) -> Dict[str, object]:
+        """The TP group of every parameter, by name: the group of the unit that owns it."""
+        return {f"{u.name}.{n}": u.groups.tp_group for u in self.units() for n, _ in u.module.named_parameters()}
+
     @property
     def output_layout(self) -> Layout:
         return self.layouts[-1] if self.layouts else self.input_layout
