@@ -259,15 +259,10 @@ def _check_strategy(name: str, s, stage_world: int, model: Optional["GPTConfig"]
             raise PlanError(f"{name}.{flag} must be true or false, got {getattr(s, flag)!r}")
     if isinstance(s, LayerStrategy) and not isinstance(s.checkpoint, bool):
         raise PlanError(f"{name}.checkpoint must be true or false, got {s.checkpoint!r}")
-    if model is not None:
-        if model.num_attention_heads % s.tp:
-            raise PlanError(f"{name}.tp={s.tp} does not divide --num-attention-heads={model.num_attention_heads}: "
-                            f"use a tp that divides it")
-        if model.num_query_groups % s.tp:
-            raise PlanError(f"{name}.tp={s.tp} does not divide --num-query-groups={model.num_query_groups}: "
-                            f"use a tp that divides it")
-        if model.ffn_hidden_size % s.tp:
-            raise PlanError(f"{name}.tp={s.tp} does not divide --ffn-hidden-size={model.ffn_hidden_size}: "
+    for dim in ("num_attention_heads", "num_query_groups", "ffn_hidden_size") if model is not None else ():
+        size = getattr(model, dim)
+        if size % s.tp:
+            raise PlanError(f"{name}.tp={s.tp} does not divide --{dim.replace('_', '-')}={size}: "
                             f"use a tp that divides it")
 
 
