@@ -10,7 +10,7 @@ is faster than a replicated unit's (autocast), the faster one counts, since a pl
 """
 from typing import NamedTuple, Optional
 
-from search.profiles import ModelProfile
+from megatron_galvatron.profile_format import ModelProfile
 
 
 class ComputeBound(NamedTuple):
@@ -34,8 +34,8 @@ def _slope(fits) -> float:
 
 
 def compute_bound(profile: ModelProfile, num_layers: int, flops_per_token: float) -> ComputeBound:
-    layer = min(_slope(f) for f in (profile.layer_fits(1, False), profile.sharded_layer_fits(1, False)) if f)
-    head = min(_slope(f) for f in (profile.vocab_fits(1), profile.sharded_vocab_fits(1)) if f)
+    layer = min(_slope(f) for f in (profile.layer_fits(1, False), profile.bf16_layer_fits(1, False)) if f)
+    head = min(_slope(f) for f in (profile.vocab_fits(1), profile.bf16_vocab_fits(1)) if f)
     emb = profile.embedding_fits(1)
     vocab = head + (_slope(emb) if emb else 0.0)
     per_token = num_layers * layer + vocab

@@ -19,13 +19,13 @@ from __future__ import annotations
 import math
 from typing import Dict, List, Tuple
 
-from search.profiles import REQUIRED_COLLECTIVES, CommFit, HardwareProfile, ProfileError
-
-
-def bus_factor(op: str, n: int) -> float:
-    if n <= 1:
-        return 0.0
-    return 2.0 * (n - 1) / n if op == "all_reduce" else (n - 1) / n
+from megatron_galvatron.profile_format import (
+    REQUIRED_COLLECTIVES,
+    CommFit,
+    HardwareProfile,
+    ProfileError,
+    bus_factor,
+)
 
 
 def spans_nodes(size: int, stride: int, gpus_per_node: int) -> bool:

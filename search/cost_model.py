@@ -19,9 +19,9 @@ import numpy as np
 
 from megatron_galvatron.layout import Layout, exchange_sets
 from megatron_galvatron.plan import LayerStrategy, Plan, VocabStrategy
+from megatron_galvatron.profile_format import ModelProfile
 from search.comm import Network
 from search.model_config import ModelConfig
-from search.profiles import ModelProfile
 from search.strategies import layout
 
 GiB = float(2 ** 30)
@@ -360,7 +360,7 @@ class CostModel:
     # ---------------------------------------------------------------- transformer layer
     def layer_compute(self, s: LayerStrategy, stage_world: int, micro_batch: int) -> Tuple[float, float]:
         dp = stage_world // s.tp
-        fits = self.profile.sharded_layer_fits(s.tp, s.sp) if self.bf16_unit(s.dp_type, dp) else None
+        fits = self.profile.bf16_layer_fits(s.tp, s.sp) if self.bf16_unit(s.dp_type, dp) else None
         fwd, bwd = fits or self.profile.layer_fits(s.tp, s.sp)
         tokens = micro_batch // dp * self.model.seq_length
         return fwd(tokens), bwd(tokens)
@@ -485,14 +485,14 @@ class CostModel:
         autocast it saves an fp32 input and the bf16 cast the next matmul takes, 2 x hidden bytes
         less per token of the norm (its tokens are sequence-sharded under sp); a checkpointed layer
         keeps its input in bf16, half the fp32 one. Profiles that measured the bf16 layer
-        (`layer.sharded`) are used as they are."""
+        (`layer.bf16`) are used as they are."""
         p, h = self.profile, self.model.hidden_size
         act, ckpt = p.activation_per_token(s.tp, s.sp), p.checkpoint_per_token(s.tp, s.sp)
         if not self.bf16_unit(s.dp_type, dp):
             const = p.layer_constant(s.tp, s.sp)
             return act, (BF16 * p.layer_param_count / s.tp if const is None else const), ckpt
         norm_tokens = 1.0 / s.tp if s.sp else 1.0
-        sact, sckpt = p.sharded_activation_per_token(s.tp, s.sp), p.sharded_checkpoint_per_token(s.tp, s.sp)
+        sact, sckpt = p.bf16_activation_per_token(s.tp, s.sp), p.bf16_checkpoint_per_token(s.tp, s.sp)
         return (act - 2 * 2 * h * norm_tokens if sact is None else sact), 0.0, (ckpt / 2 if sckpt is None else sckpt)
 
     def backward_work_per_token(self, s: LayerStrategy, dp: int) -> float:
@@ -615,7 +615,7 @@ class CostModel:
                 compute += emb[0](tokens) + emb[1](tokens)
                 per_mb += emb[0](tokens) + emb[1](tokens)
         if last:
-            f, b = (p.sharded_vocab_fits(v.tp) if bf16 else None) or p.vocab_fits(v.tp)
+            f, b = (p.bf16_vocab_fits(v.tp) if bf16 else None) or p.vocab_fits(v.tp)
             fwd, bwd = f(tokens), b(tokens)
             # the head's input: gathered forward and its gradient reduce-scattered backward under sp,
             # else copied forward and its gradient all-reduced backward
@@ -652,7 +652,7 @@ class CostModel:
         act_kept = transient = 0.0
         if last:
             if bf16:
-                per_token = p.sharded_vocab_activation_per_token(v.tp)
+                per_token = p.bf16_vocab_activation_per_token(v.tp)
                 if per_token is None:  # the final norm's input is bf16, and no bf16 cast is saved beside it
                     per_token = p.vocab_activation_per_token(v.tp) - 2 * h / (v.tp if v.sp else 1)
                 const = 0.0

@@ -20,12 +20,12 @@ if __package__ in (None, ""):  # run as `python search/run.py`
 
 from megatron_galvatron.errors import UserError, exit_on_user_error  # noqa: E402
 from megatron_galvatron.model.config import GPTConfig  # noqa: E402
+from megatron_galvatron.profile_format import check_model_matches, load_profiles  # noqa: E402
 from search.bound import compute_bound  # noqa: E402
 from search.comm import Network  # noqa: E402
 from search.cost_model import CostModel  # noqa: E402
 from search.engine import InfeasibleError, Result, Searcher  # noqa: E402
 from search.model_config import add_model_args, model_config_from_args  # noqa: E402
-from search.profiles import check_model_matches, load_profiles  # noqa: E402
 from search.strategies import SP_MODES, Space, label  # noqa: E402
 
 PROG = "search/run.py"

@@ -20,8 +20,8 @@ if __package__ in (None, ""):
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from megatron_galvatron.errors import UserError, exit_on_user_error  # noqa: E402
-from search import profiles  # noqa: E402
-from search.comm import bus_factor, spans_nodes  # noqa: E402
+from megatron_galvatron import profile_format as profiles  # noqa: E402
+from search.comm import spans_nodes  # noqa: E402
 from search.model_config import ModelConfig, add_model_args, model_config_from_args  # noqa: E402
 
 # H100 SXM node: NVLink 4 inside the node, one 400 Gb/s InfiniBand NIC per GPU between nodes.
@@ -58,7 +58,7 @@ def _pow2_upto(n: int) -> List[int]:
 
 
 def _comm_entry(op: str, n: int, latency: float, busbw: float) -> Dict[str, Any]:
-    pts = [[b, latency + bus_factor(op, n) * b / (busbw * 1e9)] for b in _POINT_BYTES]
+    pts = [[b, latency + profiles.bus_factor(op, n) * b / (busbw * 1e9)] for b in _POINT_BYTES]
     return {"latency_s": latency, "bandwidth_GBps": busbw, "points": pts}
 
 
@@ -153,9 +153,8 @@ def model_profile(cfg: ModelConfig, max_tp: int = 64, hw: Dict[str, Any] = None)
 def write_profiles(out_dir: str, cfg: ModelConfig, num_gpus: int, gpus_per_node: int = 8,
                    preset_name: str = "h100", **overrides: Any) -> str:
     hw = preset(preset_name, **overrides)
-    os.makedirs(out_dir, exist_ok=True)
-    profiles.dump(hardware_profile(num_gpus, gpus_per_node, hw), os.path.join(out_dir, profiles.HARDWARE_FILE))
-    profiles.dump(model_profile(cfg, hw=hw), os.path.join(out_dir, profiles.MODEL_FILE))
+    profiles.write_hardware(hardware_profile(num_gpus, gpus_per_node, hw), out_dir)
+    profiles.write_model(model_profile(cfg, hw=hw), out_dir)
     return out_dir
 
 

@@ -90,20 +90,20 @@ def test_comm_groups_match_the_runtime_layout():
     assert group_sizes(8) == [2, 4, 8] and group_sizes(6) == [2, 6] and group_sizes(1) == []
 
 
-def test_sharded_unit_saves_a_bf16_residual_stream():
-    """With bf16 the layer is measured again as a ZeRO unit runs it (bf16 weights, no autocast):
+def test_bf16_unit_saves_a_bf16_residual_stream():
+    """With bf16 the layer is measured again as the runtime runs it (bf16 weights, no autocast):
     each norm then saves a bf16 input and output where under autocast it saves an fp32 input and
     the bf16 cast, and a checkpointed layer keeps a bf16 input."""
     cfg = _cfg()
     layer = _layer_profile(cfg, "bf16")
     h = cfg.hidden_size
-    mem, sharded = layer["memory"], layer["sharded"]
-    assert sharded["checkpoint_bytes_per_token"] == {"tp1": 2 * h, "tp2": 2 * h, "tp2_sp": h}
+    mem, bf16 = layer["memory"], layer["bf16"]
+    assert bf16["checkpoint_bytes_per_token"] == {"tp1": 2 * h, "tp2": 2 * h, "tp2_sp": h}
     for key, norm_tokens in (("tp1", 1.0), ("tp2", 1.0), ("tp2_sp", 0.5)):
-        saved = mem["activation_bytes_per_token"][key] - sharded["activation_bytes_per_token"][key]
+        saved = mem["activation_bytes_per_token"][key] - bf16["activation_bytes_per_token"][key]
         # 2 x hidden bytes per norm token, within the norms' per-token statistics
         assert 4 * h * norm_tokens <= saved <= (4 * h + 16) * norm_tokens
-    assert set(sharded["time"]) == {"tp1", "tp2", "tp2_sp"}
+    assert set(bf16["time"]) == {"tp1", "tp2", "tp2_sp"}
 
 
 def _collectives_of_the_overlap_test(rank, world):

@@ -11,11 +11,11 @@ import dataclasses
 import pytest
 
 from megatron_galvatron.plan import LayerStrategy, Plan, VocabStrategy
+from megatron_galvatron.profile_format import parse_hardware, parse_model
 from search.comm import Network
 from search.cost_model import (CostModel, InFlight, clock_gain_bound, clock_scales, in_flight, microbatches_in_flight,
                                model_state_bytes, pipeline_iteration_time)
 from search.model_config import ModelConfig
-from search.profiles import parse_hardware, parse_model
 
 INTRA = {"latency_s": 1e-5, "bandwidth_GBps": 100.0, "points": []}
 INTER = {"latency_s": 2e-5, "bandwidth_GBps": 10.0, "points": []}

@@ -6,6 +6,7 @@ import warnings
 import pytest
 
 from megatron_galvatron.plan import Plan
+from megatron_galvatron.profile_format import load_profiles
 from search import _dp_core  # noqa: F401  (CI builds it; without it these tests would crawl)
 from search import dp, synthetic
 from search.comm import Network
@@ -13,7 +14,6 @@ from search.cost_model import GiB, CostModel
 from search.engine import InfeasibleError, Searcher
 from search.stage_dp import min_max_partition
 from search.model_config import ModelConfig
-from search.profiles import load_profiles
 from search.strategies import Space, divisors, layer_strategies, layout, vocab_strategies
 
 GPT = ModelConfig(family="gpt2", num_layers=8, hidden_size=1024, num_attention_heads=16, num_query_groups=16,

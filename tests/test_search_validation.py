@@ -19,10 +19,10 @@ import os
 import pytest
 
 from megatron_galvatron.plan import Plan
+from megatron_galvatron.profile_format import parse_hardware, parse_model
 from search.comm import Network
 from search.cost_model import CostModel
 from search.model_config import ModelConfig
-from search.profiles import parse_hardware, parse_model
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RUN = os.path.join(ROOT, "docs", "results", "h200x2_validate")

@@ -16,11 +16,9 @@ import torch.distributed as dist  # noqa: E402
 
 from megatron_galvatron.errors import UserError, exit_on_user_error  # noqa: E402
 from megatron_galvatron.parallel_state import detect_device, init_distributed  # noqa: E402
+from megatron_galvatron.profile_format import HARDWARE_FILE, write_hardware  # noqa: E402
 from megatron_galvatron.profiling.comm import CommProfiler, CommSettings  # noqa: E402
-from megatron_galvatron.profiling.hardware import HARDWARE_FILE  # noqa: E402
-from megatron_galvatron.profiling.report import comm_summary, parse_size, sweep, write_profile  # noqa: E402
-
-from search.profiles import parse_hardware  # noqa: E402
+from megatron_galvatron.profiling.report import comm_summary, parse_size, sweep  # noqa: E402
 
 PROG = "profile_comm.py"
 
@@ -60,7 +58,7 @@ def main(argv=None) -> None:
         rank, _ = init_distributed(device)
         profile = CommProfiler(device, s).run()
         if rank == 0:
-            path = write_profile(profile, args.out_dir, HARDWARE_FILE, parse_hardware)
+            path = write_hardware(profile, args.out_dir)
             print(comm_summary(profile))
             print(f"wrote {path}")
     if dist.is_initialized():

@@ -16,7 +16,7 @@ import torch  # noqa: E402
 
 from megatron_galvatron.errors import UserError, exit_on_user_error  # noqa: E402
 from megatron_galvatron.parallel_state import detect_device  # noqa: E402
-from megatron_galvatron.profiling.hardware import MODEL_FILE  # noqa: E402
+from megatron_galvatron.profile_format import MODEL_FILE, write_model  # noqa: E402
 from megatron_galvatron.profiling.model import (  # noqa: E402
     DTYPES,
     ModelProfiler,
@@ -25,9 +25,8 @@ from megatron_galvatron.profiling.model import (  # noqa: E402
     default_dtype,
     default_optimizer_params,
 )
-from megatron_galvatron.profiling.report import model_summary, write_profile  # noqa: E402
+from megatron_galvatron.profiling.report import model_summary  # noqa: E402
 from megatron_galvatron.training.arguments import add_model_args, model_config  # noqa: E402
-from search.profiles import parse_model  # noqa: E402
 
 PROG = "profile_model.py"
 
@@ -77,12 +76,6 @@ def pick_device(choice: str) -> torch.device:
     return detect_device(int(os.environ.get("LOCAL_RANK", "0")))  # the training run's allocator settings
 
 
-def validate(profile, path) -> None:
-    # The search prices bf16 only and rejects other dtypes by design; an fp32 profile (CPU runs)
-    # is still checked for everything else.
-    parse_model(dict(profile, dtype="bf16"), path)
-
-
 def main(argv=None) -> None:
     args = build_parser().parse_args(argv)
     with exit_on_user_error(PROG):
@@ -100,7 +93,7 @@ def main(argv=None) -> None:
             seed=args.seed, progress=not args.quiet)
         check_settings(cfg, settings)
         profile = ModelProfiler(cfg, device, settings).run()
-        path = write_profile(profile, args.out_dir, MODEL_FILE, validate)
+        path = write_model(profile, args.out_dir)
         print(model_summary(profile))
         for note in profile["notes"]:
             print(f"note: {note}")

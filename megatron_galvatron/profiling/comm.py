@@ -16,9 +16,9 @@ import torch
 import torch.distributed as dist
 
 from megatron_galvatron.errors import UserError
-from megatron_galvatron.profiling.fit import bus_factor, comm_entry
+from megatron_galvatron.profile_format import COLLECTIVES, HARDWARE_SCHEMA, bus_factor
+from megatron_galvatron.profiling.fit import comm_entry
 from megatron_galvatron.profiling.hardware import (
-    HARDWARE_SCHEMA,
     HostAhead,
     Stopwatch,
     command_line,
@@ -28,7 +28,6 @@ from megatron_galvatron.profiling.hardware import (
     synchronize,
 )
 
-COLLECTIVES = ("all_reduce", "all_gather", "reduce_scatter", "all_to_all")
 LAYOUTS = ("consec", "strided")
 BUFFER_DTYPE = torch.float32  # gradients are reduced in fp32; per byte bf16 costs the same
 
