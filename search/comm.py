@@ -19,6 +19,7 @@ from __future__ import annotations
 import math
 from typing import Dict, List, Tuple
 
+from megatron_galvatron.layout import Layout
 from megatron_galvatron.profile_format import (
     REQUIRED_COLLECTIVES,
     CommFit,
@@ -57,9 +58,9 @@ class Network:
             raise ProfileError(f"{hw.path}: missing key 'p2p' entries: pipeline stages cannot be priced")
 
     def _profiled_spans(self, n: int, layout: str) -> bool:
-        if layout == "consec":
-            return spans_nodes(n, 1, self.hw.gpus_per_node)
-        return spans_nodes(n, max(1, self.hw.num_gpus // n), self.hw.gpus_per_node)
+        """Whether the profiler's groups of this entry spanned nodes (they tile its whole world)."""
+        stride = Layout(tp=n, tp_consec=layout == "consec", sp=False).strides(self.hw.num_gpus)[0]
+        return spans_nodes(n, stride, self.hw.gpus_per_node)
 
     def _fit(self, op: str, size: int, stride: int) -> CommFit:
         key = (op, size, stride)

@@ -22,7 +22,6 @@ from megatron_galvatron.plan import LayerStrategy, Plan, VocabStrategy
 from megatron_galvatron.profile_format import ModelProfile
 from search.comm import Network
 from search.model_config import ModelConfig
-from search.strategies import layout
 
 GiB = float(2 ** 30)
 BF16 = 2
@@ -270,14 +269,13 @@ class Prediction:
 
 
 @functools.lru_cache(maxsize=None)
-def _largest_exchange_set(src: Tuple, dst: Tuple, stage_world: int) -> int:
-    return max(len(m) for m in exchange_sets(Layout(*src), Layout(*dst), stage_world))
+def _largest_exchange_set(src: Layout, dst: Layout, stage_world: int) -> int:
+    return max(len(m) for m in exchange_sets(src, dst, stage_world))
 
 
-def _blocks(lo: Tuple, stage_world: int) -> int:
+def _blocks(lo: Layout, stage_world: int) -> int:
     """Into how many blocks a layout cuts the micro-batch's activation."""
-    tp, _, sp = lo
-    return stage_world // tp * (tp if sp else 1)
+    return stage_world // lo.tp * (lo.tp if lo.sp else 1)
 
 
 class CostModel:
@@ -345,13 +343,13 @@ class CostModel:
     # ---------------------------------------------------------------- groups inside a stage
     @staticmethod
     def tp_group(s, stage_world: int) -> Tuple[int, int]:
-        """(size, stride) of the TP group of rank 0 of the stage."""
-        return (s.tp, 1) if s.tp_consec else (s.tp, stage_world // s.tp)
+        """(size, rank stride) of the TP group of rank 0 of the stage."""
+        return s.tp, Layout.of(s, stage_world).strides(stage_world)[0]
 
     @staticmethod
     def dp_group(s, stage_world: int) -> Tuple[int, int]:
-        dp = stage_world // s.tp
-        return (dp, s.tp) if s.tp_consec else (dp, 1)
+        """(size, rank stride) of the DP group of rank 0 of the stage."""
+        return stage_world // s.tp, Layout.of(s, stage_world).strides(stage_world)[1]
 
     def _activation_bytes(self, samples: float, dtype_bytes: int = BF16) -> float:
         """Hidden states of `samples` sequences, [seq, samples, hidden], `dtype_bytes` per element."""
@@ -520,10 +518,10 @@ class CostModel:
         return Memory(model_state_bytes(params, dp, s.dp_type, self.has_compute_copy(s.dp_type, dp)), kept,
                       transient, lazy, settled, lazy if s.dp_type == "zero3" else 0.0)
 
-    def relayout(self, stage_world: int, micro_batch: int, src: Optional[Tuple] = None,
-                 dst: Optional[Tuple] = None) -> float:
+    def relayout(self, stage_world: int, micro_batch: int, src: Optional[Layout] = None,
+                 dst: Optional[Layout] = None) -> float:
         """Forward + backward cost, per micro-batch, of a layout change between adjacent layers
-        (layouts as (tp, tp_consec, sp) tuples). The runtime all-gathers each rank's block within
+        The runtime all-gathers each rank's block within
         its exchange set (megatron_galvatron.layout.exchange_sets): forward the src blocks, backward
         the dst blocks' gradients; the largest set sets the time. Without both layouts: an
         all-gather over the whole stage, an upper bound. The residual stream moves in the dtype
@@ -534,7 +532,7 @@ class CostModel:
             return 2 * self.net.collective("all_gather", stage_world, 1, full)
         if src == dst:
             return 0.0
-        k = _largest_exchange_set(tuple(src), tuple(dst), stage_world)
+        k = _largest_exchange_set(src, dst, stage_world)
         if k == 1:
             return 0.0
         return sum(self.net.collective("all_gather", k, 1, k * full / _blocks(lo, stage_world))
@@ -704,11 +702,11 @@ class CostModel:
             persistent += m.persistent(flight)
             budgeted += m.budgeted(flight, self.ratio)
             transient = max(transient, m.transient)
-        layouts = [layout(s, sw) for s in layers]
+        layouts = [Layout.of(s, sw) for s in layers]
         if stage == 0:
-            layouts.insert(0, layout(plan.vocab, sw))
+            layouts.insert(0, Layout.of(plan.vocab, sw))
         if stage == pp - 1:
-            layouts.append(layout(plan.vocab, sw))
+            layouts.append(Layout.of(plan.vocab, sw))
         per_mb += sum(self.relayout(sw, mb, a, b) for a, b in zip(layouts, layouts[1:]))
         per_mb += ((stage > 0) + (stage < pp - 1)) * self.p2p(pp, sw, mb)
         return StageCost(per_mb, per_iter, persistent + transient, budgeted + transient, compute, busy, busy_mb)

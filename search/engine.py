@@ -28,10 +28,11 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from megatron_galvatron.errors import UserError
+from megatron_galvatron.layout import Layout
 from megatron_galvatron.plan import LayerStrategy, Plan, VocabStrategy
 from search.cost_model import GiB, CostModel, InFlight, Prediction, clock_gain_bound, in_flight
 from search.stage_dp import Surface, Table, canonical_order, lp_bound, lp_mix, min_max_partition
-from search.strategies import Space, divisors, layer_strategies, layout, vocab_strategies
+from search.strategies import Space, divisors, layer_strategies, vocab_strategies
 
 SURFACE_CACHE_BYTES = 512 << 20  # DP tables kept for reuse across candidates
 
@@ -91,8 +92,8 @@ class StageFrame:
     fixed_iter: float     # vocab once-per-iteration time
     vocab_budgeted: float
     vocab_transient: float
-    in_layout: Optional[Tuple]   # layout the first layer receives from the embedding (first stage)
-    out_layout: Optional[Tuple]  # layout the LM head wants from the last layer (last stage)
+    in_layout: Optional[Layout]   # layout the first layer receives from the embedding (first stage)
+    out_layout: Optional[Layout]  # layout the LM head wants from the last layer (last stage)
 
 
 @dataclass
@@ -158,15 +159,15 @@ class Searcher:
         c = self.cost
         times = [c.layer_time(s, stage_world, micro_batch) for s in strategies]
         mems = [c.layer_memory(s, stage_world, micro_batch) for s in strategies]
-        layouts = sorted({layout(s, stage_world) for s in strategies})
+        layouts = sorted({Layout.of(s, stage_world) for s in strategies})
         index = {l: i for i, l in enumerate(layouts)}
         t = Table(strategies,
                   np.array([x.per_mb for x in times]), np.array([x.per_iter for x in times]),
                   np.array([m.states for m in mems]), np.array([m.activation for m in mems]),
                   np.array([m.transient for m in mems]), layouts,
-                  np.array([index[layout(s, stage_world)] for s in strategies], dtype=np.int32),
+                  np.array([index[Layout.of(s, stage_world)] for s in strategies], dtype=np.int32),
                   {},
-                  sorted({layout(v, stage_world) for v in vocab_strategies(stage_world, micro_batch, self.model,
+                  sorted({Layout.of(v, stage_world) for v in vocab_strategies(stage_world, micro_batch, self.model,
                                                                            self.space)}),
                   np.array([m.lazy for m in mems]), np.array([m.settled for m in mems]),
                   np.array([m.pooled for m in mems]), c.ratio)
@@ -190,7 +191,7 @@ class Searcher:
         flight = in_flight(cand.pipeline_type, cand.chunks, cand.pp, stage)
         vt, vm = self.cost.vocab(cand.vocab, sw, mb, cand.pp, stage)
         p2p = ((stage > 0) + (stage < cand.pp - 1)) * self.cost.p2p(cand.pp, sw, mb)
-        vl = layout(cand.vocab, sw)
+        vl = Layout.of(cand.vocab, sw)
         return StageFrame(flight, vt.per_mb + p2p, vt.per_iter, vm.budgeted(flight, self.cost.ratio), vm.transient,
                           vl if stage == 0 else None, vl if stage == cand.pp - 1 else None)
 

@@ -10,6 +10,7 @@ import dataclasses
 
 import pytest
 
+from megatron_galvatron.layout import Layout
 from megatron_galvatron.plan import LayerStrategy, Plan, VocabStrategy
 from megatron_galvatron.profile_format import parse_hardware, parse_model
 from search.comm import Network
@@ -265,9 +266,9 @@ def test_relayout_and_p2p(cm):
     full = 8 * 128 * 64 * 2
     # the residual stream is re-laid out as it is, fp32 after a replicated unit
     assert cm.relayout(4, 8) == pytest.approx(2 * (1e-5 + 3 / 4 * 2 * full / 100e9))  # whole stage: a bound
-    assert cm.relayout(4, 8, (2, True, False), (2, True, False)) == 0.0
+    assert cm.relayout(4, 8, Layout(2, True, False), Layout(2, True, False)) == 0.0
     # sp on/off inside the same TP pairs moves half blocks within the pair only
-    assert cm.relayout(4, 8, (2, True, True), (2, True, False)) == pytest.approx(
+    assert cm.relayout(4, 8, Layout(2, True, True), Layout(2, True, False)) == pytest.approx(
         (1e-5 + 1 / 2 * (2 * 2 * full / 4) / 100e9) + (1e-5 + 1 / 2 * (2 * 2 * full / 2) / 100e9))
     # pipeline sends are cast to bf16
     assert cm.p2p(2, 4, 8) == pytest.approx(1e-5 + full / 4 / 25e9)
@@ -506,7 +507,7 @@ def test_evaluate_prices_relayout_between_different_layers(cm):
     # tp1 <-> tp2 (consecutive) exchanges within pairs of ranks: one direction gathers the four
     # quarter blocks two at a time, the other the two half blocks two at a time
     hop = (1e-5 + 1 / 2 * (2 * fp32 / 4) / 100e9) + (1e-5 + 1 / 2 * (2 * fp32 / 2) / 100e9)
-    assert cm.relayout(4, 8, (1, True, False), (2, True, False)) == pytest.approx(hop)
+    assert cm.relayout(4, 8, Layout(1, True, False), Layout(2, True, False)) == pytest.approx(hop)
     # b differs from a and from the vocab layout (tp1) on its way into the head: two re-layouts
     got = cm.stage_costs(mixed, 0)[0] - cm.stage_costs(base, 0)[0]
     t_a, t_b = cm.layer_time(a, 4, 8), cm.layer_time(b, 4, 8)
