@@ -5,8 +5,9 @@ with its loss, each at the slope of its profiled time fit (the per-token cost a 
 micro-batch approaches) and at the profile's sustained clock. No communication, optimizer,
 pipeline bubble, recomputation or per-call overhead is counted, so no plan on that card, with
 those kernels, can train faster; a measured run's tokens/s over this bound says how much of the
-step is anything but the model's math. Where a ZeRO unit's (bf16 parameters, no autocast) table
-is faster than a replicated unit's (autocast), the faster one counts, since a plan may use either.
+step is anything but the model's math. Of the bf16 table (bf16 weights, no autocast: how the
+runtime computes every unit) and the autocast one, the faster counts, so that the bound also holds
+for the cost model re-pricing a run of the earlier runtime (`replicated_autocast`).
 """
 from typing import NamedTuple, Optional
 

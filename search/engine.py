@@ -9,7 +9,7 @@ remaining candidate can beat the k-th best pipeline shape found.
 
 Stage peak memory is sum(persistent memory of its layers) + max(transient memory of one layer),
 each layer's persistent part counted as it weighs against the allocator's budget
-(search.cost_model.budget_bytes), which is not additive; the DP handles it by reserving a level
+(search.stage_memory.budget_bytes), which is not additive; the DP handles it by reserving a level
 tau for the transient and allowing only strategies whose transient is <= tau. The exact optimum
 is the best over all levels; the levels solved are the one the linear relaxation settles on, the
 top one (both skipped when their relaxation cannot beat what is known), and the level that
@@ -30,8 +30,10 @@ import numpy as np
 from megatron_galvatron.errors import UserError
 from megatron_galvatron.layout import Layout
 from megatron_galvatron.plan import LayerStrategy, Plan, VocabStrategy
-from search.cost_model import GiB, CostModel, InFlight, Prediction, clock_gain_bound, in_flight
+from search.cost_model import CostModel, Prediction
+from search.pipeline_time import clock_gain_bound
 from search.stage_dp import Surface, Table, canonical_order, lp_bound, lp_mix, min_max_partition
+from search.stage_memory import GiB, InFlight, in_flight
 from search.strategies import Space, divisors, layer_strategies, vocab_strategies
 
 SURFACE_CACHE_BYTES = 512 << 20  # DP tables kept for reuse across candidates
@@ -393,7 +395,7 @@ class Searcher:
         seq = self.model.seq_length
         stats = self.stats
         # The bounds price compute at the sustained clock; a plan whose GPUs idle part of the step
-        # is predicted faster than that (cost_model.clock_scales), by at most clock_gain_bound.
+        # is predicted faster than that (pipeline_time.clock_scales), by at most clock_gain_bound.
         slow = self.cost.profile.sustained_slowdown
         scored = []
         for c in cands:  # bounds first, so that the likely best plans are solved first

@@ -12,7 +12,7 @@ import numpy as np
 from megatron_galvatron.layout import Layout
 from megatron_galvatron.plan import LayerStrategy
 from search import dp
-from search.cost_model import InFlight, budget_bytes, persistent_bytes
+from search.stage_memory import InFlight, budget_bytes, persistent_bytes
 
 MiB = float(2 ** 20)
 
@@ -31,9 +31,9 @@ class Table:
     layout_id: np.ndarray
     relayout: Dict[Tuple[Layout, Layout], float]  # (from layout, to layout) -> cost per micro-batch
     vocab_layouts: List[Layout]  # layouts the embedding / LM head can have in this stage
-    lazy: np.ndarray     # see search.cost_model.persistent_bytes
+    lazy: np.ndarray     # see search.stage_memory.persistent_bytes
     settled: np.ndarray
-    pooled: np.ndarray   # see search.cost_model.budget_bytes
+    pooled: np.ndarray   # see search.stage_memory.budget_bytes
     ratio: float         # the allocator's reserved / allocated
 
     def persistent(self, flight: InFlight) -> np.ndarray:

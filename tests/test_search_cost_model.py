@@ -14,9 +14,10 @@ from megatron_galvatron.layout import Layout
 from megatron_galvatron.plan import LayerStrategy, Plan, VocabStrategy
 from megatron_galvatron.profile_format import parse_hardware, parse_model
 from search.comm import Network
-from search.cost_model import (CostModel, InFlight, clock_gain_bound, clock_scales, in_flight, microbatches_in_flight,
-                               model_state_bytes, pipeline_iteration_time)
+from search.cost_model import CostModel
 from search.model_config import ModelConfig
+from search.pipeline_time import clock_gain_bound, clock_scales, pipeline_iteration_time
+from search.stage_memory import InFlight, in_flight, microbatches_in_flight, model_state_bytes
 
 INTRA = {"latency_s": 1e-5, "bandwidth_GBps": 100.0, "points": []}
 INTER = {"latency_s": 2e-5, "bandwidth_GBps": 10.0, "points": []}
@@ -620,7 +621,7 @@ def test_clock_gain_never_exceeds_its_bound():
 
 
 def test_measured_duty_curve_sets_the_clock_of_partly_idle_stages():
-    from search.cost_model import slowdown_at
+    from search.pipeline_time import slowdown_at
     # without points: the straight line from 1 (idle) to the sustained slowdown (busy)
     assert slowdown_at(0.5, 1.2) == pytest.approx(1.1) and slowdown_at(1.5, 1.2) == 1.2
     # points on the line change nothing

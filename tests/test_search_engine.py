@@ -11,10 +11,11 @@ from megatron_galvatron.profile_format import load_profiles
 from search import _dp_core  # noqa: F401  (CI builds it; without it these tests would crawl)
 from search import dp, synthetic
 from search.comm import Network
-from search.cost_model import GiB, CostModel
+from search.cost_model import CostModel
 from search.engine import InfeasibleError, Searcher
 from search.stage_dp import min_max_partition
 from search.model_config import ModelConfig
+from search.stage_memory import GiB
 from search.strategies import Space, divisors, layer_strategies, vocab_strategies
 
 GPT = ModelConfig(family="gpt2", num_layers=8, hidden_size=1024, num_attention_heads=16, num_query_groups=16,
