@@ -162,7 +162,7 @@ def test_duty_run_idles_the_device_between_chains():
     import time
 
     from megatron_galvatron.profiling.hardware import Stopwatch
-    from megatron_galvatron.profiling.model import run_at_duty
+    from megatron_galvatron.profiling.sustained import run_at_duty
     import torch
     cpu = torch.device("cpu")
     t0 = time.perf_counter()

@@ -17,11 +17,10 @@ import torch  # noqa: E402
 from megatron_galvatron.errors import UserError, exit_on_user_error  # noqa: E402
 from megatron_galvatron.parallel_state import detect_device  # noqa: E402
 from megatron_galvatron.profile_format import MODEL_FILE, write_model  # noqa: E402
-from megatron_galvatron.profiling.model import (  # noqa: E402
+from megatron_galvatron.profiling.model import ModelProfiler, check_settings  # noqa: E402
+from megatron_galvatron.profiling.model_settings import (  # noqa: E402
     DTYPES,
-    ModelProfiler,
     ModelSettings,
-    check_settings,
     default_dtype,
     default_optimizer_params,
 )

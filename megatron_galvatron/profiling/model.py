@@ -9,11 +9,10 @@ tables, which the format requires: they are what an fp32 profile holds, and what
 falls back on for a profile without bf16 tables). Without bf16 (CPU default) plain fp32 only.
 """
 import dataclasses
-from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass
+from contextlib import nullcontext
 from functools import partial
 import time
-from typing import Any, Callable, Dict, List, Tuple
+from typing import Callable, Dict, List, Tuple
 
 import torch
 from torch import nn
@@ -24,6 +23,7 @@ from megatron_galvatron.model.init import init_params_
 from megatron_galvatron.model.transformer_layer import TransformerLayer
 from megatron_galvatron.model.vocab import VocabModule
 from megatron_galvatron.profile_format import MODEL_SCHEMA
+from megatron_galvatron.profiling.dynamo import allow_recompiles, static_shapes
 from megatron_galvatron.profiling.fit import bytes_per_token, time_entry
 from megatron_galvatron.profiling.hardware import (
     HostAhead,
@@ -36,54 +36,10 @@ from megatron_galvatron.profiling.hardware import (
     time_repeated,
 )
 from megatron_galvatron.profiling.memory import allocator_stats, saved_bytes
+from megatron_galvatron.profiling.model_settings import DTYPES, ModelSettings
 from megatron_galvatron.profiling.shards import ShardGroups
+from megatron_galvatron.profiling.sustained import measure_sustained
 from megatron_galvatron.training.optimizer import build_optimizer
-
-DTYPES = ("bf16", "fp32")
-
-
-@dataclass
-class ModelSettings:
-    micro_batch_sizes: List[int]
-    seq_lengths: List[int]
-    tp_degrees: List[int]
-    sequence_parallel: bool = True
-    dtype: str = "bf16"
-    warmup: int = 2
-    iters: int = 5
-    soak_seconds: float = 0.3  # back-to-back untimed repeats before each timed point (CUDA only)
-    # the long-step run that measures sustained_profile (CUDA only). An H200 settles at its power
-    # cap within about 10 s (nvidia-smi dmon); 8 s runs measured 1.8-2.0 % less slowdown than 60 s
-    # runs, whose quarters agreed within 0.3 %.
-    sustained_seconds: float = 30.0
-    # duty cycles below 1 at which sustained_profile also runs the chain, idling the GPU between
-    # repeats as a pipeline bubble or exposed communication does ('sustained.duty')
-    sustained_duty: Tuple[float, ...] = ()
-    optimizer_params: int = 2 ** 27
-    seed: int = 1234
-    progress: bool = True
-    # time the transformer layers through torch.compile, as pretrain_gpt.py --compile (or a plan
-    # with "compile") runs them, and count what the compiled layers save for backward
-    compile: bool = False
-
-
-def run_at_duty(chain: Callable[[], None], stopwatch: Callable[[], Any], sync: Callable[[], None],
-                seconds: float, duty: float, busy_s: float) -> List[float]:
-    """Seconds of each `chain` run for `seconds`, each followed by an idle gap that keeps the
-    device busy a fraction `duty` of the time when a chain takes `busy_s`: the host waits for the
-    chain to finish, then sleeps, so the device has nothing queued."""
-    idle = busy_s * (1.0 - duty) / duty
-    watches = []
-    end = time.perf_counter() + seconds
-    while time.perf_counter() < end or len(watches) < 4:
-        sw = stopwatch()
-        sw.start()
-        chain()
-        sw.stop()
-        sync()
-        watches.append(sw)
-        time.sleep(idle)
-    return [w.seconds() for w in watches]
 
 
 def valid_tp_degrees(cfg: GPTConfig, wanted: List[int]) -> List[int]:
@@ -407,39 +363,16 @@ class ModelProfiler:
                     y = lyr(y)
             y.backward(torch.ones_like(y))
 
-        watches = []
-        end = time.perf_counter() + self.s.sustained_seconds
-        while time.perf_counter() < end or len(watches) < 4:
-            sw = Stopwatch(self.device)
-            sw.start()
-            chain()
-            sw.stop()
-            watches.append(sw)
-        synchronize(self.device)
-        last = [w.seconds() for w in watches[len(watches) // 2:]]
         alone = n * (pts[(mb, seq)] + bpts[(mb, seq)])
-        sustained = median(last)
-        duty = []
-        for u in self.s.sustained_duty:
-            busy = run_at_duty(chain, lambda: Stopwatch(self.device), lambda: synchronize(self.device),
-                               self.s.sustained_seconds, u, sustained)
-            chain_s = median(busy[len(busy) // 2:])
-            idle = sustained * (1.0 - u) / u
-            # the chain runs faster at a lower duty, so the duty it had is a little below u
-            duty.append([chain_s / (chain_s + idle), max(1.0, chain_s / alone)])
+        out = measure_sustained(chain, self.device, self.s.sustained_seconds, self.s.sustained_duty, alone)
         del layers, x
         torch.cuda.empty_cache()
-        times = [w.seconds() for w in watches]
-        q = max(1, len(times) // 4)
-        out_duty = {"duty": duty} if duty else {}
-        return {"slowdown": max(1.0, sustained / alone), "chain_s": sustained, "alone_s": alone, **out_duty,
-                # drift over the run: a still-falling clock shows as later quarters slower
-                "quarters_s": [median(times[i * q:(i + 1) * q] or times[-1:]) for i in range(4)],
-                "repeats": len(watches), "method": f"{n} tp1 layers{' on bf16 weights' if bf16_weights else ''}, "
-                f"micro-batch {mb} x seq {seq}, forward + backward back to back for "
-                f"{self.s.sustained_seconds:g} s; median of the last half vs {n} x the point's fwd + bwd"
-                + ("; 'duty': the same at each duty cycle, the GPU idle between repeats (the host waits, then "
-                   "sleeps), [duty it had, slowdown]" if duty else "")}
+        out["method"] = (f"{n} tp1 layers{' on bf16 weights' if bf16_weights else ''}, micro-batch {mb} x seq {seq}, "
+                         f"forward + backward back to back for {self.s.sustained_seconds:g} s; median of the last "
+                         f"half vs {n} x the point's fwd + bwd"
+                         + ("; 'duty': the same at each duty cycle, the GPU idle between repeats (the host "
+                            "waits, then sleeps), [duty it had, slowdown]" if "duty" in out else ""))
+        return out
 
     def allocator_profile(self, shards: ShardGroups) -> Dict:
         """Peak reserved / peak allocated over a training-like step (two layers, LM head, optimizer)."""
@@ -490,8 +423,8 @@ class ModelProfiler:
         n_vocab = sum(len(_points(self.s, tp, False)) for tp in self.tps)
         if self.bf16:  # every point again on bf16 weights
             n_layer, n_vocab = 2 * n_layer, 2 * n_vocab
-        _allow_recompiles(4 * (n_layer + n_vocab) + 8)
-        static = _static_shapes() if self.s.compile else nullcontext()
+        allow_recompiles(4 * (n_layer + n_vocab) + 8)
+        static = static_shapes() if self.s.compile else nullcontext()
         prev_flush = torch.set_flush_denormal(True) if self.device.type == "cpu" else None
         try:
             with static, tqdm(total=n_layer + n_vocab + 2, disable=not self.s.progress, desc="profile_model",
@@ -528,39 +461,6 @@ class ModelProfiler:
             "sustained": sustained,
             "notes": self.notes,
         }
-
-
-@contextmanager
-def _static_shapes():
-    """Compile every profiled shape as its own static graph, as training compiles its one shape
-    (after two shapes dynamo would otherwise switch to a dynamic-shape graph)."""
-    import torch._dynamo.config as dynamo_config
-    old = dynamo_config.automatic_dynamic_shapes
-    dynamo_config.automatic_dynamic_shapes = False
-    try:
-        yield
-    finally:
-        dynamo_config.automatic_dynamic_shapes = old
-
-
-def _allow_recompiles(n: int) -> None:
-    """Training compiles each compiled region (e.g. the loss) for its one shape; a profile
-    visits many shapes, and past dynamo's recompile limit it would time the eager fallback."""
-    try:
-        import torch._dynamo.config as dynamo_config
-    except ImportError:
-        return
-    for name in ("recompile_limit", "cache_size_limit"):
-        if isinstance(getattr(dynamo_config, name, None), int):
-            setattr(dynamo_config, name, max(getattr(dynamo_config, name), n))
-
-
-def default_optimizer_params(device: torch.device) -> int:
-    return 2 ** 27 if device.type == "cuda" else 2 ** 18
-
-
-def default_dtype(device: torch.device) -> str:
-    return "bf16" if device.type == "cuda" else "fp32"
 
 
 def check_settings(cfg: GPTConfig, s: ModelSettings) -> None:
