@@ -1,11 +1,12 @@
 """Where a micro-batch's activation lives across one pipeline stage under a layer's layout,
 and which ranks must exchange data when two neighbouring layers' layouts differ. Pure Python
 (no torch), so the search prices re-layouts with the same geometry the runtime uses."""
+import functools
 from dataclasses import dataclass
 from typing import Dict, List, Sequence, Tuple
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, order=True)
 class Layout:
     """How an activation is spread over a stage: DP shards of the batch, TP replicas or
     sequence shards (sp) inside each TP group."""
@@ -20,12 +21,21 @@ class Layout:
         consec = True if s.tp in (1, stage_world) else s.tp_consec
         return Layout(tp=s.tp, tp_consec=consec, sp=s.sp and s.tp > 1)
 
+    def rank(self, dp_rank: int, tp_rank: int, stage_world: int) -> int:
+        """Stage-local index of the rank at (dp_rank, tp_rank). The rank geometry of consecutive
+        and strided TP groups is written here only; groups, strides and coordinates follow from it."""
+        if self.tp_consec:
+            return dp_rank * self.tp + tp_rank
+        return tp_rank * (stage_world // self.tp) + dp_rank
+
     def coords(self, local_idx: int, stage_world: int) -> Tuple[int, int]:
         """(dp_rank, tp_rank) of a stage-local rank index."""
-        dp = stage_world // self.tp
-        if self.tp_consec:
-            return local_idx // self.tp, local_idx % self.tp
-        return local_idx % dp, local_idx // dp
+        return _coords(self, stage_world)[local_idx]
+
+    def strides(self, stage_world: int) -> Tuple[int, int]:
+        """(rank stride inside a TP group, rank stride inside a DP group)."""
+        base = self.rank(0, 0, stage_world)
+        return self.rank(0, 1, stage_world) - base, self.rank(1, 0, stage_world) - base
 
     def block(self, local_idx: int, stage_world: int, seq: int, batch: int) -> Tuple[slice, slice]:
         """(sequence slice, batch slice) of the full [seq, batch] micro-batch a stage rank holds."""
@@ -42,17 +52,17 @@ class Layout:
         return self.sp or self.coords(local_idx, stage_world)[1] == 0
 
     def groups(self, stage_ranks: Sequence[int]) -> Tuple[List[Tuple[int, ...]], List[Tuple[int, ...]]]:
-        """(tp groups, dp groups) as tuples of global ranks."""
-        w, t = len(stage_ranks), self.tp
-        dp = w // t
-        r = list(stage_ranks)
-        if self.tp_consec:
-            tp_groups = [tuple(r[j * t:(j + 1) * t]) for j in range(dp)]
-            dp_groups = [tuple(r[i::t]) for i in range(t)]
-        else:
-            tp_groups = [tuple(r[i::dp]) for i in range(dp)]
-            dp_groups = [tuple(r[j * dp:(j + 1) * dp]) for j in range(t)]
+        """(tp groups, dp groups) as tuples of global ranks, in the order of their dp (tp) rank."""
+        w, r = len(stage_ranks), list(stage_ranks)
+        dp = w // self.tp
+        tp_groups = [tuple(r[self.rank(j, i, w)] for i in range(self.tp)) for j in range(dp)]
+        dp_groups = [tuple(r[self.rank(j, i, w)] for j in range(dp)) for i in range(self.tp)]
         return tp_groups, dp_groups
+
+
+@functools.lru_cache(maxsize=None)
+def _coords(layout: Layout, stage_world: int) -> Dict[int, Tuple[int, int]]:
+    return {layout.rank(d, t, stage_world): (d, t) for d in range(stage_world // layout.tp) for t in range(layout.tp)}
 
 
 def _overlap(a: Tuple[slice, slice], b: Tuple[slice, slice]) -> bool:

@@ -16,6 +16,30 @@ from megatron_galvatron.layout import Layout, exchange_sets
 from megatron_galvatron.plan import Plan
 
 
+class GroupCache:
+    """Process groups by rank tuple, each created once. Creating one is collective: `create`
+    must be called with the same tuples in the same order on every rank."""
+
+    def __init__(self, world_size: int):
+        self.world_size = world_size
+        self._groups: Dict[Tuple[int, ...], Optional[dist.ProcessGroup]] = {}
+
+    def create(self, ranks: Sequence[int]) -> Optional[dist.ProcessGroup]:
+        t = tuple(ranks)
+        if t not in self._groups:
+            if len(t) == 1 or not dist.is_initialized():
+                self._groups[t] = None
+            elif t == tuple(range(self.world_size)):
+                self._groups[t] = dist.group.WORLD
+            else:
+                self._groups[t] = dist.new_group(list(t))
+        return self._groups[t]
+
+    def __getitem__(self, ranks: Sequence[int]) -> Optional[dist.ProcessGroup]:
+        """A group already created (None when it is a single rank)."""
+        return self._groups[tuple(ranks)]
+
+
 @dataclass
 class LayerGroups:
     """Everything a layer needs to know about its place in the world."""
@@ -49,7 +73,7 @@ class ParallelState:
         self.pp_rank = rank // w
         self.local_idx = rank % w
         self.stage_ranks = tuple(range(self.pp_rank * w, (self.pp_rank + 1) * w))
-        self._cache: Dict[Tuple[int, ...], Optional[dist.ProcessGroup]] = {}
+        self._cache = GroupCache(world_size)
         self._exchange: Dict[Tuple[Layout, Layout], Tuple[Optional[dist.ProcessGroup], Tuple[int, ...]]] = {}
         self._build_all(plan)
 
@@ -102,16 +126,11 @@ class ParallelState:
 
     def _build_all(self, plan: Plan) -> None:
         for t in self._all_group_tuples(plan):
-            if len(t) == 1 or not dist.is_initialized():
-                self._cache[t] = None
-            elif len(t) == self.world_size and t == tuple(range(self.world_size)):
-                self._cache[t] = dist.group.WORLD
-            else:
-                self._cache[t] = dist.new_group(list(t))
+            self._cache.create(t)
 
     def group(self, ranks: Sequence[int]) -> Optional[dist.ProcessGroup]:
         """The cached group of these ranks (None when it is a single rank)."""
-        return self._cache[tuple(ranks)]
+        return self._cache[ranks]
 
     @property
     def world_group(self):

@@ -5,12 +5,13 @@ with its loss, each at the slope of its profiled time fit (the per-token cost a 
 micro-batch approaches) and at the profile's sustained clock. No communication, optimizer,
 pipeline bubble, recomputation or per-call overhead is counted, so no plan on that card, with
 those kernels, can train faster; a measured run's tokens/s over this bound says how much of the
-step is anything but the model's math. Where a ZeRO unit's (bf16 parameters, no autocast) table
-is faster than a replicated unit's (autocast), the faster one counts, since a plan may use either.
+step is anything but the model's math. Of the bf16 table (bf16 weights, no autocast: how the
+runtime computes every unit) and the autocast one, the faster counts, so that the bound also holds
+for the cost model re-pricing a run of the earlier runtime (`replicated_autocast`).
 """
 from typing import NamedTuple, Optional
 
-from search.profiles import ModelProfile
+from megatron_galvatron.profile_format import ModelProfile
 
 
 class ComputeBound(NamedTuple):
@@ -34,8 +35,8 @@ def _slope(fits) -> float:
 
 
 def compute_bound(profile: ModelProfile, num_layers: int, flops_per_token: float) -> ComputeBound:
-    layer = min(_slope(f) for f in (profile.layer_fits(1, False), profile.sharded_layer_fits(1, False)) if f)
-    head = min(_slope(f) for f in (profile.vocab_fits(1), profile.sharded_vocab_fits(1)) if f)
+    layer = min(_slope(f) for f in (profile.layer_fits(1, False), profile.bf16_layer_fits(1, False)) if f)
+    head = min(_slope(f) for f in (profile.vocab_fits(1), profile.bf16_vocab_fits(1)) if f)
     emb = profile.embedding_fits(1)
     vocab = head + (_slope(emb) if emb else 0.0)
     per_token = num_layers * layer + vocab

@@ -19,13 +19,14 @@ from __future__ import annotations
 import math
 from typing import Dict, List, Tuple
 
-from search.profiles import REQUIRED_COLLECTIVES, CommFit, HardwareProfile, ProfileError
-
-
-def bus_factor(op: str, n: int) -> float:
-    if n <= 1:
-        return 0.0
-    return 2.0 * (n - 1) / n if op == "all_reduce" else (n - 1) / n
+from megatron_galvatron.layout import Layout
+from megatron_galvatron.profile_format import (
+    REQUIRED_COLLECTIVES,
+    CommFit,
+    HardwareProfile,
+    ProfileError,
+    bus_factor,
+)
 
 
 def spans_nodes(size: int, stride: int, gpus_per_node: int) -> bool:
@@ -57,9 +58,9 @@ class Network:
             raise ProfileError(f"{hw.path}: missing key 'p2p' entries: pipeline stages cannot be priced")
 
     def _profiled_spans(self, n: int, layout: str) -> bool:
-        if layout == "consec":
-            return spans_nodes(n, 1, self.hw.gpus_per_node)
-        return spans_nodes(n, max(1, self.hw.num_gpus // n), self.hw.gpus_per_node)
+        """Whether the profiler's groups of this entry spanned nodes (they tile its whole world)."""
+        stride = Layout(tp=n, tp_consec=layout == "consec", sp=False).strides(self.hw.num_gpus)[0]
+        return spans_nodes(n, stride, self.hw.gpus_per_node)
 
     def _fit(self, op: str, size: int, stride: int) -> CommFit:
         key = (op, size, stride)

@@ -13,140 +13,18 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
-from typing import List, NamedTuple, Optional, Sequence, Tuple
+from typing import List, NamedTuple, Optional, Tuple
 
-import numpy as np
 
 from megatron_galvatron.layout import Layout, exchange_sets
-from megatron_galvatron.plan import LayerStrategy, Plan, VocabStrategy
-from search.comm import Network
 from megatron_galvatron.model.config import GPTConfig
-from search.profiles import ModelProfile
-from search.strategies import layout
-
-GiB = float(2 ** 30)
-BF16 = 2
-FP32 = 4
-ADAM_STATES = 8  # fp32 m and v
-# Bytes per parameter that a fused AdamW step moves: reads parameter, gradient, m, v; writes
-# parameter, m, v. The per-iteration gradient passes are priced at the step's measured bandwidth.
-ADAM_STEP_BYTES = 28
-# Gradient clipping reads every local fp32 gradient for the norm and again to scale it in place.
-CLIP_BYTES = 12
-# A replicated unit zeroes its flat fp32 gradient buffer at the start of every step (a sharded
-# unit drops its gradients instead).
-ZERO_GRAD_BYTES = 4
-# With bf16 compute a replicated unit refreshes its bf16 weight copy from the fp32 master once
-# per step: read 4 bytes, write 2.
-COMPUTE_COPY_BYTES = 6
-# FSDP2 on the compute stream, per parameter of a sharded unit: copying each all-gather's output
-# into the unsharded bf16 parameters (read 2, write 2); folding a micro-batch's bf16 gradient
-# into the fp32 gradient it accumulates without sync (read 2 + 4, write 4).
-GATHER_COPY_OUT_BYTES = 4
-ACCUMULATE_BYTES = 10
-# A replicated unit computing on its bf16 weight copy folds every micro-batch's bf16 gradient into
-# the fp32 main gradient (read 2 + 4, write 4 bytes per parameter); its profiled backward, a bf16
-# module whose gradient accumulates in place across repeats, moved 6 of those (read 2 + 2, write 2).
-FOLD_EXTRA_BYTES = 4
-# FSDP2 on its all-gather and reduce-scatter streams, beside the compute: per gather, casting
-# the local fp32 shards into one bf16 buffer (read 4, write 2 per local parameter) and copying
-# that into the all-gather's input (read 2, write 2); per reduce-scatter, casting the bf16
-# gradient into the fp32 reduce-scatter input (read 2, write 4 per parameter). They draw on the
-# memory bandwidth the compute stream's kernels use, so they count as its time.
-GATHER_COPY_IN_BYTES = 10
-REDUCE_COPY_IN_BYTES = 6
-
-
-# -------------------------------------------------------------------- plain formulas
-
-def microbatches_in_flight(pipeline_type: str, chunks: int, pp_deg: int, stage: int) -> int:
-    """Micro-batches whose activations a stage holds at its peak."""
-    if pipeline_type == "gpipe":
-        return chunks
-    return min(chunks, pp_deg - stage)
-
-
-class InFlight(NamedTuple):
-    """Micro-batches whose activations a stage holds when its first backward of the iteration
-    starts, and when any later one starts (0: there is none)."""
-    first: int
-    later: int
-
-
-def in_flight(pipeline_type: str, chunks: int, pp_deg: int, stage: int) -> InFlight:
-    """GPipe runs every forward before the first backward, so each backward starts with one
-    micro-batch fewer alive. 1F1B keeps up to pp - stage alive while forwards remain; with
-    pp = 1 that is one forward and one backward in turn."""
-    first = microbatches_in_flight(pipeline_type, chunks, pp_deg, stage)
-    later = chunks - 1 if pipeline_type == "gpipe" else min(pp_deg - stage, chunks - 1)
-    return InFlight(first, later)
-
-
-def persistent_bytes(states, activation, lazy, settled, flight: InFlight):
-    """Bytes a unit (or arrays of units) holds at the stage's peak, not counting transients.
-
-    Two moments compete: the start of the iteration's first backward (every in-flight activation
-    alive, but none of the gradient state a ZeRO unit only creates in that backward, `lazy`) and
-    the start of a later backward (the gradient state complete). Without a later backward the
-    other candidate is the end of the only one: activations freed, the gradient state `settled`
-    to what remains after its reduce-scatter."""
-    first = states - lazy + flight.first * activation
-    other = states + flight.later * activation if flight.later else states - lazy + settled
-    return np.maximum(first, other)
-
-
-def budget_bytes(states, activation, lazy, settled, pooled, flight: InFlight, ratio: float):
-    """What a unit counts against the allocator's budget, in bytes of tensors on the compute
-    stream's scale (the budget is divided by the allocator's reserved/allocated ratio).
-
-    The caching allocator keeps a pool per CUDA stream. FSDP2 writes each ZeRO unit's fp32
-    gradient shard (`settled`) on its reduce-scatter stream, into memory the compute stream
-    never reuses: reserved = ratio x (the compute stream's peak) + the shards. `pooled` is the
-    part of `lazy` that is such a shard from the start (ZeRO-3, reduce-scattered every
-    micro-batch); ZeRO-2's unsharded accumulation stays on the compute stream."""
-    return persistent_bytes(states - pooled, activation, lazy - pooled, 0.0, flight) + settled / ratio
-
-
-def zero_gradient_bytes(params: float, dp: int, dp_type: str) -> Tuple[float, float]:
-    """(lazy, settled) of `persistent_bytes` for a unit holding `params`. ZeRO-3 reduce-scatters
-    every micro-batch into an fp32 gradient shard; ZeRO-2 accumulates the unsharded fp32
-    gradient until the last micro-batch's reduce-scatter leaves the shard. A replicated unit's
-    flat gradient buffer exists from the start."""
-    if not is_sharded(dp_type, dp):
-        return 0.0, 0.0
-    shard = FP32 * params / dp
-    return (shard if dp_type == "zero3" else FP32 * params), shard
-
-
-def is_sharded(dp_type: str, dp: int) -> bool:
-    """Whether the runtime wraps the unit in FSDP (bf16 parameters, no autocast) rather than
-    replicating it (fp32 parameters under bf16 autocast, flat fp32 gradient buffer)."""
-    return dp_type in ("zero2", "zero3") and dp > 1
-
-
-def model_state_bytes(params: float, dp: int, dp_type: str, compute_copy: bool = False) -> float:
-    """Bytes a unit holds for `params` (the rank's TP shard) at the stage's peak, the start of a
-    backward with every layer of the stage between its forward and its backward.
-
-    Replicated: fp32 weights, the fp32 flat gradient buffer, Adam m and v (16 B). ZeRO-3: all of
-    that sharded. ZeRO-2 (FSDP2 without resharding after forward): the fp32 weight and Adam
-    shards, the bf16 weights gathered in the forward and kept until the layer's backward, and the
-    unsharded fp32 gradient FSDP2 accumulates over micro-batches until the last one's
-    reduce-scatter. The ZeRO gradients exist only from the first backward on
-    (`zero_gradient_bytes`, `persistent_bytes`).
-    `compute_copy`: a replicated unit computing on a bf16 copy of its fp32 master weights (2 B)."""
-    if not is_sharded(dp_type, dp):
-        if dp_type not in ("ddp", "zero2", "zero3"):
-            raise ValueError(dp_type)
-        return (FP32 + FP32 + ADAM_STATES + (BF16 if compute_copy else 0)) * params
-    if dp_type == "zero2":
-        return ((FP32 + ADAM_STATES) / dp + BF16 + FP32) * params
-    return (FP32 + FP32 + ADAM_STATES) / dp * params
-
-
-def pipeline_iteration_time(stage_per_mb: List[float], stage_per_iter: List[float], chunks: int) -> float:
-    pp = len(stage_per_mb)
-    return (chunks + pp - 1) * max(stage_per_mb) + max(stage_per_iter)
+from megatron_galvatron.plan import LayerStrategy, Plan, VocabStrategy
+from megatron_galvatron.profile_format import ModelProfile
+from search.comm import Network
+from search.memory_passes import MemoryPasses
+from search.pipeline_time import clock_scales
+from search.stage_memory import (BF16, FP32, GiB, Memory, in_flight, is_sharded, model_state_bytes,
+                                 zero_gradient_bytes)
 
 
 @dataclass(frozen=True)
@@ -167,86 +45,6 @@ class StageCost(NamedTuple):
     busy_iter: float   # GPU work within per_iter
     busy_mb: float     # other GPU work within per_mb (compute slowed by overlapping collectives)
 
-
-def slowdown_at(u: float, sustained: float, curve: Sequence[Tuple[float, float]] = ()) -> float:
-    """Slowdown of a GPU busy a fraction u of the time: piecewise linear through (0, 1), the
-    profile's measured (duty, slowdown) points and (1, sustained); a straight line without them.
-    The profile parser keeps the points within [1, sustained] and non-decreasing."""
-    u = min(max(u, 0.0), 1.0)
-    pts = [(0.0, 1.0)] + [p for p in curve if 0.0 < p[0] < 1.0] + [(1.0, sustained)]
-    for (u0, s0), (u1, s1) in zip(pts, pts[1:]):
-        if u <= u1:
-            return s0 + (s1 - s0) * (u - u0) / (u1 - u0)
-    return sustained
-
-
-def clock_scales(per_mb: List[float], per_iter: List[float], compute_mb: List[float], busy_mb: List[float],
-                 busy_iter: List[float], chunks: int, sustained: float,
-                 curve: Sequence[Tuple[float, float]] = ()) -> Tuple[float, List[float]]:
-    """(iteration time, per-stage compute scale) when the sustained slowdown `sustained` (compute
-    tables are priced with it) applies according to how busy each stage's GPU is.
-
-    A GPU at its power cap lowers its clock; one that idles part of the step (pipeline bubble,
-    communication not hidden behind compute) draws less on average and keeps a higher clock. The
-    slowdown of a stage busy a fraction u of the iteration is `slowdown_at(u)`: measured by the
-    profiler at duty cycles below 1 where the profile has them (`curve`), else taken as
-    1 + (sustained - 1) * u. u itself depends on the faster compute, so the two are iterated (a
-    contraction: a few rounds)."""
-    pp = len(per_mb)
-    scale = [1.0] * pp
-    it = pipeline_iteration_time(per_mb, per_iter, chunks)
-    if sustained <= 1.0:
-        return it, scale
-    for _ in range(8):
-        for i in range(pp):
-            u = min(1.0, (chunks * (compute_mb[i] * scale[i] + busy_mb[i]) + busy_iter[i]) / it)
-            scale[i] = slowdown_at(u, sustained, curve) / sustained
-        new = pipeline_iteration_time([m - c * (1.0 - f) for m, c, f in zip(per_mb, compute_mb, scale)],
-                                      per_iter, chunks)
-        if abs(new - it) <= 1e-9 * it:
-            break
-        it = new
-    return new, scale
-
-
-def clock_gain_bound(sustained: float, chunks: int, pp_deg: int,
-                     curve: Sequence[Tuple[float, float]] = ()) -> float:
-    """Largest fraction of the iteration time `clock_scales` can take off a plan of this pipeline
-    shape, for bounds that must stay below every plan's time.
-
-    On a stage's critical path C = (chunks + pp - 1) x its compute per micro-batch runs at scale
-    f = s(u) / S, so the gain is C (1 - f), while the stage is busy at least
-    u >= a C f / T >= a C / (S T) with a = chunks / (chunks + pp - 1). With x = C / T in [0, 1]
-    and s non-decreasing the gain is at most x (1 - s(a x / S) / S). For the straight line
-    s(u) = 1 + (S - 1) u that is (S - 1)/S x (1 - a x / S): (S - 1) / (4 a) at x = S / (2 a) if
-    that is <= 1, else (S - 1)/S (1 - a / S) at x = 1. For a measured curve it is bounded on a
-    grid: on [x0, x1] the gain is at most x1 (1 - s(a x0 / S) / S)."""
-    if sustained <= 1.0:
-        return 0.0
-    a = chunks / (chunks + pp_deg - 1)
-    if curve:
-        n = 2000
-        return max((i + 1) / n * (1.0 - slowdown_at(a * i / n / sustained, sustained, curve) / sustained)
-                   for i in range(n))
-    if sustained / (2 * a) <= 1.0:
-        return (sustained - 1.0) / (4 * a)
-    return (sustained - 1.0) / sustained * (1.0 - a / sustained)
-
-
-@dataclass(frozen=True)
-class Memory:
-    states: float        # parameters, gradients, optimizer states
-    activation: float    # kept per in-flight micro-batch
-    transient: float     # alive only while this unit computes (the stage peak takes the largest)
-    lazy: float = 0.0     # part of `states` created only in the iteration's first backward
-    settled: float = 0.0  # what `lazy` becomes once the last backward's reduce-scatter ran
-    pooled: float = 0.0   # part of `lazy` in the reduce-scatter stream's pool (see budget_bytes)
-
-    def persistent(self, flight: InFlight) -> float:
-        return float(persistent_bytes(self.states, self.activation, self.lazy, self.settled, flight))
-
-    def budgeted(self, flight: InFlight, ratio: float) -> float:
-        return float(budget_bytes(self.states, self.activation, self.lazy, self.settled, self.pooled, flight, ratio))
 
 
 @dataclass
@@ -270,88 +68,38 @@ class Prediction:
 
 
 @functools.lru_cache(maxsize=None)
-def _largest_exchange_set(src: Tuple, dst: Tuple, stage_world: int) -> int:
-    return max(len(m) for m in exchange_sets(Layout(*src), Layout(*dst), stage_world))
+def _largest_exchange_set(src: Layout, dst: Layout, stage_world: int) -> int:
+    return max(len(m) for m in exchange_sets(src, dst, stage_world))
 
 
-def _blocks(lo: Tuple, stage_world: int) -> int:
+def _blocks(lo: Layout, stage_world: int) -> int:
     """Into how many blocks a layout cuts the micro-batch's activation."""
-    tp, _, sp = lo
-    return stage_world // tp * (tp if sp else 1)
+    return stage_world // lo.tp * (lo.tp if lo.sp else 1)
 
 
-class CostModel:
+class CostModel(MemoryPasses):
     def __init__(self, model: GPTConfig, profile: ModelProfile, net: Network, zero_prefetch: bool = True,
                  replicated_autocast: bool = False):
         self.model = model
         self.profile = profile
         self.net = net
-        # The runtime has each sharded layer prefetch the next one's parameters; runs measured
-        # before it did are re-priced with this off.
+        # Both knobs re-price runs measured on earlier runtimes (docs/cost_model_validation.md):
+        # the runtime has each sharded layer prefetch the next one's parameters (off: runs from
+        # before it did), and replicated units compute on a bf16 copy of their fp32 masters (on:
+        # runs from when they computed on fp32 weights under autocast).
         self.zero_prefetch = zero_prefetch
-        # Replicated units compute on a bf16 copy of their fp32 master weights, like FSDP units on
-        # their gathered bf16 weights; runs measured when they ran under autocast on fp32 weights
-        # are re-priced with this on.
         self.replicated_autocast = replicated_autocast
-
-    def bf16_unit(self, dp_type: str, dp: int) -> bool:
-        """Whether a unit computes on bf16 weights without autocast (bf16 residual stream)."""
-        return is_sharded(dp_type, dp) or not self.replicated_autocast
-
-    def has_compute_copy(self, dp_type: str, dp: int) -> bool:
-        return not is_sharded(dp_type, dp) and not self.replicated_autocast
-
-    def memory_pass(self, params: float, nbytes: float) -> float:
-        """A memory-bound pass moving `nbytes` per parameter, at the AdamW step's bandwidth."""
-        return self.profile.step_s_per_param * params * nbytes / ADAM_STEP_BYTES
-
-    def fsdp_passes(self, dp_type: str, params: float, dp: int, gathers: Optional[int] = None,
-                    reduces: int = 1) -> Tuple[float, float]:
-        """(per micro-batch, per iteration) seconds of FSDP2's memory passes for a sharded unit
-        holding `params` unsharded: each gather's copy-in (on the all-gather stream) and copy-out,
-        each reduce-scatter's copy-in and, for ZeRO-2, the fp32 gradient accumulation. A layer
-        gathers once per micro-batch under ZeRO-2, twice (forward, backward) under ZeRO-3 (the
-        default; a vocab unit passes its own count) and reduce-scatters `reduces`
-        times: every micro-batch under ZeRO-3, on the last one under ZeRO-2. The accumulation is
-        priced on every micro-batch and taken back once per iteration, which is exact for a single
-        micro-batch (it reduce-scatters its bf16 gradient directly). With more, the first
-        micro-batch's cast into the fp32 gradient (read 2, write 4 bytes) goes uncounted; counting
-        it per micro-batch would over-price every single-micro-batch ZeRO-2 plan instead, as the
-        stage tables do not know the micro-batch count."""
-        if not is_sharded(dp_type, dp):
-            return 0.0, 0.0
-        if gathers is None:
-            gathers = 2 if dp_type == "zero3" else 1
-        per_mb = self.memory_pass(params, gathers * (GATHER_COPY_OUT_BYTES + GATHER_COPY_IN_BYTES / dp))
-        reduce = self.memory_pass(params, reduces * REDUCE_COPY_IN_BYTES)
-        if dp_type == "zero2":
-            accumulate = self.memory_pass(params, ACCUMULATE_BYTES)
-            return per_mb + accumulate, reduce - accumulate
-        return per_mb + reduce, 0.0
-
-    def fold_pass(self, params: float, dp_type: str, dp: int) -> float:
-        """Per micro-batch: what folding a replicated unit's bf16 gradient into its fp32 main
-        gradient moves beyond the in-place accumulation its profiled backward already holds."""
-        if not self.has_compute_copy(dp_type, dp):
-            return 0.0
-        return self.memory_pass(params, FOLD_EXTRA_BYTES)
-
-    def compute_copy_pass(self, params: float, dp_type: str, dp: int) -> float:
-        """Refreshing a replicated unit's bf16 weight copy once per step (memory-bound)."""
-        if not self.has_compute_copy(dp_type, dp):
-            return 0.0
-        return self.profile.step_s_per_param * params * COMPUTE_COPY_BYTES / ADAM_STEP_BYTES
 
     # ---------------------------------------------------------------- groups inside a stage
     @staticmethod
     def tp_group(s, stage_world: int) -> Tuple[int, int]:
-        """(size, stride) of the TP group of rank 0 of the stage."""
-        return (s.tp, 1) if s.tp_consec else (s.tp, stage_world // s.tp)
+        """(size, rank stride) of the TP group of rank 0 of the stage."""
+        return s.tp, Layout.of(s, stage_world).strides(stage_world)[0]
 
     @staticmethod
     def dp_group(s, stage_world: int) -> Tuple[int, int]:
-        dp = stage_world // s.tp
-        return (dp, s.tp) if s.tp_consec else (dp, 1)
+        """(size, rank stride) of the DP group of rank 0 of the stage."""
+        return stage_world // s.tp, Layout.of(s, stage_world).strides(stage_world)[1]
 
     def _activation_bytes(self, samples: float, dtype_bytes: int = BF16) -> float:
         """Hidden states of `samples` sequences, [seq, samples, hidden], `dtype_bytes` per element."""
@@ -360,7 +108,7 @@ class CostModel:
     # ---------------------------------------------------------------- transformer layer
     def layer_compute(self, s: LayerStrategy, stage_world: int, micro_batch: int) -> Tuple[float, float]:
         dp = stage_world // s.tp
-        fits = self.profile.sharded_layer_fits(s.tp, s.sp) if self.bf16_unit(s.dp_type, dp) else None
+        fits = self.profile.bf16_layer_fits(s.tp, s.sp) if self.bf16_unit(s.dp_type, dp) else None
         fwd, bwd = fits or self.profile.layer_fits(s.tp, s.sp)
         tokens = micro_batch // dp * self.model.seq_length
         return fwd(tokens), bwd(tokens)
@@ -370,11 +118,12 @@ class CostModel:
         forward, row-parallel side forward, column-parallel side backward, row-parallel side backward).
 
         Each block enters through a column-parallel linear fed by a norm and leaves through a
-        row-parallel one. Under autocast (replicated units) the norms compute in fp32, so what the
-        column-parallel side moves (copy: nothing forward, the input gradient all-reduced backward;
-        sp: the input all-gathered forward, its gradient reduce-scattered backward) is fp32; the
-        row-parallel side moves the matmul's bf16 output (all-reduce, or sp's reduce-scatter)
-        forward and its bf16 gradient backward (sp: all-gather). FSDP units are bf16 throughout."""
+        row-parallel one. The column-parallel side moves the norm's output (copy: nothing forward,
+        the input gradient all-reduced backward; sp: the input all-gathered forward, its gradient
+        reduce-scattered backward), the row-parallel side the matmul's bf16 output (all-reduce, or
+        sp's reduce-scatter) forward and its bf16 gradient backward (sp: all-gather). Units on bf16
+        weights are bf16 throughout; priced with `replicated_autocast`, a replicated unit's norms
+        compute in fp32 and the column-parallel side moves fp32."""
         if s.tp == 1:
             return 0.0, 0.0, 0.0, 0.0
         size, stride = self.tp_group(s, stage_world)
@@ -412,15 +161,6 @@ class CostModel:
         up = (2 if m.family == "llama" else 1) * h * f  # SwiGLU: gate and up
         total = h * (h + 2 * kv) + h * h + up + f * h + m.seq_length * h
         return 1.0 - f * h / total
-
-    def optimizer_step(self, params: float) -> float:
-        return self.profile.step_s_per_param * params
-
-    def grad_passes(self, params: float, replicated: bool) -> float:
-        """Once per iteration over the fp32 gradients a rank holds: the clip's norm and scaling, and
-        (replicated units) zeroing the flat buffer; memory-bound, priced at the AdamW step's bandwidth."""
-        moved = CLIP_BYTES + (ZERO_GRAD_BYTES if replicated else 0)
-        return self.profile.step_s_per_param * params * moved / ADAM_STEP_BYTES
 
     def _dp_sync(self, dp_type: str, params: float, stage_world: int, s, fwd_window: float,
                  bwd_window: float) -> Tuple[float, float, float]:
@@ -477,28 +217,29 @@ class CostModel:
         """(bytes per token saved for backward, bytes saved per micro-batch whatever its size,
         bytes per token a checkpointed layer keeps) for the layer as the runtime runs it.
 
-        Replicated layers run under autocast on fp32 weights: the residual stream and the norms'
-        inputs stay fp32, and every forward keeps bf16 copies of the weights for its backward (the
-        profile's constant, else 2 bytes per local parameter). FSDP layers compute on bf16 weights
-        without autocast: no weight copies (the gathered weights themselves are saved), a bf16
-        residual stream, and each of the two norms saves a bf16 input and a bf16 output where under
-        autocast it saves an fp32 input and the bf16 cast the next matmul takes, 2 x hidden bytes
-        less per token of the norm (its tokens are sequence-sharded under sp); a checkpointed layer
-        keeps its input in bf16, half the fp32 one. Profiles that measured the bf16 layer
-        (`layer.sharded`) are used as they are."""
+        Every layer computes on bf16 weights without autocast (FSDP units on their gathered
+        weights, replicated ones on their bf16 copy): no weight copies are saved beside the weights
+        themselves, the residual stream is bf16, and each of the two norms saves a bf16 input and a
+        bf16 output where under autocast it saves an fp32 input and the bf16 cast the next matmul
+        takes, 2 x hidden bytes less per token of the norm (its tokens are sequence-sharded under
+        sp); a checkpointed layer keeps its input in bf16, half the fp32 one. Profiles that measured
+        the bf16 layer (`layer.bf16`) are used as they are; others are corrected from the autocast
+        tables that way. Priced with `replicated_autocast`, a replicated layer is the autocast one:
+        fp32 residual stream and norm inputs, and bf16 copies of the weights kept by every forward
+        (the profile's constant, else 2 bytes per local parameter)."""
         p, h = self.profile, self.model.hidden_size
         act, ckpt = p.activation_per_token(s.tp, s.sp), p.checkpoint_per_token(s.tp, s.sp)
         if not self.bf16_unit(s.dp_type, dp):
             const = p.layer_constant(s.tp, s.sp)
             return act, (BF16 * p.layer_param_count / s.tp if const is None else const), ckpt
         norm_tokens = 1.0 / s.tp if s.sp else 1.0
-        sact, sckpt = p.sharded_activation_per_token(s.tp, s.sp), p.sharded_checkpoint_per_token(s.tp, s.sp)
+        sact, sckpt = p.bf16_activation_per_token(s.tp, s.sp), p.bf16_checkpoint_per_token(s.tp, s.sp)
         return (act - 2 * 2 * h * norm_tokens if sact is None else sact), 0.0, (ckpt / 2 if sckpt is None else sckpt)
 
     def backward_work_per_token(self, s: LayerStrategy, dp: int) -> float:
         """Gradient buffers a layer's backward adds on top of what its forward saved: the gradient of
-        the residual stream it receives (fp32 under autocast, bf16 on an FSDP unit; sequence-sharded
-        under sp) and the bf16 gradient of the MLP's widest activation, the first matmul's output
+        the residual stream it receives (bf16; fp32 for a replicated unit priced with
+        `replicated_autocast`; sequence-sharded under sp) and the bf16 gradient of the MLP's widest activation, the first matmul's output
         (its saved tensors are freed about as fast as the next gradients appear)."""
         m = self.model
         residual = (BF16 if self.bf16_unit(s.dp_type, dp) else FP32) * m.hidden_size / (s.tp if s.sp else 1)
@@ -520,21 +261,21 @@ class CostModel:
         return Memory(model_state_bytes(params, dp, s.dp_type, self.has_compute_copy(s.dp_type, dp)), kept,
                       transient, lazy, settled, lazy if s.dp_type == "zero3" else 0.0)
 
-    def relayout(self, stage_world: int, micro_batch: int, src: Optional[Tuple] = None,
-                 dst: Optional[Tuple] = None) -> float:
-        """Forward + backward cost, per micro-batch, of a layout change between adjacent layers
-        (layouts as (tp, tp_consec, sp) tuples). The runtime all-gathers each rank's block within
-        its exchange set (megatron_galvatron.layout.exchange_sets): forward the src blocks, backward
-        the dst blocks' gradients; the largest set sets the time. Without both layouts: an
-        all-gather over the whole stage, an upper bound. The residual stream moves in the dtype
-        it has: fp32 from a replicated (autocast) embedding until an FSDP unit casts it to bf16;
-        priced as fp32."""
+    def relayout(self, stage_world: int, micro_batch: int, src: Optional[Layout] = None,
+                 dst: Optional[Layout] = None) -> float:
+        """Forward + backward cost, per micro-batch, of a layout change between adjacent layers.
+        The runtime all-gathers each rank's block within its exchange set
+        (megatron_galvatron.layout.exchange_sets): forward the src blocks, backward the dst blocks'
+        gradients; the largest set sets the time. Without both layouts: an all-gather over the
+        whole stage, an upper bound. Priced as fp32, the residual stream's dtype when replicated
+        units computed under autocast; on bf16 units it is bf16, so this errs on the slow side
+        (the validation runs were matched with it so)."""
         full = self._activation_bytes(micro_batch, FP32)
         if src is None or dst is None:
             return 2 * self.net.collective("all_gather", stage_world, 1, full)
         if src == dst:
             return 0.0
-        k = _largest_exchange_set(tuple(src), tuple(dst), stage_world)
+        k = _largest_exchange_set(src, dst, stage_world)
         if k == 1:
             return 0.0
         return sum(self.net.collective("all_gather", k, 1, k * full / _blocks(lo, stage_world))
@@ -603,7 +344,8 @@ class CostModel:
         bf16 = self.bf16_unit(v.dp_type, dp)
         samples = micro_batch // dp
         tokens = samples * self.model.seq_length
-        # The embedding's output and the final norm's are fp32 under autocast (fp32 table, fp32 norm)
+        # Priced with `replicated_autocast`, a replicated unit's embedding output and final norm
+        # output are fp32 (fp32 table, fp32 norm under autocast)
         act = self._activation_bytes(samples, BF16 if bf16 else FP32)
         size, stride = self.tp_group(v, stage_world)
         one, params = self.vocab_params(v, pp_deg, stage)
@@ -615,7 +357,7 @@ class CostModel:
                 compute += emb[0](tokens) + emb[1](tokens)
                 per_mb += emb[0](tokens) + emb[1](tokens)
         if last:
-            f, b = (p.sharded_vocab_fits(v.tp) if bf16 else None) or p.vocab_fits(v.tp)
+            f, b = (p.bf16_vocab_fits(v.tp) if bf16 else None) or p.vocab_fits(v.tp)
             fwd, bwd = f(tokens), b(tokens)
             # the head's input: gathered forward and its gradient reduce-scattered backward under sp,
             # else copied forward and its gradient all-reduced backward
@@ -652,7 +394,7 @@ class CostModel:
         act_kept = transient = 0.0
         if last:
             if bf16:
-                per_token = p.sharded_vocab_activation_per_token(v.tp)
+                per_token = p.bf16_vocab_activation_per_token(v.tp)
                 if per_token is None:  # the final norm's input is bf16, and no bf16 cast is saved beside it
                     per_token = p.vocab_activation_per_token(v.tp) - 2 * h / (v.tp if v.sp else 1)
                 const = 0.0
@@ -704,11 +446,11 @@ class CostModel:
             persistent += m.persistent(flight)
             budgeted += m.budgeted(flight, self.ratio)
             transient = max(transient, m.transient)
-        layouts = [layout(s, sw) for s in layers]
+        layouts = [Layout.of(s, sw) for s in layers]
         if stage == 0:
-            layouts.insert(0, layout(plan.vocab, sw))
+            layouts.insert(0, Layout.of(plan.vocab, sw))
         if stage == pp - 1:
-            layouts.append(layout(plan.vocab, sw))
+            layouts.append(Layout.of(plan.vocab, sw))
         per_mb += sum(self.relayout(sw, mb, a, b) for a, b in zip(layouts, layouts[1:]))
         per_mb += ((stage > 0) + (stage < pp - 1)) * self.p2p(pp, sw, mb)
         return StageCost(per_mb, per_iter, persistent + transient, budgeted + transient, compute, busy, busy_mb)

@@ -9,7 +9,7 @@ remaining candidate can beat the k-th best pipeline shape found.
 
 Stage peak memory is sum(persistent memory of its layers) + max(transient memory of one layer),
 each layer's persistent part counted as it weighs against the allocator's budget
-(search.cost_model.budget_bytes), which is not additive; the DP handles it by reserving a level
+(search.stage_memory.budget_bytes), which is not additive; the DP handles it by reserving a level
 tau for the transient and allowing only strategies whose transient is <= tau. The exact optimum
 is the best over all levels; the levels solved are the one the linear relaxation settles on, the
 top one (both skipped when their relaxation cannot beat what is known), and the level that
@@ -28,10 +28,13 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from megatron_galvatron.errors import UserError
+from megatron_galvatron.layout import Layout
 from megatron_galvatron.plan import LayerStrategy, Plan, VocabStrategy
-from search.cost_model import GiB, CostModel, InFlight, Prediction, clock_gain_bound, in_flight
+from search.cost_model import CostModel, Prediction
+from search.pipeline_time import clock_gain_bound
 from search.stage_dp import Surface, Table, canonical_order, lp_bound, lp_mix, min_max_partition
-from search.strategies import Space, divisors, layer_strategies, layout, vocab_strategies
+from search.stage_memory import GiB, InFlight, in_flight
+from search.strategies import Space, divisors, layer_strategies, vocab_strategies
 
 SURFACE_CACHE_BYTES = 512 << 20  # DP tables kept for reuse across candidates
 
@@ -91,8 +94,8 @@ class StageFrame:
     fixed_iter: float     # vocab once-per-iteration time
     vocab_budgeted: float
     vocab_transient: float
-    in_layout: Optional[Tuple]   # layout the first layer receives from the embedding (first stage)
-    out_layout: Optional[Tuple]  # layout the LM head wants from the last layer (last stage)
+    in_layout: Optional[Layout]   # layout the first layer receives from the embedding (first stage)
+    out_layout: Optional[Layout]  # layout the LM head wants from the last layer (last stage)
 
 
 @dataclass
@@ -158,15 +161,15 @@ class Searcher:
         c = self.cost
         times = [c.layer_time(s, stage_world, micro_batch) for s in strategies]
         mems = [c.layer_memory(s, stage_world, micro_batch) for s in strategies]
-        layouts = sorted({layout(s, stage_world) for s in strategies})
+        layouts = sorted({Layout.of(s, stage_world) for s in strategies})
         index = {l: i for i, l in enumerate(layouts)}
         t = Table(strategies,
                   np.array([x.per_mb for x in times]), np.array([x.per_iter for x in times]),
                   np.array([m.states for m in mems]), np.array([m.activation for m in mems]),
                   np.array([m.transient for m in mems]), layouts,
-                  np.array([index[layout(s, stage_world)] for s in strategies], dtype=np.int32),
+                  np.array([index[Layout.of(s, stage_world)] for s in strategies], dtype=np.int32),
                   {},
-                  sorted({layout(v, stage_world) for v in vocab_strategies(stage_world, micro_batch, self.model,
+                  sorted({Layout.of(v, stage_world) for v in vocab_strategies(stage_world, micro_batch, self.model,
                                                                            self.space)}),
                   np.array([m.lazy for m in mems]), np.array([m.settled for m in mems]),
                   np.array([m.pooled for m in mems]), c.ratio)
@@ -190,7 +193,7 @@ class Searcher:
         flight = in_flight(cand.pipeline_type, cand.chunks, cand.pp, stage)
         vt, vm = self.cost.vocab(cand.vocab, sw, mb, cand.pp, stage)
         p2p = ((stage > 0) + (stage < cand.pp - 1)) * self.cost.p2p(cand.pp, sw, mb)
-        vl = layout(cand.vocab, sw)
+        vl = Layout.of(cand.vocab, sw)
         return StageFrame(flight, vt.per_mb + p2p, vt.per_iter, vm.budgeted(flight, self.cost.ratio), vm.transient,
                           vl if stage == 0 else None, vl if stage == cand.pp - 1 else None)
 
@@ -392,7 +395,7 @@ class Searcher:
         seq = self.model.seq_length
         stats = self.stats
         # The bounds price compute at the sustained clock; a plan whose GPUs idle part of the step
-        # is predicted faster than that (cost_model.clock_scales), by at most clock_gain_bound.
+        # is predicted faster than that (pipeline_time.clock_scales), by at most clock_gain_bound.
         slow = self.cost.profile.sustained_slowdown
         scored = []
         for c in cands:  # bounds first, so that the likely best plans are solved first

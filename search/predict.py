@@ -1,8 +1,8 @@
 """Price any plan (searched or hand-written) with the cost model and measured profiles."""
 from megatron_galvatron.model.config import GPTConfig
+from megatron_galvatron.profile_format import check_model_matches, load_profiles
 from search.comm import Network
 from search.cost_model import CostModel, Prediction
-from search.profiles import check_model_matches, load_profiles
 
 
 def predict(plan, cfg: GPTConfig, profiles) -> Prediction:

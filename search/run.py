@@ -17,11 +17,11 @@ from typing import List
 
 from megatron_galvatron.errors import UserError, exit_on_user_error
 from megatron_galvatron.model.config import add_model_args, config_from_args
+from megatron_galvatron.profile_format import check_model_matches, load_profiles
 from search.bound import compute_bound
 from search.comm import Network
 from search.cost_model import CostModel
 from search.engine import InfeasibleError, Result, Searcher
-from search.profiles import check_model_matches, load_profiles
 from search.strategies import SP_MODES, Space, label
 
 PROG = "search/run.py"

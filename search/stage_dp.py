@@ -9,10 +9,10 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from megatron_galvatron.layout import Layout
 from megatron_galvatron.plan import LayerStrategy
 from search import dp
-from search.cost_model import InFlight, budget_bytes, persistent_bytes
-from search.strategies import layout
+from search.stage_memory import InFlight, budget_bytes, persistent_bytes
 
 MiB = float(2 ** 20)
 
@@ -27,13 +27,13 @@ class Table:
     states: np.ndarray
     activation: np.ndarray
     transient: np.ndarray
-    layouts: List[Tuple]
+    layouts: List[Layout]
     layout_id: np.ndarray
-    relayout: Dict[Tuple[Tuple, Tuple], float]  # (from layout, to layout) -> cost per micro-batch
-    vocab_layouts: List[Tuple]  # layouts the embedding / LM head can have in this stage
-    lazy: np.ndarray     # see search.cost_model.persistent_bytes
+    relayout: Dict[Tuple[Layout, Layout], float]  # (from layout, to layout) -> cost per micro-batch
+    vocab_layouts: List[Layout]  # layouts the embedding / LM head can have in this stage
+    lazy: np.ndarray     # see search.stage_memory.persistent_bytes
     settled: np.ndarray
-    pooled: np.ndarray   # see search.cost_model.budget_bytes
+    pooled: np.ndarray   # see search.stage_memory.budget_bytes
     ratio: float         # the allocator's reserved / allocated
 
     def persistent(self, flight: InFlight) -> np.ndarray:
@@ -117,7 +117,7 @@ def canonical_order(layers: List[LayerStrategy], stage_world: int) -> List[Layer
     out, start = [], 0
     rank = {"ddp": 0, "zero2": 1, "zero3": 2}
     for i in range(1, len(layers) + 1):
-        if i == len(layers) or layout(layers[i], stage_world) != layout(layers[start], stage_world):
+        if i == len(layers) or Layout.of(layers[i], stage_world) != Layout.of(layers[start], stage_world):
             out += sorted(layers[start:i], key=lambda s: (rank[s.dp_type], s.checkpoint))
             start = i
     return out

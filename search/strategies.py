@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import List, Tuple
+from typing import List
 
 from megatron_galvatron.plan import LayerStrategy, VocabStrategy
 from megatron_galvatron.model.config import GPTConfig
@@ -22,13 +22,6 @@ class Space:
 
 def divisors(n: int) -> List[int]:
     return [d for d in range(1, n + 1) if n % d == 0]
-
-
-def layout(s, stage_world: int) -> Tuple[int, bool, bool]:
-    """The activation layout a strategy produces; adjacent layers of different layouts re-layout."""
-    if s.tp == 1:
-        return (1, True, False)
-    return (s.tp, s.tp_consec or s.tp == stage_world, s.sp)
 
 
 def tp_degrees(stage_world: int, model: GPTConfig, max_tp: int, for_layers: bool = True) -> List[int]:

@@ -12,13 +12,12 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
 from typing import Any, Dict, List
 
+from megatron_galvatron import profile_format as profiles
 from megatron_galvatron.errors import UserError, exit_on_user_error
-from search import profiles
-from search.comm import bus_factor, spans_nodes
 from megatron_galvatron.model.config import GPTConfig, add_model_args, config_from_args
+from search.comm import spans_nodes
 
 # H100 SXM node: NVLink 4 inside the node, one 400 Gb/s InfiniBand NIC per GPU between nodes.
 PRESETS: Dict[str, Dict[str, Any]] = {
@@ -54,7 +53,7 @@ def _pow2_upto(n: int) -> List[int]:
 
 
 def _comm_entry(op: str, n: int, latency: float, busbw: float) -> Dict[str, Any]:
-    pts = [[b, latency + bus_factor(op, n) * b / (busbw * 1e9)] for b in _POINT_BYTES]
+    pts = [[b, latency + profiles.bus_factor(op, n) * b / (busbw * 1e9)] for b in _POINT_BYTES]
     return {"latency_s": latency, "bandwidth_GBps": busbw, "points": pts}
 
 
@@ -149,9 +148,8 @@ def model_profile(cfg: GPTConfig, max_tp: int = 64, hw: Dict[str, Any] = None) -
 def write_profiles(out_dir: str, cfg: GPTConfig, num_gpus: int, gpus_per_node: int = 8,
                    preset_name: str = "h100", **overrides: Any) -> str:
     hw = preset(preset_name, **overrides)
-    os.makedirs(out_dir, exist_ok=True)
-    profiles.dump(hardware_profile(num_gpus, gpus_per_node, hw), os.path.join(out_dir, profiles.HARDWARE_FILE))
-    profiles.dump(model_profile(cfg, hw=hw), os.path.join(out_dir, profiles.MODEL_FILE))
+    profiles.write_hardware(hardware_profile(num_gpus, gpus_per_node, hw), out_dir)
+    profiles.write_model(model_profile(cfg, hw=hw), out_dir)
     return out_dir
 
 

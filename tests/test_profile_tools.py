@@ -7,8 +7,7 @@ import sys
 
 import pytest
 
-from search import profiles
-from search.comm import bus_factor
+from megatron_galvatron import profile_format as profiles
 from tests.dist_utils import run_launched
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -84,7 +83,7 @@ def _median_rel_errors(profile_dir):
     errs = []
     for op, table in hw["collectives"].items():
         for key, e in table.items():
-            f = bus_factor(op, int(key.split("_")[0]))
+            f = profiles.bus_factor(op, int(key.split("_")[0]))
             errs.append(statistics.median(
                 abs(e["latency_s"] + f * b / (e["bandwidth_GBps"] * 1e9) - t) / t for b, t in e["points"]))
     model = _load(os.path.join(profile_dir, profiles.MODEL_FILE))
@@ -163,7 +162,7 @@ def test_duty_run_idles_the_device_between_chains():
     import time
 
     from megatron_galvatron.profiling.hardware import Stopwatch
-    from megatron_galvatron.profiling.model import run_at_duty
+    from megatron_galvatron.profiling.sustained import run_at_duty
     import torch
     cpu = torch.device("cpu")
     t0 = time.perf_counter()
@@ -185,7 +184,7 @@ def test_compiled_profile_makes_compiled_plans(profile_dir, compiled_dir, tmp_pa
     assert compiled["compiled"] is True and eager["compiled"] is False
     fewer = []
     for part, other in ((compiled["layer"]["memory"], eager["layer"]["memory"]),
-                        (compiled["layer"]["sharded"], eager["layer"]["sharded"])):
+                        (compiled["layer"]["bf16"], eager["layer"]["bf16"])):
         for key, per_token in part["activation_bytes_per_token"].items():
             assert per_token <= other["activation_bytes_per_token"][key], key
             fewer.append(per_token < other["activation_bytes_per_token"][key])
@@ -244,7 +243,7 @@ def test_recompute_share_is_recorded_and_read(profile_dir):
     model = _load(os.path.join(profile_dir, profiles.MODEL_FILE))
     _, prof = profiles.load_profiles(profile_dir)
     for part, table in ((model["layer"], prof.recompute_fraction),
-                        (model["layer"]["sharded"], prof.sharded_recompute_fraction)):
+                        (model["layer"]["bf16"], prof.bf16_recompute_fraction)):
         assert set(part["recompute_fraction"]) == set(part["time"])
         assert all(v >= 0 for v in part["recompute_fraction"].values())
         assert all(len(e["bwd_checkpointed"]["points"]) == len(e["bwd"]["points"]) for e in part["time"].values())

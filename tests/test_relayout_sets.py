@@ -41,3 +41,17 @@ def test_known_sets_are_as_small_as_the_data_allows():
     # turning sequence parallelism off gathers within the TP group
     assert exchange_sets(Layout(2, True, True), Layout(2, True, False), 4) == [(0, 1), (2, 3)]
     assert exchange_sets(Layout(2, False, True), Layout(2, False, False), 4) == [(0, 2), (1, 3)]
+
+
+def test_rank_geometry_of_consecutive_and_strided_groups():
+    """Stage of 8 ranks starting at global rank 8, tp 2: every view of the geometry against
+    groups written out by hand."""
+    ranks = range(8, 16)
+    consec, strided = Layout(2, True, False), Layout(2, False, False)
+    assert consec.groups(ranks) == ([(8, 9), (10, 11), (12, 13), (14, 15)], [(8, 10, 12, 14), (9, 11, 13, 15)])
+    assert strided.groups(ranks) == ([(8, 12), (9, 13), (10, 14), (11, 15)], [(8, 9, 10, 11), (12, 13, 14, 15)])
+    assert consec.strides(8) == (1, 2) and strided.strides(8) == (4, 1)
+    assert [consec.coords(i, 8) for i in (0, 1, 2, 7)] == [(0, 0), (0, 1), (1, 0), (3, 1)]
+    assert [strided.coords(i, 8) for i in (0, 1, 4, 7)] == [(0, 0), (1, 0), (0, 1), (3, 1)]
+    for lo in (consec, strided, Layout(4, False, True), Layout(8, True, False), Layout(1, True, False)):
+        assert sorted(lo.rank(*lo.coords(i, 8), 8) for i in range(8)) == list(range(8))

@@ -10,12 +10,14 @@ import dataclasses
 
 import pytest
 
+from megatron_galvatron.layout import Layout
 from megatron_galvatron.plan import LayerStrategy, Plan, VocabStrategy
+from megatron_galvatron.profile_format import parse_hardware, parse_model
 from search.comm import Network
-from search.cost_model import (CostModel, InFlight, clock_gain_bound, clock_scales, in_flight, microbatches_in_flight,
-                               model_state_bytes, pipeline_iteration_time)
+from search.cost_model import CostModel
 from megatron_galvatron.model.config import GPTConfig
-from search.profiles import parse_hardware, parse_model
+from search.pipeline_time import clock_gain_bound, clock_scales, pipeline_iteration_time
+from search.stage_memory import InFlight, in_flight, microbatches_in_flight, model_state_bytes
 
 INTRA = {"latency_s": 1e-5, "bandwidth_GBps": 100.0, "points": []}
 INTER = {"latency_s": 2e-5, "bandwidth_GBps": 10.0, "points": []}
@@ -265,9 +267,9 @@ def test_relayout_and_p2p(cm):
     full = 8 * 128 * 64 * 2
     # the residual stream is re-laid out as it is, fp32 after a replicated unit
     assert cm.relayout(4, 8) == pytest.approx(2 * (1e-5 + 3 / 4 * 2 * full / 100e9))  # whole stage: a bound
-    assert cm.relayout(4, 8, (2, True, False), (2, True, False)) == 0.0
+    assert cm.relayout(4, 8, Layout(2, True, False), Layout(2, True, False)) == 0.0
     # sp on/off inside the same TP pairs moves half blocks within the pair only
-    assert cm.relayout(4, 8, (2, True, True), (2, True, False)) == pytest.approx(
+    assert cm.relayout(4, 8, Layout(2, True, True), Layout(2, True, False)) == pytest.approx(
         (1e-5 + 1 / 2 * (2 * 2 * full / 4) / 100e9) + (1e-5 + 1 / 2 * (2 * 2 * full / 2) / 100e9))
     # pipeline sends are cast to bf16
     assert cm.p2p(2, 4, 8) == pytest.approx(1e-5 + full / 4 / 25e9)
@@ -506,7 +508,7 @@ def test_evaluate_prices_relayout_between_different_layers(cm):
     # tp1 <-> tp2 (consecutive) exchanges within pairs of ranks: one direction gathers the four
     # quarter blocks two at a time, the other the two half blocks two at a time
     hop = (1e-5 + 1 / 2 * (2 * fp32 / 4) / 100e9) + (1e-5 + 1 / 2 * (2 * fp32 / 2) / 100e9)
-    assert cm.relayout(4, 8, (1, True, False), (2, True, False)) == pytest.approx(hop)
+    assert cm.relayout(4, 8, Layout(1, True, False), Layout(2, True, False)) == pytest.approx(hop)
     # b differs from a and from the vocab layout (tp1) on its way into the head: two re-layouts
     got = cm.stage_costs(mixed, 0)[0] - cm.stage_costs(base, 0)[0]
     t_a, t_b = cm.layer_time(a, 4, 8), cm.layer_time(b, 4, 8)
@@ -619,7 +621,7 @@ def test_clock_gain_never_exceeds_its_bound():
 
 
 def test_measured_duty_curve_sets_the_clock_of_partly_idle_stages():
-    from search.cost_model import slowdown_at
+    from search.pipeline_time import slowdown_at
     # without points: the straight line from 1 (idle) to the sustained slowdown (busy)
     assert slowdown_at(0.5, 1.2) == pytest.approx(1.1) and slowdown_at(1.5, 1.2) == 1.2
     # points on the line change nothing

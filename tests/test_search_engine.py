@@ -5,16 +5,18 @@ import warnings
 
 import pytest
 
+from megatron_galvatron.layout import Layout
 from megatron_galvatron.plan import Plan
+from megatron_galvatron.profile_format import load_profiles
 from search import _dp_core  # noqa: F401  (CI builds it; without it these tests would crawl)
 from search import dp, synthetic
 from search.comm import Network
-from search.cost_model import GiB, CostModel
+from search.cost_model import CostModel
 from search.engine import InfeasibleError, Searcher
 from search.stage_dp import min_max_partition
 from megatron_galvatron.model.config import GPTConfig
-from search.profiles import load_profiles
-from search.strategies import Space, divisors, layer_strategies, layout, vocab_strategies
+from search.stage_memory import GiB
+from search.strategies import Space, divisors, layer_strategies, vocab_strategies
 
 GPT = GPTConfig(family="gpt2", num_layers=8, hidden_size=1024, num_attention_heads=16, num_query_groups=16,
                 ffn_hidden_size=4096, vocab_size=50304, seq_length=1024)
@@ -80,7 +82,7 @@ def test_every_plan_fits_validates_and_costs_what_the_dp_said(tmp_path):
     assert len(results) == 5
     assert [r.tokens_per_s for r in results] == sorted((r.tokens_per_s for r in results), reverse=True)
     assert any(r.plan.pp_deg > 1 for r in results)
-    assert any(len({layout(x, r.plan.stage_world) for x in r.plan.layers + [r.plan.vocab]}) > 1 for r in results)
+    assert any(len({Layout.of(x, r.plan.stage_world) for x in r.plan.layers + [r.plan.vocab]}) > 1 for r in results)
     for r in results:
         assert max(r.prediction.peak_mem_gb) <= 8
         Plan.from_dict(r.plan.to_dict()).validate(cfg, 16)

@@ -5,11 +5,13 @@ import os
 
 import pytest
 
-from search import profiles, synthetic
-from search.comm import Network, bus_factor
+from megatron_galvatron import profile_format as profiles
+from megatron_galvatron.profile_format import (ProfileError, bus_factor, check_model_matches, load_profiles,
+                                               parse_hardware, parse_model)
+from search import synthetic
+from search.comm import Network
 from search.cost_model import CostModel
 from megatron_galvatron.model.config import GPTConfig
-from search.profiles import ProfileError, check_model_matches, load_profiles, parse_hardware, parse_model
 
 CFG = GPTConfig(family="llama", num_layers=4, hidden_size=256, num_attention_heads=8, num_query_groups=4,
                 ffn_hidden_size=704, vocab_size=1000, seq_length=256)
@@ -128,12 +130,12 @@ def _with_optional_tables(d):
     fit = {"intercept_s": 1e-4, "per_token_s": 1e-7, "points": []}
     d = copy.deepcopy(d)
     d["layer"]["memory"]["activation_constant_bytes"] = {"tp1": 1000.0, "tp2": 500.0}
-    d["layer"]["sharded"] = {"time": {"tp1": {"fwd": fit, "bwd": fit}},
+    d["layer"]["bf16"] = {"time": {"tp1": {"fwd": fit, "bwd": fit}},
                              "activation_bytes_per_token": {"tp1": 300.0, "tp2_sp": 100.0},
                              "checkpoint_bytes_per_token": {"tp1": 20.0}}
     d["vocab"]["activation_constant_bytes"] = {"tp1": 64.0}
     d["vocab"]["embedding_time"] = {"tp1": {"fwd": fit, "bwd": fit}}
-    d["vocab"]["sharded"] = {"time": {"tp1": {"fwd": fit, "bwd": fit}}, "activation_bytes_per_token": {"tp1": 7.0}}
+    d["vocab"]["bf16"] = {"time": {"tp1": {"fwd": fit, "bwd": fit}}, "activation_bytes_per_token": {"tp1": 7.0}}
     return d
 
 
@@ -141,30 +143,30 @@ def test_optional_tables_are_read_and_scaled_like_the_required_ones(prof_dir):
     m = parse_model(_with_optional_tables(read(prof_dir, "model.json")))
     assert m.layer_constant(1, False) == 1000.0
     assert m.layer_constant(4, True) == 250.0      # from tp2 (no tp2_sp entry), scaled by 2/4
-    assert m.sharded_activation_per_token(2, True) == 100.0
-    assert m.sharded_activation_per_token(2, False) == 150.0  # from tp1, scaled by 1/2
-    assert m.sharded_checkpoint_per_token(1, False) == 20.0
-    fwd, _ = m.sharded_layer_fits(2, False)
+    assert m.bf16_activation_per_token(2, True) == 100.0
+    assert m.bf16_activation_per_token(2, False) == 150.0  # from tp1, scaled by 1/2
+    assert m.bf16_checkpoint_per_token(1, False) == 20.0
+    fwd, _ = m.bf16_layer_fits(2, False)
     assert (fwd.intercept_s, fwd.per_token_s) == (1e-4, 5e-8)
     assert m.vocab_constant(2) == 32.0
-    assert m.sharded_vocab_activation_per_token(1) == 7.0
+    assert m.bf16_vocab_activation_per_token(1) == 7.0
     assert m.embedding_fits(1)[1](10) == pytest.approx(1e-4 + 1e-6)
-    assert m.sharded_vocab_fits(1) is not None
+    assert m.bf16_vocab_fits(1) is not None
 
 
 def test_optional_tables_absent_read_as_none(prof_dir):
     m = parse_model(read(prof_dir, "model.json"))
     assert m.layer_constant(1, False) is None and m.vocab_constant(1) is None
-    assert m.sharded_layer_fits(1, False) is None and m.sharded_activation_per_token(1, False) is None
-    assert m.sharded_vocab_fits(1) is None and m.embedding_fits(1) is None
+    assert m.bf16_layer_fits(1, False) is None and m.bf16_activation_per_token(1, False) is None
+    assert m.bf16_vocab_fits(1) is None and m.embedding_fits(1) is None
 
 
 @pytest.mark.parametrize("mutate, key", [
-    (lambda d: d["layer"]["sharded"].update(time={"tp1": {"fwd": {"intercept_s": 0.0, "points": []}}}),
-     "layer.sharded.time.tp1.fwd.per_token_s"),
-    (lambda d: d["layer"]["sharded"]["activation_bytes_per_token"].update(tp3x=1.0),
-     "layer.sharded.activation_bytes_per_token.tp3x"),
-    (lambda d: d["vocab"].update(sharded=[]), "vocab.sharded"),
+    (lambda d: d["layer"]["bf16"].update(time={"tp1": {"fwd": {"intercept_s": 0.0, "points": []}}}),
+     "layer.bf16.time.tp1.fwd.per_token_s"),
+    (lambda d: d["layer"]["bf16"]["activation_bytes_per_token"].update(tp3x=1.0),
+     "layer.bf16.activation_bytes_per_token.tp3x"),
+    (lambda d: d["vocab"].update(bf16=[]), "vocab.bf16"),
     (lambda d: d["layer"]["memory"]["activation_constant_bytes"].update(tp1=-1.0),
      "layer.memory.activation_constant_bytes.tp1"),
 ])

@@ -6,13 +6,13 @@ import time
 
 import pytest
 
+from megatron_galvatron.profile_format import load_profiles
 from search import _dp_core  # noqa: F401  (the speed is the compiled core's)
 from search import synthetic
 from search.comm import Network
 from search.cost_model import CostModel
 from search.engine import Searcher
 from megatron_galvatron.model.config import GPTConfig
-from search.profiles import load_profiles
 from search.strategies import Space
 
 LLAMA_7B = GPTConfig(family="llama", num_layers=32, hidden_size=4096, num_attention_heads=32, num_query_groups=32,

@@ -20,10 +20,10 @@ import os
 import pytest
 
 from megatron_galvatron.plan import Plan
+from megatron_galvatron.profile_format import parse_hardware, parse_model
 from search.comm import Network
 from search.cost_model import CostModel
 from megatron_galvatron.model.config import GPTConfig
-from search.profiles import parse_hardware, parse_model
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RUN = os.path.join(ROOT, "tests", "fixtures", "results", "h200x2_gpt1p4b", "validation_autocast_runtime")

@@ -138,7 +138,7 @@ def test_h200_recompute_share_measured_by_the_profiler():
     from search.comm import Network
     from search.cost_model import CostModel
     from search.predict import predict
-    from search.profiles import load_profiles
+    from megatron_galvatron.profile_format import load_profiles
     from megatron_galvatron.model.config import GPTConfig
     from megatron_galvatron.plan import Plan
     import json
@@ -150,11 +150,11 @@ def test_h200_recompute_share_measured_by_the_profiler():
     estimate = CostModel(cfg, prof, Network(hw, 2, 2)).recompute_fraction()
     assert estimate == pytest.approx(9 / 13)
     assert prof.recompute_fraction[(1, False)] > estimate + 0.04
-    assert prof.sharded_recompute_fraction[(1, False)] > estimate + 0.02
+    assert prof.bf16_recompute_fraction[(1, False)] > estimate + 0.02
     measured = {r["name"]: r["iter_time_s"] for r in bench["results"]}
     with_share = {r["name"]: predict(Plan.from_dict(r["plan"]), cfg, (hw, prof)).iter_time_s
                   for r in bench["results"]}
-    prof.recompute_fraction, prof.sharded_recompute_fraction = {}, {}
+    prof.recompute_fraction, prof.bf16_recompute_fraction = {}, {}
     without = {r["name"]: predict(Plan.from_dict(r["plan"]), cfg, (hw, prof)).iter_time_s for r in bench["results"]}
     for name in ("tp=1,dp=zero3,ckpt=1,gbs=64,chunks=1", "tp=1,dp=ddp,ckpt=1,gbs=64,chunks=1"):
         assert abs(with_share[name] / measured[name] - 1) < abs(without[name] / measured[name] - 1) - 0.006

@@ -44,7 +44,7 @@ def price(plan, cfg, args, loaded):
     """The plan with this run's prediction: compiled plans on the compiled profiles. `loaded`
     keeps each profile directory's parsed profiles for the next plan."""
     from search.predict import predict
-    from search.profiles import load_profiles
+    from megatron_galvatron.profile_format import load_profiles
     prof = args.compile_profile_dir if plan.compile and args.compile_profile_dir else args.profile_dir
     if prof and prof not in loaded:
         loaded[prof] = load_profiles(prof)
@@ -58,7 +58,7 @@ def price(plan, cfg, args, loaded):
 def bounds(cfg, args, loaded):
     """The compute bound (search/bound.py) on each profile given, by directory."""
     from search.bound import compute_bound
-    from search.profiles import check_model_matches, load_profiles
+    from megatron_galvatron.profile_format import check_model_matches, load_profiles
     from megatron_galvatron.training.metrics import peak_flops_of
     out = {}
     for prof in (args.profile_dir, args.compile_profile_dir):

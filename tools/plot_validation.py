@@ -17,7 +17,7 @@ def rows_of(bench: dict, profile_dir=None, compile_profile_dir=None):
     from megatron_galvatron.model.config import GPTConfig
     from megatron_galvatron.plan import Plan
     from search.predict import predict
-    from search.profiles import load_profiles
+    from megatron_galvatron.profile_format import load_profiles
     cfg = GPTConfig(**bench["model"])
     loaded = {d: load_profiles(d) for d in (profile_dir, compile_profile_dir) if d}
     rows = []

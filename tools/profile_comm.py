@@ -13,11 +13,9 @@ import torch.distributed as dist
 
 from megatron_galvatron.errors import UserError, exit_on_user_error
 from megatron_galvatron.parallel_state import detect_device, init_distributed
+from megatron_galvatron.profile_format import HARDWARE_FILE, write_hardware
 from megatron_galvatron.profiling.comm import CommProfiler, CommSettings
-from megatron_galvatron.profiling.hardware import HARDWARE_FILE
-from megatron_galvatron.profiling.report import comm_summary, parse_size, sweep, write_profile
-
-from search.profiles import parse_hardware
+from megatron_galvatron.profiling.report import comm_summary, parse_size, sweep
 
 PROG = "profile_comm.py"
 
@@ -57,7 +55,7 @@ def main(argv=None) -> None:
         rank, _ = init_distributed(device)
         profile = CommProfiler(device, s).run()
         if rank == 0:
-            path = write_profile(profile, args.out_dir, HARDWARE_FILE, parse_hardware)
+            path = write_hardware(profile, args.out_dir)
             print(comm_summary(profile))
             print(f"wrote {path}")
     if dist.is_initialized():

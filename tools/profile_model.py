@@ -13,18 +13,16 @@ import torch
 
 from megatron_galvatron.errors import UserError, exit_on_user_error
 from megatron_galvatron.parallel_state import detect_device
-from megatron_galvatron.profiling.hardware import MODEL_FILE
-from megatron_galvatron.profiling.model import (
+from megatron_galvatron.profile_format import MODEL_FILE, write_model
+from megatron_galvatron.profiling.model import ModelProfiler, check_settings
+from megatron_galvatron.profiling.model_settings import (
     DTYPES,
-    ModelProfiler,
     ModelSettings,
-    check_settings,
     default_dtype,
     default_optimizer_params,
 )
-from megatron_galvatron.profiling.report import model_summary, write_profile
+from megatron_galvatron.profiling.report import model_summary
 from megatron_galvatron.model.config import add_model_args, config_from_args
-from search.profiles import parse_model
 
 PROG = "profile_model.py"
 
@@ -74,12 +72,6 @@ def pick_device(choice: str) -> torch.device:
     return detect_device(int(os.environ.get("LOCAL_RANK", "0")))  # the training run's allocator settings
 
 
-def validate(profile, path) -> None:
-    # The search prices bf16 only and rejects other dtypes by design; an fp32 profile (CPU runs)
-    # is still checked for everything else.
-    parse_model(dict(profile, dtype="bf16"), path)
-
-
 def main(argv=None) -> None:
     args = build_parser().parse_args(argv)
     with exit_on_user_error(PROG):
@@ -97,7 +89,7 @@ def main(argv=None) -> None:
             seed=args.seed, progress=not args.quiet)
         check_settings(cfg, settings)
         profile = ModelProfiler(cfg, device, settings).run()
-        path = write_profile(profile, args.out_dir, MODEL_FILE, validate)
+        path = write_model(profile, args.out_dir)
         print(model_summary(profile))
         for note in profile["notes"]:
             print(f"note: {note}")

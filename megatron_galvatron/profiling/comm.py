@@ -16,9 +16,11 @@ import torch
 import torch.distributed as dist
 
 from megatron_galvatron.errors import UserError
-from megatron_galvatron.profiling.fit import bus_factor, comm_entry
+from megatron_galvatron.layout import Layout
+from megatron_galvatron.parallel_state import GroupCache
+from megatron_galvatron.profile_format import COLLECTIVES, HARDWARE_SCHEMA, bus_factor
+from megatron_galvatron.profiling.fit import comm_entry
 from megatron_galvatron.profiling.hardware import (
-    HARDWARE_SCHEMA,
     HostAhead,
     Stopwatch,
     command_line,
@@ -28,7 +30,6 @@ from megatron_galvatron.profiling.hardware import (
     synchronize,
 )
 
-COLLECTIVES = ("all_reduce", "all_gather", "reduce_scatter", "all_to_all")
 LAYOUTS = ("consec", "strided")
 BUFFER_DTYPE = torch.float32  # gradients are reduced in fp32; per byte bf16 costs the same
 
@@ -55,11 +56,8 @@ def group_sizes(world: int) -> List[int]:
 
 
 def partition(world: int, n: int, layout: str) -> List[Tuple[int, ...]]:
-    """The groups of size n covering the world, as parallel_state.Layout lays out TP groups."""
-    if layout == "consec":
-        return [tuple(range(j * n, (j + 1) * n)) for j in range(world // n)]
-    dp = world // n
-    return [tuple(range(i, world, dp)) for i in range(dp)]
+    """The groups of size n covering the world, laid out as the runtime lays out TP groups."""
+    return Layout(tp=n, tp_consec=layout == "consec", sp=False).groups(range(world))[0]
 
 
 class Topology:
@@ -82,21 +80,6 @@ class Topology:
 
     def spans_nodes(self, ranks: Sequence[int]) -> bool:
         return len({self.node_of[r] for r in ranks}) > 1
-
-
-class _Groups:
-    """Process groups created once, in the same order on every rank (new_group is collective)."""
-
-    def __init__(self, world: int):
-        self.world = world
-        self.cache: Dict[Tuple[int, ...], dist.ProcessGroup] = {}
-
-    def mine(self, groups: List[Tuple[int, ...]], rank: int) -> Tuple[Tuple[int, ...], dist.ProcessGroup]:
-        for g in groups:
-            if g not in self.cache:
-                self.cache[g] = dist.group.WORLD if len(g) == self.world else dist.new_group(list(g))
-        ranks = next(g for g in groups if rank in g)
-        return ranks, self.cache[ranks]
 
 
 def _collective_call(op: str, nbytes: int, n: int, group, inp: torch.Tensor,
@@ -145,7 +128,7 @@ class CommProfiler:
         if not self.topo.uniform:
             raise UserError(f"the {self.world} ranks are spread unevenly over {self.topo.num_nodes} nodes: "
                             f"launch the same number of processes on every node")
-        self.groups = _Groups(self.world)
+        self.groups = GroupCache(self.world)
         self.ahead = HostAhead(device)
         elems = max(settings.sizes) // torch.tensor([], dtype=BUFFER_DTYPE).element_size() + self.world
         self.inp = torch.ones(elems, dtype=BUFFER_DTYPE, device=device)
@@ -168,12 +151,19 @@ class CommProfiler:
         per = len(self.s.sizes)
         return len(COLLECTIVES) * len(self.configs()) * per + len(self.pp_degrees()) * per + 1
 
+    def _mine(self, groups: List[Tuple[int, ...]]) -> Tuple[Tuple[int, ...], dist.ProcessGroup]:
+        """This rank's group of a partition, every group of it created (on every rank alike)."""
+        for g in groups:
+            self.groups.create(g)
+        ranks = next(g for g in groups if self.rank in g)
+        return ranks, self.groups[ranks]
+
     # ---------------------------------------------------------------- measurements
     def collectives(self, bar) -> Dict[str, Dict[str, Dict]]:
         local: List[float] = []
         index: List[Tuple[str, int, str, Tuple[int, ...]]] = []
         for n, layout in self.configs():
-            ranks, group = self.groups.mine(partition(self.world, n, layout), self.rank)
+            ranks, group = self._mine(partition(self.world, n, layout))
             for op in COLLECTIVES:
                 # the first call on a group builds its communicator: keep that out of the timings
                 _collective_call(op, self.s.sizes[0], n, group, self.inp, self.out)()
@@ -239,7 +229,7 @@ class CommProfiler:
         if self.device.type != "cuda":
             return {"compute_slowdown": 1.0, "comm_slowdown": 1.0, "note": "not measured on cpu"}
         n = self.topo.gpus_per_node if self.topo.gpus_per_node > 1 else self.world
-        _, group = self.groups.mine(partition(self.world, n, "consec"), self.rank)
+        _, group = self._mine(partition(self.world, n, "consec"))
         by_op = {op: measure_overlap(self.device, group, self.s.overlap_bytes, self.s.overlap_reps, n,
                                      self._max_over_ranks, op)
                  for op in ("all_reduce", "all_gather", "reduce_scatter")}

@@ -18,6 +18,8 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from megatron_galvatron.profile_format import bus_factor, write_hardware
+
 
 def fit_line(xs: Sequence[float], ys: Sequence[float]) -> Tuple[float, float]:
     """(intercept, slope) with intercept >= 0 and slope >= 0, minimising the relative error.
@@ -50,13 +52,6 @@ def _through_origin(x: np.ndarray, y: np.ndarray, w: np.ndarray) -> float:
 
 def max_relative_error(xs: Sequence[float], ys: Sequence[float], intercept: float, slope: float) -> float:
     return max(abs(intercept + slope * x - y) / abs(y) for x, y in zip(xs, ys) if y != 0)
-
-
-def bus_factor(op: str, n: int) -> float:
-    """nccl-tests' bus bandwidth factor: bytes each link carries per byte of the full buffer."""
-    if n <= 1:
-        return 0.0
-    return 2.0 * (n - 1) / n if op == "all_reduce" else (n - 1) / n
 
 
 def comm_entry(points: List[List[float]], factor: float = 1.0) -> Dict:
@@ -183,14 +178,10 @@ def refit_hardware(profile: Dict) -> Dict:
 
 def refit_file(path: str) -> Dict:
     """Add or recompute `segments` in a hardware.json file, keeping everything else as it was."""
-    from search.profiles import parse_hardware  # the search's reader checks the result before it replaces the file
-
-    from megatron_galvatron.profiling.report import write_profile
-
     with open(path) as f:
         profile = json.load(f)
     refit_hardware(profile)
-    write_profile(profile, os.path.dirname(path) or ".", os.path.basename(path), parse_hardware)
+    write_hardware(profile, os.path.dirname(path) or ".", os.path.basename(path))
     return profile
 
 

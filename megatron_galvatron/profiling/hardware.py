@@ -8,11 +8,6 @@ from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
 
-HARDWARE_SCHEMA = "megatron_galvatron.hardware_profile/1"
-MODEL_SCHEMA = "megatron_galvatron.model_profile/1"
-HARDWARE_FILE = "hardware.json"
-MODEL_FILE = "model.json"
-
 
 def command_line() -> str:
     return shlex.join(sys.argv)

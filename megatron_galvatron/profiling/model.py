@@ -2,18 +2,17 @@
 
 Each TP degree (and sequence parallelism) is measured on the real TransformerLayer and
 VocabModule built with the shard shapes of TP rank 0 (profiling/shards.py). With bf16 each is
-measured twice: as the runtime now runs every unit, on bf16 parameters and a bf16 input without
-autocast (the "sharded" tables, named for the FSDP units that first ran this way; replicated
-units compute on a bf16 copy of their fp32 masters, which is the same computation), and on fp32
-parameters under bf16 autocast (the plain tables), which older runs used for replicated units
-and the cost model keeps for re-pricing them. Without bf16 (CPU default) plain fp32.
+measured twice: on bf16 parameters and a bf16 input without autocast (the "bf16" tables), which
+is how the runtime computes every unit (an FSDP unit on its gathered bf16 weights, a replicated
+one on a bf16 copy of its fp32 masters), and on fp32 parameters under bf16 autocast (the plain
+tables, which the format requires: they are what an fp32 profile holds, and what the cost model
+falls back on for a profile without bf16 tables). Without bf16 (CPU default) plain fp32 only.
 """
 import dataclasses
-from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass
+from contextlib import nullcontext
 from functools import partial
 import time
-from typing import Any, Callable, Dict, List, Tuple
+from typing import Callable, Dict, List, Tuple
 
 import torch
 from torch import nn
@@ -25,9 +24,10 @@ from megatron_galvatron.model.init import init_params_
 from megatron_galvatron.model.param_facts import param_facts
 from megatron_galvatron.model.transformer_layer import TransformerLayer
 from megatron_galvatron.model.vocab import VocabModule
+from megatron_galvatron.profile_format import MODEL_SCHEMA
+from megatron_galvatron.profiling.dynamo import allow_recompiles, static_shapes
 from megatron_galvatron.profiling.fit import bytes_per_token, time_entry
 from megatron_galvatron.profiling.hardware import (
-    MODEL_SCHEMA,
     HostAhead,
     Stopwatch,
     command_line,
@@ -38,54 +38,10 @@ from megatron_galvatron.profiling.hardware import (
     time_repeated,
 )
 from megatron_galvatron.profiling.memory import allocator_stats, saved_bytes
+from megatron_galvatron.profiling.model_settings import DTYPES, ModelSettings
 from megatron_galvatron.profiling.shards import ShardGroups
+from megatron_galvatron.profiling.sustained import measure_sustained
 from megatron_galvatron.training.optimizer import build_optimizer
-
-DTYPES = ("bf16", "fp32")
-
-
-@dataclass
-class ModelSettings:
-    micro_batch_sizes: List[int]
-    seq_lengths: List[int]
-    tp_degrees: List[int]
-    sequence_parallel: bool = True
-    dtype: str = "bf16"
-    warmup: int = 2
-    iters: int = 5
-    soak_seconds: float = 0.3  # back-to-back untimed repeats before each timed point (CUDA only)
-    # the long-step run that measures sustained_profile (CUDA only). An H200 settles at its power
-    # cap within about 10 s (nvidia-smi dmon); 8 s runs measured 1.8-2.0 % less slowdown than 60 s
-    # runs, whose quarters agreed within 0.3 %.
-    sustained_seconds: float = 30.0
-    # duty cycles below 1 at which sustained_profile also runs the chain, idling the GPU between
-    # repeats as a pipeline bubble or exposed communication does ('sustained.duty')
-    sustained_duty: Tuple[float, ...] = ()
-    optimizer_params: int = 2 ** 27
-    seed: int = 1234
-    progress: bool = True
-    # time the transformer layers through torch.compile, as pretrain_gpt.py --compile (or a plan
-    # with "compile") runs them, and count what the compiled layers save for backward
-    compile: bool = False
-
-
-def run_at_duty(chain: Callable[[], None], stopwatch: Callable[[], Any], sync: Callable[[], None],
-                seconds: float, duty: float, busy_s: float) -> List[float]:
-    """Seconds of each `chain` run for `seconds`, each followed by an idle gap that keeps the
-    device busy a fraction `duty` of the time when a chain takes `busy_s`: the host waits for the
-    chain to finish, then sleeps, so the device has nothing queued."""
-    idle = busy_s * (1.0 - duty) / duty
-    watches = []
-    end = time.perf_counter() + seconds
-    while time.perf_counter() < end or len(watches) < 4:
-        sw = stopwatch()
-        sw.start()
-        chain()
-        sw.stop()
-        sync()
-        watches.append(sw)
-        time.sleep(idle)
-    return [w.seconds() for w in watches]
 
 
 def valid_tp_degrees(cfg: GPTConfig, wanted: List[int]) -> List[int]:
@@ -143,9 +99,9 @@ class ModelProfiler:
         return torch.randn(seq, mb, self.cfg.hidden_size, device=self.device, dtype=dtype or self.param_dtype,
                            requires_grad=requires_grad)
 
-    def _mode(self, sharded: bool):
-        """(input dtype, autocast context factory) of a replicated unit, or of an FSDP unit."""
-        if sharded:
+    def _mode(self, bf16_weights: bool):
+        """(input dtype, autocast context factory) on bf16 weights, or on fp32 ones under autocast."""
+        if bf16_weights:
             return torch.bfloat16, nullcontext
         return self.param_dtype, self.autocast
 
@@ -212,8 +168,8 @@ class ModelProfiler:
         return out
 
     def _layer_point(self, layer: TransformerLayer, tp: int, sp: bool, mb: int, seq: int,
-                     sharded: bool = False) -> List[float]:
-        dtype, autocast = self._mode(sharded)
+                     bf16_weights: bool = False) -> List[float]:
+        dtype, autocast = self._mode(bf16_weights)
         x = self.hidden(seq // tp if sp else seq, mb, dtype=dtype)
         fwd, bwd = self._fwd_bwd(lambda: layer(x), autocast)
         # A checkpointed layer's backward recomputes the forward first, stopping where the last
@@ -242,7 +198,7 @@ class ModelProfiler:
         emb_mem, _ = saved_bytes(vocab, lambda: vocab.embed(tokens), self.autocast)
         return [head_f, head_b, emb_f, emb_b, head_mem, emb_mem, head_alloc]
 
-    def _sharded_vocab_point(self, vocab: VocabModule, mb: int, seq: int) -> List[float]:
+    def _bf16_vocab_point(self, vocab: VocabModule, mb: int, seq: int) -> List[float]:
         labels = self.tokens(seq, mb)
         x = self.hidden(seq, mb, dtype=torch.bfloat16)
         fwd, bwd = self._fwd_bwd(lambda: vocab.head(x, labels), nullcontext)
@@ -260,7 +216,7 @@ class ModelProfiler:
 
     # ---------------------------------------------------------------- the whole profile
     def layer_profile(self, shards: ShardGroups, bar) -> Dict:
-        times, act, ckpt, const, points, recompute = self._layer_tables(shards, bar, sharded=False)
+        times, act, ckpt, const, points, recompute = self._layer_tables(shards, bar, bf16_weights=False)
         shard_counts = {f"tp{tp}": sum(p.numel() for p in self.layer(shards, tp, False).parameters())
                         for tp in self.tps}
         out = {"time": times, "recompute_fraction": recompute,
@@ -271,16 +227,16 @@ class ModelProfiler:
                           "activation_constant_bytes": const,
                           "points": points}}
         if self.bf16:
-            out["sharded"] = self._sharded_layer_profile(shards, bar)
+            out["bf16"] = self._bf16_layer_profile(shards, bar)
         return out
 
-    def _sharded_layer_profile(self, shards: ShardGroups, bar) -> Dict:
-        """The layer as a ZeRO unit runs it (see the module doc)."""
-        times, act, ckpt, _, points, recompute = self._layer_tables(shards, bar, sharded=True)
+    def _bf16_layer_profile(self, shards: ShardGroups, bar) -> Dict:
+        """The layer on bf16 weights without autocast, as the runtime runs it (see the module doc)."""
+        times, act, ckpt, _, points, recompute = self._layer_tables(shards, bar, bf16_weights=True)
         return {"time": times, "recompute_fraction": recompute, "activation_bytes_per_token": act,
                 "checkpoint_bytes_per_token": ckpt, "points": points}
 
-    def _layer_tables(self, shards: ShardGroups, bar, sharded: bool):
+    def _layer_tables(self, shards: ShardGroups, bar, bf16_weights: bool):
         """Per layout key: time fits, activation / checkpoint bytes per token, constant bytes and
         the points, over every micro-batch x sequence point of every tp (and sp) degree."""
         times, act, ckpt, const, points, recompute = {}, {}, {}, {}, {}, {}
@@ -288,12 +244,12 @@ class ModelProfiler:
             for sp in ((False, True) if tp > 1 and self.s.sequence_parallel else (False,)):
                 key = f"tp{tp}{'_sp' if sp else ''}"
                 plain = partial(self.layer, shards, tp, sp)
-                build = (lambda b=plain: self._timed_layer(self._bf16(b()) if sharded else b()))
+                build = (lambda b=plain: self._timed_layer(self._bf16(b()) if bf16_weights else b()))
                 res = self._sweep(tp, sp, build,
-                                  lambda m, mb, seq, tp=tp, sp=sp: self._layer_point(m, tp, sp, mb, seq, sharded),
+                                  lambda m, mb, seq, tp=tp, sp=sp: self._layer_point(m, tp, sp, mb, seq, bf16_weights),
                                   bar)
                 if not res:
-                    if tp == 1 and not sharded:
+                    if tp == 1 and not bf16_weights:
                         raise UserError("no micro-batch size fits in GPU memory at tp 1: lower "
                                         "--micro-batch-sizes or --seq-lengths")
                     continue
@@ -307,7 +263,7 @@ class ModelProfiler:
                 ckpt[key], _ = bytes_per_token([[mb, s, r[4]] for (mb, s), r in pts])
                 points[key] = {"saved_bytes": [[mb, s, r[2]] for (mb, s), r in pts],
                                "checkpoint_saved_bytes": [[mb, s, r[4]] for (mb, s), r in pts]}
-                if self.device.type == "cuda" and not sharded:
+                if self.device.type == "cuda" and not bf16_weights:
                     points[key]["cuda_allocated_delta"] = [[mb, s, r[3]] for (mb, s), r in pts]
                     points[key]["checkpoint_cuda_allocated_delta"] = [[mb, s, r[5]] for (mb, s), r in pts]
         return times, act, ckpt, const, points, recompute
@@ -342,16 +298,16 @@ class ModelProfiler:
                "embedding_time": emb_times, "embedding_activation_bytes_per_token": emb_act,
                "memory_points": points}
         if self.bf16:
-            out["sharded"] = self._sharded_vocab_profile(shards, bar)
+            out["bf16"] = self._bf16_vocab_profile(shards, bar)
         return out
 
-    def _sharded_vocab_profile(self, shards: ShardGroups, bar) -> Dict:
-        """Final norm + LM head + loss as a ZeRO unit runs them (see the module doc)."""
+    def _bf16_vocab_profile(self, shards: ShardGroups, bar) -> Dict:
+        """Final norm + LM head + loss on bf16 weights without autocast (see the module doc)."""
         times, act, points = {}, {}, {}
         for tp in self.tps:
             key = f"tp{tp}"
             res = self._sweep(tp, False, lambda tp=tp: self._bf16(self.vocab(shards, tp)),
-                              lambda m, mb, seq: self._sharded_vocab_point(m, mb, seq), bar)
+                              lambda m, mb, seq: self._bf16_vocab_point(m, mb, seq), bar)
             if not res:
                 continue
             pts = sorted(res.items())
@@ -387,8 +343,8 @@ class ModelProfiler:
         compute times by the ratio."""
         if self.device.type != "cuda" or self.s.sustained_seconds <= 0:
             return {"slowdown": 1.0, "note": "not measured" + (" on cpu" if self.device.type != "cuda" else "")}
-        sharded = self.bf16 and "tp1" in layer.get("sharded", {}).get("time", {})
-        table = layer["sharded"]["time"]["tp1"] if sharded else layer["time"]["tp1"]
+        bf16_weights = self.bf16 and "tp1" in layer.get("bf16", {}).get("time", {})
+        table = layer["bf16"]["time"]["tp1"] if bf16_weights else layer["time"]["tp1"]
         pts = {(mb, s): t for mb, s, t in table["fwd"]["points"]}
         bpts = {(mb, s): t for mb, s, t in table["bwd"]["points"]}
         mb, seq = max(pts)  # the largest point that fit
@@ -396,10 +352,10 @@ class ModelProfiler:
 
         def build():
             lyr = self.layer(shards, 1, False)
-            return self._timed_layer(self._bf16(lyr) if sharded else lyr)
+            return self._timed_layer(self._bf16(lyr) if bf16_weights else lyr)
 
         layers = [build() for _ in range(n)]
-        dtype, autocast = self._mode(sharded)
+        dtype, autocast = self._mode(bf16_weights)
         x = self.hidden(seq, mb, dtype=dtype)
 
         def chain():
@@ -409,39 +365,16 @@ class ModelProfiler:
                     y = lyr(y)
             y.backward(torch.ones_like(y))
 
-        watches = []
-        end = time.perf_counter() + self.s.sustained_seconds
-        while time.perf_counter() < end or len(watches) < 4:
-            sw = Stopwatch(self.device)
-            sw.start()
-            chain()
-            sw.stop()
-            watches.append(sw)
-        synchronize(self.device)
-        last = [w.seconds() for w in watches[len(watches) // 2:]]
         alone = n * (pts[(mb, seq)] + bpts[(mb, seq)])
-        sustained = median(last)
-        duty = []
-        for u in self.s.sustained_duty:
-            busy = run_at_duty(chain, lambda: Stopwatch(self.device), lambda: synchronize(self.device),
-                               self.s.sustained_seconds, u, sustained)
-            chain_s = median(busy[len(busy) // 2:])
-            idle = sustained * (1.0 - u) / u
-            # the chain runs faster at a lower duty, so the duty it had is a little below u
-            duty.append([chain_s / (chain_s + idle), max(1.0, chain_s / alone)])
+        out = measure_sustained(chain, self.device, self.s.sustained_seconds, self.s.sustained_duty, alone)
         del layers, x
         torch.cuda.empty_cache()
-        times = [w.seconds() for w in watches]
-        q = max(1, len(times) // 4)
-        out_duty = {"duty": duty} if duty else {}
-        return {"slowdown": max(1.0, sustained / alone), "chain_s": sustained, "alone_s": alone, **out_duty,
-                # drift over the run: a still-falling clock shows as later quarters slower
-                "quarters_s": [median(times[i * q:(i + 1) * q] or times[-1:]) for i in range(4)],
-                "repeats": len(watches), "method": f"{n} tp1 layers{' as ZeRO units' if sharded else ''}, "
-                f"micro-batch {mb} x seq {seq}, forward + backward back to back for "
-                f"{self.s.sustained_seconds:g} s; median of the last half vs {n} x the point's fwd + bwd"
-                + ("; 'duty': the same at each duty cycle, the GPU idle between repeats (the host waits, then "
-                   "sleeps), [duty it had, slowdown]" if duty else "")}
+        out["method"] = (f"{n} tp1 layers{' on bf16 weights' if bf16_weights else ''}, micro-batch {mb} x seq {seq}, "
+                         f"forward + backward back to back for {self.s.sustained_seconds:g} s; median of the last "
+                         f"half vs {n} x the point's fwd + bwd"
+                         + ("; 'duty': the same at each duty cycle, the GPU idle between repeats (the host "
+                            "waits, then sleeps), [duty it had, slowdown]" if "duty" in out else ""))
+        return out
 
     def allocator_profile(self, shards: ShardGroups) -> Dict:
         """Peak reserved / peak allocated over a training-like step (two layers, LM head, optimizer)."""
@@ -490,10 +423,10 @@ class ModelProfiler:
         n_layer = sum(len(_points(self.s, tp, sp)) for tp in self.tps
                       for sp in ((False, True) if tp > 1 and self.s.sequence_parallel else (False,)))
         n_vocab = sum(len(_points(self.s, tp, False)) for tp in self.tps)
-        if self.bf16:  # every point again as a ZeRO unit runs it
+        if self.bf16:  # every point again on bf16 weights
             n_layer, n_vocab = 2 * n_layer, 2 * n_vocab
-        _allow_recompiles(4 * (n_layer + n_vocab) + 8)
-        static = _static_shapes() if self.s.compile else nullcontext()
+        allow_recompiles(4 * (n_layer + n_vocab) + 8)
+        static = static_shapes() if self.s.compile else nullcontext()
         prev_flush = torch.set_flush_denormal(True) if self.device.type == "cpu" else None
         try:
             with static, tqdm(total=n_layer + n_vocab + 2, disable=not self.s.progress, desc="profile_model",
@@ -530,39 +463,6 @@ class ModelProfiler:
             "sustained": sustained,
             "notes": self.notes,
         }
-
-
-@contextmanager
-def _static_shapes():
-    """Compile every profiled shape as its own static graph, as training compiles its one shape
-    (after two shapes dynamo would otherwise switch to a dynamic-shape graph)."""
-    import torch._dynamo.config as dynamo_config
-    old = dynamo_config.automatic_dynamic_shapes
-    dynamo_config.automatic_dynamic_shapes = False
-    try:
-        yield
-    finally:
-        dynamo_config.automatic_dynamic_shapes = old
-
-
-def _allow_recompiles(n: int) -> None:
-    """Training compiles each compiled region (e.g. the loss) for its one shape; a profile
-    visits many shapes, and past dynamo's recompile limit it would time the eager fallback."""
-    try:
-        import torch._dynamo.config as dynamo_config
-    except ImportError:
-        return
-    for name in ("recompile_limit", "cache_size_limit"):
-        if isinstance(getattr(dynamo_config, name, None), int):
-            setattr(dynamo_config, name, max(getattr(dynamo_config, name), n))
-
-
-def default_optimizer_params(device: torch.device) -> int:
-    return 2 ** 27 if device.type == "cuda" else 2 ** 18
-
-
-def default_dtype(device: torch.device) -> str:
-    return "bf16" if device.type == "cuda" else "fp32"
 
 
 def check_settings(cfg: GPTConfig, s: ModelSettings) -> None:

@@ -1,8 +1,6 @@
-"""Sizes on the command line, writing a profile file, and the summaries the tools print."""
-import json
-import os
+"""Sizes on the command line and the summaries the tools print."""
 import re
-from typing import Callable, Dict, List, Optional
+from typing import Dict, List
 
 from megatron_galvatron.errors import UserError
 
@@ -28,21 +26,6 @@ def sweep(lo: int, hi: int) -> List[int]:
     while out[-1] * 2 <= hi:
         out.append(out[-1] * 2)
     return out
-
-
-def write_profile(profile: Dict, out_dir: str, filename: str,
-                  validate: Optional[Callable[[Dict, str], object]] = None) -> str:
-    """Check the profile with the search's own reader (when given) and write it as JSON."""
-    path = os.path.join(out_dir, filename)
-    if validate is not None:
-        validate(profile, path)
-    os.makedirs(out_dir, exist_ok=True)
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(profile, f, indent=1)
-        f.write("\n")
-    os.replace(tmp, path)
-    return path
 
 
 def comm_summary(profile: Dict) -> str:
@@ -74,12 +57,12 @@ def model_summary(profile: Dict) -> str:
         lines.append(f"{key:<10}{t['fwd']['per_token_s'] * 1e6:>12.3f}{t['bwd']['per_token_s'] * 1e6:>12.3f}"
                      f"{err:>12.1%}{mem['activation_bytes_per_token'][key]:>12.0f}"
                      f"{mem['checkpoint_bytes_per_token'][key]:>12.0f}{recompute(profile['layer'], key)}")
-    sharded = profile["layer"].get("sharded", {})
-    for key, t in sharded.get("time", {}).items():  # as a ZeRO unit runs it: bf16 weights, no autocast
+    bf16 = profile["layer"].get("bf16", {})
+    for key, t in bf16.get("time", {}).items():  # on bf16 weights without autocast
         err = max(t["fwd"]["max_rel_error"], t["bwd"]["max_rel_error"])
-        lines.append(f"{key + ' zero':<10}{t['fwd']['per_token_s'] * 1e6:>12.3f}{t['bwd']['per_token_s'] * 1e6:>12.3f}"
-                     f"{err:>12.1%}{sharded['activation_bytes_per_token'][key]:>12.0f}"
-                     f"{sharded['checkpoint_bytes_per_token'][key]:>12.0f}{recompute(sharded, key)}")
+        lines.append(f"{key + ' bf16':<10}{t['fwd']['per_token_s'] * 1e6:>12.3f}{t['bwd']['per_token_s'] * 1e6:>12.3f}"
+                     f"{err:>12.1%}{bf16['activation_bytes_per_token'][key]:>12.0f}"
+                     f"{bf16['checkpoint_bytes_per_token'][key]:>12.0f}{recompute(bf16, key)}")
     for key, t in profile["vocab"]["time"].items():
         lines.append(f"{'vocab ' + key:<10}{t['fwd']['per_token_s'] * 1e6:>12.3f}{t['bwd']['per_token_s'] * 1e6:>12.3f}"
                      f"{max(t['fwd']['max_rel_error'], t['bwd']['max_rel_error']):>12.1%}"

@@ -1,228 +1,33 @@
-"""Profile files the search reads: schema, loading and validation (docs/profile_format.md).
-
-Two JSON files in a profile directory: hardware.json (collective and p2p times of the cluster,
-compute/communication overlap) and model.json (per-layer time and memory of one model). Any
-problem raises ProfileError naming the file and the key, in one line.
-"""
+"""Reading and validating hardware.json and model.json: every problem is a ProfileError that
+names the file and the key, in one line. A file of an older version is upgraded as it is read."""
 from __future__ import annotations
 
 import json
 import math
 import os
-import re
-from dataclasses import dataclass, field
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, Tuple
 
-from megatron_galvatron.errors import UserError
+from megatron_galvatron.profile_format.schema import (
+    COLLECTIVES,
+    GROUP_KEY,
+    HARDWARE_FILE,
+    HARDWARE_FORMAT,
+    HARDWARE_VERSION,
+    MODEL_FILE,
+    MODEL_FORMAT,
+    MODEL_KEYS,
+    MODEL_VERSION,
+    REQUIRED_COLLECTIVES,
+    TP_KEY,
+    CommFit,
+    CommSegment,
+    HardwareProfile,
+    ModelProfile,
+    ProfileError,
+    TimeFit,
+    tp_key,
+)
 
-HARDWARE_SCHEMA = "megatron_galvatron.hardware_profile/1"
-MODEL_SCHEMA = "megatron_galvatron.model_profile/1"
-HARDWARE_FILE = "hardware.json"
-MODEL_FILE = "model.json"
-COLLECTIVES = ("all_reduce", "all_gather", "reduce_scatter", "all_to_all")
-REQUIRED_COLLECTIVES = ("all_reduce", "all_gather", "reduce_scatter")
-MODEL_KEYS = ("family", "num_layers", "hidden_size", "num_attention_heads", "num_query_groups",
-              "ffn_hidden_size", "vocab_size", "seq_length")
-_GROUP_KEY = re.compile(r"^([1-9][0-9]*)_(consec|strided)$")
-_TP_KEY = re.compile(r"^tp([1-9][0-9]*)(_sp)?$")
-
-
-class ProfileError(UserError):
-    """A profile file is missing, malformed or does not match the model being searched."""
-
-
-@dataclass(frozen=True)
-class CommSegment:
-    """The line that prices sizes up to max_bytes (None: no upper end), as CommFit defines a line."""
-
-    max_bytes: Optional[float]
-    latency_s: float
-    bandwidth_GBps: float
-
-
-@dataclass(frozen=True)
-class CommFit:
-    """t = latency_s + bytes / (bandwidth_GBps * 1e9), bytes and bandwidth as the schema defines them.
-
-    With `segments` (optional in the file) the line is that of the segment the size falls in;
-    without, the one overall line, exactly as profiles from before segments were priced."""
-
-    latency_s: float
-    bandwidth_GBps: float
-    segments: Tuple[CommSegment, ...] = ()
-
-    def line(self, nbytes: float) -> Tuple[float, float]:
-        """(latency_s, bandwidth_GBps) for a message of `nbytes`; past either end of the measured
-        sizes the nearest segment's line."""
-        for seg in self.segments:
-            if seg.max_bytes is None or nbytes <= seg.max_bytes:
-                return seg.latency_s, seg.bandwidth_GBps
-        return self.latency_s, self.bandwidth_GBps
-
-
-@dataclass(frozen=True)
-class TimeFit:
-    """t = intercept_s + per_token_s * tokens, tokens = micro-batch samples on the rank x sequence length."""
-
-    intercept_s: float
-    per_token_s: float
-
-    def __call__(self, tokens: float) -> float:
-        return self.intercept_s + self.per_token_s * tokens
-
-    def scaled(self, factor: float) -> "TimeFit":
-        return TimeFit(self.intercept_s, self.per_token_s * factor)
-
-    def slowed(self, factor: float) -> "TimeFit":
-        """Every second longer by ``factor`` (a lower clock)."""
-        return TimeFit(self.intercept_s * factor, self.per_token_s * factor)
-
-
-@dataclass
-class HardwareProfile:
-    path: str
-    gpu_name: str
-    num_gpus: int
-    num_nodes: int
-    gpus_per_node: int
-    collectives: Dict[str, Dict[Tuple[int, str], CommFit]]
-    p2p: Dict[int, CommFit]
-    compute_slowdown: float
-    comm_slowdown: float
-    memory_gb: Optional[float] = None  # one GPU's memory (GiB), where the profile recorded it
-    # (compute_slowdown, comm_slowdown) measured per collective ('overlap.by_collective'); a
-    # collective without its own pair uses the two above
-    overlap_by_op: Dict[str, Tuple[float, float]] = field(default_factory=dict)
-
-
-@dataclass
-class ModelProfile:
-    path: str
-    model: Dict[str, Any]
-    layer_time: Dict[Tuple[int, bool], Tuple[TimeFit, TimeFit]]
-    layer_param_count: int
-    activation_bytes_per_token: Dict[Tuple[int, bool], float]
-    checkpoint_bytes_per_token: Dict[Tuple[int, bool], float]
-    vocab_param_count: int
-    vocab_time: Dict[int, Tuple[TimeFit, TimeFit]]
-    vocab_activation_bytes_per_token: Dict[int, float]
-    step_s_per_param: float
-    reserved_over_allocated: float
-    fixed_overhead_bytes: float
-    # Optional tables (absent from older profiles; the cost model then derives them, see
-    # search/cost_model.py). "const": bytes saved per micro-batch whatever its size, i.e. the bf16
-    # weight copies autocast keeps for backward in a replicated unit. "sharded": the same layer or
-    # LM head measured as a ZeRO unit runs it, on bf16 parameters without autocast.
-    layer_activation_constant: Dict[Tuple[int, bool], float] = field(default_factory=dict)
-    vocab_activation_constant: Dict[int, float] = field(default_factory=dict)
-    sharded_layer_time: Dict[Tuple[int, bool], Tuple[TimeFit, TimeFit]] = field(default_factory=dict)
-    sharded_activation_bytes_per_token: Dict[Tuple[int, bool], float] = field(default_factory=dict)
-    sharded_checkpoint_bytes_per_token: Dict[Tuple[int, bool], float] = field(default_factory=dict)
-    sharded_vocab_time: Dict[int, Tuple[TimeFit, TimeFit]] = field(default_factory=dict)
-    sharded_vocab_activation_bytes_per_token: Dict[int, float] = field(default_factory=dict)
-    embedding_time: Dict[int, Tuple[TimeFit, TimeFit]] = field(default_factory=dict)
-    # (checkpointed backward - backward) / forward as measured, per layout key; absent from older
-    # profiles, where the cost model estimates it from multiply-adds
-    recompute_fraction: Dict[Tuple[int, bool], float] = field(default_factory=dict)
-    sharded_recompute_fraction: Dict[Tuple[int, bool], float] = field(default_factory=dict)
-    _cache: Dict[Any, Any] = field(default_factory=dict, repr=False)
-
-    # Degrees the profiler did not measure are scaled from the largest measured degree below them:
-    # time per token and memory per token both shrink by that ratio (the sharded part dominates).
-    sustained_slowdown: float = 1.0
-    # (duty, slowdown) measured with the GPU idle part of the time ('sustained.duty'), duty in
-    # (0, 1), non-decreasing and within [1, sustained_slowdown]; empty: the cost model's line
-    sustained_curve: Tuple[Tuple[float, float], ...] = ()
-    compiled: bool = False  # the layer tables time torch.compile'd layers (plans then say "compile")
-
-    def apply_sustained_slowdown(self, factor: float) -> None:
-        """Layers run ``factor`` times slower inside a long step than in the profiler's short
-        timings (model.json 'sustained'): every compute table is slowed alike."""
-        self.sustained_slowdown = factor
-        for table in (self.layer_time, self.vocab_time, self.sharded_layer_time, self.sharded_vocab_time,
-                      self.embedding_time):
-            for k, (f, b) in list(table.items()):
-                table[k] = (f.slowed(factor), b.slowed(factor))
-
-    def _nearest(self, table: Dict, tp: int, sp: bool) -> Tuple[Any, float]:
-        if (tp, sp) in table:
-            return table[(tp, sp)], 1.0
-        for want_sp in ((sp, False) if sp else (False,)):
-            below = [k for (k, s) in table if s == want_sp and k <= tp]
-            if below:
-                k = max(below)
-                return table[(k, want_sp)], k / tp
-        raise AssertionError("validated profiles always hold tp1")
-
-    def layer_fits(self, tp: int, sp: bool) -> Tuple[TimeFit, TimeFit]:
-        (fwd, bwd), f = self._nearest(self.layer_time, tp, sp)
-        return fwd.scaled(f), bwd.scaled(f)
-
-    def activation_per_token(self, tp: int, sp: bool) -> float:
-        v, f = self._nearest(self.activation_bytes_per_token, tp, sp)
-        return v * f
-
-    def checkpoint_per_token(self, tp: int, sp: bool) -> float:
-        v, f = self._nearest(self.checkpoint_bytes_per_token, tp, sp)
-        return v * f
-
-    def vocab_fits(self, tp: int) -> Tuple[TimeFit, TimeFit]:
-        (fwd, bwd), f = self._nearest({(k, False): v for k, v in self.vocab_time.items()}, tp, False)
-        return fwd.scaled(f), bwd.scaled(f)
-
-    def vocab_activation_per_token(self, tp: int) -> float:
-        v, f = self._nearest({(k, False): v for k, v in self.vocab_activation_bytes_per_token.items()}, tp, False)
-        return v * f
-
-    # Optional tables: None when the profile does not have them.
-    def _optional(self, table: Dict, tp: int, sp: bool) -> Optional[Tuple[Any, float]]:
-        if not table or not any(k == 1 for k, _ in table):
-            return None
-        return self._nearest(table, tp, sp)
-
-    @staticmethod
-    def _by_tp(table: Dict[int, Any]) -> Dict[Tuple[int, bool], Any]:
-        return {(k, False): v for k, v in table.items()}
-
-    def layer_constant(self, tp: int, sp: bool) -> Optional[float]:
-        hit = self._optional(self.layer_activation_constant, tp, sp)
-        return None if hit is None else hit[0] * hit[1]
-
-    def vocab_constant(self, tp: int) -> Optional[float]:
-        hit = self._optional(self._by_tp(self.vocab_activation_constant), tp, False)
-        return None if hit is None else hit[0] * hit[1]
-
-    def sharded_layer_fits(self, tp: int, sp: bool) -> Optional[Tuple[TimeFit, TimeFit]]:
-        hit = self._optional(self.sharded_layer_time, tp, sp)
-        return None if hit is None else (hit[0][0].scaled(hit[1]), hit[0][1].scaled(hit[1]))
-
-    def sharded_activation_per_token(self, tp: int, sp: bool) -> Optional[float]:
-        hit = self._optional(self.sharded_activation_bytes_per_token, tp, sp)
-        return None if hit is None else hit[0] * hit[1]
-
-    def sharded_checkpoint_per_token(self, tp: int, sp: bool) -> Optional[float]:
-        hit = self._optional(self.sharded_checkpoint_bytes_per_token, tp, sp)
-        return None if hit is None else hit[0] * hit[1]
-
-    def measured_recompute_fraction(self, tp: int, sp: bool, sharded: bool) -> Optional[float]:
-        table = (self.sharded_recompute_fraction if sharded else None) or self.recompute_fraction
-        hit = self._optional(table, tp, sp)
-        return None if hit is None else hit[0]
-
-    def sharded_vocab_fits(self, tp: int) -> Optional[Tuple[TimeFit, TimeFit]]:
-        hit = self._optional(self._by_tp(self.sharded_vocab_time), tp, False)
-        return None if hit is None else (hit[0][0].scaled(hit[1]), hit[0][1].scaled(hit[1]))
-
-    def sharded_vocab_activation_per_token(self, tp: int) -> Optional[float]:
-        hit = self._optional(self._by_tp(self.sharded_vocab_activation_bytes_per_token), tp, False)
-        return None if hit is None else hit[0] * hit[1]
-
-    def embedding_fits(self, tp: int) -> Optional[Tuple[TimeFit, TimeFit]]:
-        hit = self._optional(self._by_tp(self.embedding_time), tp, False)
-        return None if hit is None else (hit[0][0].scaled(hit[1]), hit[0][1].scaled(hit[1]))
-
-
-# -------------------------------------------------------------------- reading helpers
 
 class _Reader:
     def __init__(self, path: str):
@@ -313,7 +118,7 @@ class _Reader:
     def tp_table(self, obj: Dict, where: str, allow_sp: bool = True) -> Dict[Tuple[int, bool], Any]:
         out = {}
         for key, v in obj.items():
-            m = _TP_KEY.match(key)
+            m = TP_KEY.match(key)
             if not m or (m.group(2) and not allow_sp):
                 form = "tp<k> or tp<k>_sp" if allow_sp else "tp<k>"
                 raise self.fail(f"key '{where}.{key}' is not of the form {form}")
@@ -323,7 +128,7 @@ class _Reader:
         return out
 
 
-def _read_json(path: str, what: str, hint: str) -> Dict:
+def read_json(path: str, what: str, hint: str) -> Dict:
     if not os.path.isfile(path):
         raise ProfileError(f"{path} not found: {hint}")
     try:
@@ -336,17 +141,40 @@ def _read_json(path: str, what: str, hint: str) -> Dict:
     return d
 
 
-def _check_schema(r: _Reader, d: Dict, schema: str) -> None:
+def _model_v1(d: Dict) -> Dict:
+    """Version 1 named the tables measured on bf16 weights 'sharded'."""
+    for part in ("layer", "vocab"):
+        if isinstance(d.get(part), dict) and "sharded" in d[part]:
+            d[part] = {("bf16" if k == "sharded" else k): v for k, v in d[part].items()}
+    return d
+
+
+# (format, version read) -> the step to the next version
+_UPGRADES = {(MODEL_FORMAT, 1): _model_v1}
+
+
+def upgrade(r: _Reader, d: Dict, name: str, version: int) -> Dict:
+    """A copy of profile `d` in the current version of format `name` (version `version`); the
+    file on disk is left as it was."""
     got = r.get(d, "schema", "")
-    if got != schema:
-        raise r.fail(f"schema is {got!r}, expected {schema!r}")
+    expected = f"{name}/{version}"
+    head, _, tail = str(got).rpartition("/")
+    if head != name or not tail.isdigit() or not 1 <= int(tail) <= version:
+        newer = head == name and tail.isdigit() and int(tail) > version
+        hint = ": it was written by a newer megatron_galvatron" if newer else ""
+        raise r.fail(f"schema is {got!r}, expected {expected!r}{hint}")
+    d = dict(d)
+    for v in range(int(tail), version):
+        d = _UPGRADES[(name, v)](d)
+    d["schema"] = expected
+    return d
 
 
 # -------------------------------------------------------------------- hardware.json
 
 def parse_hardware(d: Dict, path: str = HARDWARE_FILE) -> HardwareProfile:
     r = _Reader(path)
-    _check_schema(r, d, HARDWARE_SCHEMA)
+    d = upgrade(r, d, HARDWARE_FORMAT, HARDWARE_VERSION)
     hw = r.get(d, "hardware", "", dict)
     gpu_name = r.get(hw, "gpu_name", "hardware", str)
     num_gpus = r.integer(hw, "num_gpus", "hardware")
@@ -370,7 +198,7 @@ def parse_hardware(d: Dict, path: str = HARDWARE_FILE) -> HardwareProfile:
             raise r.fail(f"key 'collectives.{op}' must be an object keyed by '<group size>_<consec|strided>'")
         table = {}
         for key, fit in groups.items():
-            m = _GROUP_KEY.match(key)
+            m = GROUP_KEY.match(key)
             if not m:
                 raise r.fail(f"key 'collectives.{op}.{key}' is not of the form '<group size>_<consec|strided>'")
             table[(int(m.group(1)), m.group(2))] = r.comm_fit(fit, f"collectives.{op}.{key}")
@@ -419,14 +247,16 @@ def _duty_curve(r, duty, slow: float) -> Tuple[Tuple[float, float], ...]:
     return tuple(out)
 
 
-def parse_model(d: Dict, path: str = MODEL_FILE) -> ModelProfile:
+def parse_model(d: Dict, path: str = MODEL_FILE, bf16_only: bool = True) -> ModelProfile:
+    """`bf16_only`: refuse other dtypes, which the cost model does not price (the writer checks an
+    fp32 profile for everything else)."""
     r = _Reader(path)
-    _check_schema(r, d, MODEL_SCHEMA)
+    d = upgrade(r, d, MODEL_FORMAT, MODEL_VERSION)
     model = r.get(d, "model", "", dict)
     for k in MODEL_KEYS:
         r.get(model, k, "model")
     dtype = r.get(d, "dtype", "", str)
-    if dtype != "bf16":
+    if bf16_only and dtype != "bf16":
         raise r.fail(f"dtype is {dtype!r}; the cost model prices bf16 compute with fp32 master weights only")
     r.get(d, "hardware", "", dict)
     r.get(d, "command", "", str)
@@ -475,23 +305,23 @@ def parse_model(d: Dict, path: str = MODEL_FILE) -> ModelProfile:
     prof.vocab_activation_constant = _tp_only(_optional_numbers(r, vocab, "activation_constant_bytes", "vocab",
                                                                 allow_sp=False))
     prof.embedding_time = _tp_only(_optional_times(r, vocab, "embedding_time", "vocab", allow_sp=False))
-    sharded = layer.get("sharded")
-    if sharded is not None:
-        if not isinstance(sharded, dict):
-            raise r.fail("key 'layer.sharded' must be an object")
-        prof.sharded_layer_time = _optional_times(r, sharded, "time", "layer.sharded")
-        prof.sharded_recompute_fraction = _optional_numbers(r, sharded, "recompute_fraction", "layer.sharded")
-        prof.sharded_activation_bytes_per_token = _optional_numbers(r, sharded, "activation_bytes_per_token",
-                                                                    "layer.sharded")
-        prof.sharded_checkpoint_bytes_per_token = _optional_numbers(r, sharded, "checkpoint_bytes_per_token",
-                                                                    "layer.sharded")
-    vsharded = vocab.get("sharded")
-    if vsharded is not None:
-        if not isinstance(vsharded, dict):
-            raise r.fail("key 'vocab.sharded' must be an object")
-        prof.sharded_vocab_time = _tp_only(_optional_times(r, vsharded, "time", "vocab.sharded", allow_sp=False))
-        prof.sharded_vocab_activation_bytes_per_token = _tp_only(
-            _optional_numbers(r, vsharded, "activation_bytes_per_token", "vocab.sharded", allow_sp=False))
+    bf16 = layer.get("bf16")
+    if bf16 is not None:
+        if not isinstance(bf16, dict):
+            raise r.fail("key 'layer.bf16' must be an object")
+        prof.bf16_layer_time = _optional_times(r, bf16, "time", "layer.bf16")
+        prof.bf16_recompute_fraction = _optional_numbers(r, bf16, "recompute_fraction", "layer.bf16")
+        prof.bf16_activation_bytes_per_token = _optional_numbers(r, bf16, "activation_bytes_per_token",
+                                                                 "layer.bf16")
+        prof.bf16_checkpoint_bytes_per_token = _optional_numbers(r, bf16, "checkpoint_bytes_per_token",
+                                                                 "layer.bf16")
+    vbf16 = vocab.get("bf16")
+    if vbf16 is not None:
+        if not isinstance(vbf16, dict):
+            raise r.fail("key 'vocab.bf16' must be an object")
+        prof.bf16_vocab_time = _tp_only(_optional_times(r, vbf16, "time", "vocab.bf16", allow_sp=False))
+        prof.bf16_vocab_activation_bytes_per_token = _tp_only(
+            _optional_numbers(r, vbf16, "activation_bytes_per_token", "vocab.bf16", allow_sp=False))
     sustained = d.get("sustained")
     if sustained is not None:
         if not isinstance(sustained, dict):
@@ -540,9 +370,9 @@ def load_profiles(profile_dir: str) -> Tuple[HardwareProfile, ModelProfile]:
                            f"tools/profile_model.py (or python -m search.synthetic) to create it")
     hw_path = os.path.join(profile_dir, HARDWARE_FILE)
     model_path = os.path.join(profile_dir, MODEL_FILE)
-    hw = parse_hardware(_read_json(hw_path, "hardware", "run tools/profile_comm.py to measure the cluster"),
+    hw = parse_hardware(read_json(hw_path, "hardware", "run tools/profile_comm.py to measure the cluster"),
                         hw_path)
-    model = parse_model(_read_json(model_path, "model", "run tools/profile_model.py to measure the model"),
+    model = parse_model(read_json(model_path, "model", "run tools/profile_model.py to measure the model"),
                         model_path)
     return hw, model
 
@@ -557,15 +387,3 @@ def check_model_matches(profile: ModelProfile, config: Dict[str, Any]) -> None:
                                f"{want!r}: profile this model (tools/profile_model.py) or fix the flag")
 
 
-def dump(d: Dict, path: str) -> None:
-    with open(path, "w") as f:
-        json.dump(d, f, indent=1)
-        f.write("\n")
-
-
-def group_key(size: int, layout: str) -> str:
-    return f"{size}_{layout}"
-
-
-def tp_key(tp: int, sp: bool = False) -> str:
-    return f"tp{tp}{'_sp' if sp else ''}"

@@ -1,0 +1,40 @@
+"""What tools/profile_model.py measures: the settings of one model profile and their defaults."""
+from dataclasses import dataclass
+from typing import List, Tuple
+
+import torch
+
+DTYPES = ("bf16", "fp32")
+
+
+@dataclass
+class ModelSettings:
+    micro_batch_sizes: List[int]
+    seq_lengths: List[int]
+    tp_degrees: List[int]
+    sequence_parallel: bool = True
+    dtype: str = "bf16"
+    warmup: int = 2
+    iters: int = 5
+    soak_seconds: float = 0.3  # back-to-back untimed repeats before each timed point (CUDA only)
+    # the long-step run that measures sustained_profile (CUDA only). An H200 settles at its power
+    # cap within about 10 s (nvidia-smi dmon); 8 s runs measured 1.8-2.0 % less slowdown than 60 s
+    # runs, whose quarters agreed within 0.3 %.
+    sustained_seconds: float = 30.0
+    # duty cycles below 1 at which sustained_profile also runs the chain, idling the GPU between
+    # repeats as a pipeline bubble or exposed communication does ('sustained.duty')
+    sustained_duty: Tuple[float, ...] = ()
+    optimizer_params: int = 2 ** 27
+    seed: int = 1234
+    progress: bool = True
+    # time the transformer layers through torch.compile, as pretrain_gpt.py --compile (or a plan
+    # with "compile") runs them, and count what the compiled layers save for backward
+    compile: bool = False
+
+
+def default_optimizer_params(device: torch.device) -> int:
+    return 2 ** 27 if device.type == "cuda" else 2 ** 18
+
+
+def default_dtype(device: torch.device) -> str:
+    return "bf16" if device.type == "cuda" else "fp32"
