@@ -7,7 +7,7 @@ pipeline bubble, recomputation or per-call overhead is counted, so no plan on th
 those kernels, can train faster; a measured run's tokens/s over this bound says how much of the
 step is anything but the model's math. Of the bf16 table (bf16 weights, no autocast: how the
 runtime computes every unit) and the autocast one, the faster counts, so that the bound also holds
-for the cost model re-pricing a run of the earlier runtime (`replicated_autocast`).
+for runs priced as units under autocast (`bf16_unit` False).
 """
 from typing import NamedTuple, Optional
 

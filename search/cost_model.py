@@ -78,17 +78,15 @@ def _blocks(lo: Layout, stage_world: int) -> int:
 
 
 class CostModel(MemoryPasses):
-    def __init__(self, model: GPTConfig, profile: ModelProfile, net: Network, zero_prefetch: bool = True,
-                 replicated_autocast: bool = False):
+    def __init__(self, model: GPTConfig, profile: ModelProfile, net: Network):
         self.model = model
         self.profile = profile
         self.net = net
-        # Both knobs re-price runs measured on earlier runtimes (docs/cost_model_validation.md):
-        # the runtime has each sharded layer prefetch the next one's parameters (off: runs from
-        # before it did), and replicated units compute on a bf16 copy of their fp32 masters (on:
-        # runs from when they computed on fp32 weights under autocast).
-        self.zero_prefetch = zero_prefetch
-        self.replicated_autocast = replicated_autocast
+
+    def prefetches_zero_gathers(self) -> bool:
+        """Each sharded layer starts gathering the next one's parameters while it computes
+        (model/parallelize.py), so a ZeRO layer's forward all-gather hides beside a forward."""
+        return True
 
     # ---------------------------------------------------------------- groups inside a stage
     @staticmethod
@@ -122,8 +120,8 @@ class CostModel(MemoryPasses):
         the input gradient all-reduced backward; sp: the input all-gathered forward, its gradient
         reduce-scattered backward), the row-parallel side the matmul's bf16 output (all-reduce, or
         sp's reduce-scatter) forward and its bf16 gradient backward (sp: all-gather). Units on bf16
-        weights are bf16 throughout; priced with `replicated_autocast`, a replicated unit's norms
-        compute in fp32 and the column-parallel side moves fp32."""
+        weights are bf16 throughout; a unit that is not (`bf16_unit`) computes its norms in fp32 and
+        its column-parallel side moves fp32."""
         if s.tp == 1:
             return 0.0, 0.0, 0.0, 0.0
         size, stride = self.tp_group(s, stage_world)
@@ -186,7 +184,7 @@ class CostModel(MemoryPasses):
             return 0.0, 0.0, net.overlap(bwd_window, ar, "all_reduce") - bwd_window
         ag = net.collective("all_gather", dp, stride, par)
         rs = net.collective("reduce_scatter", dp, stride, grad)
-        fwd_gather = net.overlap(fwd_window, ag, "all_gather") - fwd_window if self.zero_prefetch else ag
+        fwd_gather = net.overlap(fwd_window, ag, "all_gather") - fwd_window if self.prefetches_zero_gathers() else ag
         if dp_type == "zero2":
             return fwd_gather, 0.0, net.overlap(bwd_window, rs, "reduce_scatter") - bwd_window
         return fwd_gather, net.overlap_many(bwd_window, [(ag, "all_gather"), (rs, "reduce_scatter")]) - bwd_window, 0.0
@@ -210,7 +208,7 @@ class CostModel(MemoryPasses):
         busy = self.optimizer_step(local) + self.grad_passes(local, not sharded) + copy + fsdp_iter
         # with prefetch the forward's extra is compute slowed by the hidden all-gather; without,
         # the all-gather is exposed and the GPU waits
-        overlapped = b_extra + (f_extra if self.zero_prefetch else 0.0) + passes_mb
+        overlapped = b_extra + (f_extra if self.prefetches_zero_gathers() else 0.0) + passes_mb
         return Time(per_mb, sync + busy, fwd + bwd_window, busy, overlapped)
 
     def layer_activation(self, s: LayerStrategy, dp: int) -> Tuple[float, float, float]:
@@ -224,7 +222,7 @@ class CostModel(MemoryPasses):
         takes, 2 x hidden bytes less per token of the norm (its tokens are sequence-sharded under
         sp); a checkpointed layer keeps its input in bf16, half the fp32 one. Profiles that measured
         the bf16 layer (`layer.bf16`) are used as they are; others are corrected from the autocast
-        tables that way. Priced with `replicated_autocast`, a replicated layer is the autocast one:
+        tables that way. A layer not on bf16 weights (`bf16_unit`) is the autocast one:
         fp32 residual stream and norm inputs, and bf16 copies of the weights kept by every forward
         (the profile's constant, else 2 bytes per local parameter)."""
         p, h = self.profile, self.model.hidden_size
@@ -238,8 +236,8 @@ class CostModel(MemoryPasses):
 
     def backward_work_per_token(self, s: LayerStrategy, dp: int) -> float:
         """Gradient buffers a layer's backward adds on top of what its forward saved: the gradient of
-        the residual stream it receives (bf16; fp32 for a replicated unit priced with
-        `replicated_autocast`; sequence-sharded under sp) and the bf16 gradient of the MLP's widest activation, the first matmul's output
+        the residual stream it receives (bf16; fp32 for a unit not on bf16 weights;
+        sequence-sharded under sp) and the bf16 gradient of the MLP's widest activation, the first matmul's output
         (its saved tensors are freed about as fast as the next gradients appear)."""
         m = self.model
         residual = (BF16 if self.bf16_unit(s.dp_type, dp) else FP32) * m.hidden_size / (s.tp if s.sp else 1)
@@ -344,8 +342,7 @@ class CostModel(MemoryPasses):
         bf16 = self.bf16_unit(v.dp_type, dp)
         samples = micro_batch // dp
         tokens = samples * self.model.seq_length
-        # Priced with `replicated_autocast`, a replicated unit's embedding output and final norm
-        # output are fp32 (fp32 table, fp32 norm under autocast)
+        # A unit not on bf16 weights (autocast over an fp32 table and an fp32 norm) outputs fp32
         act = self._activation_bytes(samples, BF16 if bf16 else FP32)
         size, stride = self.tp_group(v, stage_world)
         one, params = self.vocab_params(v, pp_deg, stage)

@@ -37,18 +37,18 @@ REDUCE_COPY_IN_BYTES = 6
 
 
 class MemoryPasses:
-    """The memory-bound part of the cost model (CostModel is one): needs the model profile and
-    whether replicated units are priced as they ran under autocast (see CostModel)."""
+    """The memory-bound part of the cost model (CostModel is one): needs the model profile."""
 
     profile: ModelProfile
-    replicated_autocast: bool
 
     def bf16_unit(self, dp_type: str, dp: int) -> bool:
-        """Whether a unit computes on bf16 weights without autocast (bf16 residual stream)."""
-        return is_sharded(dp_type, dp) or not self.replicated_autocast
+        """Whether a unit computes on bf16 weights without autocast (bf16 residual stream): every
+        unit does, FSDP units on their gathered weights, replicated ones on a bf16 copy."""
+        return True
 
     def has_compute_copy(self, dp_type: str, dp: int) -> bool:
-        return not is_sharded(dp_type, dp) and not self.replicated_autocast
+        """Whether a unit keeps a bf16 copy of its fp32 masters: the replicated ones."""
+        return not is_sharded(dp_type, dp)
 
     def memory_pass(self, params: float, nbytes: float) -> float:
         """A memory-bound pass moving `nbytes` per parameter, at the AdamW step's bandwidth."""

@@ -22,7 +22,7 @@ import pytest
 from megatron_galvatron.plan import Plan
 from megatron_galvatron.profile_format import parse_hardware, parse_model
 from search.comm import Network
-from search.cost_model import CostModel
+from tests.earlier_runtime import EarlierRuntimeCostModel
 from megatron_galvatron.model.config import GPTConfig
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -81,8 +81,8 @@ def bench():
                     num_attention_heads=m["num_attention_heads"], num_query_groups=m["num_query_groups"],
                     ffn_hidden_size=m["ffn_hidden_size"], vocab_size=m["vocab_size"], seq_length=m["seq_length"])
     # The measured run predates the runtime's ZeRO prefetch and bf16 compute on replicated units.
-    cost = CostModel(cfg, parse_model(h200_model_profile()), Network(parse_hardware(hw), 2, 2), zero_prefetch=False,
-                     replicated_autocast=True)
+    cost = EarlierRuntimeCostModel(cfg, parse_model(h200_model_profile()), Network(parse_hardware(hw), 2, 2),
+                                   prefetch=False)
     runs = [r for r in b["results"] if r.get("plan")]
     return cost, runs
 
