@@ -1,8 +1,8 @@
 """Time and memory of a plan, term by term, as the runtime executes it.
 
 Units: seconds and bytes per rank. A stage of `stage_world` ranks receives micro-batches of
-`micro_batch` samples; a layer with tensor-parallel degree tp has dp = stage_world / tp data-
-parallel replicas, each holding micro_batch / dp samples of `seq_length` tokens.
+`global_micro_batch` samples; a layer with tensor-parallel degree tp has dp = stage_world / tp data-
+parallel replicas, each holding global_micro_batch / dp samples of `seq_length` tokens.
 
 Iteration time (GPipe and 1F1B alike): (chunks + pp_deg - 1) x the slowest stage's time per
 micro-batch + the slowest stage's once-per-iteration work (gradient sync not hidden behind the
@@ -104,14 +104,14 @@ class CostModel(MemoryPasses):
         return samples * self.model.seq_length * self.model.hidden_size * dtype_bytes
 
     # ---------------------------------------------------------------- transformer layer
-    def layer_compute(self, s: LayerStrategy, stage_world: int, micro_batch: int) -> Tuple[float, float]:
+    def layer_compute(self, s: LayerStrategy, stage_world: int, global_micro_batch: int) -> Tuple[float, float]:
         dp = stage_world // s.tp
         fits = self.profile.bf16_layer_fits(s.tp, s.sp) if self.bf16_unit(s.dp_type, dp) else None
         fwd, bwd = fits or self.profile.layer_fits(s.tp, s.sp)
-        tokens = micro_batch // dp * self.model.seq_length
+        tokens = global_micro_batch // dp * self.model.seq_length
         return fwd(tokens), bwd(tokens)
 
-    def _tp_block_comm(self, s, stage_world: int, micro_batch: int) -> Tuple[float, float, float, float]:
+    def _tp_block_comm(self, s, stage_world: int, global_micro_batch: int) -> Tuple[float, float, float, float]:
         """TP collectives of one block (attention or MLP) and micro-batch: (column-parallel side
         forward, row-parallel side forward, column-parallel side backward, row-parallel side backward).
 
@@ -126,7 +126,7 @@ class CostModel(MemoryPasses):
             return 0.0, 0.0, 0.0, 0.0
         size, stride = self.tp_group(s, stage_world)
         dp = stage_world // s.tp
-        samples = micro_batch // dp
+        samples = global_micro_batch // dp
         norm = self._activation_bytes(samples, BF16 if self.bf16_unit(s.dp_type, dp) else FP32)
         mm = self._activation_bytes(samples, BF16)
         c = self.net.collective
@@ -135,9 +135,9 @@ class CostModel(MemoryPasses):
                     c("reduce_scatter", size, stride, norm), c("all_gather", size, stride, mm))
         return 0.0, c("all_reduce", size, stride, mm), c("all_reduce", size, stride, norm), 0.0
 
-    def tp_comm(self, s, stage_world: int, micro_batch: int) -> Tuple[float, float]:
+    def tp_comm(self, s, stage_world: int, global_micro_batch: int) -> Tuple[float, float]:
         """Megatron TP communication of one micro-batch, both blocks: (forward, backward)."""
-        col_f, row_f, col_b, row_b = self._tp_block_comm(s, stage_world, micro_batch)
+        col_f, row_f, col_b, row_b = self._tp_block_comm(s, stage_world, global_micro_batch)
         return 2 * (col_f + row_f), 2 * (col_b + row_b)
 
     def recompute_share(self, s: LayerStrategy, dp: int) -> float:
@@ -189,9 +189,9 @@ class CostModel(MemoryPasses):
             return fwd_gather, 0.0, net.overlap(bwd_window, rs, "reduce_scatter") - bwd_window
         return fwd_gather, net.overlap_many(bwd_window, [(ag, "all_gather"), (rs, "reduce_scatter")]) - bwd_window, 0.0
 
-    def layer_time(self, s: LayerStrategy, stage_world: int, micro_batch: int) -> Time:
-        fwd, bwd = self.layer_compute(s, stage_world, micro_batch)
-        col_f, row_f, col_b, row_b = self._tp_block_comm(s, stage_world, micro_batch)
+    def layer_time(self, s: LayerStrategy, stage_world: int, global_micro_batch: int) -> Time:
+        fwd, bwd = self.layer_compute(s, stage_world, global_micro_batch)
+        col_f, row_f, col_b, row_b = self._tp_block_comm(s, stage_world, global_micro_batch)
         tp_fwd, tp_bwd = 2 * (col_f + row_f), 2 * (col_b + row_b)
         recompute = fwd * self.recompute_share(s, stage_world // s.tp) if s.checkpoint else 0.0
         recompute_tp = 2 * col_f + row_f if s.checkpoint else 0.0  # the MLP's output reduction is skipped
@@ -244,9 +244,9 @@ class CostModel(MemoryPasses):
         widest = m.ffn_hidden_size * (2 if m.family == "llama" else 1) / s.tp  # SwiGLU: gate and up together
         return residual + BF16 * widest
 
-    def layer_memory(self, s: LayerStrategy, stage_world: int, micro_batch: int) -> Memory:
+    def layer_memory(self, s: LayerStrategy, stage_world: int, global_micro_batch: int) -> Memory:
         dp = stage_world // s.tp
-        tokens = micro_batch // dp * self.model.seq_length
+        tokens = global_micro_batch // dp * self.model.seq_length
         per_token, const, ckpt = self.layer_activation(s, dp)
         full = per_token * tokens + const
         kept = ckpt * tokens if s.checkpoint else full
@@ -259,7 +259,7 @@ class CostModel(MemoryPasses):
         return Memory(model_state_bytes(params, dp, s.dp_type, self.has_compute_copy(s.dp_type, dp)), kept,
                       transient, lazy, settled, lazy if s.dp_type == "zero3" else 0.0)
 
-    def relayout(self, stage_world: int, micro_batch: int, src: Optional[Layout] = None,
+    def relayout(self, stage_world: int, global_micro_batch: int, src: Optional[Layout] = None,
                  dst: Optional[Layout] = None) -> float:
         """Forward + backward cost, per micro-batch, of a layout change between adjacent layers.
         The runtime all-gathers each rank's block within its exchange set
@@ -268,7 +268,7 @@ class CostModel(MemoryPasses):
         whole stage, an upper bound. Priced as fp32, the residual stream's dtype when replicated
         units computed under autocast; on bf16 units it is bf16, so this errs on the slow side
         (the validation runs were matched with it so)."""
-        full = self._activation_bytes(micro_batch, FP32)
+        full = self._activation_bytes(global_micro_batch, FP32)
         if src is None or dst is None:
             return 2 * self.net.collective("all_gather", stage_world, 1, full)
         if src == dst:
@@ -279,9 +279,9 @@ class CostModel(MemoryPasses):
         return sum(self.net.collective("all_gather", k, 1, k * full / _blocks(lo, stage_world))
                    for lo in (src, dst))
 
-    def p2p(self, pp_deg: int, stage_world: int, micro_batch: int) -> float:
+    def p2p(self, pp_deg: int, stage_world: int, global_micro_batch: int) -> float:
         """One activation (or gradient) transfer between adjacent stages, per micro-batch."""
-        return self.net.p2p(pp_deg, stage_world, self._activation_bytes(micro_batch) / stage_world)
+        return self.net.p2p(pp_deg, stage_world, self._activation_bytes(global_micro_batch) / stage_world)
 
     # ---------------------------------------------------------------- embedding + LM head
     def vocab_copies(self, pp_deg: int, stage: int) -> int:
@@ -330,7 +330,7 @@ class CostModel(MemoryPasses):
         per_mb = ag + (ag if ends == 2 else 0.0)
         return per_mb, (behind_head((rs, "reduce_scatter")) if last else 0.0) + (rs if first else 0.0)
 
-    def vocab(self, v: VocabStrategy, stage_world: int, micro_batch: int, pp_deg: int,
+    def vocab(self, v: VocabStrategy, stage_world: int, global_micro_batch: int, pp_deg: int,
               stage: int) -> Tuple[Time, Memory]:
         """Embedding on the first stage, LM head + loss on the last (gpt2 ties them: a copy on each)."""
         first, last = stage == 0, stage == pp_deg - 1
@@ -340,7 +340,7 @@ class CostModel(MemoryPasses):
         dp = stage_world // v.tp
         sharded = is_sharded(v.dp_type, dp)
         bf16 = self.bf16_unit(v.dp_type, dp)
-        samples = micro_batch // dp
+        samples = global_micro_batch // dp
         tokens = samples * self.model.seq_length
         # A unit not on bf16 weights (autocast over an fp32 table and an fp32 norm) outputs fp32
         act = self._activation_bytes(samples, BF16 if bf16 else FP32)

@@ -52,7 +52,7 @@ class Candidate:
     vocab: VocabStrategy
 
     @property
-    def micro_batch(self) -> int:
+    def global_micro_batch(self) -> int:
         return self.global_bsz // self.chunks
 
     @property
@@ -150,17 +150,17 @@ class Searcher:
                             out.append(Candidate(pp, bsz, chunks, ptype, v))
         return out
 
-    def table(self, stage_world: int, micro_batch: int) -> Optional[Table]:
-        key = (stage_world, micro_batch)
+    def table(self, stage_world: int, global_micro_batch: int) -> Optional[Table]:
+        key = (stage_world, global_micro_batch)
         if key in self._tables:
             return self._tables[key]
-        strategies = layer_strategies(stage_world, micro_batch, self.model, self.space)
+        strategies = layer_strategies(stage_world, global_micro_batch, self.model, self.space)
         if not strategies:
             self._tables[key] = None
             return None
         c = self.cost
-        times = [c.layer_time(s, stage_world, micro_batch) for s in strategies]
-        mems = [c.layer_memory(s, stage_world, micro_batch) for s in strategies]
+        times = [c.layer_time(s, stage_world, global_micro_batch) for s in strategies]
+        mems = [c.layer_memory(s, stage_world, global_micro_batch) for s in strategies]
         layouts = sorted({Layout.of(s, stage_world) for s in strategies})
         index = {l: i for i, l in enumerate(layouts)}
         t = Table(strategies,
@@ -169,18 +169,18 @@ class Searcher:
                   np.array([m.transient for m in mems]), layouts,
                   np.array([index[Layout.of(s, stage_world)] for s in strategies], dtype=np.int32),
                   {},
-                  sorted({Layout.of(v, stage_world) for v in vocab_strategies(stage_world, micro_batch, self.model,
-                                                                           self.space)}),
+                  sorted({Layout.of(v, stage_world)
+                          for v in vocab_strategies(stage_world, global_micro_batch, self.model, self.space)}),
                   np.array([m.lazy for m in mems]), np.array([m.settled for m in mems]),
                   np.array([m.pooled for m in mems]), c.ratio)
         every = sorted(set(layouts) | set(t.vocab_layouts))
-        t.relayout = {(a, b): c.relayout(stage_world, micro_batch, a, b) for a in every for b in every}
+        t.relayout = {(a, b): c.relayout(stage_world, global_micro_batch, a, b) for a in every for b in every}
         self._tables[key] = t
         return t
 
     def frame(self, cand: Candidate, stage: int) -> StageFrame:
         if 0 < stage < cand.pp - 1:  # no vocab module: shared by every candidate of this pipeline shape
-            key = (cand.pp, cand.chunks, cand.micro_batch, cand.pipeline_type, stage)
+            key = (cand.pp, cand.chunks, cand.global_micro_batch, cand.pipeline_type, stage)
             hit = self._middle_frames.get(key)
             if hit is None:
                 hit = self._middle_frames[key] = self._frame(cand, stage)
@@ -189,7 +189,7 @@ class Searcher:
 
     def _frame(self, cand: Candidate, stage: int) -> StageFrame:
         sw = self.num_gpus // cand.pp
-        mb = cand.micro_batch
+        mb = cand.global_micro_batch
         flight = in_flight(cand.pipeline_type, cand.chunks, cand.pp, stage)
         vt, vm = self.cost.vocab(cand.vocab, sw, mb, cand.pp, stage)
         p2p = ((stage > 0) + (stage < cand.pp - 1)) * self.cost.p2p(cand.pp, sw, mb)
@@ -210,7 +210,7 @@ class Searcher:
 
     def memory_aware_bound(self, cand: Candidate, frames: List[StageFrame]) -> float:
         """Iteration time bound that respects memory (see lp_bound); inf when nothing can fit."""
-        t = self.table(self.num_gpus // cand.pp, cand.micro_batch)
+        t = self.table(self.num_gpus // cand.pp, cand.global_micro_batch)
         L, k = self.model.num_layers, cand.k
         n_hi = self.n_max(cand.pp)
         n = np.arange(1, n_hi + 1)
@@ -252,7 +252,7 @@ class Searcher:
         return self.min_memory_levels(table, frame.flight, frame.vocab_transient, n_hi)[0] + frame.vocab_budgeted
 
     def min_memory(self, cand: Candidate, frames: List[StageFrame]) -> float:
-        t = self.table(self.num_gpus // cand.pp, cand.micro_batch)
+        t = self.table(self.num_gpus // cand.pp, cand.global_micro_batch)
         L = self.model.num_layers
         if cand.pp == 1:
             return float(self.stage_min_memory(t, frames[0], L)[-1])
@@ -355,7 +355,7 @@ class Searcher:
     def evaluate(self, cand: Candidate, frames: Optional[List[StageFrame]] = None) -> Optional[Result]:
         frames = frames or self._frames(cand)
         sw = self.num_gpus // cand.pp
-        t = self.table(sw, cand.micro_batch)
+        t = self.table(sw, cand.global_micro_batch)
         L, pp, k = self.model.num_layers, cand.pp, cand.k
         n_hi = self.n_max(pp)
         n_ref = min(n_hi, math.ceil(L / pp))

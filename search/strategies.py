@@ -53,13 +53,13 @@ def _dp_types(dp: int, space: Space) -> List[str]:
     return ["ddp", "zero2", "zero3"] if space.allow_zero3 else ["ddp", "zero2"]
 
 
-def layer_strategies(stage_world: int, micro_batch: int, model: GPTConfig, space: Space) -> List[LayerStrategy]:
-    """Every strategy of a transformer layer in a stage of `stage_world` ranks fed `micro_batch` samples."""
+def layer_strategies(stage_world: int, global_micro_batch: int, model: GPTConfig, space: Space) -> List[LayerStrategy]:
+    """Every strategy of a transformer layer in a stage of `stage_world` ranks fed `global_micro_batch` samples."""
     out = []
     ckpt = [False, True] if space.allow_checkpoint else [False]
     for tp in tp_degrees(stage_world, model, space.max_tp):
         dp = stage_world // tp
-        if micro_batch % dp:
+        if global_micro_batch % dp:
             continue
         for consec in _consec_choices(tp, stage_world):
             for sp in _sp_choices(tp, model.seq_length, space.sequence_parallel):
@@ -69,12 +69,12 @@ def layer_strategies(stage_world: int, micro_batch: int, model: GPTConfig, space
     return out
 
 
-def vocab_strategies(stage_world: int, micro_batch: int, model: GPTConfig, space: Space) -> List[VocabStrategy]:
+def vocab_strategies(stage_world: int, global_micro_batch: int, model: GPTConfig, space: Space) -> List[VocabStrategy]:
     """Strategies of the embedding / LM head; their TP groups are consecutive ranks."""
     out = []
     for tp in tp_degrees(stage_world, model, space.max_tp, for_layers=False):
         dp = stage_world // tp
-        if micro_batch % dp:
+        if global_micro_batch % dp:
             continue
         for sp in _sp_choices(tp, model.seq_length, space.sequence_parallel):
             for dp_type in _dp_types(dp, space):

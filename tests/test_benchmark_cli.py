@@ -31,7 +31,7 @@ def test_rounds_and_json(tmp_path):
         tokens = r["global_batch"] * 16  # samples x seq
         assert abs(r["tokens_per_s_per_gpu"] - tokens / r["iter_time_s"] / 2) < 1e-6 * r["tokens_per_s_per_gpu"]
     tried = {int(k): v for k, v in results[2]["tried"].items()}  # samples per GPU -> tokens/s/GPU
-    assert 2 in tried and results[2]["micro_batch"] == 2 * max(tried, key=tried.get)  # the fastest, over 2 GPUs
+    assert 2 in tried and results[2]["global_micro_batch"] == 2 * max(tried, key=tried.get)  # the fastest, over 2 GPUs
     assert results[2]["global_batch"] == 8  # two micro-batches accumulated
     assert proc.stdout.count("[round 2]") == 4
     # each plan against the fastest baseline, overall and round by round
@@ -89,7 +89,7 @@ def test_baseline_takes_the_fastest_size_that_fits(monkeypatch):
     monkeypatch.setattr(runner.torch, "randint", randint)
     res = runner.run_baseline("ddp", cfg, torch.device("cpu"), 0, False, [1, 2, 4, 8], 3, 1)
     assert seen == [8, 4, 2, 1]
-    assert res.status == "ok" and res.micro_batch == 2
+    assert res.status == "ok" and res.global_micro_batch == 2
     assert res.tried[8] == 0.0 and res.tried[2] == 2 * 8 / 0.4 and res.tried[1] == 8 / 0.3
 
 

@@ -20,7 +20,7 @@ from megatron_galvatron.training.train import setup, train_step
 class Result:
     name: str
     status: str
-    micro_batch: int = 0  # samples in one micro-batch over all data-parallel ranks
+    global_micro_batch: int = 0  # samples in one micro-batch over all data-parallel ranks
     global_batch: int = 0
     iter_time_s: float = 0.0
     tokens_per_s_per_gpu: float = 0.0
@@ -144,7 +144,8 @@ def run_plan(name: str, args, plan: Plan, iters: int, warmup: int, res: Optional
     """Time ``plan``; ``res`` is the result of an earlier round, whose times this round adds to."""
     if res is None:
         res = Result(name=name, status="ok", plan=plan.to_dict(), global_batch=plan.global_bsz,
-                     micro_batch=plan.global_micro_batch_size, predicted_iter_time_s=plan.predicted.get("iter_time_s"))
+                     global_micro_batch=plan.global_micro_batch_size,
+                     predicted_iter_time_s=plan.predicted.get("iter_time_s"))
         pm = plan.predicted.get("peak_alloc_gb", plan.predicted.get("peak_mem_gb"))
         res.predicted_peak_mem_gb = max(pm) if isinstance(pm, list) and pm else pm
     elif res.status != "ok":
@@ -182,7 +183,7 @@ def run_baseline(name: str, cfg: GPTConfig, device, seed: int, bf16: bool, micro
     if res is not None:
         if res.status != "ok":
             return res
-        micro_batches = [res.micro_batch // world]
+        micro_batches = [res.global_micro_batch // world]
     if global_batch:
         micro_batches = [m for m in micro_batches if global_batch % (m * world) == 0]
     best, tried = None, {}
@@ -190,7 +191,7 @@ def run_baseline(name: str, cfg: GPTConfig, device, seed: int, bf16: bool, micro
         model = opt = None
         gbs = global_batch or mbs * world
         chunks = gbs // (mbs * world)
-        this = res or Result(name=name, status="ok", micro_batch=mbs * world, global_batch=gbs)
+        this = res or Result(name=name, status="ok", global_micro_batch=mbs * world, global_batch=gbs)
         states = []
         try:
             _cleanup(device)
@@ -225,7 +226,7 @@ def table(results: List[Result]) -> str:
     rows = [head]
     for r in results:
         f = lambda v, fmt: (fmt % v) if v is not None else "-"  # noqa: E731
-        rows.append(f"{r.name:<28} {r.status:<6} {r.micro_batch:>4} {r.global_batch:>5} {r.iter_time_s:>8.4f} "
+        rows.append(f"{r.name:<28} {r.status:<6} {r.global_micro_batch:>4} {r.global_batch:>5} {r.iter_time_s:>8.4f} "
                     f"{r.tokens_per_s_per_gpu:>10.0f} {r.tflops_per_gpu:>8.1f} {f(r.mfu, '%.3f'):>6} "
                     f"{r.peak_mem_gb:>8.2f} {f(r.predicted_iter_time_s, '%.4f'):>8} "
                     f"{f(r.predicted_peak_mem_gb, '%.2f'):>8} {f(r.sm_clock_mhz, '%.0f'):>7} {f(r.power_w, '%.0f'):>5}")
