@@ -24,6 +24,7 @@ if TYPE_CHECKING:  # the model description is only read here, never built
 
 FORMAT = "megatron_galvatron.plan/1"
 DP_TYPES = ("ddp", "zero2", "zero3")
+FP8_RECIPES = ("tensorwise", "rowwise")  # torchao.float8 recipes; a layer without one runs in bf16
 PIPELINE_TYPES = ("gpipe", "1f1b")
 
 
@@ -41,6 +42,8 @@ class LayerStrategy:
         optimizer state sharded), "zero3" (parameters sharded too; Galvatron's SDP).
     sp: Megatron sequence parallelism inside the TP group.
     checkpoint: recompute this layer's activations in backward.
+    fp8: the layer's linears compute in float8 with this scaling recipe (one of FP8_RECIPES);
+        None: in the training precision (bf16).
     """
 
     tp: int = 1
@@ -48,6 +51,7 @@ class LayerStrategy:
     dp_type: str = "ddp"
     sp: bool = False
     checkpoint: bool = False
+    fp8: Optional[str] = None
 
 
 @dataclass(frozen=True)
@@ -98,6 +102,10 @@ class Plan:
     def stage_layers(self, stage: int) -> range:
         start = sum(self.pp_division[:stage])
         return range(start, start + self.pp_division[stage])
+
+    @property
+    def has_fp8(self) -> bool:
+        return any(s.fp8 for s in self.layers)
 
     @property
     def global_micro_batch_size(self) -> int:
@@ -170,7 +178,7 @@ class Plan:
             "pipeline_type": self.pipeline_type,
             "global_bsz": self.global_bsz,
             "chunks": self.chunks,
-            "layers": [dataclasses.asdict(s) for s in self.layers],
+            "layers": [_strategy_dict(s) for s in self.layers],
             "vocab": dataclasses.asdict(self.vocab),
             **({"compile": True} if self.compile else {}),
             "predicted": dict(self.predicted),
@@ -225,14 +233,16 @@ class Plan:
             f"plan: world {self.world_size} = pp {self.pp_deg} x stage {self.stage_world}; "
             f"{self.pipeline_type}; global batch {self.global_bsz} in {self.chunks} micro-batches; "
             f"pp_division {self.pp_division}" + ("; layers compiled" if self.compile else ""),
-            f"{'layer':>5} {'stage':>5} {'tp':>3} {'consec':>6} {'dp':>3} {'dp_type':>7} {'sp':>3} {'ckpt':>4}",
+            f"{'layer':>5} {'stage':>5} {'tp':>3} {'consec':>6} {'dp':>3} {'dp_type':>7} {'sp':>3} {'ckpt':>4}"
+            + (f" {'fp8':>10}" if self.has_fp8 else ""),
         ]
         v = self.vocab
         lines.append(f"{'vocab':>5} {'0/' + str(self.pp_deg - 1):>5} {v.tp:>3} {int(v.tp_consec):>6} "
                      f"{self.stage_world // v.tp:>3} {v.dp_type:>7} {int(v.sp):>3} {'-':>4}")
         for i, s in enumerate(self.layers):
             lines.append(f"{i:>5} {self.stage_of_layer(i):>5} {s.tp:>3} {int(s.tp_consec):>6} "
-                         f"{self.stage_world // s.tp:>3} {s.dp_type:>7} {int(s.sp):>3} {int(s.checkpoint):>4}")
+                         f"{self.stage_world // s.tp:>3} {s.dp_type:>7} {int(s.sp):>3} {int(s.checkpoint):>4}"
+                         + (f" {s.fp8 or '-':>10}" if self.has_fp8 else ""))
         if self.predicted:
             lines.append("predicted: " + ", ".join(f"{k}={v}" for k, v in self.predicted.items()))
         return "\n".join(lines)
@@ -259,11 +269,21 @@ def _check_strategy(name: str, s, stage_world: int, model: Optional["GPTConfig"]
             raise PlanError(f"{name}.{flag} must be true or false, got {getattr(s, flag)!r}")
     if isinstance(s, LayerStrategy) and not isinstance(s.checkpoint, bool):
         raise PlanError(f"{name}.checkpoint must be true or false, got {s.checkpoint!r}")
+    if isinstance(s, LayerStrategy) and s.fp8 is not None and s.fp8 not in FP8_RECIPES:
+        raise PlanError(f"{name}.fp8={s.fp8!r}: use one of {', '.join(FP8_RECIPES)}, or leave it out for bf16")
     for dim in ("num_attention_heads", "num_query_groups", "ffn_hidden_size") if model is not None else ():
         size = getattr(model, dim)
         if size % s.tp:
             raise PlanError(f"{name}.tp={s.tp} does not divide --{dim.replace('_', '-')}={size}: "
                             f"use a tp that divides it")
+
+
+def _strategy_dict(s: LayerStrategy) -> Dict[str, Any]:
+    """A layer's JSON form: fp8 only where it is set (absent = bf16, as in files without it)."""
+    d = dataclasses.asdict(s)
+    if d["fp8"] is None:
+        del d["fp8"]
+    return d
 
 
 def _strategy_from_dict(cls, name: str, d: Any):
@@ -420,11 +440,15 @@ def load(path: str, world_size: Optional[int] = None) -> Plan:
 def uniform(world_size: int, num_layers: int, pp_deg: int = 1, tp: int = 1, tp_consec: bool = True,
             dp_type: str = "ddp", sp: bool = False, checkpoint: bool = False, global_bsz: int = 8,
             chunks: int = 1, pipeline_type: str = "1f1b", pp_division: Optional[Sequence[int]] = None,
-            vocab_tp: Optional[int] = None) -> Plan:
-    """GLOBAL mode: every layer under the same strategy (as in Megatron-LM)."""
+            vocab_tp: Optional[int] = None, fp8: Optional[str] = None, fp8_skip_first: int = 0,
+            fp8_skip_last: int = 0) -> Plan:
+    """GLOBAL mode: every layer under the same strategy (as in Megatron-LM); with ``fp8``, all
+    layers but the first ``fp8_skip_first`` and the last ``fp8_skip_last`` compute in float8."""
     layer = LayerStrategy(tp=tp, tp_consec=tp_consec, dp_type=dp_type, sp=sp, checkpoint=checkpoint)
+    layers = [dataclasses.replace(layer, fp8=fp8) if fp8_skip_first <= i < num_layers - fp8_skip_last else layer
+              for i in range(num_layers)]
     vocab = VocabStrategy(tp=tp if vocab_tp is None else vocab_tp, tp_consec=tp_consec, dp_type=dp_type, sp=sp)
     return Plan(world_size=world_size, pp_deg=pp_deg,
                 pp_division=list(pp_division) if pp_division else even_division(num_layers, pp_deg),
-                global_bsz=global_bsz, chunks=chunks, layers=[layer] * num_layers, vocab=vocab,
+                global_bsz=global_bsz, chunks=chunks, layers=layers, vocab=vocab,
                 pipeline_type=_pipeline_type(pipeline_type))

@@ -18,9 +18,47 @@ def _rope(x, theta):
     return x * cos + torch.cat([-x2, x1], dim=-1) * sin
 
 
-def reference_loss(params, tokens, labels, cfg):
+_FP8 = {"tensorwise": ("e4m3", "e5m2", False), "rowwise": ("e4m3", "e4m3", True)}  # (forward, grads, 2^k scales)
+
+
+def _fp8(t, fmt, axis, pow2):
+    """t rounded to float8 (saturating) under a dynamic scale from its amax (per slice along
+    ``axis``, or of the whole tensor), returned dequantized."""
+    dtype = torch.float8_e4m3fn if fmt == "e4m3" else torch.float8_e5m2
+    fmax = torch.finfo(dtype).max
+    amax = t.abs().amax() if axis is None else t.abs().amax(dim=axis, keepdim=True)
+    scale = (fmax / amax.double().clamp(min=1e-12)).float().double()  # scales are float32
+    if pow2:
+        scale = torch.exp2(torch.floor(torch.log2(scale)))
+    return (t * scale).clamp(-fmax, fmax).to(dtype).to(t.dtype) / scale
+
+
+class _Fp8Matmul(torch.autograd.Function):
+    """x [tokens, K] @ w.t() with both operands in float8, and both backward matmuls too
+    (the output gradient in float8): rowwise scales run along each matmul's reduction dim."""
+
+    @staticmethod
+    def forward(ctx, x, w, recipe):
+        fwd, grad, pow2 = _FP8[recipe]
+        row = recipe == "rowwise"
+        ctx.save_for_backward(x, w)
+        ctx.recipe = recipe
+        return _fp8(x, fwd, -1 if row else None, pow2) @ _fp8(w.t(), fwd, 0 if row else None, pow2)
+
+    @staticmethod
+    def backward(ctx, g):
+        x, w = ctx.saved_tensors
+        fwd, grad, pow2 = _FP8[ctx.recipe]
+        row = ctx.recipe == "rowwise"
+        gx = _fp8(g, grad, -1 if row else None, pow2) @ _fp8(w.t(), fwd, -1 if row else None, pow2).t()
+        gw = _fp8(g, grad, 0 if row else None, pow2).t() @ _fp8(x, fwd, 0 if row else None, pow2)
+        return gx, gw, None
+
+
+def reference_loss(params, tokens, labels, cfg, fp8=None):
     """Mean next-token loss. params: name -> tensor (requires_grad as the caller wishes);
-    tokens, labels [batch, seq]; cfg: dict with family, num_layers, heads, groups, eps, theta."""
+    tokens, labels [batch, seq]; cfg: dict with family, num_layers, heads, groups, eps, theta;
+    fp8: per layer, the float8 recipe of its linears or None."""
     fam = cfg["family"]
     n_h, n_g = cfg["num_attention_heads"], cfg["num_query_groups"]
     eps = cfg.get("norm_eps", 1e-5)
@@ -38,7 +76,12 @@ def reference_loss(params, tokens, labels, cfg):
         return t * torch.rsqrt((t * t).mean(-1, keepdim=True) + eps) * w
 
     def lin(t, prefix, bias=True):
-        y = t @ params[prefix + ".weight"].t()
+        recipe = fp8[int(prefix.split(".")[1])] if fp8 and prefix.startswith("layers.") else None
+        w = params[prefix + ".weight"]
+        if recipe:
+            y = _Fp8Matmul.apply(t.reshape(-1, t.shape[-1]), w, recipe).reshape(*t.shape[:-1], w.shape[0])
+        else:
+            y = t @ w.t()
         if fam == "gpt2" and bias:
             y = y + params[prefix + ".bias"]
         return y
@@ -76,9 +119,11 @@ def reference_loss(params, tokens, labels, cfg):
     return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1))
 
 
-def reference_train(params, batches, cfg, steps, lr, weight_decay, clip, betas=(0.9, 0.95), eps=1e-8):
-    """Full-batch AdamW steps. batches: list (per step) of (tokens, labels).
-    Returns (losses, grads of step 0, grad norms, params after all steps)."""
+def reference_train(params, batches, cfg, steps, lr, weight_decay, clip, betas=(0.9, 0.95), eps=1e-8,
+                    chunks=1, fp8=None):
+    """AdamW steps, each over its batch in ``chunks`` equal micro-batches (the same in exact
+    arithmetic unless float8 scales, taken per micro-batch, are in play). batches: list (per
+    step) of (tokens, labels). Returns (losses, grads of step 0, grad norms, params after all steps)."""
     ps = {k: v.clone().double().requires_grad_(True) for k, v in params.items()}
     decay = [v for k, v in ps.items() if v.ndim >= 2 and not k.endswith("position_embeddings")]
     no_decay = [v for k, v in ps.items() if not (v.ndim >= 2 and not k.endswith("position_embeddings"))]
@@ -88,8 +133,11 @@ def reference_train(params, batches, cfg, steps, lr, weight_decay, clip, betas=(
     for step in range(steps):
         tokens, labels = batches[step]
         opt.zero_grad()
-        loss = reference_loss(ps, tokens, labels, cfg)
-        loss.backward()
+        loss = 0.0
+        for t, lab in zip(tokens.chunk(chunks), labels.chunk(chunks)):
+            part = reference_loss(ps, t, lab, cfg, fp8) / chunks
+            part.backward()
+            loss = loss + part.detach()
         norms.append(torch.nn.utils.clip_grad_norm_(list(ps.values()), clip).item())
         if step == 0:  # after clipping, as the optimizer sees them
             grads0 = {k: v.grad.detach().clone() for k, v in ps.items()}

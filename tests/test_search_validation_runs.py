@@ -181,8 +181,8 @@ def test_h200_gpt1p4b_fourth_set_profiled_on_the_machine_it_ran_on():
     with open(os.path.join(RESULTS, "h200x2_gpt1p4b/searched_plan_rounds3/rounds3.json")) as f:
         rounds = json.load(f)["results"]
     by_name = {r["name"]: r for r in rounds}
-    ratios = [a / b for a, b in zip(per_round(Result(**by_name["plan.json"])),
-                                    per_round(Result(**by_name["fsdp2+compile"])))]
+    ratios = [a / b for a, b in zip(per_round(Result.from_record(by_name["plan.json"])),
+                                    per_round(Result.from_record(by_name["fsdp2+compile"])))]
     assert len(ratios) == 3 and min(ratios) > 1.10
     assert by_name["plan.json"]["tokens_per_s_per_gpu"] / by_name["fsdp2+compile"]["tokens_per_s_per_gpu"] > 1.10
 
@@ -202,8 +202,8 @@ def test_h200_gpt1p4b_batch_128_plan_on_a_faster_clocked_machine():
         ours = next(r for r in rs if r["global_batch"] == 128)
         base = next(r for r in rs if r["name"] == "fsdp2+compile")
         assert ours["mfu"] == pytest.approx(ours["tokens_per_s_per_gpu"] * flops / 989e12, rel=2e-3)
-        ratios = [a / b for a, b in zip(per_round(Result(**ours)), per_round(Result(**base)))]
-        assert min(ratios) > 1.114 and min(per_round(Result(**ours))) * flops / 989e12 > 0.60
+        ratios = [a / b for a, b in zip(per_round(Result.from_record(ours)), per_round(Result.from_record(base)))]
+        assert min(ratios) > 1.114 and min(per_round(Result.from_record(ours))) * flops / 989e12 > 0.60
         if run == "bench.json":
             batch64 = next(r for r in rs if r["global_batch"] == 64)
             assert batch64["tokens_per_s_per_gpu"] / base["tokens_per_s_per_gpu"] == pytest.approx(1.0975, abs=0.001)

@@ -1,11 +1,13 @@
 """The one builder: applies every per-unit concern the plan names to a built stage.
 
 Over ``StageModel.units()`` (each layer, then the vocab module), in this order:
-  1. activation checkpointing of the layers whose strategy says ``checkpoint``;
-  2. torch.compile of every layer when the plan says ``compile`` (after 1, so that a compiled
+  1. float8 linears in the layers whose strategy names an ``fp8`` recipe (fp8/linear.py; the
+     vocab module stays in the training precision);
+  2. activation checkpointing of the layers whose strategy says ``checkpoint``;
+  3. torch.compile of every layer when the plan says ``compile`` (after 2, so that a compiled
      layer compiles its own recomputation: a checkpoint around a compiled layer would
      recompute through another graph);
-  3. data parallelism on the unit's own DP group: FSDP2 for zero2/zero3, a flat-buffer
+  4. data parallelism on the unit's own DP group: FSDP2 for zero2/zero3, a flat-buffer
      all-reduce bucket for ddp (and for any DP degree of 1). FSDP goes last because it
      replaces the parameters it shards.
 The result drives gradient synchronisation for a step and knows which parameters to clip.
@@ -25,9 +27,11 @@ from megatron_galvatron.data_parallel.grad_sync import (
     local_grad,
     sync_sequence_parallel_grads,
 )
+from megatron_galvatron.fp8.linear import Fp8Matmul
 from megatron_galvatron.model.activation_checkpoint import checkpoint_module
 from megatron_galvatron.model.stage import StageModel, Unit
 from megatron_galvatron.plan import Plan
+from megatron_galvatron.tensor_parallel.layers import ColumnParallelLinear, RowParallelLinear
 
 
 @dataclass
@@ -115,6 +119,20 @@ def _share_streams(sharded: List[nn.Module]) -> None:
     share_comm_ctx(sharded)
 
 
+def apply_fp8(units: List[Unit], device: torch.device) -> None:
+    for u in units:
+        recipe = getattr(u.strategy, "fp8", None)
+        if not recipe:
+            continue
+        g = u.groups
+        column, row = (Fp8Matmul.build(recipe, device, r, g.tp_group, g.dp_group, g.stage_group) for r in (False, True))
+        for m in u.module.modules():
+            if isinstance(m, ColumnParallelLinear):
+                m.fp8 = column
+            elif isinstance(m, RowParallelLinear):
+                m.fp8 = row
+
+
 def apply_activation_checkpointing(units: List[Unit]) -> None:
     for u in units:
         if getattr(u.strategy, "checkpoint", False):
@@ -140,6 +158,7 @@ def parallelize(stage: StageModel, plan: Plan, bf16: bool) -> ParallelModel:
     if plan is not stage.plan:
         raise ValueError("parallelize: the stage was built from another plan")
     units = stage.units()
+    apply_fp8(units, stage.ps.device)
     apply_activation_checkpointing(units)
     if plan.compile:
         for u in units:

@@ -50,6 +50,7 @@ class ColumnParallelLinear(nn.Module):
         if out_features % tp:
             raise ValueError(f"output size {out_features} not divisible by tp={tp}")
         self.group, self.sequence_parallel = group, sequence_parallel
+        self.fp8 = None  # float8 matmul settings (fp8/linear.py: Fp8Matmul), set by the builder
         padded = out_features if unpadded_out is not None else None
         full_out = unpadded_out if unpadded_out is not None else out_features
         spec = ShardSpec(dim=0, blocks=blocks, padded_size=padded)
@@ -64,7 +65,7 @@ class ColumnParallelLinear(nn.Module):
             x = gather_from_sp(x, self.group)
         else:
             x = copy_to_tp(x, self.group)
-        return F.linear(x, self.weight if weight is None else weight, self.bias)
+        return _linear(x, self.weight if weight is None else weight, self.bias, self.fp8)
 
 
 class RowParallelLinear(nn.Module):
@@ -77,6 +78,7 @@ class RowParallelLinear(nn.Module):
         if in_features % tp:
             raise ValueError(f"input size {in_features} not divisible by tp={tp}")
         self.group, self.sequence_parallel = group, sequence_parallel
+        self.fp8 = None
         add_param(self, "weight", (out_features, in_features // tp), (out_features, in_features), device, dtype,
                   ShardSpec(dim=1))
         if bias:
@@ -86,9 +88,17 @@ class RowParallelLinear(nn.Module):
             self.bias = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = F.linear(x, self.weight)
+        y = _linear(x, self.weight, None, self.fp8)
         y = reduce_scatter_to_sp(y, self.group) if self.sequence_parallel else reduce_from_tp(y, self.group)
         return y + self.bias if self.bias is not None else y
+
+
+def _linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], fp8) -> torch.Tensor:
+    if fp8 is None:
+        return F.linear(x, weight, bias)
+    from megatron_galvatron.fp8.linear import fp8_linear
+    y = fp8_linear(x, weight, fp8)
+    return y if bias is None else y + bias
 
 
 def pad_vocab(vocab_size: int, divisible_by: int, tp: int) -> int:

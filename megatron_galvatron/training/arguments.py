@@ -22,6 +22,11 @@ def add_parallel_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--vocab-sdp", type=int, choices=[0, 1], default=None)
     g.add_argument("--chunks", type=int, default=None, help="micro-batches per step (default from --micro-batch-size)")
     g.add_argument("--pipeline-type", choices=["gpipe", "1f1b", "pipedream_flush"], default="1f1b")
+    g.add_argument("--fp8", choices=plan_mod.FP8_RECIPES, default=None,
+                   help="float8 linears (torchao) in every transformer layer with this scaling recipe "
+                        "(default: bf16); the embedding and LM head stay bf16")
+    g.add_argument("--fp8-skip-first", type=int, default=0, help="keep the first N layers in bf16 (with --fp8)")
+    g.add_argument("--fp8-skip-last", type=int, default=0, help="keep the last N layers in bf16 (with --fp8)")
 
 
 def add_training_args(p: argparse.ArgumentParser) -> None:
@@ -93,7 +98,15 @@ def build_parser(description: str = "Train a GPT model under a per-layer hybrid 
 
 def build_plan(args, cfg: GPTConfig, world_size: int) -> plan_mod.Plan:
     """The plan from --galvatron-config, or the uniform GLOBAL-mode plan from the flags."""
+    for flag in ("fp8_skip_first", "fp8_skip_last"):
+        if getattr(args, flag) < 0:
+            raise UserError(f"--{flag.replace('_', '-')} {getattr(args, flag)} must be >= 0")
+    if (args.fp8_skip_first or args.fp8_skip_last) and not args.fp8:
+        raise UserError("--fp8-skip-first / --fp8-skip-last need --fp8 {tensorwise,rowwise}")
     if args.galvatron_config:
+        if args.fp8:
+            raise UserError("--fp8 builds a uniform plan; with --galvatron-config the plan file says each "
+                            "layer's \"fp8\": set it there (search/run.py --fp8 writes it) or drop --fp8")
         plan = plan_mod.load(args.galvatron_config, world_size=world_size)
     else:
         if args.pp_deg < 1 or world_size % args.pp_deg:
@@ -116,7 +129,8 @@ def build_plan(args, cfg: GPTConfig, world_size: int) -> plan_mod.Plan:
         plan = plan_mod.uniform(world_size, cfg.num_layers, pp_deg=args.pp_deg, tp=tp,
                                 tp_consec=bool(args.global_tp_consec), dp_type=dp_type, sp=args.sequence_parallel,
                                 checkpoint=bool(args.global_checkpoint), global_bsz=args.global_batch_size,
-                                chunks=chunks, pipeline_type=args.pipeline_type, vocab_tp=vocab_tp)
+                                chunks=chunks, pipeline_type=args.pipeline_type, vocab_tp=vocab_tp, fp8=args.fp8,
+                                fp8_skip_first=args.fp8_skip_first, fp8_skip_last=args.fp8_skip_last)
         plan.vocab = plan_mod.VocabStrategy(tp=vocab_tp, tp_consec=bool(args.global_tp_consec),
                                             dp_type=vocab_dp_type, sp=args.sequence_parallel and vocab_tp > 1)
     return plan.validate(cfg, world_size=world_size)
