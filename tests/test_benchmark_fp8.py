@@ -1,6 +1,7 @@
 """The +fp8 baselines (torchao float8, emulated on CPU) and the one-GPU ``plain`` kind: which
 linears fp8 takes, how close its losses stay to high precision, FSDP2's fp8 all-gather on 2 gloo
 ranks, and the one line a run without torchao gets."""
+import json
 import math
 import os
 import subprocess
@@ -50,7 +51,7 @@ def test_fp8_names_parse():
     assert BaselineSpec.parse("fsdp2+compile+fp8") == BaselineSpec("fsdp2", compile=True, fp8=True)
     assert BaselineSpec.parse("plain+compile+fp8") == BaselineSpec("plain", compile=True, fp8=True)
     assert BaselineSpec.parse("ddp+ckpt+fp8", world=2) == BaselineSpec("ddp", checkpoint=True, fp8=True)
-    with pytest.raises(UserError, match="fp8 applies to the plain GPT only"):
+    with pytest.raises(UserError, match="not \\+ourmodel"):
         BaselineSpec.parse("fsdp2+ourmodel+fp8")
 
 
@@ -148,3 +149,15 @@ def test_fp8_without_torchao_is_one_line():
     assert r.returncode == 2 and r.stdout == ""
     assert r.stderr.strip().splitlines() == ["benchmark.py: error: fp8 baselines need torchao "
                                              "(pip install torchao==0.18.0)"]
+
+
+def test_plain_fp8_through_the_cli(tmp_path):
+    """One process, no launcher: the plain kind's world."""
+    out = tmp_path / "bench.json"
+    cmd = [sys.executable, os.path.join(ROOT, "tools", "benchmark.py")] + TINY + [
+        "--baselines", "plain+fp8", "--baseline-micro-batches", "2", "--iters", "2", "--warmup", "1", "--out", str(out)]
+    r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300,
+                       env=dict(os.environ, PYTHONWARNINGS="ignore", OMP_NUM_THREADS="1"))
+    assert r.returncode == 0 and r.stderr == "", r.stderr[-2000:]
+    (res,) = json.load(open(out))["results"]
+    assert res["name"] == "plain+fp8" and res["status"] == "ok" and len(res["times"]) == 2

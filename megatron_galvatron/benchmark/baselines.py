@@ -49,12 +49,12 @@ class BaselineSpec:
             raise UserError(f"--baselines {name!r}: use {', '.join(KINDS)}, optionally with +{' +'.join(MODIFIERS)}")
         if kind == "plain" and world > 1:
             raise UserError(f"--baselines {name!r}: plain runs on one GPU, this run has {world} ranks; "
-                            f"use ddp or fsdp2, or run without torchrun")
+                            f"use ddp or fsdp2, or launch it on one rank")
         spec = BaselineSpec(kind, "ckpt" in mods, "compile" in mods, "ourmodel" in mods, "fp8" in mods)
         if spec.fp8 and spec.our_model:
             # torchao swaps nn.Linear; this package's TP linears take fp8 from a plan instead
-            raise UserError(f"--baselines {name!r}: fp8 applies to the plain GPT only; "
-                            f"for this package's model benchmark a plan with fp8 layers")
+            raise UserError(f"--baselines {name!r}: +fp8 converts the nn.Linear layers of benchmark/plain_gpt.py, "
+                            f"not +ourmodel; for this package's model benchmark a plan with fp8 layers")
         if spec.fp8:
             float8.import_float8()
         return spec

@@ -24,7 +24,7 @@ INSTALL = "pip install torchao==0.18.0"
 def _quiet(*loggers: str):
     """Raise ``loggers`` to ERROR inside the block. Importing torchao on a machine without its
     CUDA kernels logs a warning per kernel library it cannot load, and registers an Enum as a
-    pytree constant, which torch >= 2.12 logs as deprecated: noise a CLI should not print."""
+    pytree constant, which torch 2.13 logs as deprecated: noise a CLI should not print."""
     saved = [(lg, lg.level) for lg in map(logging.getLogger, loggers)]
     for lg, _ in saved:
         lg.setLevel(logging.ERROR)
@@ -45,10 +45,10 @@ def import_float8() -> ModuleType:
     return torchao.float8
 
 
-def convert_blocks(model: nn.Module, blocks: Iterable[nn.Module], device: torch.device, fsdp: bool) -> int:
-    """Swap the nn.Linear modules inside ``blocks`` (submodules of ``model``) for Float8Linear;
-    returns how many were swapped. With ``fsdp`` the weights are all-gathered in fp8, and their
-    scales must be refreshed after each optimizer step (see ``precompute_scales_after_step``)."""
+def convert_blocks(model: nn.Module, blocks: Iterable[nn.Module], device: torch.device, fsdp: bool) -> None:
+    """Swap the nn.Linear modules inside ``blocks`` (submodules of ``model``) for Float8Linear.
+    With ``fsdp`` the weights are all-gathered in fp8, and their scales must be refreshed after
+    each optimizer step (see ``precompute_scales_after_step``)."""
     f8 = import_float8()
     inside = {id(m) for b in blocks for m in b.modules()}
     linears = {name: m for name, m in model.named_modules() if type(m) is nn.Linear and id(m) in inside}
@@ -60,7 +60,6 @@ def convert_blocks(model: nn.Module, blocks: Iterable[nn.Module], device: torch.
                             f"{linears[odd[0]].in_features} -> {linears[odd[0]].out_features}")
     config = f8.Float8LinearConfig(enable_fsdp_float8_all_gather=fsdp, emulate=emulate)
     f8.convert_to_float8_training(model, config=config, module_filter_fn=lambda m, fqn: fqn in linears)
-    return len(linears)
 
 
 def precompute_scales_after_step(opt: torch.optim.Optimizer, model: nn.Module) -> None:
