@@ -20,5 +20,7 @@ setup(
     cmdclass={"build_ext": build_ext},
     python_requires=">=3.9",
     install_requires=["torch>=2.6", "numpy", "pybind11>=2.10", "sentencepiece", "safetensors", "tqdm"],
-    extras_require={"plot": ["matplotlib"], "test": ["pytest", "transformers", "tokenizers", "matplotlib"]},
+    # fp8: the +fp8 benchmark baselines (torchao float8 training); the version is the one tested
+    extras_require={"plot": ["matplotlib"], "fp8": ["torchao==0.18.0"],
+                    "test": ["pytest", "transformers", "tokenizers", "matplotlib", "torchao==0.18.0"]},
 )

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Install (CPU torch, the package with its compiled search core, test extras) and run every test.
+# Install (CPU torch, the package with its compiled search core, the test extras: torchao for the
+# fp8 baselines among them) and run every test.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python -m pip install -q torch==2.13.0 pybind11 numpy

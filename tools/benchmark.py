@@ -97,8 +97,10 @@ def main() -> None:
     b = p.add_argument_group("benchmark")
     b.add_argument("--plans", nargs="*", default=[], help="plan files (search output or hand-written)")
     b.add_argument("--global-plans", nargs="*", default=[], help="uniform plans, e.g. tp=1,dp=zero2,gbs=16,chunks=2")
-    b.add_argument("--baselines", default="ddp,fsdp2", help="comma list of ddp / fsdp2, each optionally +ckpt, +compile, +ourmodel "
-                   "(see megatron_galvatron/benchmark/baselines.py)")
+    b.add_argument("--baselines", default="ddp,fsdp2",
+                   help="comma list of ddp / fsdp2 / plain (one GPU, no wrapper), each optionally +ckpt, +compile, "
+                        "+fp8 (torchao float8 linears in the blocks), +ourmodel, e.g. fsdp2+compile+fp8 "
+                        "(see megatron_galvatron/benchmark/baselines.py)")
     b.add_argument("--baseline-micro-batches", default="1,2,4,8,16")
     b.add_argument("--baseline-global-batch", type=int, default=0,
                    help="baselines accumulate micro-batches up to this many samples per step "
@@ -132,7 +134,7 @@ def main() -> None:
         mbs = [int(x) for x in args.baseline_micro_batches.split(",")]
         baselines = [k for k in args.baselines.split(",") if k]
         for name in baselines:
-            BaselineSpec.parse(name)  # every name checked before the first one runs
+            BaselineSpec.parse(name, world)  # every name checked before the first one runs
         # Rounds visit every configuration in turn, so that slow drifts of the machine (its
         # power cap, other tenants) fall on all of them alike; each result's median covers
         # the timed iterations of all rounds.

@@ -1,9 +1,13 @@
-"""Plain PyTorch baselines: torch DDP (bf16 autocast over fp32 parameters) and FSDP2
-(fully_shard per block and the root, bf16 parameters, fp32 gradient reduction).
+"""Plain PyTorch baselines: torch DDP (bf16 autocast over fp32 parameters), FSDP2
+(fully_shard per block and the root, bf16 parameters, fp32 gradient reduction), and the
+model alone on one GPU (bf16 autocast, no data-parallel wrapper).
 
-A baseline is named ``ddp`` or ``fsdp2`` with optional modifiers joined by ``+``:
+A baseline is named ``ddp``, ``fsdp2`` or ``plain`` (one rank only) with optional modifiers
+joined by ``+``, e.g. ``fsdp2+compile+fp8``:
   ckpt      activation checkpointing of every block
   compile   torch.compile of every block
+  fp8       torchao float8 training of the blocks' linears, tensorwise scales (benchmark/float8.py);
+            with fsdp2 the weights are all-gathered in fp8. Needs torchao.
   ourmodel  this package's GPT built for a single rank (its fused cross entropy, [s, b]
             activations, and bf16 compute copies) instead of the plain PyTorch GPT; only
             the parallelisation then differs from a plan
@@ -16,6 +20,7 @@ import torch
 from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 from torch.nn.parallel import DistributedDataParallel
 
+from megatron_galvatron.benchmark import float8
 from megatron_galvatron.benchmark.plain_gpt import PlainGPT
 from megatron_galvatron.errors import UserError
 from megatron_galvatron.model.config import GPTConfig
@@ -24,7 +29,8 @@ from megatron_galvatron.model.stage import StageModel
 from megatron_galvatron.parallel_state import ParallelState
 from megatron_galvatron.plan import uniform
 
-MODIFIERS = ("ckpt", "compile", "ourmodel")
+KINDS = ("ddp", "fsdp2", "plain")
+MODIFIERS = ("ckpt", "compile", "fp8", "ourmodel")
 
 
 @dataclass(frozen=True)
@@ -33,13 +39,25 @@ class BaselineSpec:
     checkpoint: bool = False
     compile: bool = False
     our_model: bool = False
+    fp8: bool = False
 
     @staticmethod
-    def parse(name: str) -> "BaselineSpec":
+    def parse(name: str, world: int = 1) -> "BaselineSpec":
+        """The baseline ``name`` names, checked for a run on ``world`` ranks."""
         kind, *mods = name.split("+")
-        if kind not in ("ddp", "fsdp2") or set(mods) - set(MODIFIERS):
-            raise UserError(f"--baselines {name!r}: use ddp or fsdp2, optionally with +{' +'.join(MODIFIERS)}")
-        return BaselineSpec(kind, "ckpt" in mods, "compile" in mods, "ourmodel" in mods)
+        if kind not in KINDS or set(mods) - set(MODIFIERS):
+            raise UserError(f"--baselines {name!r}: use {', '.join(KINDS)}, optionally with +{' +'.join(MODIFIERS)}")
+        if kind == "plain" and world > 1:
+            raise UserError(f"--baselines {name!r}: plain runs on one GPU, this run has {world} ranks; "
+                            f"use ddp or fsdp2, or launch it on one rank")
+        spec = BaselineSpec(kind, "ckpt" in mods, "compile" in mods, "ourmodel" in mods, "fp8" in mods)
+        if spec.fp8 and spec.our_model:
+            # torchao swaps nn.Linear; this package's TP linears take fp8 from a plan instead
+            raise UserError(f"--baselines {name!r}: +fp8 converts the nn.Linear layers of benchmark/plain_gpt.py, "
+                            f"not +ourmodel; for this package's model benchmark a plan with fp8 layers")
+        if spec.fp8:
+            float8.import_float8()
+        return spec
 
 
 class _Ours(torch.nn.Module):
@@ -75,10 +93,14 @@ class _Plain(PlainGPT):
 
 def build_baseline(spec: BaselineSpec, cfg: GPTConfig, device, seed: int, bf16: bool):
     model = (_Ours if spec.our_model else _Plain)(cfg, device, seed, spec.checkpoint)
+    if spec.fp8:  # before compile, so that the compiled blocks trace the fp8 casts
+        float8.convert_blocks(model, model.block_modules(), device, fsdp=spec.kind == "fsdp2")
     if spec.compile:
         for block in model.block_modules():
             block.compile()
-    if spec.kind == "ddp":
+    if spec.kind == "plain":
+        wrapped, autocast = model, bf16
+    elif spec.kind == "ddp":
         wrapped = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
                                           bucket_cap_mb=100, gradient_as_bucket_view=True)
         autocast = bf16
@@ -90,6 +112,8 @@ def build_baseline(spec: BaselineSpec, cfg: GPTConfig, device, seed: int, bf16: 
         autocast = False  # parameters are already bf16 for compute
     fused = {"fused": True} if device.type == "cuda" else {}
     opt = torch.optim.AdamW(wrapped.parameters(), lr=1e-4, weight_decay=0.01, **fused)
+    if spec.fp8 and spec.kind == "fsdp2":
+        float8.precompute_scales_after_step(opt, wrapped)
     return wrapped, opt, autocast
 
 

@@ -3,6 +3,9 @@ batch-first activations, default SDPA dispatch, and the usual loss on fp32 logit
 (``F.cross_entropy(logits.float(), ...)``). Same architecture and parameter count as this
 package's model for both families, so FLOPs per token and tokens/s compare directly;
 ``load_from`` copies the weights of a single-rank StageModel (tests check the losses agree).
+The blocks' projections are nn.Linear so that torchao's float8 conversion (the ``+fp8``
+baselines) finds them; on CUDA it needs their features divisible by 16 (hidden size, FFN size,
+and heads x head_dim), which benchmark/float8.py checks.
 """
 import torch
 import torch.utils.checkpoint

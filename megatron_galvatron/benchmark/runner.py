@@ -188,7 +188,7 @@ def run_baseline(name: str, cfg: GPTConfig, device, seed: int, bf16: bool, micro
     micro-batches up to it (sizes that do not divide it are skipped). ``tried`` records tokens/s/GPU
     per size (0: out of memory). A later round (``res`` given) re-times what the first round chose."""
     world = dist.get_world_size() if dist.is_initialized() else 1
-    spec = BaselineSpec.parse(name)
+    spec = BaselineSpec.parse(name, world)
     if res is not None:
         if res.status != "ok":
             return res
