@@ -7,8 +7,6 @@ On CUDA the fp8 matmul (torch._scaled_mm) needs every linear's input and output 
 divisible by 16; on CPU torchao emulates the fp8 casts and matmul (``emulate=True``), so the
 numerics are those of fp8 while the shapes are free.
 """
-import logging
-from contextlib import contextmanager
 from types import ModuleType
 from typing import Iterable
 
@@ -16,33 +14,12 @@ import torch
 from torch import nn
 
 from megatron_galvatron.errors import UserError
-
-INSTALL = "pip install torchao==0.18.0"
-
-
-@contextmanager
-def _quiet(*loggers: str):
-    """Raise ``loggers`` to ERROR inside the block. Importing torchao on a machine without its
-    CUDA kernels logs a warning per kernel library it cannot load, and registers an Enum as a
-    pytree constant, which torch 2.13 logs as deprecated: noise a CLI should not print."""
-    saved = [(lg, lg.level) for lg in map(logging.getLogger, loggers)]
-    for lg, _ in saved:
-        lg.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        for lg, level in saved:
-            lg.setLevel(level)
+from megatron_galvatron.fp8.library import float8
 
 
 def import_float8() -> ModuleType:
     """torchao.float8, or a UserError naming the package to install."""
-    try:
-        with _quiet("torchao", "torch.utils._pytree"):
-            import torchao.float8
-    except ImportError:
-        raise UserError(f"fp8 baselines need torchao ({INSTALL})") from None
-    return torchao.float8
+    return float8("fp8 baselines")
 
 
 def convert_blocks(model: nn.Module, blocks: Iterable[nn.Module], device: torch.device, fsdp: bool) -> None:

@@ -7,8 +7,9 @@ from megatron_galvatron.errors import UserError
 INSTALL = "pip install torchao==0.18.0"
 
 
-def float8():
-    """The torchao.float8 module, or a one-line UserError saying how to install it."""
+def float8(what: str = "float8 layers (\"fp8\" in the plan, --fp8)"):
+    """The torchao.float8 module, or a one-line UserError saying that ``what`` needs it and how
+    to install it."""
     # Without CUDA its optional kernels fail to load and say so on import, and it registers an
     # enum with torch's pytree, which warns: float8 training needs none of it.
     loggers = [logging.getLogger(n) for n in ("torchao", "torch.utils._pytree")]
@@ -20,7 +21,7 @@ def float8():
             warnings.simplefilter("ignore")
             import torchao.float8 as f8
     except ImportError:
-        raise UserError(f"float8 training (fp8 in the plan, --fp8) needs torchao: {INSTALL}") from None
+        raise UserError(f"{what} need torchao ({INSTALL})") from None
     finally:
         for lg, level in zip(loggers, levels):
             lg.setLevel(level)
