@@ -10,6 +10,8 @@
 # Environment: PYTHON (default python3), NPROC (default: every visible GPU), COMM_ARGS (extra
 # profile_comm.py flags, e.g. "--max-size 256M").
 set -euo pipefail
+# The tools import the package from this checkout when it is not installed (as on a machine given a copy).
+export PYTHONPATH="$(cd "$(dirname "$0")/.." && pwd)${PYTHONPATH:+:$PYTHONPATH}"
 
 if [[ $# -lt 1 || "$1" == -* ]]; then
     sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//' >&2

@@ -3,6 +3,8 @@
 # plans against plain PyTorch DDP / FSDP2 for the GPT-1.4B shape. Results go to $OUT (or ./bench_out).
 #   bash tools/gpu_bench.sh [sanity|bench|all] [extra benchmark.py args...]
 set -u
+# The tools import the package from this checkout when it is not installed (as on a machine given a copy).
+export PYTHONPATH="$(cd "$(dirname "$0")/.." && pwd)${PYTHONPATH:+:$PYTHONPATH}"
 OUT=${OUT:-bench_out}; mkdir -p "$OUT"
 export NCCL_NVLS_ENABLE=0 PYTHONUNBUFFERED=1
 NGPU=$(python3 -c 'import torch; print(torch.cuda.device_count())')

@@ -16,6 +16,8 @@
 # OUT receives bench.json, bench.log,
 # plan.json, plan.png and validate.tar.gz (everything, profiles and logs included).
 set -uo pipefail
+# The tools import the package from this checkout when it is not installed (as on a machine given a copy).
+export PYTHONPATH="$(cd "$(dirname "$0")/.." && pwd)${PYTHONPATH:+:$PYTHONPATH}"
 OUT=${OUT:-validate_out}; mkdir -p "$OUT"
 WORK=$(mktemp -d); mkdir -p "$WORK/prof"
 export NCCL_NVLS_ENABLE=0 PYTHONUNBUFFERED=1

@@ -12,9 +12,9 @@ def load_plans(files, specs, world: int, num_layers: int):
 
 
 def parse_global_plan(spec: str, world: int, num_layers: int) -> plan_mod.Plan:
-    """'tp=2,pp=1,dp=zero3,sp=1,ckpt=1,gbs=16,chunks=2,consec=1,vtp=2,sched=1f1b'."""
+    """'tp=2,pp=1,dp=zero3,sp=1,ckpt=1,gbs=16,chunks=2,consec=1,vtp=2,sched=1f1b,fp8=tensorwise'."""
     kv = dict(item.split("=", 1) for item in spec.split(",") if item)
-    known = {"tp", "pp", "dp", "sp", "ckpt", "gbs", "chunks", "consec", "vtp", "sched"}
+    known = {"tp", "pp", "dp", "sp", "ckpt", "gbs", "chunks", "consec", "vtp", "sched", "fp8"}
     if set(kv) - known:
         raise UserError(f"--global-plans {spec!r}: unknown key(s) {sorted(set(kv) - known)}; known: {sorted(known)}")
     tp = int(kv.get("tp", 1))
@@ -22,4 +22,5 @@ def parse_global_plan(spec: str, world: int, num_layers: int) -> plan_mod.Plan:
                             tp_consec=bool(int(kv.get("consec", 1))), dp_type=kv.get("dp", "ddp"),
                             sp=bool(int(kv.get("sp", 0))), checkpoint=bool(int(kv.get("ckpt", 0))),
                             global_bsz=int(kv.get("gbs", 8)), chunks=int(kv.get("chunks", 1)),
-                            pipeline_type=kv.get("sched", "1f1b"), vocab_tp=int(kv.get("vtp", tp)))
+                            pipeline_type=kv.get("sched", "1f1b"), vocab_tp=int(kv.get("vtp", tp)),
+                            fp8=kv.get("fp8"))

@@ -15,6 +15,7 @@ import torch.distributed as dist
 
 from megatron_galvatron import checkpoint
 from megatron_galvatron.errors import UserError
+from megatron_galvatron.fp8.library import float8
 from megatron_galvatron.optional import import_optional
 from megatron_galvatron.model.config import GPTConfig, config_from_args
 from megatron_galvatron.model.parallelize import ParallelModel, parallelize
@@ -85,6 +86,8 @@ def setup(args, plan: Optional[Plan] = None) -> Trainer:
     plan = plan.validate(cfg, world_size=world) if plan else arguments.build_plan(args, cfg, world)
     if args.compile and not plan.compile:  # the flag asks what a searched plan may say itself
         plan = dataclasses.replace(plan, compile=True)
+    if plan.has_fp8:
+        float8()  # before any model is built: without torchao, one line saying how to get it
     ps = ParallelState(plan, rank, world, device)
     # Replicated dropout draws from the default stream: offset it per pipeline stage (as
     # Megatron does) so that stages do not repeat each other's masks.
