@@ -80,8 +80,11 @@ class _Fp8Linear(torch.autograd.Function):
         xq = f.cast(x2, c.cast_config_input, R.INPUT, -1, f.k)
         wq = f.cast(wt, c.cast_config_weight, R.WEIGHT, 0, f.k)
         ctx.f = f
-        if f.tensorwise:  # one scale per tensor: the backward casts would give these again
-            ctx.save_for_backward(xq, wq)
+        if f.tensorwise:
+            # One scale per tensor, so the backward's casts are the forward's: keep the float8
+            # input (half the bytes of bf16) and the weight's scale, and cast the weight again
+            # from the parameter in backward rather than hold a float8 copy of it per micro-batch.
+            ctx.save_for_backward(xq, wt, wq._scale)
         else:
             ctx.save_for_backward(x2, wt)
         y = torch.mm(xq, wq)
@@ -90,16 +93,17 @@ class _Fp8Linear(torch.autograd.Function):
     @staticmethod
     def backward(ctx, gy: torch.Tensor):
         from torchao.float8.float8_training_tensor import GemmInputRole as R
+        from torchao.float8.float8_training_tensor import hp_tensor_and_scale_to_float8
         f = ctx.f
         c = f.config
         g2 = gy.reshape(-1, gy.shape[-1])
-        a, b = ctx.saved_tensors
         gq = f.cast(g2, c.cast_config_grad_output, R.GRAD_OUTPUT, -1, f.n)
         if f.tensorwise:
-            xq, wq = a, b
+            xq, wt, w_scale = ctx.saved_tensors
+            wq = hp_tensor_and_scale_to_float8(wt, w_scale, c.cast_config_weight.target_dtype, f.mm, R.WEIGHT)
             gq_w = gq
         else:
-            x2, wt = a, b
+            x2, wt = ctx.saved_tensors
             wq = f.cast(wt, c.cast_config_weight_for_grad_input, R.WEIGHT, -1, f.n)
             gq_w = f.cast(g2, c.cast_config_grad_output_for_grad_weight, R.GRAD_OUTPUT, 0, f.tokens)
             xq = f.cast(x2, c.cast_config_input_for_grad_weight, R.INPUT, 0, f.tokens)
