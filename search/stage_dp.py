@@ -35,6 +35,7 @@ class Table:
     settled: np.ndarray
     pooled: np.ndarray   # see search.stage_memory.budget_bytes
     ratio: float         # the allocator's reserved / allocated
+    fp8: np.ndarray = None  # whether each strategy computes in float8
 
     def persistent(self, flight: InFlight) -> np.ndarray:
         """Bytes each strategy holds at the stage's peak besides its transient."""
@@ -56,11 +57,15 @@ class Surface:
     """
 
     def __init__(self, table: Table, k: int, flight: InFlight, level: float, in_layout,
-                 out_layouts: Sequence, n_hi: int, budget: float):
+                 out_layouts: Sequence, n_hi: int, budget: float, bf16_at: Tuple[int, ...] = ()):
         idx = np.nonzero(table.transient <= level)[0]
         cost = k * table.per_mb[idx] + table.per_iter[idx]
         mem = table.budgeted(flight)[idx]
-        self.idx, cost, mem = _pareto(idx, cost, mem, table.layout_id[idx])
+        # where some layers must stay bf16, an fp8 strategy may not crowd out a bf16 one
+        kind = table.layout_id[idx] * 2 + (table.fp8[idx] if bf16_at else 0)
+        self.idx, cost, mem = _pareto(idx, cost, mem, kind)
+        self.bf16_at = np.array(bf16_at, dtype=np.int64)
+        self.fp8_cols = np.nonzero(table.fp8[self.idx])[0] if bf16_at else np.array([], dtype=np.int64)
         used = np.unique(table.layout_id[self.idx])
         self.group = np.searchsorted(used, table.layout_id[self.idx]).astype(np.int32)
         layouts = [table.layouts[g] for g in used]
@@ -90,6 +95,9 @@ class Surface:
         intra = np.tile(self.cost, (n, 1))
         if self.in_cost is not None:
             intra[0] += self.in_cost
+        rows = self.bf16_at[self.bf16_at < n]
+        if len(rows) and len(self.fp8_cols):
+            intra[np.ix_(rows, self.fp8_cols)] = np.inf
         return intra
 
     def budget_units(self, room: float, n: np.ndarray) -> np.ndarray:
@@ -112,12 +120,17 @@ class Surface:
 
 
 def canonical_order(layers: List[LayerStrategy], stage_world: int) -> List[LayerStrategy]:
-    """Sort each run of same-layout layers (ddp before zero2 before zero3, plain before checkpointed);
-    the cost does not change since only layout changes cost anything."""
+    """Sort each run of same-layout, same-precision layers (ddp before zero2 before zero3, plain
+    before checkpointed); the cost does not change since only layout changes cost anything, and
+    the layers --fp8-skip-first/last keeps in bf16 stay where they are."""
     out, start = [], 0
     rank = {"ddp": 0, "zero2": 1, "zero3": 2}
+
+    def run_key(s: LayerStrategy):
+        return Layout.of(s, stage_world), s.fp8
+
     for i in range(1, len(layers) + 1):
-        if i == len(layers) or Layout.of(layers[i], stage_world) != Layout.of(layers[start], stage_world):
+        if i == len(layers) or run_key(layers[i]) != run_key(layers[start]):
             out += sorted(layers[start:i], key=lambda s: (rank[s.dp_type], s.checkpoint))
             start = i
     return out

@@ -246,7 +246,7 @@ class ModelProfile:
         if t is None or key not in t.time:
             have = ", ".join(sorted(self.fp8)) or "none"
             raise ProfileError(f"{self.path}: no 'layer.fp8.{recipe}.time.tp{tp}' table (fp8 recipes profiled: "
-                               f"{have}): profile with tools/profile_model.py --fp8 {recipe} --tp ... {tp}, "
+                               f"{have}): profile with tools/profile_model.py --fp8 {recipe} and {tp} among --tp, "
                                f"or lower --max-tp")
         return Fp8Entry(t.time[key], t.activation_bytes_per_token[key], t.checkpoint_bytes_per_token[key],
                         t.activation_constant_bytes.get(key, 0.0), t.recompute_fraction.get(key))
