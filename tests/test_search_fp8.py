@@ -1,0 +1,213 @@
+"""Float8 layers in the cost model and the search: priced from the profile's layer.fp8 tables,
+refused without them, chosen per layer by the DP as brute force would, the skipped end layers
+kept bf16, and a searched fp8 plan trains like the reference."""
+import copy
+import itertools
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from megatron_galvatron import plan as plan_mod
+from megatron_galvatron.model.config import GPTConfig
+from megatron_galvatron.plan import LayerStrategy, Plan
+from megatron_galvatron.profile_format import MODEL_FILE, ProfileError, load_profiles, parse_hardware, parse_model
+from search import _dp_core  # noqa: F401  (CI builds it; without it these tests would crawl)
+from search import run as search_run
+from search import synthetic
+from search.comm import Network
+from search.cost_model import CostModel
+from search.engine import Searcher
+from search.stage_memory import GiB
+from search.strategies import Space, divisors, label, layer_strategies, vocab_strategies
+from tests.cost_model_profile import CFG, fit, hardware_dict, model_dict
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+# ---------------------------------------------------------------- cost model, by hand
+
+def fp8_profile():
+    """cost_model_profile's profile with bf16 tables and a tensorwise fp8 table at tp1 only."""
+    d = model_dict()
+    d["layer"]["bf16"] = {"time": {"tp1": {"fwd": fit(1e-3, 9e-7), "bwd": fit(2e-3, 1.8e-6)}},
+                          "activation_bytes_per_token": {"tp1": 1700.0}, "checkpoint_bytes_per_token": {"tp1": 128.0},
+                          "recompute_fraction": {"tp1": 0.5}}
+    d["layer"]["fp8"] = {"tensorwise": {
+        "time": {"tp1": {"fwd": fit(1.2e-3, 5e-7), "bwd": fit(2.5e-3, 1e-6)}},
+        "activation_bytes_per_token": {"tp1": 1300.0}, "checkpoint_bytes_per_token": {"tp1": 128.0},
+        "activation_constant_bytes": {"tp1": 48000.0}, "recompute_fraction": {"tp1": 0.7}}}
+    return d
+
+
+@pytest.fixture
+def cm8():
+    hw = parse_hardware(hardware_dict())
+    return CostModel(CFG, parse_model(fp8_profile()), Network(hw, num_gpus=8, gpus_per_node=4))
+
+
+def test_fp8_layer_is_priced_from_its_table(cm8):
+    # stage of 1 rank, micro-batch 2: 2 x 128 = 256 tokens on the rank
+    s = LayerStrategy(tp=1, fp8="tensorwise")
+    fwd, bwd = cm8.layer_compute(s, 1, 2)
+    assert fwd == pytest.approx(1.2e-3 + 5e-7 * 256) and bwd == pytest.approx(2.5e-3 + 1e-6 * 256)
+    assert cm8.recompute_share(s, 1) == 0.7
+    assert cm8.layer_activation(s, 1) == (1300.0, 48000.0, 128.0)
+    m = cm8.layer_memory(s, 1, 2)
+    assert m.activation == pytest.approx(1300.0 * 256 + 48000.0)
+    ck = cm8.layer_memory(LayerStrategy(tp=1, fp8="tensorwise", checkpoint=True), 1, 2)
+    assert ck.activation == pytest.approx(128.0 * 256)
+    # the float8 layer's forward is rebuilt in the checkpointed backward: 0.7 of its forward
+    t, t_ck = (cm8.layer_time(LayerStrategy(tp=1, fp8="tensorwise", checkpoint=c), 1, 2) for c in (False, True))
+    assert t_ck.compute - t.compute == pytest.approx(0.7 * fwd)
+    # fp32 masters, gradients and optimizer state do not depend on the compute precision
+    assert m.states == cm8.layer_memory(LayerStrategy(tp=1), 1, 2).states
+    bf = cm8.layer_compute(LayerStrategy(tp=1), 1, 2)
+    assert bf == pytest.approx((1e-3 + 9e-7 * 256, 2e-3 + 1.8e-6 * 256))  # bf16 still from layer.bf16
+
+
+def test_fp8_without_its_table_is_refused_not_priced_as_bf16(cm8):
+    for s in (LayerStrategy(tp=2, fp8="tensorwise"), LayerStrategy(tp=1, fp8="rowwise")):
+        with pytest.raises(ProfileError) as e:
+            cm8.layer_compute(s, 2, 2)
+        msg = str(e.value)
+        assert "\n" not in msg and f"--fp8 {s.fp8}" in msg and f"layer.fp8.{s.fp8}.time.tp{s.tp}" in msg
+
+
+# ---------------------------------------------------------------- search vs brute force
+
+TINY = GPTConfig(family="gpt2", num_layers=3, hidden_size=1024, num_attention_heads=8, num_query_groups=8,
+                 ffn_hidden_size=4096, vocab_size=8192, seq_length=512)
+
+
+def with_fp8_tables(model: dict, recipe: str, time_scale: float = 0.6, act_scale: float = 0.8) -> dict:
+    """A synthetic fp8 table beside a synthetic profile's layer: faster matmuls, fewer saved bytes,
+    and one float8 byte per local weight kept per micro-batch."""
+    d = copy.deepcopy(model)
+    layer = d["layer"]
+    params = layer["memory"]["param_count"]
+    tp = {k: int(k[2:].split("_")[0]) for k in layer["time"]}
+    layer.setdefault("fp8", {})[recipe] = {
+        "time": {k: {p: dict(v[p], per_token_s=v[p]["per_token_s"] * time_scale) for p in ("fwd", "bwd")}
+                 for k, v in layer["time"].items()},
+        "activation_bytes_per_token": {k: v * act_scale for k, v in layer["memory"]["activation_bytes_per_token"].items()},
+        "checkpoint_bytes_per_token": dict(layer["memory"]["checkpoint_bytes_per_token"]),
+        "activation_constant_bytes": {k: params / tp[k] for k in layer["time"]}}
+    return d
+
+
+def fp8_profiles(tmp_path, cfg, num_gpus, recipe="tensorwise"):
+    d = synthetic.write_profiles(str(tmp_path / "prof"), cfg, num_gpus, num_gpus)
+    path = os.path.join(d, MODEL_FILE)
+    with open(path) as f:
+        model = json.load(f)
+    with open(path, "w") as f:
+        json.dump(with_fp8_tables(model, recipe), f)
+    return d
+
+
+def fp8_searcher(tmp_path, budget_gb, skip=(0, 0), **space):
+    hw, model = load_profiles(fp8_profiles(tmp_path, TINY, 2))
+    cost = CostModel(TINY, model, Network(hw, 2, 2))
+    return Searcher(cost, 2, budget_gb, Space(fp8="tensorwise", **space), (4,), threads=2, fp8_skip=skip)
+
+
+def brute_force(cost, budget_gb, space, skip):
+    """Best tokens/s over every plan of 2 GPUs, batch 4, whose skipped end layers are bf16."""
+    best, L, batch = 0.0, TINY.num_layers, 4
+    bf16_at = set(range(skip[0])) | set(range(L - skip[1], L))
+    for pp in divisors(2):
+        sw = 2 // pp
+        divisions = [d for d in itertools.product(range(1, L + 1), repeat=pp) if sum(d) == L]
+        for chunks in divisors(batch):
+            mb = batch // chunks
+            layers = layer_strategies(sw, mb, TINY, space)
+            for vocab, ptype, division in itertools.product(vocab_strategies(sw, mb, TINY, space),
+                                                            ("1f1b", "gpipe"), divisions):
+                for assign in itertools.product(layers, repeat=L):
+                    if any(assign[i].fp8 for i in bf16_at):
+                        continue
+                    plan = Plan(2, pp, list(division), batch, chunks, list(assign), vocab, ptype)
+                    pred = cost.evaluate(plan)
+                    if max(pred.stage_reserved) <= budget_gb * GiB:
+                        best = max(best, pred.tokens_per_s)
+    return best
+
+
+@pytest.mark.parametrize("budget_gb, skip", [(2.3, (0, 0)), (2.3, (1, 1)), (3.5, (2, 0)), (2.0, (0, 1))])
+def test_fp8_search_matches_brute_force_and_keeps_skipped_layers_bf16(tmp_path, budget_gb, skip):
+    space = dict(allow_checkpoint=False, sequence_parallel="off")
+    s = fp8_searcher(tmp_path, budget_gb, skip, **space)
+    found = s.run(top_k=1, progress=False)[0]
+    layers = found.plan.layers
+    assert all(x.fp8 is None for x in layers[:skip[0]] + layers[len(layers) - skip[1]:])
+    assert any(x.fp8 == "tensorwise" for x in layers)  # faster here, so the DP takes it where allowed
+    assert max(found.prediction.peak_mem_gb) <= budget_gb
+    assert found.prediction.iter_time_s == pytest.approx(s.cost.evaluate(found.plan).iter_time_s)
+    exact = brute_force(s.cost, budget_gb, s.space, skip)
+    assert found.tokens_per_s <= exact * (1 + 1e-9)
+    # the DP counts memory in rounded-up units: it may give up plans within a few percent of the budget
+    assert found.tokens_per_s >= brute_force(s.cost, budget_gb * 0.97, s.space, skip) * (1 - 1e-9)
+
+
+def test_fp8_strategies_are_the_bf16_ones_again_and_labelled():
+    bf16 = layer_strategies(4, 8, TINY, Space())
+    both = layer_strategies(4, 8, TINY, Space(fp8="rowwise"))
+    assert both[:len(bf16)] == bf16 and [s.fp8 for s in both[len(bf16):]] == ["rowwise"] * len(bf16)
+    assert label(both[len(bf16)]) == label(bf16[0]) + " fp8 rowwise"
+
+
+# ---------------------------------------------------------------- command line
+
+FLAGS = ["--model-family", "gpt2", "--num-layers", "3", "--hidden-size", "1024", "--num-attention-heads", "8",
+         "--ffn-hidden-size", "4096", "--vocab-size", "8192", "--seq-length", "512"]
+
+
+@pytest.mark.parametrize("extra, words", [
+    (["--fp8", "rowwise"], "--fp8 rowwise"),              # the profile has tensorwise tables only
+    (["--fp8-skip-first", "1"], "--fp8-skip-first"),
+    (["--fp8", "tensorwise", "--fp8-skip-last", "-1"], "--fp8-skip-last"),
+])
+def test_search_cli_refuses_in_one_line(tmp_path, capsys, extra, words):
+    prof = fp8_profiles(tmp_path, TINY, 2)
+    with pytest.raises(SystemExit) as e:
+        search_run.main(["--memory-gb", "8", "--num-gpus", "2", "--profile-dir", prof, "--no-plot", "--quiet",
+                         "--output", str(tmp_path / "plan.json")] + FLAGS + extra)
+    err = capsys.readouterr().err.strip()
+    assert e.value.code == 2 and words in err and "\n" not in err and "Traceback" not in err
+
+
+def test_search_with_fp8_off_ignores_the_fp8_tables(tmp_path, capsys):
+    prof = fp8_profiles(tmp_path, TINY, 2)
+    out = tmp_path / "plan.json"
+    search_run.main(["--memory-gb", "8", "--num-gpus", "2", "--profile-dir", prof, "--no-plot", "--quiet",
+                     "--output", str(out)] + FLAGS)
+    assert not plan_mod.load(str(out)).has_fp8
+
+
+def test_searched_fp8_plan_trains_like_the_reference(tmp_path):
+    pytest.importorskip("torchao")
+    from tests.equivalence import check_plans, tiny_cfg
+    cfg = tiny_cfg("llama")
+    mc = GPTConfig(family="llama", num_layers=cfg["num_layers"], hidden_size=cfg["hidden_size"],
+                   num_attention_heads=cfg["num_attention_heads"], num_query_groups=cfg["num_query_groups"],
+                   ffn_hidden_size=cfg["ffn_hidden_size"], vocab_size=cfg["vocab_size"],
+                   seq_length=cfg["seq_length"])
+    prof = fp8_profiles(tmp_path, mc, 2)
+    flags = ["--model-family", "llama", "--num-layers", str(mc.num_layers), "--hidden-size", str(mc.hidden_size),
+             "--num-attention-heads", str(mc.num_attention_heads), "--num-query-groups", str(mc.num_query_groups),
+             "--ffn-hidden-size", str(mc.ffn_hidden_size), "--vocab-size", str(mc.vocab_size),
+             "--seq-length", str(mc.seq_length)]
+    out = tmp_path / "plan.json"
+    r = subprocess.run([sys.executable, os.path.join(ROOT, "search", "run.py"), "--memory-gb", "8", "--num-gpus", "2",
+                        "--profile-dir", prof, "--global-batch-size", "8", "--output", str(out), "--plot",
+                        str(tmp_path / "plan.png"), "--quiet", "--fp8", "tensorwise", "--fp8-skip-first", "1"]
+                       + flags, cwd=str(tmp_path), capture_output=True, text=True, timeout=120,
+                       env=dict(os.environ, PYTHONPATH=ROOT))
+    assert r.returncode == 0, r.stderr
+    assert "fp8" in r.stdout  # Plan.describe's precision column
+    plan = plan_mod.load(str(out))
+    assert plan.layers[0].fp8 is None and any(s.fp8 == "tensorwise" for s in plan.layers[1:])
+    check_plans(2, cfg, [plan])
