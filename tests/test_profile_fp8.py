@@ -7,15 +7,12 @@ import sys
 import pytest
 
 from megatron_galvatron import profile_format as profiles
-from megatron_galvatron.model.config import GPTConfig
 from search import synthetic
 from tests.dist_utils import run_launched
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MODEL = ["--num-layers", "2", "--hidden-size", "64", "--num-attention-heads", "4", "--seq-length", "32",
          "--vocab-size", "256"]
-CFG = GPTConfig(family="gpt2", num_layers=2, hidden_size=64, num_attention_heads=4, num_query_groups=4,
-                ffn_hidden_size=256, vocab_size=256, seq_length=32)
 KEYS = {"time", "recompute_fraction", "activation_bytes_per_token", "checkpoint_bytes_per_token",
         "activation_constant_bytes", "points"}
 

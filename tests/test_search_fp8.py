@@ -2,7 +2,6 @@
 refused without them, chosen per layer by the DP as brute force would, the skipped end layers
 kept bf16, and a searched fp8 plan trains like the reference."""
 import copy
-import itertools
 import json
 import os
 import subprocess
@@ -11,8 +10,7 @@ import sys
 import pytest
 
 from megatron_galvatron import plan as plan_mod
-from megatron_galvatron.model.config import GPTConfig
-from megatron_galvatron.plan import LayerStrategy, Plan
+from megatron_galvatron.plan import LayerStrategy
 from megatron_galvatron.profile_format import MODEL_FILE, ProfileError, load_profiles, parse_hardware, parse_model
 from search import _dp_core  # noqa: F401  (CI builds it; without it these tests would crawl)
 from search import run as search_run
@@ -20,9 +18,10 @@ from search import synthetic
 from search.comm import Network
 from search.cost_model import CostModel
 from search.engine import Searcher
-from search.stage_memory import GiB
-from search.strategies import Space, divisors, label, layer_strategies, vocab_strategies
+from search.strategies import Space, label, layer_strategies
 from tests.cost_model_profile import CFG, fit, hardware_dict, model_dict
+from tests.test_search_engine import TINY
+from tests.test_search_engine import brute_force as engine_brute_force
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -78,10 +77,6 @@ def test_fp8_without_its_table_is_refused_not_priced_as_bf16(cm8):
 
 # ---------------------------------------------------------------- search vs brute force
 
-TINY = GPTConfig(family="gpt2", num_layers=3, hidden_size=1024, num_attention_heads=8, num_query_groups=8,
-                 ffn_hidden_size=4096, vocab_size=8192, seq_length=512)
-
-
 def with_fp8_tables(model: dict, recipe: str, time_scale: float = 0.6, act_scale: float = 0.8) -> dict:
     """A synthetic fp8 table beside a synthetic profile's layer: faster matmuls, fewer saved bytes,
     and one float8 byte per local weight kept per micro-batch."""
@@ -116,24 +111,9 @@ def fp8_searcher(tmp_path, budget_gb, skip=(0, 0), **space):
 
 def brute_force(cost, budget_gb, space, skip):
     """Best tokens/s over every plan of 2 GPUs, batch 4, whose skipped end layers are bf16."""
-    best, L, batch = 0.0, TINY.num_layers, 4
+    L = TINY.num_layers
     bf16_at = set(range(skip[0])) | set(range(L - skip[1], L))
-    for pp in divisors(2):
-        sw = 2 // pp
-        divisions = [d for d in itertools.product(range(1, L + 1), repeat=pp) if sum(d) == L]
-        for chunks in divisors(batch):
-            mb = batch // chunks
-            layers = layer_strategies(sw, mb, TINY, space)
-            for vocab, ptype, division in itertools.product(vocab_strategies(sw, mb, TINY, space),
-                                                            ("1f1b", "gpipe"), divisions):
-                for assign in itertools.product(layers, repeat=L):
-                    if any(assign[i].fp8 for i in bf16_at):
-                        continue
-                    plan = Plan(2, pp, list(division), batch, chunks, list(assign), vocab, ptype)
-                    pred = cost.evaluate(plan)
-                    if max(pred.stage_reserved) <= budget_gb * GiB:
-                        best = max(best, pred.tokens_per_s)
-    return best
+    return engine_brute_force(cost, 2, budget_gb, space, 4, lambda layers: not any(layers[i].fp8 for i in bf16_at))
 
 
 @pytest.mark.parametrize("budget_gb, skip", [(2.3, (0, 0)), (2.3, (1, 1)), (3.5, (2, 0)), (2.0, (0, 1))])
@@ -189,17 +169,10 @@ def test_search_with_fp8_off_ignores_the_fp8_tables(tmp_path, capsys):
 
 def test_searched_fp8_plan_trains_like_the_reference(tmp_path):
     pytest.importorskip("torchao")
-    from tests.equivalence import check_plans, tiny_cfg
-    cfg = tiny_cfg("llama")
-    mc = GPTConfig(family="llama", num_layers=cfg["num_layers"], hidden_size=cfg["hidden_size"],
-                   num_attention_heads=cfg["num_attention_heads"], num_query_groups=cfg["num_query_groups"],
-                   ffn_hidden_size=cfg["ffn_hidden_size"], vocab_size=cfg["vocab_size"],
-                   seq_length=cfg["seq_length"])
+    from tests.equivalence import check_plans
+    from tests.test_search_to_training import tiny_llama
+    cfg, mc, flags = tiny_llama()
     prof = fp8_profiles(tmp_path, mc, 2)
-    flags = ["--model-family", "llama", "--num-layers", str(mc.num_layers), "--hidden-size", str(mc.hidden_size),
-             "--num-attention-heads", str(mc.num_attention_heads), "--num-query-groups", str(mc.num_query_groups),
-             "--ffn-hidden-size", str(mc.ffn_hidden_size), "--vocab-size", str(mc.vocab_size),
-             "--seq-length", str(mc.seq_length)]
     out = tmp_path / "plan.json"
     r = subprocess.run([sys.executable, os.path.join(ROOT, "search", "run.py"), "--memory-gb", "8", "--num-gpus", "2",
                         "--profile-dir", prof, "--global-batch-size", "8", "--output", str(out), "--plot",
