@@ -249,12 +249,10 @@ class Searcher:
             levels, floor = r[last][::-1], m[last][::-1]
             n = np.arange(1, n_hi + 1)
             fixed = np.minimum(n, bf16_layers)
-            need = (n - fixed)[None, :] * floor[:, None] + levels[:, None]
-            if bf16_layers:  # at levels no bf16 strategy fits under, those layers cannot be placed
-                bf16 = np.minimum.accumulate(np.where(table.fp8[order], np.inf, budgeted))[last][::-1]
-                need = need + fixed[None, :] * bf16[:, None]
-            else:
-                need = need + fixed[None, :] * floor[:, None]
+            # inf at levels that admit no bf16 strategy: those layers cannot be placed there
+            bf16 = (np.minimum.accumulate(np.where(table.fp8[order], np.inf, budgeted))[last][::-1]
+                    if bf16_layers else floor)
+            need = (n - fixed)[None, :] * floor[:, None] + fixed[None, :] * bf16[:, None] + levels[:, None]
             pick = need.argmin(axis=0)
             hit = self._bounds[key] = (need[pick, np.arange(n_hi)], levels[pick])
         return hit
