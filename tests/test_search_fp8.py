@@ -109,11 +109,17 @@ def fp8_searcher(tmp_path, budget_gb, skip=(0, 0), **space):
     return Searcher(cost, 2, budget_gb, Space(fp8="tensorwise", **space), (4,), threads=2, fp8_skip=skip)
 
 
-def brute_force(cost, budget_gb, space, skip):
-    """Best tokens/s over every plan of 2 GPUs, batch 4, whose skipped end layers are bf16."""
+def brute_force(cost, budget_gb, space, skip, pps=None):
+    """Best tokens/s over every plan of 2 GPUs, batch 4, whose skipped end layers are bf16 and, as
+    the search requires (docs/search.md, Limits), lie in the first (last) stage."""
     L = TINY.num_layers
     bf16_at = set(range(skip[0])) | set(range(L - skip[1], L))
-    return engine_brute_force(cost, 2, budget_gb, space, 4, lambda layers: not any(layers[i].fp8 for i in bf16_at))
+
+    def allowed(division, layers):
+        if len(division) > 1 and (division[0] < skip[0] or division[-1] < skip[1]):
+            return False
+        return not any(layers[i].fp8 for i in bf16_at)
+    return engine_brute_force(cost, 2, budget_gb, space, 4, allowed, pps)
 
 
 @pytest.mark.parametrize("budget_gb, skip", [(2.3, (0, 0)), (2.3, (1, 1)), (3.5, (2, 0)), (2.0, (0, 1))])
@@ -130,6 +136,18 @@ def test_fp8_search_matches_brute_force_and_keeps_skipped_layers_bf16(tmp_path, 
     assert found.tokens_per_s <= exact * (1 + 1e-9)
     # the DP counts memory in rounded-up units: it may give up plans within a few percent of the budget
     assert found.tokens_per_s >= brute_force(s.cost, budget_gb * 0.97, s.space, skip) * (1 - 1e-9)
+
+
+@pytest.mark.parametrize("skip", [(0, 2), (1, 1), (2, 0)])
+def test_fp8_pipelines_match_brute_force_with_skipped_end_layers(tmp_path, skip):
+    # every shape kept, so the best two-stage plan is solved exactly; its end stages are read
+    # from their vocab end, and the stage holding skipped layers holds all of them
+    s = fp8_searcher(tmp_path, 3.5, skip, allow_checkpoint=False, sequence_parallel="off")
+    two = max((r for r in s.run(top_k=100, progress=False) if r.plan.pp_deg == 2), key=lambda r: r.tokens_per_s)
+    layers = two.plan.layers
+    assert all(x.fp8 is None for x in layers[:skip[0]] + layers[len(layers) - skip[1]:])
+    assert two.prediction.iter_time_s == pytest.approx(s.cost.evaluate(two.plan).iter_time_s)
+    assert two.tokens_per_s == pytest.approx(brute_force(s.cost, 3.5, s.space, skip, pps=[2]), rel=1e-9)
 
 
 def test_fp8_strategies_are_the_bf16_ones_again_and_labelled():
