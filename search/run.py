@@ -171,10 +171,14 @@ def search_modes(args, cfg, sizes):
 
 def describe_bound(best: Result, searchers, cfg, num_gpus: int) -> str:
     """The best plan against the compute bound of the profile it was searched on (search/bound.py)."""
-    prof = next(s.cost.profile for s in searchers if s.cost.profile.compiled == best.plan.compile)
-    bound = compute_bound(prof, cfg.num_layers, cfg.flops_per_token())
+    searcher = next(s for s in searchers if s.cost.profile.compiled == best.plan.compile)
+    prof = searcher.cost.profile
+    bound = compute_bound(prof, cfg.num_layers, cfg.flops_per_token(), searcher.space.fp8)
     per_gpu = best.tokens_per_s / num_gpus
-    return (f"compute bound ({'compiled' if prof.compiled else 'eager'} layers at tp 1, no communication, "
+    layers = f"{'compiled' if prof.compiled else 'eager'} layers"
+    if searcher.space.fp8:
+        layers += f" in bf16 or fp8 {searcher.space.fp8}"
+    return (f"compute bound ({layers} at tp 1, no communication, "
             f"optimizer or bubbles): {bound.tokens_per_s:,.0f} tokens/s/GPU; this plan {per_gpu:,.0f} "
             f"({per_gpu / bound.tokens_per_s:.1%} of it)")
 

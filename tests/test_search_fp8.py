@@ -202,3 +202,11 @@ def test_searched_fp8_plan_trains_like_the_reference(tmp_path):
     assert plan.describe().splitlines()[1] in r.stdout and "fp8" in plan.describe().splitlines()[1]  # its header
     assert plan.layers[0].fp8 is None and any(s.fp8 == "tensorwise" for s in plan.layers[1:])
     check_plans(2, cfg, [plan])
+
+
+def test_compute_bound_counts_the_faster_fp8_layer():
+    from search.bound import compute_bound
+    prof = parse_model(fp8_profile())
+    bf16, fp8 = compute_bound(prof, 4, 1e6), compute_bound(prof, 4, 1e6, "tensorwise")
+    assert bf16.layer_s_per_token == pytest.approx(9e-7 + 1.8e-6)  # layer.bf16, faster than autocast
+    assert fp8.layer_s_per_token == pytest.approx(5e-7 + 1e-6)     # layer.fp8.tensorwise, faster still
