@@ -52,7 +52,8 @@ class Surface:
     Strategies are those whose transient peak fits the reserved `level`, less any that another
     strategy of the same layout beats on both time and memory. Memory is counted in units above
     the smallest strategy's (so the memory-minimal plan costs 0 units and is never lost to
-    rounding); units are rounded up, so a plan the DP accepts always fits. One table per layout
+    rounding; at the positions `bf16_at` above the smallest bf16 strategy's); units are rounded
+    up, so a plan the DP accepts always fits. One table per layout
     the last layer may have to hand over to (None: no hand-over).
     """
 
@@ -64,7 +65,7 @@ class Surface:
         # where some layers must stay bf16, an fp8 strategy may not crowd out a bf16 one
         kind = table.layout_id[idx] * 2 + (table.fp8[idx] if bf16_at else 0)
         self.idx, cost, mem = _pareto(idx, cost, mem, kind)
-        self.bf16_at = np.array(bf16_at, dtype=np.int64)
+        self.bf16_at = np.sort(np.array(bf16_at, dtype=np.int64))
         self.fp8_cols = np.nonzero(table.fp8[self.idx])[0] if bf16_at else np.array([], dtype=np.int64)
         used = np.unique(table.layout_id[self.idx])
         self.group = np.searchsorted(used, table.layout_id[self.idx]).astype(np.int32)
@@ -83,8 +84,13 @@ class Surface:
         units = min(4096, max(256, 32 * n_hi))
         self.unit = max(MiB, span / units)
         self.mem_u = np.ceil(excess / self.unit - 1e-9).astype(np.int64)
+        # a layer that must stay bf16 counts its units above the lightest bf16 strategy, so that
+        # the memory-minimal plan still costs 0 units (no bf16 strategy: its row is all inf anyway)
+        bf16_mem = np.delete(mem, self.fp8_cols)
+        self.floor_bf16 = float(bf16_mem.min()) if len(self.bf16_at) and len(bf16_mem) else self.floor
+        self.mem_u_bf16 = np.maximum(np.ceil((mem - self.floor_bf16) / self.unit - 1e-9), 0).astype(np.int64)
         self.cap = int(math.ceil(span / self.unit)) + n_hi  # enough for every rounded-up assignment
-        self.table = dp.cost_table(self._intra(n_hi), np.tile(self.mem_u, (n_hi, 1)), self.group, self.gtrans,
+        self.table = dp.cost_table(self._intra(n_hi), self._mem(n_hi), self.group, self.gtrans,
                                    self.cap, self.finals)
 
     @property
@@ -100,8 +106,15 @@ class Surface:
             intra[np.ix_(rows, self.fp8_cols)] = np.inf
         return intra
 
+    def _mem(self, n: int) -> np.ndarray:
+        mem = np.tile(self.mem_u, (n, 1))
+        mem[self.bf16_at[self.bf16_at < n]] = self.mem_u_bf16
+        return mem
+
     def budget_units(self, room: float, n: np.ndarray) -> np.ndarray:
         left = room - n * self.floor
+        if len(self.bf16_at):
+            left = left - np.searchsorted(self.bf16_at, n) * (self.floor_bf16 - self.floor)
         return np.where(left < 0, -1, np.minimum(np.floor(np.maximum(left, 0) / self.unit), self.cap)).astype(np.int64)
 
     def costs(self, room: float, out_layout) -> np.ndarray:
@@ -115,7 +128,7 @@ class Surface:
         """The strategies (table indices) behind costs(room, out_layout)[n - 1]."""
         b = int(self.budget_units(room, np.array([n]))[0])
         final = self.finals[self.out[out_layout]]
-        _, strategies, _ = dp.solve(self._intra(n), np.tile(self.mem_u, (n, 1)), self.group, self.gtrans, b, final)
+        _, strategies, _ = dp.solve(self._intra(n), self._mem(n), self.group, self.gtrans, b, final)
         return [int(self.idx[s]) for s in strategies]
 
 

@@ -20,7 +20,7 @@ from search.cost_model import CostModel
 from search.engine import Searcher
 from search.strategies import Space, label, layer_strategies
 from tests.cost_model_profile import CFG, fit, hardware_dict, model_dict
-from tests.test_search_engine import TINY
+from tests.test_search_engine import TINY, smallest_budget
 from tests.test_search_engine import brute_force as engine_brute_force
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -77,9 +77,10 @@ def test_fp8_without_its_table_is_refused_not_priced_as_bf16(cm8):
 
 # ---------------------------------------------------------------- search vs brute force
 
-def with_fp8_tables(model: dict, recipe: str, time_scale: float = 0.6, act_scale: float = 0.8) -> dict:
+def with_fp8_tables(model: dict, recipe: str, time_scale: float = 0.6, act_scale: float = 0.8,
+                    weight_bytes: float = 1.0) -> dict:
     """A synthetic fp8 table beside a synthetic profile's layer: faster matmuls, fewer saved bytes,
-    and one float8 byte per local weight kept per micro-batch."""
+    and `weight_bytes` per local weight (tensorwise's float8 copy) kept per micro-batch."""
     d = copy.deepcopy(model)
     layer = d["layer"]
     params = layer["memory"]["param_count"]
@@ -89,22 +90,22 @@ def with_fp8_tables(model: dict, recipe: str, time_scale: float = 0.6, act_scale
                  for k, v in layer["time"].items()},
         "activation_bytes_per_token": {k: v * act_scale for k, v in layer["memory"]["activation_bytes_per_token"].items()},
         "checkpoint_bytes_per_token": dict(layer["memory"]["checkpoint_bytes_per_token"]),
-        "activation_constant_bytes": {k: params / tp[k] for k in layer["time"]}}
+        "activation_constant_bytes": {k: weight_bytes * params / tp[k] for k in layer["time"]}}
     return d
 
 
-def fp8_profiles(tmp_path, cfg, num_gpus, recipe="tensorwise"):
+def fp8_profiles(tmp_path, cfg, num_gpus, recipe="tensorwise", **table):
     d = synthetic.write_profiles(str(tmp_path / "prof"), cfg, num_gpus, num_gpus)
     path = os.path.join(d, MODEL_FILE)
     with open(path) as f:
         model = json.load(f)
     with open(path, "w") as f:
-        json.dump(with_fp8_tables(model, recipe), f)
+        json.dump(with_fp8_tables(model, recipe, **table), f)
     return d
 
 
-def fp8_searcher(tmp_path, budget_gb, skip=(0, 0), **space):
-    hw, model = load_profiles(fp8_profiles(tmp_path, TINY, 2))
+def fp8_searcher(tmp_path, budget_gb, skip=(0, 0), table=None, **space):
+    hw, model = load_profiles(fp8_profiles(tmp_path, TINY, 2, **(table or {})))
     cost = CostModel(TINY, model, Network(hw, 2, 2))
     return Searcher(cost, 2, budget_gb, Space(fp8="tensorwise", **space), (4,), threads=2, fp8_skip=skip)
 
@@ -148,6 +149,18 @@ def test_fp8_pipelines_match_brute_force_with_skipped_end_layers(tmp_path, skip)
     assert all(x.fp8 is None for x in layers[:skip[0]] + layers[len(layers) - skip[1]:])
     assert two.prediction.iter_time_s == pytest.approx(s.cost.evaluate(two.plan).iter_time_s)
     assert two.tokens_per_s == pytest.approx(brute_force(s.cost, 3.5, s.space, skip, pps=[2]), rel=1e-9)
+
+
+@pytest.mark.parametrize("skip", [(1, 1), (0, 2)])
+def test_with_skipped_layers_the_quoted_smallest_budget_finds_a_plan(tmp_path, skip):
+    # float8 layers keeping a third of the bytes and no weight copies: the skipped layers' bf16
+    # floor then sets the minimum
+    def factory(gb, skip=skip):
+        return fp8_searcher(tmp_path, gb, skip, dict(act_scale=0.3, weight_bytes=0.0), allow_checkpoint=False)
+    minimum = smallest_budget(factory)
+    plan = factory(minimum).run(progress=False)[0].plan
+    assert all(x.fp8 is None for x in plan.layers[:skip[0]] + plan.layers[len(plan.layers) - skip[1]:])
+    assert minimum > smallest_budget(lambda gb: factory(gb, (0, 0)))
 
 
 def test_fp8_strategies_are_the_bf16_ones_again_and_labelled():
