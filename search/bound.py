@@ -7,7 +7,8 @@ pipeline bubble, recomputation or per-call overhead is counted, so no plan on th
 those kernels, can train faster; a measured run's tokens/s over this bound says how much of the
 step is anything but the model's math. Of the bf16 table (bf16 weights, no autocast: how the
 runtime computes every unit) and the autocast one, the faster counts, so that the bound also holds
-for runs priced as units under autocast (`bf16_unit` False).
+for runs priced as units under autocast (`bf16_unit` False); with `fp8`, the float8 layer's table
+too, since a plan searched with it may put every layer in float8.
 """
 from typing import NamedTuple, Optional
 
@@ -34,8 +35,10 @@ def _slope(fits) -> float:
     return fwd.per_token_s + bwd.per_token_s
 
 
-def compute_bound(profile: ModelProfile, num_layers: int, flops_per_token: float) -> ComputeBound:
-    layer = min(_slope(f) for f in (profile.layer_fits(1, False), profile.bf16_layer_fits(1, False)) if f)
+def compute_bound(profile: ModelProfile, num_layers: int, flops_per_token: float,
+                  fp8: Optional[str] = None) -> ComputeBound:
+    fp8_fits = profile.fp8_tables(fp8, 1, False).fits if fp8 else None
+    layer = min(_slope(f) for f in (profile.layer_fits(1, False), profile.bf16_layer_fits(1, False), fp8_fits) if f)
     head = min(_slope(f) for f in (profile.vocab_fits(1), profile.bf16_vocab_fits(1)) if f)
     emb = profile.embedding_fits(1)
     vocab = head + (_slope(emb) if emb else 0.0)

@@ -106,7 +106,10 @@ class CostModel(MemoryPasses):
     # ---------------------------------------------------------------- transformer layer
     def layer_compute(self, s: LayerStrategy, stage_world: int, global_micro_batch: int) -> Tuple[float, float]:
         dp = stage_world // s.tp
-        fits = self.profile.bf16_layer_fits(s.tp, s.sp) if self.bf16_unit(s.dp_type, dp) else None
+        if s.fp8:  # measured only on bf16 weights, as the runtime runs a float8 layer
+            fits = self.profile.fp8_tables(s.fp8, s.tp, s.sp).fits
+        else:
+            fits = self.profile.bf16_layer_fits(s.tp, s.sp) if self.bf16_unit(s.dp_type, dp) else None
         fwd, bwd = fits or self.profile.layer_fits(s.tp, s.sp)
         tokens = global_micro_batch // dp * self.model.seq_length
         return fwd(tokens), bwd(tokens)
@@ -143,7 +146,10 @@ class CostModel(MemoryPasses):
     def recompute_share(self, s: LayerStrategy, dp: int) -> float:
         """Share of the layer's forward time its checkpointed backward repeats: as the profiler
         timed it where the profile has it, else estimated (recompute_fraction)."""
-        measured = self.profile.measured_recompute_fraction(s.tp, s.sp, self.bf16_unit(s.dp_type, dp))
+        if s.fp8:
+            measured = self.profile.fp8_tables(s.fp8, s.tp, s.sp).recompute_fraction
+        else:
+            measured = self.profile.measured_recompute_fraction(s.tp, s.sp, self.bf16_unit(s.dp_type, dp))
         return self.recompute_fraction() if measured is None else measured
 
     def recompute_fraction(self) -> float:
@@ -226,6 +232,9 @@ class CostModel(MemoryPasses):
         fp32 residual stream and norm inputs, and bf16 copies of the weights kept by every forward
         (the profile's constant, else 2 bytes per local parameter)."""
         p, h = self.profile, self.model.hidden_size
+        if s.fp8:  # as measured; tensorwise keeps float8 weight casts per micro-batch (the constant)
+            e = p.fp8_tables(s.fp8, s.tp, s.sp)
+            return e.activation_per_token, e.constant, e.checkpoint_per_token
         act, ckpt = p.activation_per_token(s.tp, s.sp), p.checkpoint_per_token(s.tp, s.sp)
         if not self.bf16_unit(s.dp_type, dp):
             const = p.layer_constant(s.tp, s.sp)

@@ -111,7 +111,7 @@ class Stats:
 class Searcher:
     def __init__(self, cost: CostModel, num_gpus: int, memory_gb: float, space: Space,
                  batch_sizes: Sequence[int], pipeline_types: Sequence[str] = ("1f1b", "gpipe"),
-                 max_pp: Optional[int] = None, threads: int = 2):
+                 max_pp: Optional[int] = None, threads: int = 2, fp8_skip: Tuple[int, int] = (0, 0)):
         self.cost = cost
         self.model = cost.model
         self.num_gpus = num_gpus
@@ -122,6 +122,8 @@ class Searcher:
         self.pipeline_types = list(pipeline_types)
         self.max_pp = max_pp or num_gpus
         self.threads = max(1, threads)
+        # the first and last layers of the model that stay bf16 when the space has an fp8 recipe
+        self.fp8_skip = fp8_skip if space.fp8 else (0, 0)
         self.stats = Stats()
         self._tables: Dict[Tuple[int, int], Optional[Table]] = {}
         self._surfaces: "OrderedDict[Tuple, Surface]" = OrderedDict()
@@ -172,7 +174,8 @@ class Searcher:
                   sorted({Layout.of(v, stage_world)
                           for v in vocab_strategies(stage_world, global_micro_batch, self.model, self.space)}),
                   np.array([m.lazy for m in mems]), np.array([m.settled for m in mems]),
-                  np.array([m.pooled for m in mems]), c.ratio)
+                  np.array([m.pooled for m in mems]), c.ratio,
+                  np.array([s.fp8 is not None for s in strategies]))
         every = sorted(set(layouts) | set(t.vocab_layouts))
         t.relayout = {(a, b): c.relayout(stage_world, global_micro_batch, a, b) for a in every for b in every}
         self._tables[key] = t
@@ -229,27 +232,46 @@ class Searcher:
         split = min_max_partition(arrays, L)
         return math.inf if split is None else float(max(arrays[i][m - 1] for i, m in enumerate(split)))
 
-    def min_memory_levels(self, table: Table, flight: InFlight, vocab_transient: float, n_hi: int
-                          ) -> Tuple[np.ndarray, np.ndarray]:
+    def min_memory_levels(self, table: Table, flight: InFlight, vocab_transient: float, n_hi: int,
+                          bf16_layers: int = 0) -> Tuple[np.ndarray, np.ndarray]:
         """For n = 1..n_hi alike layers: the fewest bytes they need (persistent memory plus the
-        transient reservation), and the reservation level that achieves it (the higher on ties)."""
-        key = ("minmem", id(table), flight, vocab_transient, n_hi)
+        transient reservation), and the reservation level that achieves it (the higher on ties).
+        `bf16_layers` of them (at most n) may not take an fp8 strategy."""
+        key = ("minmem", id(table), flight, vocab_transient, n_hi, bf16_layers)
         hit = self._bounds.get(key)
         if hit is None:
             reserve = np.maximum(table.transient, vocab_transient)
             order = np.argsort(reserve, kind="stable")
             r = reserve[order]
-            m = np.minimum.accumulate(table.budgeted(flight)[order])
+            budgeted = table.budgeted(flight)[order]
+            m = np.minimum.accumulate(budgeted)
             last = np.concatenate((np.nonzero(np.diff(r))[0], [len(r) - 1]))
             levels, floor = r[last][::-1], m[last][::-1]
-            need = np.arange(1, n_hi + 1)[None, :] * floor[:, None] + levels[:, None]
+            n = np.arange(1, n_hi + 1)
+            fixed = np.minimum(n, bf16_layers)
+            # inf at levels that admit no bf16 strategy: those layers cannot be placed there
+            bf16 = (np.minimum.accumulate(np.where(table.fp8[order], np.inf, budgeted))[last][::-1]
+                    if bf16_layers else floor)
+            need = (n - fixed)[None, :] * floor[:, None] + fixed[None, :] * bf16[:, None] + levels[:, None]
             pick = need.argmin(axis=0)
             hit = self._bounds[key] = (need[pick, np.arange(n_hi)], levels[pick])
         return hit
 
     def stage_min_memory(self, table: Table, frame: StageFrame, n_hi: int) -> np.ndarray:
         """Smallest allocated bytes of the stage with n = 1..n_hi layers."""
-        return self.min_memory_levels(table, frame.flight, frame.vocab_transient, n_hi)[0] + frame.vocab_budgeted
+        return (self.min_memory_levels(table, frame.flight, frame.vocab_transient, n_hi, self._bf16_layers(frame))[0]
+                + frame.vocab_budgeted)
+
+    def _bf16_layers(self, frame: StageFrame) -> int:
+        """How many of the stage's layers --fp8-skip-first/last keep in bf16 (the first stage
+        holds the model's first layers, the last stage its last ones)."""
+        first, last = self.fp8_skip
+        return (first if frame.in_layout is not None else 0) + (last if frame.out_layout is not None else 0)
+
+    def _fewest_layers(self, frame: StageFrame) -> int:
+        """A first (last) stage holds every layer --fp8-skip-first (--fp8-skip-last) keeps in bf16,
+        so that no other stage has to know where it starts."""
+        return max(1, self._bf16_layers(frame))
 
     def min_memory(self, cand: Candidate, frames: List[StageFrame]) -> float:
         t = self.table(self.num_gpus // cand.pp, cand.global_micro_batch)
@@ -258,38 +280,69 @@ class Searcher:
             return float(self.stage_min_memory(t, frames[0], L)[-1])
         n_hi = self.n_max(cand.pp)
         per_stage = [self.stage_min_memory(t, f, n_hi) for f in frames]
-        split = min_max_partition(per_stage, L)
+        split = self.partition(per_stage, frames)
         if split is None:
             return math.inf
         return max(per_stage[i][n - 1] for i, n in enumerate(split))
 
+    def partition(self, costs: Sequence[np.ndarray], frames: List[StageFrame]) -> Optional[List[int]]:
+        """min_max_partition of the model's layers over the stages, each stage holding at least
+        _fewest_layers: those are given to it first, the rest divided as usual."""
+        L = self.model.num_layers
+        if len(frames) == 1:
+            return [L]
+        extra = [self._fewest_layers(f) - 1 for f in frames]
+        if not any(extra):
+            return min_max_partition(costs, L)
+        width = len(costs[0])
+        shifted = [np.concatenate((np.asarray(c, dtype=float)[e:], np.full(e, np.inf))) for c, e in zip(costs, extra)]
+        split = min_max_partition(shifted, L - sum(extra)) if L > sum(extra) else None
+        if split is None:
+            return None
+        out = [n + e for n, e in zip(split, extra)]
+        return out if max(out) <= width else None
+
     # ---------------------------------------------------------------- stage DP
-    @staticmethod
-    def _ends(frame: StageFrame) -> Tuple[Optional[Tuple], Optional[Tuple], bool]:
-        """(layout fed into the first layer, layout the last layer hands over to, reversed).
+    def _ends(self, frame: StageFrame, n_hi: int) -> Tuple[Optional[Tuple], Optional[Tuple], bool, Tuple[int, ...]]:
+        """(layout fed into the first layer, layout the last layer hands over to, reversed, the DP
+        positions that may not take an fp8 strategy).
 
         Alike layers and symmetric re-layout prices make a stage read backwards cost the same, so
         a first stage (embedding in front, nothing after) is solved as a stage with the embedding
         after it: every stage without both ends then shares one DP whatever the vocab strategy.
+        Layers --fp8-skip-first/last keeps in bf16 sit next to the embedding (LM head); such a
+        stage is read from that end instead, so that they are the DP's first positions whatever
+        the stage's length.
         """
-        if frame.in_layout is not None and frame.out_layout is not None:
-            return frame.in_layout, frame.out_layout, False
+        first, last = self.fp8_skip
+        if frame.in_layout is not None and frame.out_layout is not None:  # one stage: n is all layers
+            off = tuple(range(min(first, n_hi))) + tuple(range(max(first, n_hi - last), n_hi))
+            return frame.in_layout, frame.out_layout, False, off
         if frame.in_layout is not None:
-            return None, frame.in_layout, True
-        return None, frame.out_layout, False
+            if first:
+                return frame.in_layout, None, False, tuple(range(min(first, n_hi)))
+            return None, frame.in_layout, True, ()
+        if frame.out_layout is not None and last:
+            return frame.out_layout, None, True, tuple(range(min(last, n_hi)))
+        return None, frame.out_layout, False, ()
 
-    def surface(self, table: Table, k: int, flight: InFlight, level: float, in_layout, n_hi: int) -> Surface:
-        """The DP of a stage whose layers may reserve `level` bytes for the transient peak (cached)."""
+    def surface(self, table: Table, k: int, flight: InFlight, level: float, in_layout, n_hi: int,
+                out_layout=None, bf16_at: Tuple[int, ...] = ()) -> Surface:
+        """The DP of a stage whose layers may reserve `level` bytes for the transient peak (cached);
+        the layers at positions `bf16_at` may not take fp8 strategies."""
         allowed = table.transient[table.transient <= level]
         level = float(allowed.max()) if len(allowed) else level  # same strategies, same DP
-        key = (id(table), k, flight, level, in_layout, n_hi)
+        if in_layout is None:
+            outs = [None] + table.vocab_layouts
+        else:
+            outs = [out_layout]
+        key = (id(table), k, flight, level, in_layout, n_hi, tuple(outs), bf16_at)
         with self.stats.lock:
             hit = self._surfaces.get(key)
             if hit is not None:
                 self._surfaces.move_to_end(key)
                 return hit
-        outs = [in_layout] if in_layout is not None else [None] + table.vocab_layouts
-        surf = Surface(table, k, flight, level, in_layout, outs, n_hi, self.budget)
+        surf = Surface(table, k, flight, level, in_layout, outs, n_hi, self.budget, bf16_at)
         with self.stats.lock:
             self.stats.dp_runs += 1
             if key in self._surfaces:  # another thread solved it meanwhile
@@ -309,7 +362,7 @@ class Searcher:
         obj = k * table.per_mb + table.per_iter
         mem = table.budgeted(frame.flight)
         n = np.arange(1, n_hi + 1)
-        in_layout, out_layout, _ = self._ends(frame)
+        in_layout, out_layout, _, bf16_at = self._ends(frame, n_hi)
         best_cost = np.full(n_hi, np.inf)
         best: List[Tuple[float, Optional[Surface], float]] = [(math.inf, None, 0.0)] * n_hi
         done = set()
@@ -325,7 +378,7 @@ class Searcher:
             lb = lp_bound(obj[ok], mem[ok], n, np.full(n_hi, room(level)))
             if np.all(lb >= best_cost * (1 - 1e-12)):
                 return
-            surf = self.surface(table, k, frame.flight, level, in_layout, n_hi)
+            surf = self.surface(table, k, frame.flight, level, in_layout, n_hi, out_layout, bf16_at)
             costs = surf.costs(room(level), out_layout)
             for i in np.nonzero(costs < best_cost)[0]:
                 best_cost[i] = costs[i]
@@ -346,7 +399,8 @@ class Searcher:
         run(float(levels[0]))
         # the memory-minimising level of every length still without a plan, so that feasibility
         # agrees with min_memory()
-        lightest = self.min_memory_levels(table, frame.flight, frame.vocab_transient, n_hi)[1]
+        lightest = self.min_memory_levels(table, frame.flight, frame.vocab_transient, n_hi,
+                                          self._bf16_layers(frame))[1]
         for i in np.nonzero(~np.isfinite(best_cost))[0]:
             run(float(lightest[i]))
         return best
@@ -364,14 +418,14 @@ class Searcher:
             ans = self.stage_answers(t, f, k, n_hi, n_ref)
             answers.append(ans)
             totals.append(np.array([c for c, _, _ in ans]) + k * f.fixed_mb + f.fixed_iter)
-        split = [L] if pp == 1 else min_max_partition(totals, L)
+        split = self.partition(totals, frames)
         if split is None or not all(math.isfinite(totals[i][n - 1]) for i, n in enumerate(split)):
             return None
         layers: List[LayerStrategy] = []
         objective = [float(totals[i][n - 1]) for i, n in enumerate(split)]
         for i, n in enumerate(split):
             _, surf, level = answers[i][n - 1]
-            _, out_layout, backwards = self._ends(frames[i])
+            _, out_layout, backwards, _ = self._ends(frames[i], n_hi)
             picked = surf.solve(n, self.budget - frames[i].vocab_budgeted - level, out_layout)
             if backwards:
                 picked.reverse()

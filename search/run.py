@@ -17,6 +17,7 @@ from typing import List
 
 from megatron_galvatron.errors import UserError, exit_on_user_error
 from megatron_galvatron.model.config import add_model_args, config_from_args
+from megatron_galvatron.plan import FP8_RECIPES
 from megatron_galvatron.profile_format import check_model_matches, load_profiles
 from search.bound import compute_bound
 from search.comm import Network
@@ -52,6 +53,12 @@ def build_parser() -> argparse.ArgumentParser:
     bs.add_argument("--global-batch-size-range", type=int, nargs=2, metavar=("A", "B"), default=None,
                     help="try A, 2A, 4A, ... up to B (and B) and keep the highest throughput")
     s.add_argument("--sequence-parallel", choices=SP_MODES, default="search")
+    s.add_argument("--fp8", choices=("off",) + FP8_RECIPES, default="off",
+                   help="let each layer compute its linears in float8 with this recipe where that is faster "
+                        "(it changes the numerics, so it is off unless asked; model.json needs its "
+                        "layer.fp8 tables: tools/profile_model.py --fp8)")
+    s.add_argument("--fp8-skip-first", type=int, default=0, metavar="N", help="with --fp8: the first N layers stay bf16")
+    s.add_argument("--fp8-skip-last", type=int, default=0, metavar="N", help="with --fp8: the last N layers stay bf16")
     o = p.add_argument_group("output")
     o.add_argument("--top-k", type=int, default=5, help="alternatives to print")
     o.add_argument("--plot", default=None, help="PNG picture of the plan (default: OUTPUT with .png)")
@@ -89,6 +96,11 @@ def check_args(args: argparse.Namespace) -> int:
         raise UserError(f"--num-gpus={args.num_gpus} must be >= 1")
     if args.num_nodes is not None and (args.num_nodes < 1 or args.num_gpus % args.num_nodes):
         raise UserError(f"--num-gpus={args.num_gpus} must be a positive multiple of --num-nodes={args.num_nodes}")
+    for flag in ("fp8_skip_first", "fp8_skip_last"):
+        if getattr(args, flag) < 0:
+            raise UserError(f"--{flag.replace('_', '-')}={getattr(args, flag)} must be >= 0")
+    if args.fp8 == "off" and (args.fp8_skip_first or args.fp8_skip_last):
+        raise UserError("--fp8-skip-first/--fp8-skip-last need --fp8 tensorwise or rowwise")
     for flag in ("max_tp", "max_pp", "top_k", "threads"):
         v = getattr(args, flag)
         if v is not None and v < 1:
@@ -138,13 +150,15 @@ def search_modes(args, cfg, sizes):
               f"(docs/search.md, 'Choosing --memory-gb')", file=sys.stderr)
     per_node = gpus_per_node(args, hw.gpus_per_node)
     space = Space(max_tp=args.max_tp or per_node, allow_zero3=not args.disable_sdp,
-                  allow_checkpoint=not args.disable_checkpoint, sequence_parallel=args.sequence_parallel)
+                  allow_checkpoint=not args.disable_checkpoint, sequence_parallel=args.sequence_parallel,
+                  fp8=None if args.fp8 == "off" else args.fp8)
     types = ["1f1b", "gpipe"] if args.pipeline_type == "search" else [args.pipeline_type]
     results, searchers, errors = [], [], []
     for prof in profiles:
         check_model_matches(prof, cfg.to_dict())
         cost = CostModel(cfg, prof, Network(hw, args.num_gpus, per_node))
-        searcher = Searcher(cost, args.num_gpus, args.memory_gb, space, sizes, types, args.max_pp, args.threads)
+        searcher = Searcher(cost, args.num_gpus, args.memory_gb, space, sizes, types, args.max_pp, args.threads,
+                            (args.fp8_skip_first, args.fp8_skip_last))
         searchers.append(searcher)
         try:
             results += searcher.run(top_k=args.top_k, progress=not args.quiet)
@@ -157,10 +171,14 @@ def search_modes(args, cfg, sizes):
 
 def describe_bound(best: Result, searchers, cfg, num_gpus: int) -> str:
     """The best plan against the compute bound of the profile it was searched on (search/bound.py)."""
-    prof = next(s.cost.profile for s in searchers if s.cost.profile.compiled == best.plan.compile)
-    bound = compute_bound(prof, cfg.num_layers, cfg.flops_per_token())
+    searcher = next(s for s in searchers if s.cost.profile.compiled == best.plan.compile)
+    prof = searcher.cost.profile
+    bound = compute_bound(prof, cfg.num_layers, cfg.flops_per_token(), searcher.space.fp8)
     per_gpu = best.tokens_per_s / num_gpus
-    return (f"compute bound ({'compiled' if prof.compiled else 'eager'} layers at tp 1, no communication, "
+    layers = f"{'compiled' if prof.compiled else 'eager'} layers"
+    if searcher.space.fp8:
+        layers += f" in bf16 or fp8 {searcher.space.fp8}"
+    return (f"compute bound ({layers} at tp 1, no communication, "
             f"optimizer or bubbles): {bound.tokens_per_s:,.0f} tokens/s/GPU; this plan {per_gpu:,.0f} "
             f"({per_gpu / bound.tokens_per_s:.1%} of it)")
 

@@ -35,6 +35,7 @@ class Table:
     settled: np.ndarray
     pooled: np.ndarray   # see search.stage_memory.budget_bytes
     ratio: float         # the allocator's reserved / allocated
+    fp8: np.ndarray = None  # whether each strategy computes in float8
 
     def persistent(self, flight: InFlight) -> np.ndarray:
         """Bytes each strategy holds at the stage's peak besides its transient."""
@@ -51,16 +52,21 @@ class Surface:
     Strategies are those whose transient peak fits the reserved `level`, less any that another
     strategy of the same layout beats on both time and memory. Memory is counted in units above
     the smallest strategy's (so the memory-minimal plan costs 0 units and is never lost to
-    rounding); units are rounded up, so a plan the DP accepts always fits. One table per layout
+    rounding; at the positions `bf16_at` above the smallest bf16 strategy's); units are rounded
+    up, so a plan the DP accepts always fits. One table per layout
     the last layer may have to hand over to (None: no hand-over).
     """
 
     def __init__(self, table: Table, k: int, flight: InFlight, level: float, in_layout,
-                 out_layouts: Sequence, n_hi: int, budget: float):
+                 out_layouts: Sequence, n_hi: int, budget: float, bf16_at: Tuple[int, ...] = ()):
         idx = np.nonzero(table.transient <= level)[0]
         cost = k * table.per_mb[idx] + table.per_iter[idx]
         mem = table.budgeted(flight)[idx]
-        self.idx, cost, mem = _pareto(idx, cost, mem, table.layout_id[idx])
+        # where some layers must stay bf16, an fp8 strategy may not crowd out a bf16 one
+        kind = table.layout_id[idx] * 2 + (table.fp8[idx] if bf16_at else 0)
+        self.idx, cost, mem = _pareto(idx, cost, mem, kind)
+        self.bf16_at = np.sort(np.array(bf16_at, dtype=np.int64))
+        self.fp8_cols = np.nonzero(table.fp8[self.idx])[0] if bf16_at else np.array([], dtype=np.int64)
         used = np.unique(table.layout_id[self.idx])
         self.group = np.searchsorted(used, table.layout_id[self.idx]).astype(np.int32)
         layouts = [table.layouts[g] for g in used]
@@ -78,8 +84,13 @@ class Surface:
         units = min(4096, max(256, 32 * n_hi))
         self.unit = max(MiB, span / units)
         self.mem_u = np.ceil(excess / self.unit - 1e-9).astype(np.int64)
+        # a layer that must stay bf16 counts its units above the lightest bf16 strategy, so that
+        # the memory-minimal plan still costs 0 units (no bf16 strategy: its row is all inf anyway)
+        bf16_mem = np.delete(mem, self.fp8_cols)
+        self.floor_bf16 = float(bf16_mem.min()) if len(self.bf16_at) and len(bf16_mem) else self.floor
+        self.mem_u_bf16 = np.maximum(np.ceil((mem - self.floor_bf16) / self.unit - 1e-9), 0).astype(np.int64)
         self.cap = int(math.ceil(span / self.unit)) + n_hi  # enough for every rounded-up assignment
-        self.table = dp.cost_table(self._intra(n_hi), np.tile(self.mem_u, (n_hi, 1)), self.group, self.gtrans,
+        self.table = dp.cost_table(self._intra(n_hi), self._mem(n_hi), self.group, self.gtrans,
                                    self.cap, self.finals)
 
     @property
@@ -90,10 +101,20 @@ class Surface:
         intra = np.tile(self.cost, (n, 1))
         if self.in_cost is not None:
             intra[0] += self.in_cost
+        rows = self.bf16_at[self.bf16_at < n]
+        if len(rows) and len(self.fp8_cols):
+            intra[np.ix_(rows, self.fp8_cols)] = np.inf
         return intra
+
+    def _mem(self, n: int) -> np.ndarray:
+        mem = np.tile(self.mem_u, (n, 1))
+        mem[self.bf16_at[self.bf16_at < n]] = self.mem_u_bf16
+        return mem
 
     def budget_units(self, room: float, n: np.ndarray) -> np.ndarray:
         left = room - n * self.floor
+        if len(self.bf16_at):
+            left = left - np.searchsorted(self.bf16_at, n) * (self.floor_bf16 - self.floor)
         return np.where(left < 0, -1, np.minimum(np.floor(np.maximum(left, 0) / self.unit), self.cap)).astype(np.int64)
 
     def costs(self, room: float, out_layout) -> np.ndarray:
@@ -107,17 +128,22 @@ class Surface:
         """The strategies (table indices) behind costs(room, out_layout)[n - 1]."""
         b = int(self.budget_units(room, np.array([n]))[0])
         final = self.finals[self.out[out_layout]]
-        _, strategies, _ = dp.solve(self._intra(n), np.tile(self.mem_u, (n, 1)), self.group, self.gtrans, b, final)
+        _, strategies, _ = dp.solve(self._intra(n), self._mem(n), self.group, self.gtrans, b, final)
         return [int(self.idx[s]) for s in strategies]
 
 
 def canonical_order(layers: List[LayerStrategy], stage_world: int) -> List[LayerStrategy]:
-    """Sort each run of same-layout layers (ddp before zero2 before zero3, plain before checkpointed);
-    the cost does not change since only layout changes cost anything."""
+    """Sort each run of same-layout, same-precision layers (ddp before zero2 before zero3, plain
+    before checkpointed); the cost does not change since only layout changes cost anything, and
+    the layers --fp8-skip-first/last keeps in bf16 stay where they are."""
     out, start = [], 0
     rank = {"ddp": 0, "zero2": 1, "zero3": 2}
+
+    def run_key(s: LayerStrategy):
+        return Layout.of(s, stage_world), s.fp8
+
     for i in range(1, len(layers) + 1):
-        if i == len(layers) or Layout.of(layers[i], stage_world) != Layout.of(layers[start], stage_world):
+        if i == len(layers) or run_key(layers[i]) != run_key(layers[start]):
             out += sorted(layers[start:i], key=lambda s: (rank[s.dp_type], s.checkpoint))
             start = i
     return out

@@ -1,8 +1,9 @@
 """The strategies a layer (and the vocab modules) may take inside one pipeline stage."""
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
-from typing import List
+from typing import List, Optional
 
 from megatron_galvatron.plan import LayerStrategy, VocabStrategy
 from megatron_galvatron.model.config import GPTConfig
@@ -18,6 +19,7 @@ class Space:
     allow_zero3: bool = True
     allow_checkpoint: bool = True
     sequence_parallel: str = "search"  # on / off / search
+    fp8: Optional[str] = None  # a float8 recipe each layer may take besides bf16 (plan.FP8_RECIPES)
 
 
 def divisors(n: int) -> List[int]:
@@ -66,6 +68,8 @@ def layer_strategies(stage_world: int, global_micro_batch: int, model: GPTConfig
                 for dp_type in _dp_types(dp, space):
                     for c in ckpt:
                         out.append(LayerStrategy(tp=tp, tp_consec=consec, dp_type=dp_type, sp=sp, checkpoint=c))
+    if space.fp8:  # appended: without --fp8 the bf16 strategies keep their indices and their DP
+        out += [dataclasses.replace(s, fp8=space.fp8) for s in out]
     return out
 
 
@@ -83,10 +87,13 @@ def vocab_strategies(stage_world: int, global_micro_batch: int, model: GPTConfig
 
 
 def label(s) -> str:
-    """Short name of a strategy, e.g. 'tp2s zero3 sp ckpt' (c = consecutive, s = strided TP group)."""
+    """Short name of a strategy, e.g. 'tp2s zero3 sp ckpt fp8 rowwise' (c = consecutive, s = strided TP
+    group; no fp8 part: bf16)."""
     parts = [f"tp{s.tp}" + ("" if s.tp == 1 else ("c" if s.tp_consec else "s")), s.dp_type]
     if s.sp:
         parts.append("sp")
     if getattr(s, "checkpoint", False):
         parts.append("ckpt")
+    if getattr(s, "fp8", None):
+        parts.append(f"fp8 {s.fp8}")
     return " ".join(parts)

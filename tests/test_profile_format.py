@@ -48,7 +48,7 @@ def test_round_trip(tmp_path):
 
 
 def test_the_current_versions():
-    assert pf.MODEL_SCHEMA == "megatron_galvatron.model_profile/2"
+    assert pf.MODEL_SCHEMA == "megatron_galvatron.model_profile/3"
     assert pf.HARDWARE_SCHEMA == "megatron_galvatron.hardware_profile/1"
 
 
@@ -85,11 +85,32 @@ def test_a_bad_field_is_refused_in_one_line_naming_it(tmp_path):
 
 
 @pytest.mark.parametrize("schema, words", [
-    ("megatron_galvatron.model_profile/3", "newer"),
-    ("megatron_galvatron.hardware_profile/1", "expected 'megatron_galvatron.model_profile/2'"),
+    ("megatron_galvatron.model_profile/4", "newer"),
+    ("megatron_galvatron.hardware_profile/1", "expected 'megatron_galvatron.model_profile/3'"),
     ("megatron_galvatron.model_profile/x", "expected"),
 ])
 def test_unknown_versions_are_refused(schema, words):
     d = dict(_example(pf.MODEL_FILE), schema=schema)
     with pytest.raises(pf.ProfileError, match=words):
+        pf.parse_model(d)
+
+
+def test_version_2_model_reads_without_fp8_tables():
+    d = dict(_example(pf.MODEL_FILE), schema="megatron_galvatron.model_profile/2")
+    d["layer"] = {k: v for k, v in d["layer"].items() if k != "fp8"}
+    m = pf.parse_model(d)
+    assert m.fp8 == {}
+    with pytest.raises(pf.ProfileError, match="--fp8 tensorwise") as e:
+        m.fp8_tables("tensorwise", 1, False)
+    assert "\n" not in str(e.value)
+
+
+def test_malformed_fp8_tables_name_the_key():
+    d = copy.deepcopy(_example(pf.MODEL_FILE))
+    d["layer"]["fp8"] = {"tensorwise": {"time": {"tp1": copy.deepcopy(d["layer"]["time"]["tp1"])},
+                                        "activation_bytes_per_token": {"tp1": 10.0}}}
+    with pytest.raises(pf.ProfileError, match="layer.fp8.tensorwise.checkpoint_bytes_per_token"):
+        pf.parse_model(d)
+    d["layer"]["fp8"] = {"e5m2": {}}
+    with pytest.raises(pf.ProfileError, match="layer.fp8.e5m2"):
         pf.parse_model(d)

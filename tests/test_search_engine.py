@@ -96,11 +96,12 @@ TINY = GPTConfig(family="gpt2", num_layers=3, hidden_size=1024, num_attention_he
                  ffn_hidden_size=4096, vocab_size=8192, seq_length=512)
 
 
-def brute_force(cost, num_gpus, budget_gb, space, batch):
-    """Best tokens/s over every plan: pp, division, chunks, pipeline, vocab and per-layer strategy."""
+def brute_force(cost, num_gpus, budget_gb, space, batch, allowed=lambda division, layers: True, pps=None):
+    """Best tokens/s over every plan: pp (among `pps`), division, chunks, pipeline, vocab and
+    per-layer strategy (those whose division and layers' strategies `allowed` accepts)."""
     best = 0.0
     L = TINY.num_layers
-    for pp in divisors(num_gpus):
+    for pp in pps or divisors(num_gpus):
         sw = num_gpus // pp
         divisions = [d for d in itertools.product(range(1, L + 1), repeat=pp) if sum(d) == L]
         for chunks in divisors(batch):
@@ -109,6 +110,8 @@ def brute_force(cost, num_gpus, budget_gb, space, batch):
             for vocab, ptype, division in itertools.product(vocab_strategies(sw, mb, TINY, space),
                                                             ("1f1b", "gpipe"), divisions):
                 for assign in itertools.product(layers, repeat=L):
+                    if not allowed(division, assign):
+                        continue
                     plan = Plan(num_gpus, pp, list(division), batch, chunks, list(assign), vocab, ptype)
                     pred = cost.evaluate(plan)
                     if max(pred.stage_reserved) <= budget_gb * GiB:

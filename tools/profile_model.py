@@ -12,7 +12,9 @@ import os
 import torch
 
 from megatron_galvatron.errors import UserError, exit_on_user_error
+from megatron_galvatron.fp8.library import float8
 from megatron_galvatron.parallel_state import detect_device
+from megatron_galvatron.plan import FP8_RECIPES
 from megatron_galvatron.profile_format import MODEL_FILE, write_model
 from megatron_galvatron.profiling.model import ModelProfiler, check_settings
 from megatron_galvatron.profiling.model_settings import (
@@ -53,6 +55,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--compile", action="store_true",
                    help="time the transformer layers through torch.compile (plans searched on this profile "
                         "say \"compile\": the runtime compiles every layer)")
+    g.add_argument("--fp8", nargs="+", choices=FP8_RECIPES, default=[], metavar="RECIPE",
+                   help=f"also measure the layer with float8 linears under each recipe ({', '.join(FP8_RECIPES)}; "
+                        f"model.json 'layer.fp8.<recipe>'), which search/run.py --fp8 needs; requires torchao")
     g.add_argument("--soak-seconds", type=float, default=0.3,
                    help="untimed back-to-back repeats before each point, so it is timed at the clock a "
                         "busy (power-capped) GPU runs at; 0 = none")
@@ -76,6 +81,8 @@ def main(argv=None) -> None:
     args = build_parser().parse_args(argv)
     with exit_on_user_error(PROG):
         cfg = config_from_args(args)
+        if args.fp8:
+            float8("--fp8 layer tables")  # before any measurement: without torchao, one line
         device = pick_device(args.device)
         settings = ModelSettings(
             micro_batch_sizes=sorted(set(args.micro_batch_sizes)),
@@ -84,7 +91,7 @@ def main(argv=None) -> None:
             dtype=default_dtype(device) if args.dtype == "auto" else args.dtype,
             warmup=args.warmup, iters=args.iters, soak_seconds=args.soak_seconds,
             sustained_seconds=args.sustained_seconds, sustained_duty=tuple(args.sustained_duty),
-            compile=args.compile,
+            compile=args.compile, fp8=tuple(dict.fromkeys(args.fp8)),
             optimizer_params=args.optimizer_params or default_optimizer_params(device),
             seed=args.seed, progress=not args.quiet)
         check_settings(cfg, settings)

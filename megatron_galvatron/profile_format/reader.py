@@ -7,6 +7,7 @@ import math
 import os
 from typing import Any, Dict, Tuple
 
+from megatron_galvatron.plan import FP8_RECIPES
 from megatron_galvatron.profile_format.schema import (
     COLLECTIVES,
     GROUP_KEY,
@@ -21,6 +22,7 @@ from megatron_galvatron.profile_format.schema import (
     TP_KEY,
     CommFit,
     CommSegment,
+    Fp8Tables,
     HardwareProfile,
     ModelProfile,
     ProfileError,
@@ -149,8 +151,13 @@ def _model_v1(d: Dict) -> Dict:
     return d
 
 
+def _model_v2(d: Dict) -> Dict:
+    """Version 3 added the optional float8 tables: a version 2 file simply has none."""
+    return d
+
+
 # (format, version read) -> the step to the next version
-_UPGRADES = {(MODEL_FORMAT, 1): _model_v1}
+_UPGRADES = {(MODEL_FORMAT, 1): _model_v1, (MODEL_FORMAT, 2): _model_v2}
 
 
 def upgrade(r: _Reader, d: Dict, name: str, version: int) -> Dict:
@@ -315,6 +322,7 @@ def parse_model(d: Dict, path: str = MODEL_FILE, bf16_only: bool = True) -> Mode
                                                                  "layer.bf16")
         prof.bf16_checkpoint_bytes_per_token = _optional_numbers(r, bf16, "checkpoint_bytes_per_token",
                                                                  "layer.bf16")
+    prof.fp8 = _fp8_tables(r, layer.get("fp8", {}))
     vbf16 = vocab.get("bf16")
     if vbf16 is not None:
         if not isinstance(vbf16, dict):
@@ -336,6 +344,30 @@ def parse_model(d: Dict, path: str = MODEL_FILE, bf16_only: bool = True) -> Mode
         raise r.fail(f"key 'compiled' must be true or false, got {compiled!r}")
     prof.compiled = compiled
     return prof
+
+
+def _fp8_tables(r: _Reader, raw: Any) -> Dict[str, Fp8Tables]:
+    if not isinstance(raw, dict):
+        raise r.fail("key 'layer.fp8' must be an object keyed by fp8 recipe")
+    out = {}
+    for recipe, t in raw.items():
+        where = f"layer.fp8.{recipe}"
+        if recipe not in FP8_RECIPES:
+            raise r.fail(f"key '{where}' is not an fp8 recipe (known: {', '.join(FP8_RECIPES)})")
+        if not isinstance(t, dict):
+            raise r.fail(f"key '{where}' must be an object")
+        r.get(t, "time", where, dict)
+        time = _optional_times(r, t, "time", where)
+        tables = {k: _optional_numbers(r, t, k, where) for k in
+                  ("activation_bytes_per_token", "checkpoint_bytes_per_token", "activation_constant_bytes",
+                   "recompute_fraction")}
+        for k in ("activation_bytes_per_token", "checkpoint_bytes_per_token"):
+            missing = sorted(set(time) - set(tables[k]))
+            if missing:
+                raise r.fail(f"missing key '{where}.{k}.{tp_key(*missing[0])}'")
+        out[recipe] = Fp8Tables(time, tables["activation_bytes_per_token"], tables["checkpoint_bytes_per_token"],
+                                tables["activation_constant_bytes"], tables["recompute_fraction"])
+    return out
 
 
 def _tp_only(table: Dict[Tuple[int, bool], Any]) -> Dict[int, Any]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, NamedTuple, Optional, Tuple
 
 from megatron_galvatron.errors import UserError
 
@@ -15,7 +15,8 @@ MODEL_FORMAT = "megatron_galvatron.model_profile"
 HARDWARE_VERSION = 1
 # 2: the tables measured on bf16 weights without autocast are 'layer.bf16' and 'vocab.bf16'
 # (version 1 called them 'sharded' although replicated units run that way too)
-MODEL_VERSION = 2
+# 3: optional 'layer.fp8.<recipe>' tables of the layer with float8 linears (older files have none)
+MODEL_VERSION = 3
 HARDWARE_SCHEMA = f"{HARDWARE_FORMAT}/{HARDWARE_VERSION}"
 MODEL_SCHEMA = f"{MODEL_FORMAT}/{MODEL_VERSION}"
 
@@ -141,6 +142,8 @@ class ModelProfile:
     # profiles, where the cost model estimates it from multiply-adds
     recompute_fraction: Dict[Tuple[int, bool], float] = field(default_factory=dict)
     bf16_recompute_fraction: Dict[Tuple[int, bool], float] = field(default_factory=dict)
+    # 'layer.fp8.<recipe>': the bf16 layer with float8 linears, per recipe (plan.FP8_RECIPES)
+    fp8: Dict[str, "Fp8Tables"] = field(default_factory=dict)
 
     # Degrees the profiler did not measure are scaled from the largest measured degree below them:
     # time per token and memory per token both shrink by that ratio (the sharded part dominates).
@@ -155,7 +158,7 @@ class ModelProfile:
         timings (model.json 'sustained'): every compute table is slowed alike."""
         self.sustained_slowdown = factor
         for table in (self.layer_time, self.vocab_time, self.bf16_layer_time, self.bf16_vocab_time,
-                      self.embedding_time):
+                      self.embedding_time, *(t.time for t in self.fp8.values())):
             for k, (f, b) in list(table.items()):
                 table[k] = (f.slowed(factor), b.slowed(factor))
 
@@ -233,6 +236,40 @@ class ModelProfile:
 
     def embedding_fits(self, tp: int) -> Optional[Tuple[TimeFit, TimeFit]]:
         return self._optional_fits(self._by_tp(self.embedding_time), tp, False)
+
+    def fp8_tables(self, recipe: str, tp: int, sp: bool) -> "Fp8Entry":
+        """The float8 layer's measurements at (tp, sp); a degree not measured is an error (never
+        priced as bf16, nor scaled from another degree: float8's gain depends on the matmul
+        shapes); a missing sp entry falls back to the one without, as every table does."""
+        t = self.fp8.get(recipe)
+        key = (tp, sp) if t is not None and (tp, sp) in t.time else (tp, False)
+        if t is None or key not in t.time:
+            have = ", ".join(sorted(self.fp8)) or "none"
+            raise ProfileError(f"{self.path}: no 'layer.fp8.{recipe}.time.tp{tp}' table (fp8 recipes profiled: "
+                               f"{have}): profile with tools/profile_model.py --fp8 {recipe} and {tp} among --tp, "
+                               f"or lower --max-tp")
+        return Fp8Entry(t.time[key], t.activation_bytes_per_token[key], t.checkpoint_bytes_per_token[key],
+                        t.activation_constant_bytes.get(key, 0.0), t.recompute_fraction.get(key))
+
+
+@dataclass
+class Fp8Tables:
+    """'layer.fp8.<recipe>': as 'layer.bf16', plus the bytes saved per micro-batch whatever its
+    size (tensorwise keeps the float8 cast of every weight for backward)."""
+
+    time: Dict[Tuple[int, bool], Tuple[TimeFit, TimeFit]]
+    activation_bytes_per_token: Dict[Tuple[int, bool], float]
+    checkpoint_bytes_per_token: Dict[Tuple[int, bool], float]
+    activation_constant_bytes: Dict[Tuple[int, bool], float] = field(default_factory=dict)
+    recompute_fraction: Dict[Tuple[int, bool], float] = field(default_factory=dict)
+
+
+class Fp8Entry(NamedTuple):
+    fits: Tuple[TimeFit, TimeFit]
+    activation_per_token: float
+    checkpoint_per_token: float
+    constant: float
+    recompute_fraction: Optional[float]
 
 
 def _scaled_fits(hit: Tuple[Tuple[TimeFit, TimeFit], float]) -> Tuple[TimeFit, TimeFit]:

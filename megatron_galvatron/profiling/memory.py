@@ -19,11 +19,18 @@ def saved_bytes(module: nn.Module, run: Callable[[], torch.Tensor], autocast=Non
     params = {p.untyped_storage().data_ptr() for p in module.parameters()}
     seen: Dict[int, int] = {}
 
-    def pack(t: torch.Tensor) -> torch.Tensor:
+    def count(t: torch.Tensor) -> None:
+        if hasattr(t, "__tensor_flatten__"):  # a wrapper (a float8 tensor): its storage is its parts'
+            for name in t.__tensor_flatten__()[0]:
+                count(getattr(t, name))
+            return
         st = t.untyped_storage()
         key = st.data_ptr()
         if key not in params and key not in seen:
             seen[key] = st.nbytes()
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        count(t)
         return t
 
     device = next(module.parameters()).device

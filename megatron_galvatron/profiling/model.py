@@ -7,12 +7,15 @@ is how the runtime computes every unit (an FSDP unit on its gathered bf16 weight
 one on a bf16 copy of its fp32 masters), and on fp32 parameters under bf16 autocast (the plain
 tables, which the format requires: they are what an fp32 profile holds, and what the cost model
 falls back on for a profile without bf16 tables). Without bf16 (CPU default) plain fp32 only.
+Each recipe of ``settings.fp8`` is measured as a third set of layer tables ('layer.fp8.<recipe>'):
+the bf16 layer with its TP linears given float8 matmuls by the runtime's own builder step
+(model/parallelize.py: apply_fp8), on bf16 weights as the runtime runs every unit.
 """
 import dataclasses
 from contextlib import nullcontext
 from functools import partial
 import time
-from typing import Callable, Dict, List, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
 from torch import nn
@@ -22,8 +25,11 @@ from megatron_galvatron.model.config import GPTConfig
 from megatron_galvatron.model.activation_checkpoint import checkpoint_module, checkpointed
 from megatron_galvatron.model.init import init_params_
 from megatron_galvatron.model.param_facts import param_facts
+from megatron_galvatron.model.parallelize import apply_fp8
+from megatron_galvatron.model.stage import Unit
 from megatron_galvatron.model.transformer_layer import TransformerLayer
 from megatron_galvatron.model.vocab import VocabModule
+from megatron_galvatron.plan import LayerStrategy
 from megatron_galvatron.profile_format import MODEL_SCHEMA
 from megatron_galvatron.profiling.dynamo import allow_recompiles, static_shapes
 from megatron_galvatron.profiling.fit import bytes_per_token, time_entry
@@ -84,9 +90,12 @@ class ModelProfiler:
                      self.cfg.num_layers, self.s.seed)
         return module
 
-    def layer(self, shards: ShardGroups, tp: int, sp: bool, checkpoint: bool = False) -> TransformerLayer:
+    def layer(self, shards: ShardGroups, tp: int, sp: bool, checkpoint: bool = False,
+              fp8: Optional[str] = None) -> TransformerLayer:
         g = shards.layer_groups(tp, sp)
         layer = self._init(TransformerLayer(self.cfg, g, g.layout.sp, self.s.seed, self.device), g)
+        if fp8:
+            apply_fp8([Unit("layer", layer, LayerStrategy(tp=tp, sp=g.layout.sp, fp8=fp8), g)], self.device)
         if checkpoint:
             checkpoint_module(layer, layer.tracker.generator)
         return layer
@@ -228,22 +237,28 @@ class ModelProfiler:
                           "points": points}}
         if self.bf16:
             out["bf16"] = self._bf16_layer_profile(shards, bar)
+        if self.s.fp8:
+            out["fp8"] = {recipe: self._bf16_layer_profile(shards, bar, recipe) for recipe in self.s.fp8}
         return out
 
-    def _bf16_layer_profile(self, shards: ShardGroups, bar) -> Dict:
-        """The layer on bf16 weights without autocast, as the runtime runs it (see the module doc)."""
-        times, act, ckpt, _, points, recompute = self._layer_tables(shards, bar, bf16_weights=True)
-        return {"time": times, "recompute_fraction": recompute, "activation_bytes_per_token": act,
-                "checkpoint_bytes_per_token": ckpt, "points": points}
+    def _bf16_layer_profile(self, shards: ShardGroups, bar, fp8: Optional[str] = None) -> Dict:
+        """The layer on bf16 weights without autocast, as the runtime runs it (see the module doc);
+        with `fp8`, its linears in float8 with that recipe."""
+        times, act, ckpt, const, points, recompute = self._layer_tables(shards, bar, bf16_weights=True, fp8=fp8)
+        out = {"time": times, "recompute_fraction": recompute, "activation_bytes_per_token": act,
+               "checkpoint_bytes_per_token": ckpt, "points": points}
+        if fp8:  # tensorwise saves the float8 cast of each weight, once per micro-batch
+            out["activation_constant_bytes"] = const
+        return out
 
-    def _layer_tables(self, shards: ShardGroups, bar, bf16_weights: bool):
+    def _layer_tables(self, shards: ShardGroups, bar, bf16_weights: bool, fp8: Optional[str] = None):
         """Per layout key: time fits, activation / checkpoint bytes per token, constant bytes and
         the points, over every micro-batch x sequence point of every tp (and sp) degree."""
         times, act, ckpt, const, points, recompute = {}, {}, {}, {}, {}, {}
         for tp in self.tps:
             for sp in ((False, True) if tp > 1 and self.s.sequence_parallel else (False,)):
                 key = f"tp{tp}{'_sp' if sp else ''}"
-                plain = partial(self.layer, shards, tp, sp)
+                plain = partial(self.layer, shards, tp, sp, fp8=fp8)
                 build = (lambda b=plain: self._timed_layer(self._bf16(b()) if bf16_weights else b()))
                 res = self._sweep(tp, sp, build,
                                   lambda m, mb, seq, tp=tp, sp=sp: self._layer_point(m, tp, sp, mb, seq, bf16_weights),
@@ -423,8 +438,10 @@ class ModelProfiler:
         n_layer = sum(len(_points(self.s, tp, sp)) for tp in self.tps
                       for sp in ((False, True) if tp > 1 and self.s.sequence_parallel else (False,)))
         n_vocab = sum(len(_points(self.s, tp, False)) for tp in self.tps)
+        n_plain = n_layer
         if self.bf16:  # every point again on bf16 weights
             n_layer, n_vocab = 2 * n_layer, 2 * n_vocab
+        n_layer += len(self.s.fp8) * n_plain
         allow_recompiles(4 * (n_layer + n_vocab) + 8)
         static = static_shapes() if self.s.compile else nullcontext()
         prev_flush = torch.set_flush_denormal(True) if self.device.type == "cpu" else None
@@ -452,7 +469,7 @@ class ModelProfiler:
             "settings": {"micro_batch_sizes": self.s.micro_batch_sizes, "seq_lengths": self.s.seq_lengths,
                          "tp_degrees": self.tps, "sequence_parallel": self.s.sequence_parallel,
                          "warmup": self.s.warmup, "iters": self.s.iters, "soak_seconds": self.s.soak_seconds,
-                         "compile": self.s.compile,
+                         "compile": self.s.compile, "fp8": list(self.s.fp8),
                          "time_method": "median of per-call CUDA events (wall clock on CPU), fwd and bwd apart",
                          "memory_method": "unique storages saved for backward (saved_tensors_hooks), "
                                           "parameters excluded; per token = slope over the token count"},

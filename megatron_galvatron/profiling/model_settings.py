@@ -30,6 +30,8 @@ class ModelSettings:
     # time the transformer layers through torch.compile, as pretrain_gpt.py --compile (or a plan
     # with "compile") runs them, and count what the compiled layers save for backward
     compile: bool = False
+    # float8 recipes (plan.FP8_RECIPES) whose layers are measured too ('layer.fp8.<recipe>')
+    fp8: Tuple[str, ...] = ()
 
 
 def default_optimizer_params(device: torch.device) -> int:

@@ -45,7 +45,7 @@ def comm_summary(profile: Dict) -> str:
 
 
 def model_summary(profile: Dict) -> str:
-    lines = [f"{'layer':<10}{'fwd us/tok':>12}{'bwd us/tok':>12}{'fwd+bwd err':>12}{'act B/tok':>12}"
+    lines = [f"{'layer':<17}{'fwd us/tok':>12}{'bwd us/tok':>12}{'fwd+bwd err':>12}{'act B/tok':>12}"
              f"{'ckpt B/tok':>12}{'recompute':>10}"]
 
     def recompute(table, key):  # the checkpointed backward's extra, as a share of the forward
@@ -54,17 +54,21 @@ def model_summary(profile: Dict) -> str:
     mem = profile["layer"]["memory"]
     for key, t in profile["layer"]["time"].items():
         err = max(t["fwd"]["max_rel_error"], t["bwd"]["max_rel_error"])
-        lines.append(f"{key:<10}{t['fwd']['per_token_s'] * 1e6:>12.3f}{t['bwd']['per_token_s'] * 1e6:>12.3f}"
+        lines.append(f"{key:<17}{t['fwd']['per_token_s'] * 1e6:>12.3f}{t['bwd']['per_token_s'] * 1e6:>12.3f}"
                      f"{err:>12.1%}{mem['activation_bytes_per_token'][key]:>12.0f}"
                      f"{mem['checkpoint_bytes_per_token'][key]:>12.0f}{recompute(profile['layer'], key)}")
-    bf16 = profile["layer"].get("bf16", {})
-    for key, t in bf16.get("time", {}).items():  # on bf16 weights without autocast
-        err = max(t["fwd"]["max_rel_error"], t["bwd"]["max_rel_error"])
-        lines.append(f"{key + ' bf16':<10}{t['fwd']['per_token_s'] * 1e6:>12.3f}{t['bwd']['per_token_s'] * 1e6:>12.3f}"
-                     f"{err:>12.1%}{bf16['activation_bytes_per_token'][key]:>12.0f}"
-                     f"{bf16['checkpoint_bytes_per_token'][key]:>12.0f}{recompute(bf16, key)}")
+    # on bf16 weights without autocast, then with float8 linears per recipe
+    extra = [("bf16", profile["layer"].get("bf16", {}))]
+    extra += [(recipe, t) for recipe, t in profile["layer"].get("fp8", {}).items()]
+    for name, table in extra:
+        for key, t in table.get("time", {}).items():
+            err = max(t["fwd"]["max_rel_error"], t["bwd"]["max_rel_error"])
+            lines.append(f"{key + ' ' + name:<17}{t['fwd']['per_token_s'] * 1e6:>12.3f}"
+                         f"{t['bwd']['per_token_s'] * 1e6:>12.3f}{err:>12.1%}"
+                         f"{table['activation_bytes_per_token'][key]:>12.0f}"
+                         f"{table['checkpoint_bytes_per_token'][key]:>12.0f}{recompute(table, key)}")
     for key, t in profile["vocab"]["time"].items():
-        lines.append(f"{'vocab ' + key:<10}{t['fwd']['per_token_s'] * 1e6:>12.3f}{t['bwd']['per_token_s'] * 1e6:>12.3f}"
+        lines.append(f"{'vocab ' + key:<17}{t['fwd']['per_token_s'] * 1e6:>12.3f}{t['bwd']['per_token_s'] * 1e6:>12.3f}"
                      f"{max(t['fwd']['max_rel_error'], t['bwd']['max_rel_error']):>12.1%}"
                      f"{profile['vocab']['activation_bytes_per_token'][key]:>12.0f}")
     opt, alloc = profile["optimizer"], profile["allocator"]
