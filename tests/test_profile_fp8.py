@@ -68,10 +68,11 @@ def test_tensorwise_layer_saves_float8_inputs(profile_dir):
         assert rw["activation_bytes_per_token"][key] == bf16["activation_bytes_per_token"][key]
         # and a checkpointed layer keeps its bf16 input whatever runs inside
         assert tw["checkpoint_bytes_per_token"][key] == bf16["checkpoint_bytes_per_token"][key]
-    # per micro-batch, tensorwise keeps one float8 byte per local weight element (plus the scales)
+    # per micro-batch, tensorwise keeps no float8 copy of a weight (its backward casts the
+    # parameter again with the forward's scale): only the scales, a few bytes per linear
     weights = 64 * 3 * 64 + 64 * 64 + 2 * 64 * 256
-    assert weights <= tw["activation_constant_bytes"]["tp1"] < weights + 64
-    assert weights / 2 <= tw["activation_constant_bytes"]["tp2"] < weights / 2 + 64
+    for key in ("tp1", "tp2"):
+        assert 0 < tw["activation_constant_bytes"][key] < 64 < weights / 2
     assert rw["activation_constant_bytes"]["tp1"] == 0
 
 

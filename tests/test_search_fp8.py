@@ -80,7 +80,8 @@ def test_fp8_without_its_table_is_refused_not_priced_as_bf16(cm8):
 def with_fp8_tables(model: dict, recipe: str, time_scale: float = 0.6, act_scale: float = 0.8,
                     weight_bytes: float = 1.0) -> dict:
     """A synthetic fp8 table beside a synthetic profile's layer: faster matmuls, fewer saved bytes,
-    and `weight_bytes` per local weight (tensorwise's float8 copy) kept per micro-batch."""
+    and `weight_bytes` per local weight kept per micro-batch (the table's constant, which the
+    cost model adds per micro-batch in flight)."""
     d = copy.deepcopy(model)
     layer = d["layer"]
     params = layer["memory"]["param_count"]
