@@ -6,7 +6,7 @@ import dataclasses
 import pytest
 
 from megatron_galvatron.plan import LayerStrategy as L
-from megatron_galvatron.plan import Plan, VocabStrategy, uniform
+from megatron_galvatron.plan import VocabStrategy, uniform
 from tests.equivalence import check_plans, tiny_cfg
 
 pytest.importorskip("torchao")
@@ -44,3 +44,11 @@ def test_fp8_eight_ranks_gpipe_mixed():
                   L(tp=1, dp_type="zero2", fp8="tensorwise", checkpoint=True), L(tp=4)],
               pp=2, chunks=2, pipeline="gpipe", vocab=VocabStrategy(tp=2)),
     ])
+
+
+def test_fp8_compiled_layers_with_scale_reductions():
+    """Compiled float8 layers whose casts reduce their amax across ranks (tp 2; zero3 over dp 2)."""
+    plan = dataclasses.replace(uniform(2, 2, global_bsz=8, chunks=2), compile=True,
+                               layers=[L(tp=2, fp8="tensorwise"), L(tp=1, dp_type="zero3", fp8="rowwise",
+                                                                    checkpoint=True)])
+    check_plans(2, tiny_cfg("llama", num_layers=2), [plan])
