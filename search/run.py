@@ -17,7 +17,7 @@ from typing import List
 
 from megatron_galvatron.errors import UserError, exit_on_user_error
 from megatron_galvatron.model.config import add_model_args, config_from_args
-from megatron_galvatron.plan import FP8_RECIPES
+from megatron_galvatron.plan import FP8_RECIPES, check_fp8_skip
 from megatron_galvatron.profile_format import check_model_matches, load_profiles
 from search.bound import compute_bound
 from search.comm import Network
@@ -96,11 +96,7 @@ def check_args(args: argparse.Namespace) -> int:
         raise UserError(f"--num-gpus={args.num_gpus} must be >= 1")
     if args.num_nodes is not None and (args.num_nodes < 1 or args.num_gpus % args.num_nodes):
         raise UserError(f"--num-gpus={args.num_gpus} must be a positive multiple of --num-nodes={args.num_nodes}")
-    for flag in ("fp8_skip_first", "fp8_skip_last"):
-        if getattr(args, flag) < 0:
-            raise UserError(f"--{flag.replace('_', '-')}={getattr(args, flag)} must be >= 0")
-    if args.fp8 == "off" and (args.fp8_skip_first or args.fp8_skip_last):
-        raise UserError("--fp8-skip-first/--fp8-skip-last need --fp8 tensorwise or rowwise")
+    check_fp8_skip(None if args.fp8 == "off" else args.fp8, args.fp8_skip_first, args.fp8_skip_last)
     for flag in ("max_tp", "max_pp", "top_k", "threads"):
         v = getattr(args, flag)
         if v is not None and v < 1:

@@ -98,11 +98,7 @@ def build_parser(description: str = "Train a GPT model under a per-layer hybrid 
 
 def build_plan(args, cfg: GPTConfig, world_size: int) -> plan_mod.Plan:
     """The plan from --galvatron-config, or the uniform GLOBAL-mode plan from the flags."""
-    for flag in ("fp8_skip_first", "fp8_skip_last"):
-        if getattr(args, flag) < 0:
-            raise UserError(f"--{flag.replace('_', '-')} {getattr(args, flag)} must be >= 0")
-    if (args.fp8_skip_first or args.fp8_skip_last) and not args.fp8:
-        raise UserError("--fp8-skip-first / --fp8-skip-last need --fp8 {tensorwise,rowwise}")
+    plan_mod.check_fp8_skip(args.fp8, args.fp8_skip_first, args.fp8_skip_last)
     if args.galvatron_config:
         if args.fp8:
             raise UserError("--fp8 builds a uniform plan; with --galvatron-config the plan file says each "
