@@ -76,6 +76,24 @@ def test_tensorwise_layer_saves_float8_inputs(profile_dir):
     assert rw["activation_constant_bytes"]["tp1"] == 0
 
 
+def test_each_recipe_is_slowed_by_its_own_sustained_chain(profile_dir):
+    """A float8 chain measured at the power cap ('sustained.fp8.<recipe>') slows that recipe's
+    tables by its own factor; the bf16 tables and an unmeasured recipe take the bf16 one."""
+    d = _model(profile_dir)
+    fresh = profiles.parse_model(d)
+    d["sustained"] = {"slowdown": 1.2, "fp8": {"tensorwise": {"slowdown": 1.05}}}
+    slowed = profiles.parse_model(d)
+    for table, factor in ((lambda p: p.bf16_layer_time, 1.2), (lambda p: p.fp8["rowwise"].time, 1.2),
+                          (lambda p: p.fp8["tensorwise"].time, 1.05)):
+        f0, b0 = table(fresh)[(1, False)]
+        f1, b1 = table(slowed)[(1, False)]
+        assert f1.per_token_s == pytest.approx(factor * f0.per_token_s)
+        assert b1.per_token_s == pytest.approx(factor * b0.per_token_s)
+    d["sustained"] = {"slowdown": 1.2, "fp8": {"blockwise": {"slowdown": 1.05}}}
+    with pytest.raises(profiles.ProfileError, match="sustained.fp8.blockwise"):
+        profiles.parse_model(d)
+
+
 def test_search_reads_the_measured_fp8_tables(profile_dir, tmp_path, capsys):
     from search import run as search_run
     profiles.write_hardware(synthetic.hardware_profile(2, 2, synthetic.preset("h100")), profile_dir)

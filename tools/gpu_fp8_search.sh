@@ -38,7 +38,7 @@ else
   # shellcheck disable=SC2086
   torchrun --standalone --nproc-per-node 1 tools/benchmark.py $M --bf16 --profile-dir "$prof" \
     --plans "${plans[@]}" --global-plans "$@" --plan-variants compile \
-    --baselines "${BASELINES:-plain+compile+fp8,fsdp2+compile+fp8,plain+compile,fsdp2+compile}" \
+    --baselines "${BASELINES-plain+compile+fp8,fsdp2+compile+fp8,plain+compile,fsdp2+compile}" \
     --baseline-micro-batches "${BASELINE_MBS:-4,2}" --baseline-global-batch "$GBS" \
     --iters "${ITERS:-4}" --warmup 2 --out "$OUT/bench_$what.json" 2>&1 | grep --line-buffered -v -i warn \
     | tee "$OUT/bench_$what.log"

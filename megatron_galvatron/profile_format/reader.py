@@ -337,13 +337,28 @@ def parse_model(d: Dict, path: str = MODEL_FILE, bf16_only: bool = True) -> Mode
         slow = r.number(sustained, "slowdown", "sustained", 1.0)
         if slow <= 0:
             raise r.fail(f"key 'sustained.slowdown' must be positive, got {slow}")
-        prof.apply_sustained_slowdown(slow)
+        prof.apply_sustained_slowdown(slow, _fp8_slowdowns(r, sustained.get("fp8", {})))
         prof.sustained_curve = _duty_curve(r, sustained.get("duty", []), slow)
     compiled = d.get("compiled", False)
     if not isinstance(compiled, bool):
         raise r.fail(f"key 'compiled' must be true or false, got {compiled!r}")
     prof.compiled = compiled
     return prof
+
+
+def _fp8_slowdowns(r: _Reader, raw: Any) -> Dict[str, float]:
+    """'sustained.fp8': {recipe: {"slowdown": x, ...}}, the chain of float8 layers of each recipe."""
+    if not isinstance(raw, dict):
+        raise r.fail("key 'sustained.fp8' must be an object of recipes")
+    out = {}
+    for recipe, entry in raw.items():
+        if recipe not in FP8_RECIPES or not isinstance(entry, dict):
+            raise r.fail(f"key 'sustained.fp8.{recipe}' must be one of {list(FP8_RECIPES)}, each an object")
+        slow = r.number(entry, "slowdown", f"sustained.fp8.{recipe}", 1.0)
+        if slow <= 0:
+            raise r.fail(f"key 'sustained.fp8.{recipe}.slowdown' must be positive, got {slow}")
+        out[recipe] = slow
+    return out
 
 
 def _fp8_tables(r: _Reader, raw: Any) -> Dict[str, Fp8Tables]:

@@ -153,14 +153,18 @@ class ModelProfile:
     sustained_curve: Tuple[Tuple[float, float], ...] = ()
     compiled: bool = False  # the layer tables time torch.compile'd layers (plans then say "compile")
 
-    def apply_sustained_slowdown(self, factor: float) -> None:
+    def apply_sustained_slowdown(self, factor: float, fp8: Optional[Dict[str, float]] = None) -> None:
         """Layers run ``factor`` times slower inside a long step than in the profiler's short
-        timings (model.json 'sustained'): every compute table is slowed alike."""
+        timings (model.json 'sustained'): every compute table is slowed alike, except the float8
+        tables of a recipe whose own chain was measured ('sustained.fp8.<recipe>'), slowed by that."""
         self.sustained_slowdown = factor
-        for table in (self.layer_time, self.vocab_time, self.bf16_layer_time, self.bf16_vocab_time,
-                      self.embedding_time, *(t.time for t in self.fp8.values())):
+        fp8 = fp8 or {}
+        tables = [(t, factor) for t in (self.layer_time, self.vocab_time, self.bf16_layer_time, self.bf16_vocab_time,
+                                        self.embedding_time)]
+        tables += [(t.time, fp8.get(recipe, factor)) for recipe, t in self.fp8.items()]
+        for table, slow in tables:
             for k, (f, b) in list(table.items()):
-                table[k] = (f.slowed(factor), b.slowed(factor))
+                table[k] = (f.slowed(slow), b.slowed(slow))
 
     def _nearest(self, table: Dict, tp: int, sp: bool) -> Tuple[Any, float]:
         if (tp, sp) in table:

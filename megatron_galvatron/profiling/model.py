@@ -355,18 +355,28 @@ class ModelProfiler:
         forward and backward back to back for ``sustained_seconds`` (as a step keeps the GPU
         busy, so the card meets its power cap and lowers its clock) and its last repeats are
         compared with the same chain summed from the per-layer points. The cost model scales
-        compute times by the ratio."""
+        compute times by the ratio. Float8 layers draw a different power per second of work, so
+        each recipe gets a chain of its own ('sustained.fp8.<recipe>'), its tables its own ratio."""
         if self.device.type != "cuda" or self.s.sustained_seconds <= 0:
             return {"slowdown": 1.0, "note": "not measured" + (" on cpu" if self.device.type != "cuda" else "")}
         bf16_weights = self.bf16 and "tp1" in layer.get("bf16", {}).get("time", {})
         table = layer["bf16"]["time"]["tp1"] if bf16_weights else layer["time"]["tp1"]
+        out = self._sustained_chain(shards, table, bf16_weights, None, self.s.sustained_duty)
+        fp8 = {recipe: self._sustained_chain(shards, tables["time"]["tp1"], True, recipe, ())
+               for recipe, tables in layer.get("fp8", {}).items() if "tp1" in tables.get("time", {})}
+        if fp8:
+            out["fp8"] = fp8
+        return out
+
+    def _sustained_chain(self, shards: ShardGroups, table: Dict, bf16_weights: bool, fp8: Optional[str],
+                         duties) -> Dict:
         pts = {(mb, s): t for mb, s, t in table["fwd"]["points"]}
         bpts = {(mb, s): t for mb, s, t in table["bwd"]["points"]}
         mb, seq = max(pts)  # the largest point that fit
         n = 4
 
         def build():
-            lyr = self.layer(shards, 1, False)
+            lyr = self.layer(shards, 1, False, fp8=fp8)
             return self._timed_layer(self._bf16(lyr) if bf16_weights else lyr)
 
         layers = [build() for _ in range(n)]
@@ -381,12 +391,13 @@ class ModelProfiler:
             y.backward(torch.ones_like(y))
 
         alone = n * (pts[(mb, seq)] + bpts[(mb, seq)])
-        out = measure_sustained(chain, self.device, self.s.sustained_seconds, self.s.sustained_duty, alone)
+        out = measure_sustained(chain, self.device, self.s.sustained_seconds, duties, alone)
         del layers, x
         torch.cuda.empty_cache()
-        out["method"] = (f"{n} tp1 layers{' on bf16 weights' if bf16_weights else ''}, micro-batch {mb} x seq {seq}, "
-                         f"forward + backward back to back for {self.s.sustained_seconds:g} s; median of the last "
-                         f"half vs {n} x the point's fwd + bwd"
+        what = f" with float8 {fp8} linears" if fp8 else ""
+        out["method"] = (f"{n} tp1 layers{' on bf16 weights' if bf16_weights else ''}{what}, micro-batch {mb} x "
+                         f"seq {seq}, forward + backward back to back for {self.s.sustained_seconds:g} s; median of "
+                         f"the last half vs {n} x the point's fwd + bwd"
                          + ("; 'duty': the same at each duty cycle, the GPU idle between repeats (the host "
                             "waits, then sleeps), [duty it had, slowdown]" if "duty" in out else ""))
         return out
@@ -442,7 +453,7 @@ class ModelProfiler:
         if self.bf16:  # every point again on bf16 weights
             n_layer, n_vocab = 2 * n_layer, 2 * n_vocab
         n_layer += len(self.s.fp8) * n_plain
-        allow_recompiles(4 * (n_layer + n_vocab) + 8)
+        allow_recompiles(4 * (n_layer + n_vocab) + 8 + 4 * len(self.s.fp8))
         static = static_shapes() if self.s.compile else nullcontext()
         prev_flush = torch.set_flush_denormal(True) if self.device.type == "cpu" else None
         try:
