@@ -67,6 +67,17 @@ def test_fp8_layer_is_priced_from_its_table(cm8):
     assert bf == pytest.approx((1e-3 + 9e-7 * 256, 2e-3 + 1.8e-6 * 256))  # bf16 still from layer.bf16
 
 
+def test_zero3_tensorwise_layer_regathers_float8_weights_for_its_backward(cm8):
+    """The weights a zero3 layer gathers again for its backward are float8 when its linears cast
+    tensorwise: 1 byte per linear weight element, 2 per norm/bias element, where zero2 holds none."""
+    def held(**kw):  # stage of 4 ranks (dp 4), micro-batch 8
+        z3, z2 = (cm8.layer_memory(LayerStrategy(tp=1, dp_type=d, **kw), 4, 8).transient for d in ("zero3", "zero2"))
+        return z3 - z2
+    linear = CFG.linear_weight_count()
+    assert held() == 2 * 50000
+    assert held(fp8="tensorwise") == 2 * (50000 - linear) + linear
+
+
 def test_fp8_without_its_table_is_refused_not_priced_as_bf16(cm8):
     for s in (LayerStrategy(tp=2, fp8="tensorwise"), LayerStrategy(tp=1, fp8="rowwise")):
         with pytest.raises(ProfileError) as e:
