@@ -150,6 +150,16 @@ def test_zero3_fp8_gather_four_ranks_tp_sp_pipeline():
     check_float8_gathers(results, plans)
 
 
+def test_zero3_fp8_gather_uneven_shards():
+    """dp 3 over rows that 3 does not divide (dense 40, gate_up 128, fc2 40): FSDP2 pads each shard,
+    so does the float8 one (all-gather inputs of equal size), and the padding stays out of the
+    scale and the weight."""
+    cfg = tiny_cfg("llama", num_layers=2, hidden_size=40, num_attention_heads=4, num_query_groups=4)
+    plans = [plan(3, [L(**TW), L(checkpoint=True, **TW)], chunks=2)]
+    results = check_plans(3, cfg, plans, worker=counting_worker)
+    check_float8_gathers(results, plans)
+
+
 def test_zero3_fp8_gather_bf16_halves_the_weights_bytes():
     """With bf16 compute, the same layers' gathers move each linear weight in 1 byte instead of
     the 2 of the plan without float8 (measured), the rest of the layer unchanged."""
