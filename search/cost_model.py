@@ -195,15 +195,18 @@ class CostModel(MemoryPasses):
             return fwd_gather, 0.0, net.overlap(bwd_window, rs, "reduce_scatter") - bwd_window
         return fwd_gather, net.overlap_many(bwd_window, [(ag, "all_gather"), (rs, "reduce_scatter")]) - bwd_window, 0.0
 
-    def gathered_bytes(self, s: LayerStrategy, params: float) -> float:
-        """Bytes of a sharded layer's weights (`params`, its TP shard) that one of its FSDP
-        all-gathers carries: bf16, but a zero3 layer whose linears cast tensorwise gathers their
-        weights in float8, 1 byte each (fp8/fsdp_gather.py), its norms and biases still bf16.
-        Rowwise layers gather bf16 (their casts run along each matmul's reduction dim)."""
+    def float8_gathered(self, s: LayerStrategy, params: float) -> float:
+        """How many of a sharded layer's `params` (its TP shard) FSDP gathers in float8: a zero3
+        layer whose linears cast tensorwise gathers their weights so (fp8/fsdp_gather.py), its
+        norms and biases in bf16; rowwise layers gather bf16 (their casts run along each matmul's
+        reduction dim), as zero2 ones do."""
         if s.fp8 == "tensorwise" and s.dp_type == "zero3":
-            linear = min(params, self.model.linear_weight_count() / s.tp)
-            return BF16 * params - (BF16 - FP8) * linear
-        return BF16 * params
+            return min(params, self.model.linear_weight_count() / s.tp)
+        return 0.0
+
+    def gathered_bytes(self, s: LayerStrategy, params: float) -> float:
+        """Bytes of a sharded layer's weights that one of its FSDP all-gathers carries."""
+        return BF16 * params - (BF16 - FP8) * self.float8_gathered(s, params)
 
     def layer_time(self, s: LayerStrategy, stage_world: int, global_micro_batch: int) -> Time:
         fwd, bwd = self.layer_compute(s, stage_world, global_micro_batch)
@@ -275,8 +278,10 @@ class CostModel(MemoryPasses):
         transient = (self.backward_work_per_token(s, dp) * tokens + (full if s.checkpoint else 0.0)
                      + (self.gathered_bytes(s, params) if s.dp_type == "zero3" and dp > 1 else 0.0))
         lazy, settled = zero_gradient_bytes(params, dp, s.dp_type)
-        return Memory(model_state_bytes(params, dp, s.dp_type, self.has_compute_copy(s.dp_type, dp)), kept,
-                      transient, lazy, settled, lazy if s.dp_type == "zero3" else 0.0)
+        states = model_state_bytes(params, dp, s.dp_type, self.has_compute_copy(s.dp_type, dp))
+        if dp > 1:  # float8-gathered weights keep their shard's float8 cast from step to step
+            states += FP8 * self.float8_gathered(s, params) / dp
+        return Memory(states, kept, transient, lazy, settled, lazy if s.dp_type == "zero3" else 0.0)
 
     def relayout(self, stage_world: int, global_micro_batch: int, src: Optional[Layout] = None,
                  dst: Optional[Layout] = None) -> float:
