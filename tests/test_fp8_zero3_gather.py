@@ -56,7 +56,8 @@ def _cast_as_one_weight(tr, params, dtype):
     for u in tr.stage.units():
         if u.module not in tr.model.sharded:
             continue
-        linears = {n: m for n, m in u.module.named_modules() if isinstance(m, (ColumnParallelLinear, RowParallelLinear))}
+        linears = {n: m for n, m in u.module.named_modules()
+                   if isinstance(m, (ColumnParallelLinear, RowParallelLinear))}
         local = {n: m.weight.full_tensor().to(dtype) for n, m in linears.items()}  # this TP rank's piece
         u.module.unshard()
         for n, m in linears.items():

@@ -17,9 +17,9 @@ gathered weight's amax, as the matmul's own cast of a bf16-gathered weight takes
 pointwise, so casting shards and gathering gives the gathered cast.
 
 The cast is made once per value of the master shard (every write to the weight, through any
-of the views FSDP2 keeps of it: the optimizer step, a checkpoint load, counts) and kept: the micro-batches of a step, their backward
-re-gathers and activation recomputation gather the same bytes, and the scale's all-reduce runs
-once per step. Every rank of the stage changes its shards at the same points, so all of them
+of the views FSDP2 keeps of it, counts: the optimizer step, a checkpoint load) and kept: the
+micro-batches of a step, their backward re-gathers and activation recomputation gather the same
+bytes, and the scale's all-reduce runs once per step. Every rank of the stage changes its shards at the same points, so all of them
 recast, and join that all-reduce, together.
 
 Rowwise weights stay on the compute-dtype gather: their per-row scales run along each matmul's
