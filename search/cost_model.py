@@ -23,7 +23,7 @@ from megatron_galvatron.profile_format import ModelProfile
 from search.comm import Network
 from search.memory_passes import MemoryPasses
 from search.pipeline_time import clock_scales
-from search.stage_memory import (BF16, FP32, GiB, Memory, in_flight, is_sharded, model_state_bytes,
+from search.stage_memory import (BF16, FP8, FP32, GiB, Memory, in_flight, is_sharded, model_state_bytes,
                                  zero_gradient_bytes)
 
 
@@ -183,7 +183,7 @@ class CostModel(MemoryPasses):
         dp, stride = self.dp_group(s, stage_world)
         if dp == 1:
             return 0.0, 0.0, 0.0
-        grad, par = FP32 * params, BF16 * params
+        grad, par = FP32 * params, self.gathered_bytes(s, params)
         net = self.net
         if not is_sharded(dp_type, dp):
             ar = net.collective("all_reduce", dp, stride, grad)
@@ -194,6 +194,19 @@ class CostModel(MemoryPasses):
         if dp_type == "zero2":
             return fwd_gather, 0.0, net.overlap(bwd_window, rs, "reduce_scatter") - bwd_window
         return fwd_gather, net.overlap_many(bwd_window, [(ag, "all_gather"), (rs, "reduce_scatter")]) - bwd_window, 0.0
+
+    def float8_gathered(self, s: LayerStrategy, params: float) -> float:
+        """How many of a sharded layer's `params` (its TP shard) FSDP gathers in float8: a zero3
+        layer whose linears cast tensorwise gathers their weights so (fp8/fsdp_gather.py), its
+        norms and biases in bf16; rowwise layers gather bf16 (their casts run along each matmul's
+        reduction dim), as zero2 ones do."""
+        if s.fp8 == "tensorwise" and s.dp_type == "zero3":
+            return min(params, self.model.linear_weight_count() / s.tp)
+        return 0.0
+
+    def gathered_bytes(self, s: LayerStrategy, params: float) -> float:
+        """Bytes of a sharded layer's weights that one of its FSDP all-gathers carries."""
+        return BF16 * params - (BF16 - FP8) * self.float8_gathered(s, params)
 
     def layer_time(self, s: LayerStrategy, stage_world: int, global_micro_batch: int) -> Time:
         fwd, bwd = self.layer_compute(s, stage_world, global_micro_batch)
@@ -261,12 +274,14 @@ class CostModel(MemoryPasses):
         kept = ckpt * tokens if s.checkpoint else full
         params = self.profile.layer_param_count / s.tp
         # While the layer runs its backward: its gradient buffers; a checkpointed layer's rebuilt
-        # activations; a ZeRO-3 layer's bf16 weights, gathered again.
+        # activations; a ZeRO-3 layer's weights, gathered again (bf16, or float8 ones).
         transient = (self.backward_work_per_token(s, dp) * tokens + (full if s.checkpoint else 0.0)
-                     + (BF16 * params if s.dp_type == "zero3" and dp > 1 else 0.0))
+                     + (self.gathered_bytes(s, params) if s.dp_type == "zero3" and dp > 1 else 0.0))
         lazy, settled = zero_gradient_bytes(params, dp, s.dp_type)
-        return Memory(model_state_bytes(params, dp, s.dp_type, self.has_compute_copy(s.dp_type, dp)), kept,
-                      transient, lazy, settled, lazy if s.dp_type == "zero3" else 0.0)
+        states = model_state_bytes(params, dp, s.dp_type, self.has_compute_copy(s.dp_type, dp))
+        if dp > 1:  # float8-gathered weights keep their shard's float8 cast from step to step
+            states += FP8 * self.float8_gathered(s, params) / dp
+        return Memory(states, kept, transient, lazy, settled, lazy if s.dp_type == "zero3" else 0.0)
 
     def relayout(self, stage_world: int, global_micro_batch: int, src: Optional[Layout] = None,
                  dst: Optional[Layout] = None) -> float:

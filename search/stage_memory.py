@@ -9,6 +9,7 @@ from typing import NamedTuple, Tuple
 import numpy as np
 
 GiB = float(2 ** 30)
+FP8 = 1
 BF16 = 2
 FP32 = 4
 ADAM_STATES = 8  # fp32 m and v

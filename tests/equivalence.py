@@ -43,10 +43,11 @@ def rel(a, b):
     return ((a - b).norm() / b.norm().clamp_min(1e-12)).item()
 
 
-def check_plans(world, cfg, plans, steps=3):
-    """Run every plan on `world` ranks (one spawn) and assert each matches the reference."""
+def check_plans(world, cfg, plans, steps=3, worker=run_plans):
+    """Run every plan on `world` ranks (one spawn) and assert each matches the reference; `worker`:
+    run_plans, or one that reports more beside what run_plans does (returned per rank and plan)."""
     eps = FP8_ADAM_EPS if any(p.has_fp8 for p in plans) else ADAM_EPS
-    results = run_distributed(world, run_plans, cfg, [p.to_dict() for p in plans], steps, LR, CLIP,
+    results = run_distributed(world, worker, cfg, [p.to_dict() for p in plans], steps, LR, CLIP,
                               ["--adam-eps", str(eps)])
     failures = []
     for k, plan in enumerate(plans):

@@ -25,21 +25,23 @@ def model_argv(cfg: dict, steps: int, lr: float, clip: float, seed: int = 7):
 
 
 def run_plans(rank, world, cfg, plans, steps, lr, clip, extra_argv=()):
-    out = []
-    for plan_dict in plans:
-        args = build_parser().parse_args(model_argv(cfg, steps, lr, clip) + list(extra_argv))
-        tr = setup(args, Plan.from_dict(plan_dict).validate(world_size=world))
-        res = {"params0": gather_model(tr.stage), "losses": [], "grad_norms": [],
-               # every FSDP unit of the stage on one set of streams (parallelize._share_streams),
-               # whatever DP group it reduces over
-               "fsdp_stream_sets": len({id(m._get_fsdp_state()._comm_ctx) for m in tr.model.sharded})}
-        for step in range(steps):
-            stats = train_step(tr)
-            res["losses"].append(reduce_loss(tr, stats.loss_sum).item() if tr.ps.is_last_stage else None)
-            res["grad_norms"].append(stats.grad_norm.item())
-            res["max_live"] = max(res.get("max_live", 0), stats.max_live_microbatches)
-            if step == 0:
-                res["grads"] = gather_model(tr.stage, grads=True)
-        res["params"] = gather_model(tr.stage)
-        out.append(res)
-    return out
+    return [run_plan(rank, world, cfg, plan_dict, steps, lr, clip, extra_argv)[1] for plan_dict in plans]
+
+
+def run_plan(rank, world, cfg, plan_dict, steps, lr, clip, extra_argv=()):
+    """(trainer, report) of one plan trained `steps` steps."""
+    args = build_parser().parse_args(model_argv(cfg, steps, lr, clip) + list(extra_argv))
+    tr = setup(args, Plan.from_dict(plan_dict).validate(world_size=world))
+    res = {"params0": gather_model(tr.stage), "losses": [], "grad_norms": [],
+           # every FSDP unit of the stage on one set of streams (parallelize._share_streams),
+           # whatever DP group it reduces over
+           "fsdp_stream_sets": len({id(m._get_fsdp_state()._comm_ctx) for m in tr.model.sharded})}
+    for step in range(steps):
+        stats = train_step(tr)
+        res["losses"].append(reduce_loss(tr, stats.loss_sum).item() if tr.ps.is_last_stage else None)
+        res["grad_norms"].append(stats.grad_norm.item())
+        res["max_live"] = max(res.get("max_live", 0), stats.max_live_microbatches)
+        if step == 0:
+            res["grads"] = gather_model(tr.stage, grads=True)
+    res["params"] = gather_model(tr.stage)
+    return tr, res

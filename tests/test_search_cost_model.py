@@ -123,6 +123,28 @@ def test_zero3_gathers_every_micro_batch(cm):
     assert t.per_iter == pytest.approx(step + step * 12 / 28)
 
 
+def test_zero3_tensorwise_fp8_gathers_its_linear_weights_in_one_byte(cm):
+    """A zero3 layer whose linears cast tensorwise all-gathers their weights as float8 (1 byte,
+    fp8/fsdp_gather.py): the weights' share of each gather's bytes and bandwidth time is half of
+    bf16's, its norms' and biases' unchanged; rowwise and zero2 float8 layers gather bf16."""
+    linear = CFG.linear_weight_count()  # 49,152 of the profile's 50,000 parameters per layer
+    zero3 = ddp(dp_type="zero3")
+    tensorwise, rowwise = ddp(dp_type="zero3", fp8="tensorwise"), ddp(dp_type="zero3", fp8="rowwise")
+    bf16 = 2 * 50000
+    assert cm.gathered_bytes(zero3, 50000) == cm.gathered_bytes(rowwise, 50000) == bf16
+    assert cm.gathered_bytes(ddp(dp_type="zero2", fp8="tensorwise"), 50000) == bf16
+    fp8 = cm.gathered_bytes(tensorwise, 50000)
+    assert fp8 == 2 * (50000 - linear) + 1 * linear and bf16 - fp8 == linear  # 2 bytes -> 1 per weight
+    assert cm.gathered_bytes(ddp(2, dp_type="zero3", fp8="tensorwise"), 25000) == 2 * 25000 - linear / 2
+    fwd, bwd = 1e-3 + 256e-6, 2e-3 + 512e-6
+    rs = 1e-5 + 3 / 4 * (4 * 50000) / 100e9
+    for s, nbytes in ((zero3, bf16), (rowwise, bf16), (tensorwise, fp8)):
+        ag = 1e-5 + 3 / 4 * nbytes / 100e9  # dp 4 within a node
+        f_extra, b_extra, _ = cm._dp_sync("zero3", 50000, 4, s, fwd, bwd)
+        assert f_extra == pytest.approx(1.25 * ag * (1 - 1 / 1.1))
+        assert b_extra == pytest.approx(1.25 * (ag + rs) * (1 - 1 / 1.1))
+
+
 def test_overlap_measured_per_collective():
     """'overlap.by_collective': each collective slows the compute beside it by its own measured
     factor; unmeasured ones by the overall pair; several in a row shorter than the compute add

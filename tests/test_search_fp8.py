@@ -67,6 +67,21 @@ def test_fp8_layer_is_priced_from_its_table(cm8):
     assert bf == pytest.approx((1e-3 + 9e-7 * 256, 2e-3 + 1.8e-6 * 256))  # bf16 still from layer.bf16
 
 
+def test_zero3_tensorwise_layer_holds_float8_weights(cm8):
+    """The weights a zero3 layer gathers again for its backward are float8 when its linears cast
+    tensorwise: 1 byte per linear weight element, 2 per norm/bias element, where zero2 holds none;
+    and each rank keeps its shard's float8 cast (1 byte per linear weight element / dp) between
+    steps beside the fp32 master shards."""
+    def memory(**kw):  # stage of 4 ranks (dp 4), micro-batch 8
+        return (cm8.layer_memory(LayerStrategy(tp=1, dp_type=d, **kw), 4, 8) for d in ("zero3", "zero2"))
+    linear = CFG.linear_weight_count()
+    (bf16, bf16_z2), (fp8, fp8_z2) = memory(), memory(fp8="tensorwise")
+    assert bf16.transient - bf16_z2.transient == 2 * 50000
+    assert fp8.transient - fp8_z2.transient == 2 * (50000 - linear) + linear
+    assert bf16.states == 16 * 50000 / 4 and fp8.states == bf16.states + linear / 4
+    assert fp8_z2.states == bf16_z2.states  # zero2 gathers bf16: no cast kept
+
+
 def test_fp8_without_its_table_is_refused_not_priced_as_bf16(cm8):
     for s in (LayerStrategy(tp=2, fp8="tensorwise"), LayerStrategy(tp=1, fp8="rowwise")):
         with pytest.raises(ProfileError) as e:

@@ -3,7 +3,9 @@
 zero3 reshards parameters after forward (gathered again for backward); zero2 keeps them
 gathered from forward to backward and only the gradients and optimizer state stay sharded.
 The master parameters are fp32 shards; compute runs in bf16 when asked; gradients are reduced
-in fp32 as a sum (the loss is already divided by the global token count).
+in fp32 as a sum (the loss is already divided by the global token count). A parameter may bring
+its own all-gather (FSDP2's fsdp_pre/post_all_gather hooks): the float8 weights of a zero3 layer
+whose linears cast tensorwise (fp8/fsdp_gather.py) are gathered as float8 bytes, not bf16.
 """
 
 import torch

@@ -52,18 +52,24 @@ class Fp8Matmul:
         return Fp8Matmul(config, mm, _multi(stage_group), _multi(tp_group) if row_parallel else None,
                          None if row_parallel else _multi(tp_group), _multi(dp_group))
 
+    def scale(self, t: torch.Tensor, cast_config, axis: int, group) -> torch.Tensor:
+        """The dynamic scale of t's cast, its amax reduced as the module docstring says; ``axis``:
+        the dim each rowwise amax runs along. A tensorwise t may be any piece of the tensor the
+        stage splits (an FSDP shard, fp8/fsdp_gather.py), even an empty one."""
+        from torchao.float8.float8_utils import amax_to_scale
+        if self.tensorwise:
+            amax, group = (t.abs().max() if t.numel() else t.new_zeros(())).float(), self.stage
+        else:
+            amax = t.abs().amax(dim=axis, keepdim=True).float()
+        if group is not None:
+            dist.all_reduce(amax, op=dist.ReduceOp.MAX, group=group)
+        return amax_to_scale(amax, cast_config.target_dtype, self.config.round_scales_to_power_of_2)
+
     def cast(self, t: torch.Tensor, cast_config, role, axis: int, group):
         """t in float8 as ``cast_config`` says; ``axis``: the dim each rowwise amax runs along."""
         from torchao.float8.float8_training_tensor import hp_tensor_and_scale_to_float8
-        from torchao.float8.float8_utils import amax_to_scale
-        axiswise = not self.tensorwise
-        amax = (t.abs().amax(dim=axis, keepdim=True) if axiswise else t.abs().max()).float()
-        group = group if axiswise else self.stage
-        if group is not None:
-            dist.all_reduce(amax, op=dist.ReduceOp.MAX, group=group)
-        scale = amax_to_scale(amax, cast_config.target_dtype, self.config.round_scales_to_power_of_2)
-        return hp_tensor_and_scale_to_float8(t, scale, cast_config.target_dtype, self.mm, role,
-                                             axis if axiswise else None)
+        return hp_tensor_and_scale_to_float8(t, self.scale(t, cast_config, axis, group), cast_config.target_dtype,
+                                             self.mm, role, None if self.tensorwise else axis)
 
 
 def _multi(group) -> Optional[dist.ProcessGroup]:
@@ -73,17 +79,21 @@ def _multi(group) -> Optional[dist.ProcessGroup]:
 class _Fp8Linear(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: torch.Tensor, weight: torch.Tensor, f: Fp8Matmul) -> torch.Tensor:
+        from torchao.float8.float8_training_tensor import Float8TrainingTensor
         from torchao.float8.float8_training_tensor import GemmInputRole as R
         c = f.config
         x2 = x.reshape(-1, x.shape[-1])
         wt = weight.t()
         xq = f.cast(x2, c.cast_config_input, R.INPUT, -1, f.k)
-        wq = f.cast(wt, c.cast_config_weight, R.WEIGHT, 0, f.k)
+        # A ZeRO-3 tensorwise weight arrives already cast: FSDP gathered it in float8.
+        ctx.gathered = isinstance(weight, Float8TrainingTensor)
+        wq = wt if ctx.gathered else f.cast(wt, c.cast_config_weight, R.WEIGHT, 0, f.k)
         ctx.f = f
         if f.tensorwise:
             # One scale per tensor, so the backward's casts are the forward's: keep the float8
             # input (half the bytes of bf16) and the weight's scale, and cast the weight again
-            # from the parameter in backward rather than hold a float8 copy of it per micro-batch.
+            # from the parameter in backward rather than hold a float8 copy of it per micro-batch
+            # (a weight gathered in float8 is gathered again, in float8, for the backward).
             ctx.save_for_backward(xq, wt, wq._scale)
         else:
             ctx.save_for_backward(x2, wt)
@@ -100,7 +110,8 @@ class _Fp8Linear(torch.autograd.Function):
         gq = f.cast(g2, c.cast_config_grad_output, R.GRAD_OUTPUT, -1, f.n)
         if f.tensorwise:
             xq, wt, w_scale = ctx.saved_tensors
-            wq = hp_tensor_and_scale_to_float8(wt, w_scale, c.cast_config_weight.target_dtype, f.mm, R.WEIGHT)
+            wq = wt if ctx.gathered else hp_tensor_and_scale_to_float8(
+                wt, w_scale, c.cast_config_weight.target_dtype, f.mm, R.WEIGHT)
             gq_w = gq
         else:
             x2, wt = ctx.saved_tensors

@@ -92,9 +92,14 @@ class GPTConfig:
     def to_dict(self) -> Dict[str, Any]:
         return dataclasses.asdict(self)
 
+    def linear_weight_count(self) -> int:
+        """Elements of one layer's four linear weights (qkv, dense, the MLP's two; SwiGLU's gate in the first)."""
+        h, f, kv = self.hidden_size, self.ffn_hidden_size, self.kv_size
+        return h * (h + 2 * kv) + h * h + (3 if self.gated_mlp else 2) * h * f
+
     def layer_param_count(self) -> int:
         h, f, kv = self.hidden_size, self.ffn_hidden_size, self.kv_size
-        n = h * (h + 2 * kv) + h * h + (3 if self.gated_mlp else 2) * h * f
+        n = self.linear_weight_count()
         if self.has_bias:  # qkv, dense, fc1, fc2 biases and two LayerNorms (weight + bias)
             return n + (h + 2 * kv) + h + f + h + 4 * h
         return n + 2 * h  # two RMSNorm weights

@@ -8,8 +8,9 @@ Over ``StageModel.units()`` (each layer, then the vocab module), in this order:
      layer compiles its own recomputation: a checkpoint around a compiled layer would
      recompute through another graph);
   4. data parallelism on the unit's own DP group: FSDP2 for zero2/zero3, a flat-buffer
-     all-reduce bucket for ddp (and for any DP degree of 1). FSDP goes last because it
-     replaces the parameters it shards.
+     all-reduce bucket for ddp (and for any DP degree of 1); a zero3 unit's tensorwise float8
+     weights are gathered in float8 (fp8/fsdp_gather.py). FSDP goes last because it replaces
+     the parameters it shards.
 The result drives gradient synchronisation for a step and knows which parameters to clip.
 """
 from contextlib import ExitStack, contextmanager
@@ -27,6 +28,7 @@ from megatron_galvatron.data_parallel.grad_sync import (
     local_grad,
     sync_sequence_parallel_grads,
 )
+from megatron_galvatron.fp8.fsdp_gather import gather_in_fp8
 from megatron_galvatron.fp8.linear import Fp8Matmul
 from megatron_galvatron.model.activation_checkpoint import checkpoint_module
 from megatron_galvatron.model.stage import StageModel, Unit
@@ -173,6 +175,8 @@ def parallelize(stage: StageModel, plan: Plan, bf16: bool) -> ParallelModel:
         factors.update(_grad_copies(stage, u, sharded, tied_across_stages))
         if sharded:
             methods = ("embed", "head") if u.name == "vocab" else ()
+            if u.strategy.dp_type == "zero3":
+                gather_in_fp8(u.module)
             fsdp.shard_module(u.module, u.groups.dp_group, ps.device, u.strategy.dp_type, bf16, methods)
             pm.sharded.append(u.module)
         else:
