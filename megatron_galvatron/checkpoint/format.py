@@ -106,13 +106,19 @@ def meta_sha256(meta: dict) -> str:
     return hashlib.sha256(canonical(meta)).hexdigest()
 
 
+def render(meta: dict) -> bytes:
+    """The exact bytes of a meta.json holding `meta`; a reader re-renders what it parsed and
+    compares, so that even an edit that keeps the meaning (1E-05 for 1e-05, spacing) is refused."""
+    return (json.dumps(meta, indent=1, allow_nan=False) + "\n").encode()
+
+
 def encode(meta: dict) -> bytes:
     """meta.json as written: the current format version and the checksum of the rest."""
     # Round-trip first so that what is summed is what a reader parses (tuples, non-str keys).
     body = json.loads(json.dumps(dict(meta, format=FORMAT, format_version=FORMAT_VERSION), allow_nan=False))
     body.pop("meta_sha256", None)
     body["meta_sha256"] = meta_sha256(body)
-    return (json.dumps(body, indent=1, allow_nan=False) + "\n").encode()
+    return render(body)
 
 
 def same_plan(meta: dict, plan) -> bool:

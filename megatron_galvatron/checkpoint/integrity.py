@@ -6,10 +6,10 @@ import hashlib
 import json
 import os
 import stat
-from typing import Optional
+from typing import Optional, Tuple
 
 from megatron_galvatron.checkpoint.format import (FORMAT, FORMAT_VERSION, LATEST, META, RNG_RE, SHARD_RE,
-                                                  CheckpointError, meta_sha256)
+                                                  CheckpointError, meta_sha256, render)
 from megatron_galvatron.checkpoint.schema import MAX_DEPTH, check_meta, depth
 from megatron_galvatron.errors import UserError
 
@@ -52,7 +52,7 @@ def _no_constant(name):
     raise ValueError(f"{name} is not a JSON number")
 
 
-def _parse(path: str) -> object:
+def _parse(path: str) -> Tuple[object, bytes]:
     def bad(what):
         return CheckpointError(f"{path} {what}: the checkpoint is corrupt; load an older one")
     try:
@@ -73,7 +73,7 @@ def _parse(path: str) -> object:
     except UnicodeDecodeError as e:
         raise bad(f"is not UTF-8 (byte {e.start})")
     try:
-        return json.loads(text, object_pairs_hook=_unique_keys, parse_constant=_no_constant)
+        return json.loads(text, object_pairs_hook=_unique_keys, parse_constant=_no_constant), raw
     except RecursionError:
         raise bad(f"nests deeper than {MAX_DEPTH} levels")
     except ValueError as e:
@@ -84,7 +84,7 @@ def _parse(path: str) -> object:
 def read_meta(d: str) -> dict:
     """meta.json of the checkpoint directory d, checked against its sha256 and the schema."""
     path = os.path.join(d, META)
-    meta = _parse(path)
+    meta, raw = _parse(path)
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a {FORMAT} checkpoint (format "
                               f"{str(meta.get('format'))[:60] if isinstance(meta, dict) else None!r})")
@@ -105,6 +105,9 @@ def read_meta(d: str) -> dict:
     elif "meta_sha256" in meta:
         raise CheckpointError(f"{path} has meta_sha256 but no format_version: the checkpoint is corrupt; "
                               f"load an older one")
+    if raw != render(meta):
+        raise CheckpointError(f"{path} is not byte for byte as it was written (it was edited): the checkpoint "
+                              f"is corrupt; load an older one")
     check_meta(meta, path)
     return meta
 
