@@ -127,3 +127,24 @@ def test_every_rank_of_a_refused_run_stops_and_none_waits(tmp_path):
     finally:
         lock.release()
     assert errors[0] == errors[1] and f"pid {os.getpid()}" in errors[0], errors
+
+
+def test_converter_cli_into_a_held_root_is_one_line(tmp_path):
+    src, dst = str(tmp_path / "src"), str(tmp_path / "dst")
+    rc, _, err = _main("--train-iters", "1", "--save", src)
+    assert rc == 0, err
+    plan = tmp_path / "plan.json"
+    plan.write_text(json.dumps(checkpoint.read_meta(checkpoint.resolve(src))["plan"]))
+    holder = subprocess.Popen([sys.executable, "-c", HOLD.format(root=dst)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        p = subprocess.run([sys.executable, os.path.join(ROOT, "tools", "convert_checkpoint.py"), "reshard", "--load",
+                            src, "--galvatron-config", str(plan), "--save", dst], capture_output=True, text=True,
+                           timeout=300)
+    finally:
+        holder.kill()
+        holder.wait()
+    lines = p.stderr.strip().splitlines()
+    assert p.returncode == 2 and len(lines) == 1 and "Traceback" not in p.stderr, p.stderr
+    assert lines[0].startswith("convert_checkpoint.py: error: ") and f"pid {holder.pid}" in lines[0], lines[0]
+    assert os.listdir(dst) == [LOCK]
