@@ -28,7 +28,8 @@ def resolve(path: str) -> Optional[str]:
         with open(pointer) as f:
             name = f.read(4096).strip()
     except (OSError, UnicodeDecodeError) as e:
-        raise CheckpointError(f"cannot read {pointer} ({type(e).__name__}): point --load at an iter_* directory instead")
+        raise CheckpointError(f"cannot read {pointer} ({type(e).__name__}): point --load at an iter_* "
+                              f"directory instead")
     if not name or os.path.basename(name) != name or name.startswith("."):
         raise CheckpointError(f"{pointer} is corrupt (holds {name[:40]!r}): write the name of a complete "
                               f"iter_* directory into it or point --load at one")

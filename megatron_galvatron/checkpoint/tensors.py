@@ -8,7 +8,8 @@ import torch
 
 from megatron_galvatron.checkpoint.architecture import config_from_record
 from megatron_galvatron.checkpoint.atomic import begin_save, commit_save, write_bytes
-from megatron_galvatron.checkpoint.format import LATEST, META, CheckpointError, complete, shard_file, shard_stem, tensor_info
+from megatron_galvatron.checkpoint.format import (LATEST, META, CheckpointError, complete, shard_file, shard_stem,
+                                                  tensor_info)
 from megatron_galvatron.checkpoint.integrity import read_meta, resolve, verify
 from megatron_galvatron.checkpoint.lock import holding
 from megatron_galvatron.model.config import GPTConfig
