@@ -4,6 +4,7 @@ fuzzer did, and both the library (read_meta + verify, a CheckpointError) and pre
 (exit 2, one stderr line, no traceback) must refuse it. Cases that rewrite meta.json re-sign it
 with a valid meta_sha256, so it is the schema that has to catch them, not the checksum."""
 import contextlib
+import hashlib
 import io
 import json
 import os
@@ -202,6 +203,20 @@ def test_tampered_checkpoint_is_refused_in_one_line(saved, case):
     assert expected in lines[0] and "Traceback" not in err, lines[0]
     added = {"elsewhere.safetensors"} if case == "symlink_outside" else set()
     assert set(os.listdir(d)) == set(os.listdir(saved[1])) | added  # no save ran
+
+
+@pytest.mark.parametrize("content", [b"[" * 100000 + b"]" * 100000, b'{"torch": 5}', b'[1, 2]'])
+def test_signed_but_malformed_rng_file_is_one_line(saved, content):
+    """An RNG file that meta.json lists with its true sha256, but whose content is not RNG state."""
+    d = _copy(saved, "rng_%d" % len(content))
+    path = os.path.join(d, IT, "rng_r00000.json")
+    with open(path, "wb") as f:
+        f.write(content)
+    info = {"bytes": len(content), "sha256": hashlib.sha256(content).hexdigest()}
+    _resign(d, lambda m: m["files"].__setitem__("rng_r00000.json", info))
+    rc, _, err = _main("--train-iters", "4", "--load", d, "--save", d)
+    lines = err.strip().splitlines()
+    assert rc == 2 and len(lines) == 1 and "rng_r00000.json is corrupt" in lines[0], err
 
 
 def test_single_bit_flips_of_meta_json_are_refused(saved):
