@@ -42,9 +42,12 @@ def _losses(stdout):
 
 
 def _snapshot(d):
+    """sha256 of every file under d but the save root's lock, which records the last run to hold it."""
     out = {}
     for dirpath, _, files in os.walk(d):
         for f in files:
+            if f == ".lock" and dirpath == d:
+                continue
             with open(os.path.join(dirpath, f), "rb") as fh:
                 out[os.path.relpath(os.path.join(dirpath, f), d)] = hashlib.sha256(fh.read()).hexdigest()
     return out

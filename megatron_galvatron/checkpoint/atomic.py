@@ -8,6 +8,7 @@ import shutil
 from typing import Tuple
 
 from megatron_galvatron.checkpoint.format import LATEST, META, TMP_PREFIX, CheckpointError, checkpoint_name, encode
+from megatron_galvatron.checkpoint.schema import check_meta
 
 
 def fsync_dir(path: str) -> None:
@@ -28,8 +29,10 @@ def write_bytes(path: str, data: bytes) -> dict:
 
 
 def begin_save(root: str, iteration: int) -> Tuple[str, str]:
-    """(final directory name, empty temporary directory) for a new checkpoint under root.
-    Temporaries left by interrupted saves are removed; an existing name gets a suffix."""
+    """(final directory name, empty temporary directory) for a new checkpoint under root; an
+    existing name gets a suffix. The caller holds root's lock (lock.py), and every writer does
+    while it writes, so any temporary directory found here was left by a save that died
+    (SIGKILL, power loss) and is removed."""
     try:
         os.makedirs(root, exist_ok=True)
         for entry in os.listdir(root):
@@ -47,7 +50,9 @@ def begin_save(root: str, iteration: int) -> Tuple[str, str]:
 
 
 def commit_save(root: str, name: str, tmp: str, meta: dict) -> str:
-    """Write meta.json, move the finished directory into place, then point `latest` at it."""
+    """Write meta.json, move the finished directory into place, then point `latest` at it.
+    The schema check that readers run is run here too, so that nothing written is refused."""
+    check_meta(meta, os.path.join(tmp, META))
     write_bytes(os.path.join(tmp, META), encode(meta))
     fsync_dir(tmp)
     final = os.path.join(root, name)

@@ -8,24 +8,32 @@ A checkpoint is a directory ``<root>/iter_0000100/`` holding
                              ``optim/<state>/<param>`` (AdamW exp_avg, exp_avg_sq, step)
     rng_r00003.json          one rank's RNG streams (restored only under the same plan)
 
-and ``<root>/latest`` names the newest complete one. Every tensor is stored once, whole, so any
-plan and world size can load it.
+and ``<root>/latest`` names the newest complete one, ``<root>/.lock`` the run that writes into the
+root (lock.py). Every tensor is stored once, whole, so any plan and world size can load it.
+meta.json carries its own sha256 (``meta_sha256``, over the canonical encoding of every other
+field) and ``format_version``; reading and checking it is integrity.py and schema.py.
 """
 import hashlib
 import json
 import os
+import re
 import time
-from typing import Dict, Optional
+from typing import Dict
 
 import torch
 
 from megatron_galvatron.errors import UserError
 
 FORMAT = "megatron_galvatron.checkpoint/1"
+# 2: meta.json carries format_version and meta_sha256. A meta.json with neither is version 1
+# (written before 2026-12), read only under the checks of integrity.read_meta.
+FORMAT_VERSION = 2
 LATEST = "latest"
 META = "meta.json"
 TMP_PREFIX = ".tmp-"
-REQUIRED = ("iteration", "consumed_samples", "model", "tensors", "files")
+# The only files a checkpoint directory may name: no separators, no "..", nothing absolute.
+SHARD_RE = re.compile(r"r\d{5,}-\d{3,}\.safetensors")
+RNG_RE = re.compile(r"rng_r\d{5,}\.json")
 
 
 class CheckpointError(UserError):
@@ -87,84 +95,30 @@ def complete(meta: dict, files: Dict[str, dict], tensors: Dict[str, dict]) -> di
                 files=files)
 
 
+def canonical(meta: dict) -> bytes:
+    """The bytes meta_sha256 is taken over: every field but meta_sha256, keys sorted, no spaces.
+    Written and parsed meta.json give the same bytes (json round-trips floats exactly)."""
+    body = {k: v for k, v in meta.items() if k != "meta_sha256"}
+    return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False).encode()
+
+
+def meta_sha256(meta: dict) -> str:
+    return hashlib.sha256(canonical(meta)).hexdigest()
+
+
+def render(meta: dict) -> bytes:
+    """The exact bytes of a meta.json holding `meta`; a reader re-renders what it parsed and
+    compares, so that even an edit that keeps the meaning (1E-05 for 1e-05, spacing) is refused."""
+    return (json.dumps(meta, indent=1, allow_nan=False) + "\n").encode()
+
+
 def encode(meta: dict) -> bytes:
-    return (json.dumps(meta, indent=1) + "\n").encode()
-
-
-# --------------------------------------------------------------------------- reading meta.json
-
-def resolve(path: str) -> Optional[str]:
-    """The checkpoint directory `path` names (itself, or what its `latest` points to); None if
-    `path` holds no checkpoint at all."""
-    if os.path.isfile(os.path.join(path, META)):
-        return path
-    pointer = os.path.join(path, LATEST)
-    if not os.path.exists(pointer):
-        return None
-    try:
-        with open(pointer) as f:
-            name = f.read().strip()
-    except (OSError, UnicodeDecodeError) as e:
-        raise CheckpointError(f"cannot read {pointer} ({e}): point --load at an iter_* directory instead")
-    if not name or os.path.basename(name) != name or name.startswith("."):
-        raise CheckpointError(f"{pointer} is corrupt (holds {name[:40]!r}): write the name of a complete "
-                              f"iter_* directory into it or point --load at one")
-    d = os.path.join(path, name)
-    if not os.path.isfile(os.path.join(d, META)):
-        raise CheckpointError(f"{pointer} names {name}, which has no {META} (incomplete or deleted): "
-                              f"point --load at a complete iter_* directory")
-    return d
-
-
-def read_meta(d: str) -> dict:
-    path = os.path.join(d, META)
-    try:
-        with open(path) as f:
-            meta = json.load(f)
-    except (OSError, ValueError) as e:
-        raise CheckpointError(f"{path} is unreadable or corrupt ({type(e).__name__}): load an older checkpoint")
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-        raise CheckpointError(f"{path} is not a {FORMAT} checkpoint (format "
-                              f"{meta.get('format') if isinstance(meta, dict) else None!r})")
-    for key in REQUIRED:
-        if key not in meta:
-            raise CheckpointError(f"{path} lacks {key!r}: the checkpoint is corrupt; load an older one")
-    for fname in meta["files"]:
-        if os.path.basename(fname) != fname:
-            raise CheckpointError(f"{path} lists a file outside the checkpoint ({fname!r}): it is corrupt")
-    return meta
-
-
-def _sha256(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 24), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def verify(d: str, meta: dict, rank: int = 0, world: int = 1) -> None:
-    """Every file's presence and size; the checksums of every world-th file from `rank` on."""
-    for i, (fname, info) in enumerate(sorted(meta["files"].items())):
-        path = os.path.join(d, fname)
-        try:
-            size = os.path.getsize(path)
-        except OSError:
-            raise CheckpointError(f"{path} is missing: the checkpoint is incomplete; load an older one")
-        if size != info["bytes"]:
-            raise CheckpointError(f"{path} has {size} bytes but was saved with {info['bytes']}: the file is "
-                                  f"truncated or corrupt; load an older checkpoint")
-        if i % world == rank and _sha256(path) != info["sha256"]:
-            raise CheckpointError(f"{path} does not match its saved sha256: the file is corrupt; "
-                                  f"load an older checkpoint")
-
-
-def latest_iteration(root: str) -> Optional[int]:
-    try:
-        d = resolve(root)
-        return None if d is None else int(read_meta(d)["iteration"])
-    except (UserError, ValueError, TypeError):
-        return None
+    """meta.json as written: the current format version and the checksum of the rest."""
+    # Round-trip first so that what is summed is what a reader parses (tuples, non-str keys).
+    body = json.loads(json.dumps(dict(meta, format=FORMAT, format_version=FORMAT_VERSION), allow_nan=False))
+    body.pop("meta_sha256", None)
+    body["meta_sha256"] = meta_sha256(body)
+    return render(body)
 
 
 def same_plan(meta: dict, plan) -> bool:

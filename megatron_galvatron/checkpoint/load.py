@@ -7,7 +7,8 @@ import torch
 from megatron_galvatron.checkpoint import rng
 from megatron_galvatron.checkpoint.architecture import check_config
 from megatron_galvatron.checkpoint.collective import agree
-from megatron_galvatron.checkpoint.format import LATEST, META, CheckpointError, read_meta, resolve, verify
+from megatron_galvatron.checkpoint.format import LATEST, META, CheckpointError
+from megatron_galvatron.checkpoint.integrity import is_unsummed, read_meta, resolve, verify
 from megatron_galvatron.checkpoint.shards import entries, local_piece
 from megatron_galvatron.checkpoint.state import Loaded, Progress, TrainingState
 from megatron_galvatron.checkpoint.tensors import TensorReader
@@ -22,6 +23,9 @@ def _check(path: str, state: TrainingState, missing_ok: bool):
                               f"point --load at a --save directory or an iter_* directory in it")
     meta = read_meta(d)
     warnings = check_config(meta["model"], state.stage.cfg, d)
+    if is_unsummed(meta):
+        warnings.append(f"{d}/{META} predates format_version 2 and has no meta_sha256: its files are verified, "
+                        f"its own bytes cannot be; the next save writes the current format")
     verify(d, meta, state.ps.rank, state.ps.world_size)
     return d, meta, warnings
 

@@ -72,7 +72,9 @@ def restore(state: TrainingState, d: str, meta: dict) -> None:
         try:
             with open(os.path.join(d, fname)) as f:
                 _set_rng_state(state.stage, json.load(f))
-        except (OSError, ValueError, KeyError, IndexError, TypeError) as e:
+        # Its sha256 matched, but a hand-made checkpoint can sign anything: refuse, never crash.
+        except (OSError, ValueError, KeyError, IndexError, TypeError, AttributeError, RuntimeError,
+                RecursionError) as e:
             raise CheckpointError(f"{os.path.join(d, fname)} is corrupt ({type(e).__name__}): load an older "
                                   f"checkpoint")
     else:

@@ -1,9 +1,10 @@
 """Saving a run on every rank at once. Instead of collecting the model on one rank, the work is
 spread: inside a stage each parameter is gathered (FSDP full_tensor, TP all-gather) and written
-by one owner rank, owners chosen to balance bytes."""
+by one owner rank, owners chosen to balance bytes. Rank 0 holds the root's lock (lock.py) while
+it writes, and nothing is written when any rank's weights or optimizer state are not finite."""
 import json
 import os
-from typing import List, Tuple
+from typing import List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -13,25 +14,38 @@ from megatron_galvatron.checkpoint.architecture import config_record
 from megatron_galvatron.checkpoint.atomic import begin_save, commit_save, fsync_dir, write_bytes
 from megatron_galvatron.checkpoint.collective import agree, broadcast
 from megatron_galvatron.checkpoint.format import CheckpointError, complete, rng_file, shard_stem, training_meta
+from megatron_galvatron.checkpoint.lock import RootLock, acquire
 from megatron_galvatron.checkpoint.rng import rng_state
 from megatron_galvatron.checkpoint.shards import entries, is_tied_copy
 from megatron_galvatron.model.canonical import full_tensor
 from megatron_galvatron.checkpoint.state import TrainingState
-from megatron_galvatron.checkpoint.tensors import ShardWriter
+from megatron_galvatron.checkpoint.tensors import ShardWriter, all_finite
+
+
+def _probe(root: str) -> None:
+    try:
+        os.makedirs(root, exist_ok=True)
+    except OSError as e:
+        raise CheckpointError(f"--save {root}: {e.strerror or e}; choose a writable directory")
+    if not os.access(root, os.W_OK | os.X_OK):
+        raise CheckpointError(f"--save {root} is not writable: choose a writable directory")
 
 
 def check_writable(root: str, rank: int) -> None:
     """Fail at start-up, not after hours of training, when --save cannot be written."""
-    def probe():
+    agree(lambda: _probe(root) if rank == 0 else None)
+
+
+def lock_save_root(root: str, rank: int) -> Optional[RootLock]:
+    """check_writable, then rank 0 takes root's lock for as long as it keeps the returned
+    RootLock (None on the other ranks): a second run saving into root stops here, at start-up,
+    on every rank, naming the run that holds it."""
+    def take():
         if rank != 0:
-            return
-        try:
-            os.makedirs(root, exist_ok=True)
-        except OSError as e:
-            raise CheckpointError(f"--save {root}: {e.strerror or e}; choose a writable directory")
-        if not os.access(root, os.W_OK | os.X_OK):
-            raise CheckpointError(f"--save {root} is not writable: choose a writable directory")
-    agree(probe)
+            return None
+        _probe(root)
+        return acquire(root)
+    return agree(take)
 
 
 def _state_tensors(optimizer, p) -> List[Tuple[str, torch.Tensor]]:
@@ -55,6 +69,24 @@ def _owners(stage_entries, n: int) -> List[int]:
     return owner
 
 
+def _nonfinite(state: TrainingState) -> Optional[str]:
+    """The first of this rank's parameters and optimizer states holding NaN or Inf, if any."""
+    for cname, p, _, _ in entries(state.stage):
+        for key, t in [("model/" + cname, p)] + [(f"optim/{k}/{cname}", v)
+                                                 for k, v in _state_tensors(state.optimizer, p)]:
+            if not all_finite(t.to_local() if hasattr(t, "to_local") else t):
+                return key
+    return None
+
+
+def _check_finite(state: TrainingState, root: str) -> None:
+    key = _nonfinite(state)
+    if key:
+        raise CheckpointError(f"refusing to save iteration {state.progress.iteration} under {root}: {key} holds NaN "
+                              f"or Inf on rank {state.ps.rank} (the run diverged); nothing was written: resume "
+                              f"from the last checkpoint with a lower --lr")
+
+
 def _meta(state: TrainingState) -> dict:
     sched, opt, it = state.lr_schedule, state.optimizer_config, state.progress.iteration
     return training_meta(
@@ -69,6 +101,17 @@ def _meta(state: TrainingState) -> dict:
 def save(state: TrainingState, root: str) -> str:
     """Save the model, optimizer, progress, RNG streams and plan of a run under root; every rank
     calls it. Returns the new checkpoint's directory."""
+    rank = state.ps.rank
+    agree(_check_finite, state, root)  # before anything is gathered or written, one verdict for all ranks
+    lock = agree(lambda: acquire(root) if rank == 0 else None)  # None: this process (the trainer) holds it
+    try:
+        return _save(state, root)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _save(state: TrainingState, root: str) -> str:
     ps = state.ps
     rank, world = ps.rank, ps.world_size
     name, tmp = broadcast(agree(lambda: begin_save(root, state.progress.iteration) if rank == 0 else None))

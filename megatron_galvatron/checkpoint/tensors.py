@@ -8,12 +8,22 @@ import torch
 
 from megatron_galvatron.checkpoint.architecture import config_from_record
 from megatron_galvatron.checkpoint.atomic import begin_save, commit_save, write_bytes
-from megatron_galvatron.checkpoint.format import (LATEST, META, CheckpointError, complete, read_meta, resolve,
-                                                  shard_file, shard_stem, tensor_info, verify)
+from megatron_galvatron.checkpoint.format import (LATEST, META, CheckpointError, complete, shard_file, shard_stem,
+                                                  tensor_info)
+from megatron_galvatron.checkpoint.integrity import read_meta, resolve, verify
+from megatron_galvatron.checkpoint.lock import holding
 from megatron_galvatron.model.config import GPTConfig
 
 # A rank writes a file whenever this many bytes of tensors are pending, bounding host memory.
 FLUSH_BYTES = 1 << 30
+
+
+def all_finite(t: torch.Tensor) -> bool:
+    if not t.is_floating_point():
+        return True
+    if t.element_size() == 1:  # float8: isfinite has no kernel for it everywhere
+        t = t.float()
+    return bool(torch.isfinite(t).all())
 
 
 def write_tensors(path: str, tensors: Dict[str, torch.Tensor]) -> dict:
@@ -64,19 +74,24 @@ class ShardWriter:
 
 def write_checkpoint(root: str, meta: dict, items: Iterable[Tuple[str, torch.Tensor]]) -> str:
     """A checkpoint written by one process (conversion tools) from meta fields and (key, full
-    tensor) pairs, consumed one at a time so that host memory stays bounded."""
-    name, tmp = begin_save(root, meta["iteration"])
-    writer = ShardWriter(tmp, shard_stem(0))
-    try:
-        for key, t in items:
-            writer.add(key, t)
-        writer.flush()
-        if writer.error:
-            raise CheckpointError(writer.error)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return commit_save(root, name, tmp, complete(meta, writer.files, writer.tensors))
+    tensor) pairs, consumed one at a time so that host memory stays bounded; root's lock is
+    held while it writes, and a NaN or Inf stops it before anything is published."""
+    with holding(root):
+        name, tmp = begin_save(root, meta["iteration"])
+        writer = ShardWriter(tmp, shard_stem(0))
+        try:
+            for key, t in items:
+                if not all_finite(t):
+                    raise CheckpointError(f"{key} holds NaN or Inf: refusing to write a checkpoint of non-finite "
+                                          f"weights under {root}; fix the source weights")
+                writer.add(key, t)
+            writer.flush()
+            if writer.error:
+                raise CheckpointError(writer.error)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        return commit_save(root, name, tmp, complete(meta, writer.files, writer.tensors))
 
 
 class TensorReader:
@@ -104,6 +119,9 @@ class TensorReader:
         except Exception as e:  # safetensors raises its own error type for a damaged file
             raise CheckpointError(f"cannot read {key} from {path} ({str(e).splitlines()[0]}): the file is "
                                   f"corrupt; load an older checkpoint")
+        if not all_finite(t):
+            raise CheckpointError(f"{key} in {path} holds NaN or Inf: the run that saved it had diverged or the "
+                                  f"file is corrupt; load an older checkpoint")
         if shape is not None and tuple(t.shape) != tuple(shape):
             raise CheckpointError(f"{key} in {self.d} has shape {tuple(t.shape)} but this model needs "
                                   f"{tuple(shape)}: the model flags differ from the checkpoint's")

@@ -13,6 +13,7 @@ from typing import Optional, Tuple
 from megatron_galvatron import plan as plan_mod
 from megatron_galvatron.checkpoint import format as ckpt_format
 from megatron_galvatron.checkpoint.atomic import begin_save, commit_save
+from megatron_galvatron.checkpoint.lock import holding
 from megatron_galvatron.checkpoint.tensors import open_verified
 from megatron_galvatron.errors import UserError
 
@@ -27,6 +28,11 @@ def reshard(load: str, plan_path: str, world_size: Optional[int] = None, save: O
         return d, plan, None
     same = ckpt_format.same_plan(meta, plan)
     files = {f: info for f, info in meta["files"].items() if same or not ckpt_format.is_rng_file(f)}
+    with holding(save):
+        return d, plan, _write_copy(d, meta, plan, files, save)
+
+
+def _write_copy(d: str, meta: dict, plan: plan_mod.Plan, files: dict, save: str) -> str:
     name, tmp = begin_save(save, int(meta["iteration"]))
     try:
         for f in files:
@@ -38,7 +44,7 @@ def reshard(load: str, plan_path: str, world_size: Optional[int] = None, save: O
                 with open(dst, "rb+") as fh:
                     os.fsync(fh.fileno())
         out = ckpt_format.resharded_meta(meta, plan.to_dict(), plan.world_size, files, d)
-        return d, plan, commit_save(save, name, tmp, out)
+        return commit_save(save, name, tmp, out)
     except OSError as e:
         shutil.rmtree(tmp, ignore_errors=True)
         raise UserError(f"cannot write the resharded copy under {save}: {e.strerror or e}")

@@ -45,6 +45,7 @@ class Trainer:
     log: List[dict] = field(default_factory=list)
     eval_log: List[dict] = field(default_factory=list)
     last_saved_iteration: Optional[int] = None  # under --save, to skip saving the same state twice
+    save_lock: object = None  # rank 0's hold on --save for the life of the run (checkpoint/lock.py)
 
     @property
     def device(self):
@@ -106,8 +107,7 @@ def setup(args, plan: Optional[Plan] = None) -> Trainer:
 def _start_from_checkpoint(tr: Trainer) -> None:
     """Check --save before any step is spent, and take what --load holds."""
     ck, rank = tr.config.checkpoint, tr.ps.rank
-    if ck.save:
-        checkpoint.check_writable(ck.save, rank)
+    _lock_save(tr)
     if not ck.load:
         return
     # --load X --save X is the resume-or-start idiom: an empty X starts from scratch.
@@ -122,6 +122,13 @@ def _start_from_checkpoint(tr: Trainer) -> None:
               f"({tr.consumed_samples} samples consumed)", flush=True)
     if same:
         tr.last_saved_iteration = tr.iteration
+
+
+def _lock_save(tr: Trainer) -> None:
+    """Claim --save before --load is read: a second run into the same root stops here, naming
+    the first, rather than interleaving checkpoints with it."""
+    if tr.config.checkpoint.save:
+        tr.save_lock = checkpoint.lock_save_root(tr.config.checkpoint.save, tr.ps.rank)
 
 
 def _microbatches(tr: Trainer, dataset, start_sample: int):
