@@ -275,3 +275,50 @@ def test_the_measured_duty_curve_prices_the_tp_and_pipeline_plans(tmp_path):
         assert all(0.014 < by_now[n] < 0.043 for n in idle) and all(abs(by_curve[n]) < 0.03 for n in idle)
         assert sum(map(abs, t_now)) / len(t_now) == pytest.approx(mae_now, abs=0.0006)
         assert sum(map(abs, t_curve)) / len(t_curve) == pytest.approx(mae_curve, abs=0.0006)
+
+
+# Float8 on one H200 (results/h200x1_llama{3b,7b}/fp8_searched): twelve compiled plans, eight
+# mixing float8 and bf16 layers, priced on the profile whose float8 layers have a sustained chain
+# of their own; (bench, name, error in time, error in memory)
+FP8_RUNS = [("llama3b", "bench_searched.json", "plan_tensorwise.json", 0.000, 0.006),
+            ("llama3b", "bench_searched.json", "plan_off.json", 0.006, 0.005),
+            ("llama3b", "bench_searched.json", "plan_tensorwise_90gb.json", -0.037, 0.008),
+            ("llama3b", "bench_searched.json", "plan_tensorwise_70gb.json", 0.054, 0.009),
+            ("llama3b", "bench_mixed.json", "tp=1,dp=ddp,gbs=16,chunks=4,fp8=tensorwise,fp8skip=2:2 +compile", 0.000, 0.006),
+            ("llama3b", "bench_mixed.json", "tp=1,dp=ddp,gbs=16,chunks=8,fp8=tensorwise,fp8skip=0:14 +compile", -0.015, 0.007),
+            ("llama3b", "bench_mixed.json", "tp=1,dp=zero2,gbs=16,chunks=4,fp8=tensorwise,fp8skip=4:0 +compile", -0.054, 0.006),
+            ("llama3b", "bench_mixed.json", "tp=1,dp=ddp,ckpt=1,gbs=16,chunks=4,fp8=tensorwise,fp8skip=1:1 +compile", 0.002, 0.008),
+            ("llama3b", "bench_mixed.json", "tp=1,dp=zero3,gbs=16,chunks=4,fp8=tensorwise,fp8skip=7:7 +compile", -0.027, 0.006),
+            ("llama7b", "bench.json", "plan_tensorwise.json", -0.001, 0.001),
+            ("llama7b", "bench.json", "plan_off.json", -0.007, 0.001),
+            ("llama7b", "bench.json", "plan_tensorwise_skip2.json", -0.003, 0.001)]
+
+
+def _fp8_rows(profile: str):
+    out = []
+    for model, bench in dict.fromkeys((m, b) for m, b, *_ in FP8_RUNS):
+        d = f"h200x1_{model}/fp8_searched"
+        out += rows(f"{d}/{bench}", f"{d}/{profile}", f"{d}/{profile}")[1]
+    return out
+
+
+def test_h200_fp8_plans_within_five_percent_on_the_float8_sustained_profile():
+    rs = _fp8_rows("profile_fp8_sustained")
+    assert [r["name"] for r in rs] == [name for _, _, name, _, _ in FP8_RUNS]
+    t, m = errors(rs)
+    for e_t, e_m, (_, _, name, want_t, want_m) in zip(t, m, FP8_RUNS):
+        assert e_t == pytest.approx(want_t, abs=0.0006) and e_m == pytest.approx(want_m, abs=0.0006), name
+    mixed = [(e_t, e_m) for r, e_t, e_m in zip(rs, t, m) if r["name"] not in ("plan_tensorwise.json", "plan_off.json")]
+    assert len(mixed) == 8 and sum(abs(a) < 0.05 and abs(b) < 0.05 for a, b in mixed) == 6
+    assert max(map(abs, m)) < 0.01
+
+
+def test_h200_fp8_plans_were_over_predicted_without_the_float8_chain():
+    """On the first profile every float8 table took the bf16 chain's slowdown (1.19 on the 3B shape,
+    where the float8 chain measured 1.13): the all-float8 plans came out 2.9-4.9 % slow."""
+    t_first, _ = errors(_fp8_rows("profile"))
+    t_now, _ = errors(_fp8_rows("profile_fp8_sustained"))
+    assert sum(map(abs, t_now)) < 0.7 * sum(map(abs, t_first))
+    names = [name for _, _, name, _, _ in FP8_RUNS]
+    for i in (names.index("plan_tensorwise.json"), len(names) - 3):
+        assert t_first[i] > 0.028 and abs(t_now[i]) < 0.002
