@@ -37,6 +37,6 @@ def exit_on_peer_failure(prog: str):
             raise
         print(f"{prog}: error: a peer rank stopped ({describe(e)}); exiting", file=sys.stderr, flush=True)
         sys.stdout.flush()
-        # Not sys.exit: interpreter shutdown would tear down a process group whose peer is
-        # gone, and a gloo thread still waiting on it can abort the process, losing the status.
+        # Not sys.exit: the run's process groups are still alive here, and left to interpreter
+        # shutdown a gloo thread can abort the process (see pretrain_gpt.main), losing the status.
         os._exit(PEER_EXIT_CODE)
