@@ -48,13 +48,14 @@ class Ranks:
             return f.read()
 
 
-def start(flags: List[str], world: int, logdir: str, script: str = PRETRAIN) -> Ranks:
+def start(flags: List[str], world: int, logdir: str, script: str = PRETRAIN, extra_env=None) -> Ranks:
     """`world` processes of `script flags`, each with the environment torchrun would give it."""
     port = str(_free_port())
     procs, logs = [], []
     for r in range(world):
         extra = dict(MASTER_ADDR="127.0.0.1", MASTER_PORT=port, RANK=str(r), WORLD_SIZE=str(world),
                      LOCAL_RANK=str(r)) if world > 1 else {}
+        extra.update(extra_env or {})
         logs.append(os.path.join(logdir, f"rank{r}.log"))
         with open(logs[-1], "w") as out:
             procs.append(subprocess.Popen([sys.executable, script] + flags, env=env(**extra), cwd=ROOT, stdout=out,
@@ -62,8 +63,9 @@ def start(flags: List[str], world: int, logdir: str, script: str = PRETRAIN) -> 
     return Ranks(procs, logs)
 
 
-def run(flags: List[str], world: int, logdir: str, timeout: float = 120, script: str = PRETRAIN) -> Ranks:
-    ranks = start(flags, world, logdir, script)
+def run(flags: List[str], world: int, logdir: str, timeout: float = 120, script: str = PRETRAIN,
+        extra_env=None) -> Ranks:
+    ranks = start(flags, world, logdir, script, extra_env)
     ranks.codes = ranks.wait(timeout)
     return ranks
 

@@ -6,6 +6,7 @@ loop logs, evaluates and saves as due, and stops early when every rank agrees to
 import dataclasses
 import json
 import os
+import random
 import time
 from dataclasses import dataclass, field
 from functools import partial
@@ -100,6 +101,10 @@ def setup(args, plan: Optional[Plan] = None) -> Trainer:
     # Replicated dropout draws from the default stream: offset it per pipeline stage (as
     # Megatron does) so that stages do not repeat each other's masks.
     torch.manual_seed(config.seed + 100 * ps.pp_rank)
+    # Python's and numpy's global streams too (nothing here draws from them, but a checkpoint
+    # records them): seeded by the OS, two runs of one command would save different bytes.
+    random.seed(config.seed + 100 * ps.pp_rank)
+    np.random.seed(config.seed + 100 * ps.pp_rank)
     stage = StageModel(cfg, plan, ps, config.seed)
     model = parallelize(stage, plan, config.bf16)
     opt, lr = config.optimizer, config.lr
