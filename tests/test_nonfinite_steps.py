@@ -1,4 +1,4 @@
-"""A step whose gradients hold a NaN on one pipeline stage only is skipped on every rank: no
+"""A step whose gradients hold a NaN on one pipeline stage (or one ZeRO-3 rank) only is skipped on every rank: no
 weight, no AdamW moment and no step count changes, the iteration and the `skipped` metric count
 it, and more than --max-skipped-steps such steps in a row stop the run with one line."""
 import math
@@ -46,28 +46,36 @@ def test_skipped_steps_counts_per_interval_and_stops_after_too_many_in_a_row():
     assert never.read(5) == 5
 
 
-def _run(bad_iterations, max_skipped):
-    """Train 8 steps under pp 2 (1F1B) with a NaN put into one gradient of the first stage at
+PP2 = ["--pp-deg", "2", "--micro-batch-size", "2"]
+
+
+def _run(bad_iterations, max_skipped, plan=PP2, fused=False):
+    """Train 8 steps with a NaN put into one gradient of rank 0 (under pp 2: the first stage) at
     the given iterations; each step's (iteration, skipped, any parameter changed) on this rank."""
-    args = build_parser().parse_args(TINY + ["--train-iters", "8", "--pp-deg", "2", "--micro-batch-size", "2",
-                                             "--max-skipped-steps", str(max_skipped)])
+    args = build_parser().parse_args(TINY + ["--train-iters", "8", "--max-skipped-steps", str(max_skipped), *plan])
     tr = train_mod.setup(args)
+    if fused:  # what a GPU run builds; the CPU default is foreach
+        groups = [{"params": g["params"], "weight_decay": g["weight_decay"]} for g in tr.optimizer.param_groups]
+        tr.optimizer = torch.optim.AdamW(groups, lr=args.lr, eps=args.adam_eps, fused=True)
     sync = tr.model.finish_grad_sync
 
     def poisoned_sync():
         sync()
-        if tr.ps.pp_rank == 0 and tr.iteration + 1 in bad_iterations:
+        if tr.ps.rank == 0 and tr.iteration + 1 in bad_iterations:
             local_grad(next(tr.stage.parameters())).view(-1)[0] = math.nan
 
     tr.model.finish_grad_sync = poisoned_sync
     step, trace = train_mod.train_step, []
 
+    def local(t):
+        return t.detach().to_local() if hasattr(t, "to_local") else t.detach()
+
     def observed_step(tr):
-        before = [p.detach().clone() for p in tr.stage.parameters()]
-        moments = [v.clone() for s in tr.optimizer.state.values() for v in s.values()]
+        before = [local(p).clone() for p in tr.stage.parameters()]
+        moments = [local(v).clone() for s in tr.optimizer.state.values() for v in s.values()]
         stats = step(tr)
-        after = [v for s in tr.optimizer.state.values() for v in s.values()]
-        changed = any(not torch.equal(a, p.detach()) for a, p in zip(before, tr.stage.parameters())) or \
+        after = [local(v) for s in tr.optimizer.state.values() for v in s.values()]
+        changed = any(not torch.equal(a, local(p)) for a, p in zip(before, tr.stage.parameters())) or \
             len(moments) != len(after) or any(not torch.equal(a, b) for a, b in zip(moments, after))
         trace.append((tr.iteration, bool(stats.skipped), changed))
         return stats
@@ -81,19 +89,22 @@ def _run(bad_iterations, max_skipped):
     finally:
         train_mod.train_step = step
     return {"trace": trace, "skipped": [(r["iteration"], r["skipped"]) for r in tr.log], "error": error,
-            "iteration": tr.iteration}
+            "iteration": tr.iteration, "dtensors": any(hasattr(p, "device_mesh") for p in tr.stage.parameters())}
 
 
 def _worker(rank, world):
-    return [_run({3, 5}, 1), _run({3, 4}, 1)]
+    return [_run({3, 5}, 1), _run({3, 4}, 1), _run({3}, 1, ["--default-dp-type", "zero3"], fused=True)]
 
 
 def test_nan_on_one_stage_is_skipped_on_every_rank_and_too_many_in_a_row_stop_the_run():
     ranks = run_distributed(2, _worker)
-    for apart, in_a_row in ranks:
+    for apart, in_a_row, sharded in ranks:
         assert apart["error"] is None and apart["iteration"] == 8
         assert apart["trace"] == [(i, i in (3, 5), i not in (3, 5)) for i in range(1, 9)]
         assert apart["skipped"] == [(i, int(i in (3, 5))) for i in range(1, 9)]
         assert in_a_row["trace"] == [(i, i in (3, 4), i not in (3, 4)) for i in range(1, 5)]
         assert in_a_row["error"].startswith("2 steps in a row up to iteration 4 had a NaN/Inf gradient norm "
                                             "(skipped), more than --max-skipped-steps 1")
+        # ZeRO-3 over dp 2 with the fused AdamW of GPU runs: the skip reaches the sharded (DTensor)
+        # parameters through the kernel's found_inf, and the NaN on rank 0 stops rank 1's step too
+        assert sharded["dtensors"] and sharded["error"] is None and sharded["trace"] == [(i, i == 3, i != 3) for i in range(1, 9)]

@@ -17,7 +17,7 @@ from megatron_galvatron.errors import UserError
 
 def step_if_finite(optimizer: torch.optim.Optimizer, finite: torch.Tensor) -> None:
     """optimizer.step() when `finite` (a 0-dim bool tensor, the same on every rank), else nothing."""
-    if optimizer.defaults.get("fused"):
+    if all(g.get("fused") for g in optimizer.param_groups):
         # The fused kernels take the skip as a device tensor (GradScaler's found_inf), so the
         # host never waits for the backward to learn the answer.
         optimizer.found_inf = (~finite).float()
