@@ -22,7 +22,7 @@ def step_if_finite(optimizer: torch.optim.Optimizer, finite: torch.Tensor) -> No
         # host never waits for the backward to learn the answer.
         optimizer.found_inf = (~finite).float()
         optimizer.step()
-    elif bool(finite):  # foreach has no such input; it runs on CPU, where there is nothing to wait for
+    elif bool(finite):  # foreach has no such input; build_optimizer picks it on CPU only: no wait
         optimizer.step()
 
 
