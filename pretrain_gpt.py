@@ -7,12 +7,13 @@ import gc
 
 from megatron_galvatron.errors import exit_on_user_error
 from megatron_galvatron.training.arguments import build_parser
+from megatron_galvatron.training.peer_failure import exit_on_peer_failure
 from megatron_galvatron.training.train import setup, train
 
 
 def main(argv=None) -> None:
     args = build_parser().parse_args(argv)
-    with exit_on_user_error("pretrain_gpt.py"):
+    with exit_on_user_error("pretrain_gpt.py"), exit_on_peer_failure("pretrain_gpt.py"):
         trainer = setup(args)
         if trainer.ps.rank == 0:
             print(trainer.plan.describe(), flush=True)

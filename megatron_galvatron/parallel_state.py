@@ -197,13 +197,15 @@ def detect_device(local_rank: int) -> torch.device:
     return torch.device("cpu")
 
 
-def init_distributed(device: torch.device) -> Tuple[int, int]:
-    """Initialise torch.distributed from torchrun's environment (NCCL on CUDA, gloo on CPU)."""
+def init_distributed(device: torch.device, timeout_minutes: float = 10.0) -> Tuple[int, int]:
+    """Initialise torch.distributed from torchrun's environment (NCCL on CUDA, gloo on CPU). A
+    collective waiting longer than timeout_minutes for a peer fails (Megatron's default: 10)."""
     import os
+    from datetime import timedelta
     if "RANK" not in os.environ:
         return 0, 1
     if not dist.is_initialized():
         backend = "nccl" if device.type == "cuda" else "gloo"
         kwargs = {"device_id": device} if device.type == "cuda" else {}
-        dist.init_process_group(backend=backend, **kwargs)
+        dist.init_process_group(backend=backend, timeout=timedelta(minutes=timeout_minutes), **kwargs)
     return dist.get_rank(), dist.get_world_size()

@@ -12,5 +12,5 @@ def test_flags_become_typed_fields():
     assert (c.eval.interval, c.eval.iters, c.eval.skip_train) == (10, 2, False)
     assert (c.checkpoint.save, c.checkpoint.load, c.checkpoint.load_optim, c.checkpoint.load_rng) == \
         ("/tmp/s", None, False, True)
-    assert c.logging.exit_on_nonfinite is False and c.data.path == ["a", "b"]
+    assert c.resilience.max_skipped_steps is None and c.data.path == ["a", "b"]  # --exit-on-nonfinite 0: never stop
 

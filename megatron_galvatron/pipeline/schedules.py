@@ -18,6 +18,10 @@ from megatron_galvatron.pipeline.p2p import P2P
 class StepStats:
     loss_sum: torch.Tensor  # sum over micro-batches of this rank's scaled loss (last stage), detached
     max_live_microbatches: int = 0
+    # Filled in by the training step after the schedule:
+    grad_norm: Optional[torch.Tensor] = None  # global, before clipping
+    lr: float = 0.0
+    skipped: Optional[torch.Tensor] = None  # 0-dim bool: no optimizer step (NaN/Inf gradient norm)
 
 
 def _release(y: Optional[torch.Tensor]) -> None:

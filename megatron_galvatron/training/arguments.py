@@ -5,7 +5,7 @@ from megatron_galvatron import plan as plan_mod
 from megatron_galvatron.errors import UserError
 from megatron_galvatron.model.config import GPTConfig, add_model_args
 from megatron_galvatron.training.config import (CheckpointConfig, DataConfig, EvalConfig, LoggingConfig, LRConfig,
-                                             OptimizerConfig, TrainingConfig)
+                                             OptimizerConfig, ResilienceConfig, TrainingConfig)
 
 
 def add_parallel_args(p: argparse.ArgumentParser) -> None:
@@ -70,6 +70,44 @@ def add_data_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--no-load-rng", action="store_true", help="do not load the RNG streams from --load")
 
 
+def add_resilience_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("preemption, failures and bad steps (docs/reliability.md)")
+    g.add_argument("--exit-signal-handler", action="store_true",
+                   help="on SIGTERM or SIGINT (to any rank) every rank finishes the step, saves to --save and exits 0")
+    g.add_argument("--exit-interval", type=int, default=None, help="save and exit 0 when the iteration is a multiple of N")
+    g.add_argument("--exit-duration-in-mins", type=float, default=None,
+                   help="save and exit 0 after the first step that ends past this many minutes of wall time")
+    g.add_argument("--distributed-timeout-minutes", type=float, default=10.0,
+                   help="how long a collective waits for a peer before the run stops")
+    g.add_argument("--max-skipped-steps", type=int, default=0,
+                   help="a step whose gradient norm is NaN/Inf is skipped; stop after more than K in a row "
+                        "(0: stop at the first; --exit-on-nonfinite 0: never stop)")
+    g.add_argument("--async-save", action="store_true",
+                   help="write checkpoint files in a background thread; training waits only for the gathers")
+
+
+def resilience_config(args: argparse.Namespace) -> ResilienceConfig:
+    c = ResilienceConfig(exit_signal_handler=args.exit_signal_handler, exit_interval=args.exit_interval,
+                         exit_duration_mins=args.exit_duration_in_mins,
+                         distributed_timeout_mins=args.distributed_timeout_minutes,
+                         max_skipped_steps=args.max_skipped_steps if args.exit_on_nonfinite else None,
+                         async_save=args.async_save)
+    if c.exit_interval is not None and c.exit_interval < 1:
+        raise UserError(f"--exit-interval {c.exit_interval}: give a number of iterations >= 1")
+    if c.exit_duration_mins is not None and not c.exit_duration_mins > 0:
+        raise UserError(f"--exit-duration-in-mins {c.exit_duration_mins}: give a positive number of minutes")
+    if not c.distributed_timeout_mins > 0:
+        raise UserError(f"--distributed-timeout-minutes {c.distributed_timeout_mins}: give a positive number")
+    if args.max_skipped_steps < 0:
+        raise UserError(f"--max-skipped-steps {args.max_skipped_steps}: give a count >= 0")
+    if c.exits_early and not args.save:
+        flag = next(f for f, on in (("--exit-signal-handler", c.exit_signal_handler),
+                                    ("--exit-interval", c.exit_interval is not None),
+                                    ("--exit-duration-in-mins", True)) if on)
+        raise UserError(f"{flag} saves a checkpoint before exiting: give --save DIR (and --load DIR to resume)")
+    return c
+
+
 def training_config(args: argparse.Namespace) -> TrainingConfig:
     """The run's settings besides model and plan, read once from the parsed flags."""
     return TrainingConfig(
@@ -80,11 +118,11 @@ def training_config(args: argparse.Namespace) -> TrainingConfig:
                     decay_iters=args.lr_decay_iters or args.train_iters, decay_style=args.lr_decay_style),
         eval=EvalConfig(interval=args.eval_interval, iters=args.eval_iters, skip_train=args.skip_train),
         logging=LoggingConfig(interval=args.log_interval, tensorboard_dir=args.tensorboard_dir,
-                              metrics_json=args.metrics_json, exit_on_nonfinite=bool(args.exit_on_nonfinite)),
+                              metrics_json=args.metrics_json),
         checkpoint=CheckpointConfig(save=args.save, load=args.load, save_interval=args.save_interval,
                                     finetune=args.finetune, load_optim=not args.no_load_optim,
                                     load_rng=not args.no_load_rng),
-        data=DataConfig(path=args.data_path, split=args.split))
+        data=DataConfig(path=args.data_path, split=args.split), resilience=resilience_config(args))
 
 
 def build_parser(description: str = "Train a GPT model under a per-layer hybrid parallel plan") -> argparse.ArgumentParser:
@@ -93,6 +131,7 @@ def build_parser(description: str = "Train a GPT model under a per-layer hybrid 
     add_parallel_args(p)
     add_training_args(p)
     add_data_args(p)
+    add_resilience_args(p)
     return p
 
 

@@ -35,7 +35,6 @@ class LoggingConfig:
     interval: int
     tensorboard_dir: Optional[str]
     metrics_json: Optional[str]
-    exit_on_nonfinite: bool
 
 
 @dataclass(frozen=True)
@@ -55,6 +54,21 @@ class DataConfig:
 
 
 @dataclass(frozen=True)
+class ResilienceConfig:
+    """Stopping early with a checkpoint, surviving bad steps, and saving without stalling."""
+    exit_signal_handler: bool = False  # SIGTERM/SIGINT: finish the step, save, exit 0
+    exit_interval: Optional[int] = None  # save and exit when iteration % N == 0
+    exit_duration_mins: Optional[float] = None  # save and exit once the run has lasted this long
+    distributed_timeout_mins: float = 10.0  # how long a collective waits for a silent peer
+    max_skipped_steps: Optional[int] = 0  # consecutive non-finite steps tolerated; None: no limit
+    async_save: bool = False  # write checkpoint files in a background thread
+
+    @property
+    def exits_early(self) -> bool:
+        return self.exit_signal_handler or self.exit_interval is not None or self.exit_duration_mins is not None
+
+
+@dataclass(frozen=True)
 class TrainingConfig:
     train_iters: int  # a total: a resumed run stops there too
     seed: int
@@ -65,3 +79,4 @@ class TrainingConfig:
     logging: LoggingConfig
     checkpoint: CheckpointConfig
     data: DataConfig
+    resilience: ResilienceConfig = ResilienceConfig()

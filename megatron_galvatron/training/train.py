@@ -1,9 +1,12 @@
 """Set up a run from flags and train: one step goes data -> schedule (forward/backward over
 micro-batches, through the stage model's layers and their collectives) -> gradient sync ->
-clip -> AdamW -> LR schedule."""
+clip -> AdamW (skipped when the gradient norm is NaN/Inf) -> LR schedule. After each step the
+loop logs, evaluates and saves as due, and stops early when every rank agrees to
+(training/preemption.py)."""
 import dataclasses
 import json
 import os
+import random
 import time
 from dataclasses import dataclass, field
 from functools import partial
@@ -14,6 +17,7 @@ import torch
 import torch.distributed as dist
 
 from megatron_galvatron import checkpoint
+from megatron_galvatron.checkpoint.async_save import PendingSave, start_save
 from megatron_galvatron.errors import UserError
 from megatron_galvatron.fp8.library import float8
 from megatron_galvatron.optional import import_optional
@@ -26,7 +30,9 @@ from megatron_galvatron.pipeline.schedules import Schedule, StepStats, forward_o
 from megatron_galvatron.plan import Plan
 from megatron_galvatron.training import arguments, metrics
 from megatron_galvatron.training.config import TrainingConfig
+from megatron_galvatron.training.nonfinite import SkippedSteps, step_if_finite
 from megatron_galvatron.training.optimizer import LRSchedule, build_optimizer
+from megatron_galvatron.training.preemption import EarlyExit, SignalFlag, agree_any
 
 
 @dataclass
@@ -46,6 +52,8 @@ class Trainer:
     eval_log: List[dict] = field(default_factory=list)
     last_saved_iteration: Optional[int] = None  # under --save, to skip saving the same state twice
     save_lock: object = None  # rank 0's hold on --save for the life of the run (checkpoint/lock.py)
+    pending_save: Optional[PendingSave] = None  # --async-save: files still being written
+    started: float = field(default_factory=time.monotonic)  # for --exit-duration-in-mins
 
     @property
     def device(self):
@@ -79,10 +87,11 @@ def build_datasets(config: TrainingConfig, cfg: GPTConfig, plan: Plan, consumed_
 
 
 def setup(args, plan: Optional[Plan] = None) -> Trainer:
+    started = time.monotonic()
     config = arguments.training_config(args)
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     device = detect_device(local_rank)
-    rank, world = init_distributed(device)
+    rank, world = init_distributed(device, config.resilience.distributed_timeout_mins)
     cfg = config_from_args(args)
     plan = plan.validate(cfg, world_size=world) if plan else arguments.build_plan(args, cfg, world)
     if args.compile and not plan.compile:  # the flag asks what a searched plan may say itself
@@ -93,12 +102,16 @@ def setup(args, plan: Optional[Plan] = None) -> Trainer:
     # Replicated dropout draws from the default stream: offset it per pipeline stage (as
     # Megatron does) so that stages do not repeat each other's masks.
     torch.manual_seed(config.seed + 100 * ps.pp_rank)
+    # Python's and numpy's global streams too (nothing here draws from them, but a checkpoint
+    # records them): seeded by the OS, two runs of one command would save different bytes.
+    random.seed(config.seed + 100 * ps.pp_rank)
+    np.random.seed(config.seed + 100 * ps.pp_rank)
     stage = StageModel(cfg, plan, ps, config.seed)
     model = parallelize(stage, plan, config.bf16)
     opt, lr = config.optimizer, config.lr
     optimizer = build_optimizer(stage, lr.lr, opt.weight_decay, opt.betas, opt.eps)
     sched = LRSchedule(lr.lr, lr.min_lr, lr.warmup_iters, lr.decay_iters, lr.decay_style)
-    tr = Trainer(config, cfg, plan, ps, model, optimizer, sched, None, None)
+    tr = Trainer(config, cfg, plan, ps, model, optimizer, sched, None, None, started=started)
     _start_from_checkpoint(tr)
     tr.train_data, tr.valid_data = build_datasets(config, cfg, plan, tr.consumed_samples, tr.iteration)
     return tr
@@ -196,8 +209,9 @@ def train_step(tr: Trainer) -> StepStats:
         stats = schedule.run(tr.device)
     tr.model.finish_grad_sync()
     stats.grad_norm = tr.model.clip_grads(tr.config.optimizer.clip_grad)
+    stats.skipped = ~torch.isfinite(stats.grad_norm)
     stats.lr = tr.lr_schedule.apply(tr.optimizer, tr.iteration)
-    tr.optimizer.step()
+    step_if_finite(tr.optimizer, ~stats.skipped)
     tr.iteration += 1
     tr.consumed_samples += tr.plan.global_bsz
     return stats
@@ -228,13 +242,47 @@ def evaluate(tr: Trainer, iters: Optional[int] = None) -> float:
     return loss.item()
 
 
-def save_checkpoint(tr: Trainer) -> str:
+def save_checkpoint(tr: Trainer) -> Optional[str]:
+    """Save the run at this iteration (every rank). Under --async-save the files are written in
+    the background and published by publish_save; returns the directory once it is published."""
+    publish_save(tr)  # a save begins only after the previous one is complete
     t0 = time.perf_counter()
-    path = checkpoint.save(tr.checkpoint_state(), tr.config.checkpoint.save)
     tr.last_saved_iteration = tr.iteration
+    if tr.config.resilience.async_save:
+        tr.pending_save = start_save(tr.checkpoint_state(), tr.config.checkpoint.save)
+        if tr.ps.rank == 0:
+            print(f"saving checkpoint at iteration {tr.iteration} in the background "
+                  f"(training waited {time.perf_counter() - t0:.2f} s)", flush=True)
+        return None
+    path = checkpoint.save(tr.checkpoint_state(), tr.config.checkpoint.save)
     if tr.ps.rank == 0:
         print(f"saved checkpoint {path} at iteration {tr.iteration} in {time.perf_counter() - t0:.2f} s", flush=True)
     return path
+
+
+def publish_save(tr: Trainer) -> Optional[str]:
+    """Wait for a background save's files and publish the checkpoint (every rank at once)."""
+    pending, tr.pending_save = tr.pending_save, None
+    if pending is None:
+        return None
+    path = pending.commit()
+    if tr.ps.rank == 0:
+        print(f"saved checkpoint {path} at iteration {pending.iteration} "
+              f"({time.perf_counter() - pending.started:.2f} s after it began)", flush=True)
+    return path
+
+
+def _stop_reason(tr: Trainer, early: EarlyExit) -> Optional[str]:
+    """Why every rank stops after this step (None: go on). Publishes a background save once every
+    rank has written its files: both are agreed in one small all-reduce, made only when needed."""
+    writing = tr.pending_save is not None
+    agreed = []
+    if early.needs_agreement or writing:
+        agreed = agree_any(early.local_flags() + [writing and not tr.pending_save.written()],
+                           tr.ps.world_group, tr.device)
+        if writing and not agreed[-1]:
+            publish_save(tr)
+    return early.reason(tr.iteration, agreed[:-1])
 
 
 def _evaluate_and_log(tr: Trainer, writer) -> float:
@@ -273,6 +321,11 @@ def is_logging_rank(tr: Trainer) -> bool:
 
 
 def train(tr: Trainer) -> List[dict]:
+    with SignalFlag(tr.config.resilience.exit_signal_handler) as flag:
+        return _train(tr, EarlyExit(tr.config.resilience, tr.started, flag))
+
+
+def _train(tr: Trainer, early: EarlyExit) -> List[dict]:
     config, log, device = tr.config, tr.config.logging, tr.device
     if config.eval.skip_train:
         loss = evaluate(tr)
@@ -285,14 +338,19 @@ def train(tr: Trainer) -> List[dict]:
     tokens_per_iter = tr.plan.global_bsz * tr.cfg.seq_length
     writer = _writer(log.tensorboard_dir) if is_logging_rank(tr) else None
     interval_loss, interval_n = torch.zeros((), device=device), 0
+    skipped = SkippedSteps(device, config.resilience.max_skipped_steps)
     metrics.synchronize(device)
     t0 = time.perf_counter()
     while tr.iteration < config.train_iters:
         stats = train_step(tr)
-        interval_loss += stats.loss_sum
+        interval_loss += torch.where(stats.skipped, 0.0, stats.loss_sum)  # a skipped step's loss is left out
         interval_n += 1
-        if tr.iteration % log.interval == 0 or tr.iteration == config.train_iters:
-            loss = (reduce_loss(tr, interval_loss) / interval_n).item()
+        skipped.add(stats.skipped)
+        stop = _stop_reason(tr, early)
+        if tr.iteration % log.interval == 0 or tr.iteration == config.train_iters or stop:
+            n_skipped = skipped.read(tr.iteration)
+            n_good = interval_n - n_skipped
+            loss = (reduce_loss(tr, interval_loss) / n_good).item() if n_good else float("nan")
             grad_norm = stats.grad_norm.item()
             metrics.synchronize(device)
             dt = (time.perf_counter() - t0) / interval_n
@@ -300,7 +358,8 @@ def train(tr: Trainer) -> List[dict]:
             tflops = tps * flops_token / 1e12
             rec = {"iteration": tr.iteration, "loss": loss, "lr": stats.lr, "grad_norm": grad_norm,
                    "iter_time_s": dt, "tokens_per_s_per_gpu": tps, "tflops_per_gpu": tflops,
-                   "peak_mem_gb": metrics.peak_memory_gb(device), "max_live_microbatches": stats.max_live_microbatches}
+                   "peak_mem_gb": metrics.peak_memory_gb(device), "max_live_microbatches": stats.max_live_microbatches,
+                   "skipped": n_skipped}
             if peak:
                 rec["mfu"] = tflops * 1e12 / peak
             tr.log.append(rec)
@@ -311,20 +370,24 @@ def train(tr: Trainer) -> List[dict]:
                 if log.metrics_json:
                     with open(log.metrics_json, "a") as f:
                         f.write(json.dumps(rec) + "\n")
-            if log.exit_on_nonfinite and not np.isfinite(loss):
-                raise UserError(f"loss became {loss} at iteration {tr.iteration}: lower --lr or check the data")
             interval_loss.zero_()
             interval_n = 0
             t0 = time.perf_counter()
         t0 += _periodic(tr, writer)  # not counted in the iteration time
+        if stop:
+            if tr.ps.rank == 0:
+                print(f"exiting at iteration {tr.iteration}: {stop}; saving a checkpoint to resume from", flush=True)
+            break
     if config.checkpoint.save and tr.last_saved_iteration != tr.iteration:
         save_checkpoint(tr)
+    publish_save(tr)
     return tr.log
 
 
 def _print_iteration(rec: dict, total: int) -> None:
     parts = [f"iteration {rec['iteration']:>6}/{total}", f"loss: {rec['loss']:.6E}", f"lr: {rec['lr']:.4E}",
-             f"grad norm: {rec['grad_norm']:.4f}", f"time/iter: {rec['iter_time_s'] * 1000:.1f} ms",
+             f"grad norm: {rec['grad_norm']:.4f}", f"skipped: {rec['skipped']}",
+             f"time/iter: {rec['iter_time_s'] * 1000:.1f} ms",
              f"tokens/s/GPU: {rec['tokens_per_s_per_gpu']:.1f}", f"TFLOP/s/GPU: {rec['tflops_per_gpu']:.2f}"]
     if "mfu" in rec:
         parts.append(f"MFU: {rec['mfu']:.3f}")
