@@ -14,18 +14,15 @@ synchronous save writes about every GiB instead).
 import json
 import threading
 import time
-import torch.distributed as dist
 
-from megatron_galvatron.checkpoint.atomic import begin_save, commit_save, fsync_dir, write_bytes
+from megatron_galvatron.checkpoint.atomic import begin_save, fsync_dir, write_bytes
 from megatron_galvatron.checkpoint.collective import agree, broadcast
-from megatron_galvatron.checkpoint.format import CheckpointError, complete, rng_file, shard_stem
+from megatron_galvatron.checkpoint.format import CheckpointError, rng_file, shard_stem
 from megatron_galvatron.checkpoint.rng import rng_state
 from megatron_galvatron.checkpoint.lock import acquire
-from megatron_galvatron.checkpoint.save import _check_finite, _meta, _owners, _state_tensors
-from megatron_galvatron.checkpoint.shards import entries, is_tied_copy
+from megatron_galvatron.checkpoint.save import _check_finite, _meta, owned_tensors, publish
 from megatron_galvatron.checkpoint.state import TrainingState
 from megatron_galvatron.checkpoint.tensors import ShardWriter
-from megatron_galvatron.model.canonical import full_tensor
 
 
 class PendingSave:
@@ -74,22 +71,7 @@ class PendingSave:
             if writer.error:
                 raise CheckpointError(writer.error)
         agree(check)
-        parts = [(writer.files, writer.tensors)] * self.world
-        if self.world > 1:
-            dist.all_gather_object(parts, (writer.files, writer.tensors))
-
-        def publish():
-            if self.rank != 0:
-                return None
-            files, tensors = {}, {}
-            for f, t in parts:
-                files.update(f)
-                tensors.update(t)
-            try:
-                return commit_save(self.root, self.name, self.tmp, complete(self.meta, files, tensors))
-            except OSError as e:
-                raise CheckpointError(f"cannot publish checkpoint {self.name} under {self.root}: {e.strerror or e}")
-        return broadcast(agree(publish))
+        return publish(self.root, self.name, self.tmp, self.meta, writer, self.rank, self.world)
 
 
 def start_save(state: TrainingState, root: str) -> PendingSave:
@@ -99,16 +81,13 @@ def start_save(state: TrainingState, root: str) -> PendingSave:
     rank = ps.rank
     agree(_check_finite, state, root)  # as save.save: no checkpoint of a diverged run
     lock = agree(lambda: acquire(root) if rank == 0 else None)  # None: the trainer holds it
-    name, tmp = broadcast(agree(lambda: begin_save(root, state.progress.iteration) if rank == 0 else None))
-    stage_entries = [e for e in entries(state.stage) if not is_tied_copy(state.stage, e[0])]
-    owners = _owners(stage_entries, state.plan.stage_world)
-    items = []
-    for (cname, p, meta, group), owner in zip(stage_entries, owners):
-        states = [(f"optim/{k}/{cname}", v) for k, v in _state_tensors(state.optimizer, p)]
-        for key, t in [("model/" + cname, p)] + states:
-            whole = full_tensor(t, meta, group)  # a CPU copy: the next step may change t
-            if owner == ps.local_idx:
-                items.append((key, whole))
+    try:
+        name, tmp = broadcast(agree(lambda: begin_save(root, state.progress.iteration) if rank == 0 else None))
+        items = list(owned_tensors(state))  # CPU copies: training may go on once they are taken
+    except BaseException:
+        if lock is not None:
+            lock.release()
+        raise
     rng = json.dumps(rng_state(state.stage)).encode()
     return PendingSave(root, name, tmp, _meta(state), ShardWriter(tmp, shard_stem(rank)), items, rng, rank,
                        ps.world_size, state.progress.iteration, lock)

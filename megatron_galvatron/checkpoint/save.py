@@ -4,7 +4,7 @@ by one owner rank, owners chosen to balance bytes. Rank 0 holds the root's lock 
 it writes, and nothing is written when any rank's weights or optimizer state are not finite."""
 import json
 import os
-from typing import List, Optional, Tuple
+from typing import Iterator, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -111,32 +111,24 @@ def save(state: TrainingState, root: str) -> str:
             lock.release()
 
 
-def _save(state: TrainingState, root: str) -> str:
+def owned_tensors(state: TrainingState) -> Iterator[Tuple[str, torch.Tensor]]:
+    """(key, whole tensor) of each parameter and optimizer state this rank writes. Collective: every
+    rank of a stage takes part in gathering each entry (FSDP full_tensor, TP all-gather), and the
+    result is a copy, which the next step cannot change."""
     ps = state.ps
-    rank, world = ps.rank, ps.world_size
-    name, tmp = broadcast(agree(lambda: begin_save(root, state.progress.iteration) if rank == 0 else None))
     stage_entries = [e for e in entries(state.stage) if not is_tied_copy(state.stage, e[0])]
     owners = _owners(stage_entries, state.plan.stage_world)
-    writer = ShardWriter(tmp, shard_stem(rank))
     for (cname, p, meta, group), owner in zip(stage_entries, owners):
-        mine = owner == ps.local_idx
         states = [(f"optim/{k}/{cname}", v) for k, v in _state_tensors(state.optimizer, p)]
         for key, t in [("model/" + cname, p)] + states:
             whole = full_tensor(t, meta, group)
-            if mine:
-                writer.add(key, whole)
-    writer.flush()
-    rng = json.dumps(rng_state(state.stage)).encode()
-    writer.write(rng_file(rank), lambda path: write_bytes(path, rng))
+            if owner == ps.local_idx:
+                yield key, whole
 
-    def sync_files():
-        if writer.error:
-            raise CheckpointError(writer.error)
-        try:
-            fsync_dir(tmp)
-        except OSError as e:
-            raise CheckpointError(f"cannot sync {tmp}: {e.strerror or e}")
-    agree(sync_files)
+
+def publish(root: str, name: str, tmp: str, meta: dict, writer: ShardWriter, rank: int, world: int) -> str:
+    """Every rank's files are synced: rank 0 lists them all in meta.json and renames the
+    directory into place. Every rank calls it; returns the checkpoint's directory."""
     parts = [(writer.files, writer.tensors)] * world
     if world > 1:
         dist.all_gather_object(parts, (writer.files, writer.tensors))
@@ -149,7 +141,29 @@ def _save(state: TrainingState, root: str) -> str:
             files.update(f)
             tensors.update(t)
         try:
-            return commit_save(root, name, tmp, complete(_meta(state), files, tensors))
+            return commit_save(root, name, tmp, complete(meta, files, tensors))
         except OSError as e:
             raise CheckpointError(f"cannot publish checkpoint {name} under {root}: {e.strerror or e}")
     return broadcast(agree(commit))
+
+
+def _save(state: TrainingState, root: str) -> str:
+    ps = state.ps
+    rank, world = ps.rank, ps.world_size
+    name, tmp = broadcast(agree(lambda: begin_save(root, state.progress.iteration) if rank == 0 else None))
+    writer = ShardWriter(tmp, shard_stem(rank))
+    for key, whole in owned_tensors(state):
+        writer.add(key, whole)
+    writer.flush()
+    rng = json.dumps(rng_state(state.stage)).encode()
+    writer.write(rng_file(rank), lambda path: write_bytes(path, rng))
+
+    def sync_files():
+        if writer.error:
+            raise CheckpointError(writer.error)
+        try:
+            fsync_dir(tmp)
+        except OSError as e:
+            raise CheckpointError(f"cannot sync {tmp}: {e.strerror or e}")
+    agree(sync_files)
+    return publish(root, name, tmp, _meta(state), writer, rank, world)
