@@ -3,7 +3,9 @@ import argparse
 
 from megatron_galvatron import plan as plan_mod
 from megatron_galvatron.errors import UserError
+from megatron_galvatron.flag_types import ArgumentParser
 from megatron_galvatron.model.config import GPTConfig, add_model_args
+from megatron_galvatron.training.argument_checks import apply_flag_types, check_plan_overrides
 from megatron_galvatron.training.config import (CheckpointConfig, DataConfig, EvalConfig, LoggingConfig, LRConfig,
                                              OptimizerConfig, TrainingConfig)
 
@@ -88,11 +90,12 @@ def training_config(args: argparse.Namespace) -> TrainingConfig:
 
 
 def build_parser(description: str = "Train a GPT model under a per-layer hybrid parallel plan") -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=description)
+    p = ArgumentParser(description=description)
     add_model_args(p)
     add_parallel_args(p)
     add_training_args(p)
     add_data_args(p)
+    apply_flag_types(p)
     return p
 
 
@@ -104,6 +107,7 @@ def build_plan(args, cfg: GPTConfig, world_size: int) -> plan_mod.Plan:
             raise UserError("--fp8 builds a uniform plan; with --galvatron-config the plan file says each "
                             "layer's \"fp8\": set it there (search/run.py --fp8 writes it) or drop --fp8")
         plan = plan_mod.load(args.galvatron_config, world_size=world_size)
+        check_plan_overrides(args, plan)
     else:
         if args.pp_deg < 1 or world_size % args.pp_deg:
             raise UserError(f"--pp-deg {args.pp_deg} does not divide the world size {world_size}")

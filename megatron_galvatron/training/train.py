@@ -273,6 +273,11 @@ def train(tr: Trainer) -> List[dict]:
         if is_logging_rank(tr):
             print(f"validation loss: {loss:.6E}", flush=True)
         return tr.log
+    if tr.iteration >= config.train_iters:  # a finished run launched again: done, not an error
+        if tr.ps.rank == 0:
+            print(f"nothing to train: the checkpoint loaded is at iteration {tr.iteration} and --train-iters is "
+                  f"{config.train_iters}; raise --train-iters to train on", flush=True)
+        return tr.log
     flops_token = tr.cfg.flops_per_token()
     peak = metrics.peak_flops(device) if config.bf16 else None
     tokens_per_iter = tr.plan.global_bsz * tr.cfg.seq_length
