@@ -13,14 +13,24 @@ def load_plans(files, specs, world: int, num_layers: int):
 
 def parse_global_plan(spec: str, world: int, num_layers: int) -> plan_mod.Plan:
     """'tp=2,pp=1,dp=zero3,sp=1,ckpt=1,gbs=16,chunks=2,consec=1,vtp=2,sched=1f1b,fp8=tensorwise'."""
-    kv = dict(item.split("=", 1) for item in spec.split(",") if item)
+    items = [item for item in spec.split(",") if item]
+    if not all("=" in item for item in items):
+        raise UserError(f"--global-plans {spec!r}: a comma list of key=value, e.g. tp=1,dp=zero2,gbs=16")
+    kv = dict(item.split("=", 1) for item in items)
     known = {"tp", "pp", "dp", "sp", "ckpt", "gbs", "chunks", "consec", "vtp", "sched", "fp8"}
     if set(kv) - known:
         raise UserError(f"--global-plans {spec!r}: unknown key(s) {sorted(set(kv) - known)}; known: {sorted(known)}")
-    tp = int(kv.get("tp", 1))
-    return plan_mod.uniform(world, num_layers, pp_deg=int(kv.get("pp", 1)), tp=tp,
-                            tp_consec=bool(int(kv.get("consec", 1))), dp_type=kv.get("dp", "ddp"),
-                            sp=bool(int(kv.get("sp", 0))), checkpoint=bool(int(kv.get("ckpt", 0))),
-                            global_bsz=int(kv.get("gbs", 8)), chunks=int(kv.get("chunks", 1)),
-                            pipeline_type=kv.get("sched", "1f1b"), vocab_tp=int(kv.get("vtp", tp)),
+
+    def number(key: str, default: int, lowest: int = 0) -> int:
+        v = kv.get(key, str(default))
+        if not (v.isascii() and v.isdigit() and len(v) <= 9 and int(v) >= lowest):
+            raise UserError(f"--global-plans {spec!r}: {key}={v!r} must be an integer >= {lowest}")
+        return int(v)
+
+    tp = number("tp", 1, 1)
+    return plan_mod.uniform(world, num_layers, pp_deg=number("pp", 1, 1), tp=tp,
+                            tp_consec=bool(number("consec", 1)), dp_type=kv.get("dp", "ddp"),
+                            sp=bool(number("sp", 0)), checkpoint=bool(number("ckpt", 0)),
+                            global_bsz=number("gbs", 8), chunks=number("chunks", 1),
+                            pipeline_type=kv.get("sched", "1f1b"), vocab_tp=number("vtp", tp),
                             fp8=kv.get("fp8"))
