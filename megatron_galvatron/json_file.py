@@ -24,7 +24,7 @@ def read_object(path: str, what: str, hint: str = "", error: Callable[[str], Exc
     if not path:
         raise error(f"empty path for the {what} file: give its path")
     if not os.path.exists(path):
-        raise error(f"{what} file {path} not found{fix}")
+        raise error(f"{what} file {path} does not exist{fix}")
     if os.path.isdir(path):
         raise error(f"{what} file {path} is a directory: give the path of the file itself")
     try:

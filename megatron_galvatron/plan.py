@@ -212,7 +212,7 @@ class Plan:
         pp_division = d["pp_division"]
         if not isinstance(pp_division, list):
             raise PlanError(f"pp_division must be a list of ints, got {pp_division!r}")
-        predicted = d.get("predicted") or {}
+        predicted = {} if d.get("predicted") is None else d["predicted"]
         if not isinstance(predicted, dict):
             raise PlanError(f"predicted must be an object of predicted metrics, got {predicted!r}: fix or remove it")
         compile_ = d.get("compile", False)
@@ -263,7 +263,7 @@ def _check_int(name: str, v: Any, minimum: int, maximum: Optional[int] = None) -
 
 
 def _check_strategy(name: str, s, stage_world: int, model: Optional["GPTConfig"]) -> None:
-    _check_int(f"{name}.tp", s.tp, 1, stage_world)
+    _check_int(f"{name}.tp", s.tp, 1)
     if stage_world % s.tp:
         raise PlanError(f"{name}.tp={s.tp} does not divide the stage size {stage_world} "
                         f"(world_size / pp_deg): use a tp that divides {stage_world}")
@@ -416,6 +416,8 @@ def from_galvatron_dict(d: Dict[str, Any], world_size: Optional[int] = None) -> 
     layers = [LayerStrategy(tp=tp[i], tp_consec=bool(consec[i]), dp_type="zero3" if sdp[i] else default_dp,
                             sp=False, checkpoint=bool(ckpt[i])) for i in range(n)]
     pp_deg = _galvatron_int(d, "pp_deg")
+    if pp_deg < 1:
+        raise PlanError(f"Galvatron config pp_deg={pp_deg} must be >= 1")
     division = _int_list("pp_division", d["pp_division"]) if "pp_division" in d else even_division(n, pp_deg)
     vtp = _galvatron_int(d, "vtp" if "vtp" in d else "vocab_tp", 1)
     embed_sdp = _galvatron_int(d, "embed_sdp", 0)

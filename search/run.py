@@ -91,6 +91,8 @@ def plot_path(args: argparse.Namespace) -> str:
 def check_args(args: argparse.Namespace) -> None:
     """What the flags' types cannot check alone; the outputs, before the search runs."""
     check_output_file("--output", args.output)
+    if args.plot and args.no_plot:
+        raise UserError("--plot and --no-plot both given: pick one")
     if not args.no_plot:
         check_output_file("--plot", plot_path(args))
     if args.num_nodes is not None and args.num_gpus % args.num_nodes:

@@ -52,6 +52,8 @@ class _Encoder:
             doc = json.loads(line)
         except json.JSONDecodeError as e:
             raise DataError(f"{self.input}:{lineno}: not valid JSON ({e.msg} at column {e.colno})")
+        except (RecursionError, ValueError) as e:  # nested too deeply; an integer of too many digits
+            raise DataError(f"{self.input}:{lineno}: not a document ({type(e).__name__})")
         if not isinstance(doc, dict):
             raise DataError(f"{self.input}:{lineno}: expected a JSON object, got {type(doc).__name__}")
         out = []
@@ -62,7 +64,10 @@ class _Encoder:
             text = doc[key]
             if not isinstance(text, str):
                 raise DataError(f"{self.input}:{lineno}: value of {key!r} is {type(text).__name__}, not a string")
-            ids = self.tokenizer.tokenize(text)
+            try:
+                ids = self.tokenizer.tokenize(text)
+            except DataError as e:  # which document, not only what is wrong with it
+                raise DataError(f"{self.input}:{lineno}: {e}")
             if ids and self.append_eod:
                 ids = list(ids) + [self.tokenizer.eod]
             out.append(np.asarray(ids, dtype=np.int64))

@@ -155,9 +155,13 @@ def hf_to_ours(hf_dir: str, save_root: str) -> Tuple[str, GPTConfig]:
     """Convert a Hugging Face folder into a checkpoint under save_root (iteration 0, no optimizer
     state); returns its directory and model config."""
     config, family = read_hf_config(hf_dir)
-    cfg = family.config_from_hf(config)
+    try:
+        cfg = family.config_from_hf(config)
+    except UserError as e:  # the model's own checks name our flags; say which file holds the value
+        raise UserError(f"{os.path.join(hf_dir, 'config.json')}: {e}")
+    tie = _tie(config, family)
     weights = HFWeights(hf_dir, family)
-    weights.check(*family.hf_shapes(cfg, _tie(config, family)))
+    weights.check(*family.hf_shapes(cfg, tie))
     meta = converted_meta(config_record(cfg),
                           source={"hf_dir": os.path.abspath(hf_dir), "architectures": config.get("architectures")},
                           hf_config=config)

@@ -20,7 +20,7 @@ _BUFFERS = re.compile(r"transformer\.h\.\d+\.attn\.(bias|masked_bias)")
 
 
 def _error(msg: str) -> UserError:
-    return UserError(f"GPT-2 config.json: {msg}: the folder's config is incomplete or corrupt")
+    return UserError(f"{msg}: the folder's config is incomplete or corrupt")
 
 
 def _size(c: dict, key: str, default=None) -> int:

@@ -20,7 +20,7 @@ _BUFFERS = re.compile(r"model\.layers\.\d+\.self_attn\.rotary_emb\.inv_freq")
 
 
 def _error(msg: str) -> UserError:
-    return UserError(f"LLaMA config.json: {msg}: the folder's config is incomplete or corrupt")
+    return UserError(f"{msg}: the folder's config is incomplete or corrupt")
 
 
 def _size(c: dict, key: str, default=None) -> int:

@@ -31,6 +31,10 @@ from megatron_galvatron.profile_format.schema import (
 )
 
 
+# Above any time, size, rate or count a profile measures: a larger number is corruption, not a measurement.
+MAX_VALUE = 1e18
+
+
 class _Reader:
     def __init__(self, path: str):
         self.path = path
@@ -53,19 +57,20 @@ class _Reader:
 
     def number(self, obj: Dict, key: str, where: str, minimum: float = 0.0, strict: bool = False) -> float:
         name = f"{where}.{key}" if where else key
-        return check(self.get(obj, key, where), float, f"key '{name}'", minimum, error=self.fail, lo_open=strict)
+        return check(self.get(obj, key, where), float, f"key '{name}'", minimum, MAX_VALUE, self.fail, strict)
 
     def value(self, v: Any, name: str) -> float:
-        return check(v, float, f"key '{name}'", 0.0, error=self.fail)
+        return check(v, float, f"key '{name}'", 0.0, MAX_VALUE, self.fail)
 
     def integer(self, obj: Dict, key: str, where: str, minimum: int = 1) -> int:
-        return check(self.get(obj, key, where), int, f"key '{where}.{key}'", minimum, error=self.fail)
+        return check(self.get(obj, key, where), int, f"key '{where}.{key}'", minimum, int(MAX_VALUE), self.fail)
 
     def points(self, obj: Dict, where: str, width: int) -> None:
         pts = self.get(obj, "points", where, list)
         for p in pts:
             if not isinstance(p, list) or len(p) != width or not all(
-                    isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) for x in p):
+                    isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+                    and abs(x) <= MAX_VALUE for x in p):
                 raise self.fail(f"'{where}.points' entries must be lists of {width} numbers, got {p!r}")
 
     def comm_fit(self, obj: Dict, where: str) -> CommFit:

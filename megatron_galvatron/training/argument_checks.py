@@ -4,7 +4,7 @@ flags that only make sense together, the outputs, and flags a plan file would ov
 import argparse
 
 from megatron_galvatron.errors import UserError
-from megatron_galvatron.flag_types import float_in, int_in, nonempty, nonneg_float, nonneg_int, positive_int
+from megatron_galvatron.flag_types import float_in, int_in, nonempty, nonneg_int, positive_int
 from megatron_galvatron.output_paths import check_output_dir, check_output_file
 from megatron_galvatron.plan import Plan
 
@@ -20,7 +20,7 @@ FLAG_TYPES = {
     "lr_warmup_iters": int_in(0, 10 ** 9), "lr_decay_iters": int_in(1, 10 ** 9),
     "weight_decay": float_in(0.0, 10.0), "adam_beta1": float_in(0.0, 1.0, hi_open=True),
     "adam_beta2": float_in(0.0, 1.0, hi_open=True), "adam_eps": float_in(0.0, 1.0, lo_open=True),
-    "clip_grad": nonneg_float, "seed": int_in(0, 2 ** 31 - 1), "log_interval": positive_int,
+    "clip_grad": float_in(0.0, 1e6), "seed": int_in(0, 2 ** 31 - 1), "log_interval": positive_int,
     "tensorboard_dir": nonempty, "metrics_json": nonempty,
     "data_path": nonempty, "split": nonempty, "eval_interval": nonneg_int, "eval_iters": nonneg_int,
     "save": nonempty, "load": nonempty, "save_interval": nonneg_int,
@@ -50,12 +50,25 @@ def check_args(args: argparse.Namespace) -> None:
         raise UserError("--data-path needs a prefix (or weight prefix pairs); for synthetic data use --mock-data")
     if args.data_path and args.mock_data:
         raise UserError("--mock-data and --data-path both given: pick one")
+    if args.data_path:
+        _check_data(args.data_path, args.split)
     if args.save:
         check_output_dir("--save", args.save)
     if args.tensorboard_dir:
         check_output_dir("--tensorboard-dir", args.tensorboard_dir)
     if args.metrics_json:
         check_output_file("--metrics-json", args.metrics_json)
+
+
+def _check_data(data_path, split: str) -> None:
+    """The data flags parse and every file pair opens (its header and sizes checked): a corrupt
+    file is found before the model is built, not after."""
+    from megatron_galvatron.data.gpt_dataset import parse_data_path, parse_split
+    from megatron_galvatron.data.indexed_dataset import IndexedDataset
+    parse_split(split)
+    for weight, prefix in parse_data_path(list(data_path)):
+        if weight > 0:
+            IndexedDataset(prefix)
 
 
 def _flag_defaults() -> argparse.Namespace:

@@ -106,7 +106,7 @@ def build_plan(args, cfg: GPTConfig, world_size: int) -> plan_mod.Plan:
         if args.fp8:
             raise UserError("--fp8 builds a uniform plan; with --galvatron-config the plan file says each "
                             "layer's \"fp8\": set it there (search/run.py --fp8 writes it) or drop --fp8")
-        plan = plan_mod.load(args.galvatron_config, world_size=world_size)
+        plan = plan_mod.load(args.galvatron_config, world_size=world_size).validate(cfg, world_size=world_size)
         check_plan_overrides(args, plan)
     else:
         if args.pp_deg < 1 or world_size % args.pp_deg:
