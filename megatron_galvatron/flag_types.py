@@ -5,18 +5,17 @@ import argparse
 import math
 import sys
 
-from megatron_galvatron.errors import is_reporting_rank
+from megatron_galvatron.errors import report_error
 
 MAX_INT = 2 ** 31 - 1  # what fits the int32 counters and numpy seeds downstream
 
 
 class ArgumentParser(argparse.ArgumentParser):
-    """argparse, but an error is `prog: error: message` alone (usage is what -h is for), and under
-    torchrun only rank 0 prints it: every rank parses the same flags and fails alike."""
+    """argparse, but an error is `prog: error: message` alone (usage is what -h is for), printed
+    once per torchrun job (report_error): every rank parses the same flags and fails alike."""
 
     def error(self, message: str):
-        if is_reporting_rank():
-            print(f"{self.prog}: error: {' '.join(message.split())}", file=sys.stderr, flush=True)
+        report_error(self.prog, message)
         sys.exit(2)
 
 
