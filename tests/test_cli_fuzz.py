@@ -545,3 +545,39 @@ def test_under_torchrun_the_error_is_one_line(tmp_path):
     assert r.returncode != 0
     assert "exitcode  : 2" in r.stderr or "exit code 2" in r.stderr or "exitcode: 2" in r.stderr.replace(" ", ""), \
         r.stderr[-2000:]
+
+
+PARSERS = {"pretrain": ("pretrain_gpt.py", None), "search": ("search/run.py", "build_parser"),
+           "profile_model": ("tools/profile_model.py", "build_parser"),
+           "profile_comm": ("tools/profile_comm.py", "build_parser"),
+           "preprocess": ("tools/preprocess_data.py", "build_parser"),
+           "convert": ("tools/convert_checkpoint.py", "build_parser"), "benchmark": ("tools/benchmark.py", "benchmark_parser")}
+
+
+def _all_parsers(p):
+    yield p
+    for a in p._actions:
+        for sub in (a.choices or {}).values() if hasattr(a, "_name_parser_map") else ():
+            yield from _all_parsers(sub)
+
+
+@pytest.mark.parametrize("cli", sorted(PARSERS))
+def test_every_numeric_flag_is_range_checked(cli):
+    """A flag added with a bare type=int or type=float would take -1, 0 or nan: every number is
+    parsed by megatron_galvatron/flag_types.py, and errors are that module's one line."""
+    from megatron_galvatron.flag_types import ArgumentParser
+    from megatron_galvatron.training.arguments import build_parser
+    script, builder = PARSERS[cli]
+    parser = build_parser() if builder is None else getattr(_load(f"parsers_{cli}", script), builder)()
+    for p in _all_parsers(parser):
+        assert isinstance(p, ArgumentParser), p.prog
+        bare = [a.option_strings[0] for a in p._actions if a.type in (int, float) and not a.choices]
+        assert not bare, f"{p.prog}: {bare} take any number: give them a flag_types type"
+
+
+def test_a_failed_plan_save_leaves_no_temporary_file(tmp_path):
+    plan = uniform(1, 2)
+    plan.predicted = {"unserializable": object()}
+    with pytest.raises(TypeError):
+        plan.save(str(tmp_path / "plan.json"))
+    assert os.listdir(tmp_path) == []

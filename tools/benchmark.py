@@ -103,11 +103,12 @@ def micro_batches(text: str):
     return [int(x) for x in sizes]
 
 
-def main(argv=None) -> None:
+def benchmark_parser():
+    """pretrain_gpt.py's flags (the model, and how plans given by flags train) and the benchmark's."""
     p = build_parser("Benchmark plans against plain PyTorch DDP and FSDP2")
     b = p.add_argument_group("benchmark")
     b.add_argument("--plans", type=nonempty, nargs="*", default=[], help="plan files (search output or hand-written)")
-    b.add_argument("--global-plans", nargs="*", default=[], help="uniform plans, e.g. tp=1,dp=zero2,gbs=16,chunks=2")
+    b.add_argument("--global-plans", type=nonempty, nargs="*", default=[], help="uniform plans, e.g. tp=1,dp=zero2,gbs=16,chunks=2")
     b.add_argument("--baselines", default="ddp,fsdp2",
                    help="comma list of ddp / fsdp2 / plain (one GPU, no wrapper), each optionally +ckpt, +compile, "
                         "+fp8 (torchao float8 linears in the blocks), +ourmodel, e.g. fsdp2+compile+fp8 "
@@ -127,7 +128,11 @@ def main(argv=None) -> None:
     b.add_argument("--compile-profile-dir", type=nonempty, default=None,
                    help="price plans that run compiled on these profiles (profile_model.py --compile); without "
                         "it they are priced on --profile-dir only if its profile is compiled")
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv=None) -> None:
+    args = benchmark_parser().parse_args(argv)
     with exit_on_user_error("benchmark.py"):
         mbs = micro_batches(args.baseline_micro_batches)
         if args.out:

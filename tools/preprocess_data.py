@@ -23,7 +23,7 @@ from megatron_galvatron.output_paths import check_output_file
 PROG = "preprocess_data.py"
 
 
-def parse_args(argv=None):
+def build_parser() -> ArgumentParser:
     p = ArgumentParser(prog=PROG, description=__doc__.split("\n")[0])
     p.add_argument("--input", type=nonempty, required=True, help="JSON-lines file, one document per line")
     p.add_argument("--json-keys", type=nonempty, nargs="+", default=["text"], help="keys to tokenize (default: text)")
@@ -34,7 +34,7 @@ def parse_args(argv=None):
     p.add_argument("--append-eod", action="store_true", help="end every non-empty document with the eod id")
     p.add_argument("--workers", type=int_in(1, 1024), default=1, help="tokenizer processes (default 1)")
     p.add_argument("--chunk-size", type=int_in(1, 10 ** 6), default=64, help="documents handed to a worker at a time")
-    return p.parse_args(argv)
+    return p
 
 
 class _Encoder:
@@ -98,7 +98,7 @@ def _numbered_lines(path):
 
 
 def main(argv=None) -> None:
-    args = parse_args(argv)
+    args = build_parser().parse_args(argv)
     with exit_on_user_error(PROG):
         preprocess(args)
 
