@@ -439,13 +439,16 @@ def load(path: str, world_size: Optional[int] = None) -> Plan:
     return Plan.from_dict(d)
 
 
-def check_fp8_skip(recipe: Optional[str], skip_first: int, skip_last: int) -> None:
+def check_fp8_skip(recipe: Optional[str], skip_first: int, skip_last: int, num_layers: int) -> None:
     """The --fp8-skip-first/--fp8-skip-last flags of GLOBAL mode and of the search."""
     for flag, n in (("--fp8-skip-first", skip_first), ("--fp8-skip-last", skip_last)):
         if n < 0:
             raise PlanError(f"{flag}={n} must be >= 0")
     if recipe is None and (skip_first or skip_last):
         raise PlanError("--fp8-skip-first/--fp8-skip-last need --fp8 tensorwise or rowwise")
+    if recipe is not None and skip_first + skip_last >= num_layers:
+        raise PlanError(f"--fp8-skip-first {skip_first} + --fp8-skip-last {skip_last} leave none of the {num_layers} "
+                        f"layers in fp8: skip fewer, or drop --fp8")
 
 
 def uniform(world_size: int, num_layers: int, pp_deg: int = 1, tp: int = 1, tp_consec: bool = True,

@@ -97,7 +97,7 @@ def check_args(args: argparse.Namespace) -> None:
         check_output_file("--plot", plot_path(args))
     if args.num_nodes is not None and args.num_gpus % args.num_nodes:
         raise UserError(f"--num-gpus={args.num_gpus} must be a multiple of --num-nodes={args.num_nodes}")
-    check_fp8_skip(None if args.fp8 == "off" else args.fp8, args.fp8_skip_first, args.fp8_skip_last)
+    check_fp8_skip(None if args.fp8 == "off" else args.fp8, args.fp8_skip_first, args.fp8_skip_last, args.num_layers)
 
 
 def gpus_per_node(args: argparse.Namespace, profiled_per_node: int) -> int:

@@ -9,6 +9,7 @@ from megatron_galvatron.output_paths import check_output_dir, check_output_file
 from megatron_galvatron.plan import Plan
 
 MAX_GLOBAL_BATCH = 2 ** 24  # samples per step; more cannot be a real run (and the data index would not fit)
+MAX_SAMPLES = 2 ** 32  # samples a run reads (training and evaluation): its data index is built up front
 
 # dest -> argparse type, for the flags of training/arguments.py (the model flags check themselves).
 FLAG_TYPES = {
@@ -22,7 +23,7 @@ FLAG_TYPES = {
     "adam_beta2": float_in(0.0, 1.0, hi_open=True), "adam_eps": float_in(0.0, 1.0, lo_open=True),
     "clip_grad": float_in(0.0, 1e6), "seed": int_in(0, 2 ** 31 - 1), "log_interval": positive_int,
     "tensorboard_dir": nonempty, "metrics_json": nonempty,
-    "data_path": nonempty, "split": nonempty, "eval_interval": nonneg_int, "eval_iters": nonneg_int,
+    "data_path": nonempty, "split": nonempty, "eval_interval": nonneg_int, "eval_iters": int_in(0, 10 ** 9),
     "save": nonempty, "load": nonempty, "save_interval": nonneg_int,
 }
 
@@ -76,7 +77,20 @@ def _flag_defaults() -> argparse.Namespace:
     return build_parser().parse_args([])
 
 
-def check_plan_overrides(args: argparse.Namespace, plan: Plan) -> None:
+def check_against_plan(args: argparse.Namespace, plan: Plan) -> Plan:
+    """The flags against the (valid) plan they train: how many samples the run reads, and, with a
+    plan file, the flags it overrides."""
+    n_eval = (args.train_iters // args.eval_interval + 1 if args.eval_interval else 1) * args.eval_iters
+    samples = (args.train_iters + n_eval) * plan.global_bsz
+    if samples > MAX_SAMPLES:
+        raise UserError(f"--train-iters {args.train_iters} (and --eval-iters {args.eval_iters}) x global batch "
+                        f"{plan.global_bsz} = {samples} samples is over {MAX_SAMPLES}, more than any data index holds")
+    if args.galvatron_config:
+        _check_plan_overrides(args, plan)
+    return plan
+
+
+def _check_plan_overrides(args: argparse.Namespace, plan: Plan) -> None:
     """A flag the plan file decides must not be given, unless it says what the plan says: a run
     would otherwise silently train something else than the command line reads."""
     layers = plan.layers

@@ -5,7 +5,7 @@ from megatron_galvatron import plan as plan_mod
 from megatron_galvatron.errors import UserError
 from megatron_galvatron.flag_types import ArgumentParser
 from megatron_galvatron.model.config import GPTConfig, add_model_args
-from megatron_galvatron.training.argument_checks import apply_flag_types, check_plan_overrides
+from megatron_galvatron.training.argument_checks import apply_flag_types, check_against_plan
 from megatron_galvatron.training.config import (CheckpointConfig, DataConfig, EvalConfig, LoggingConfig, LRConfig,
                                              OptimizerConfig, TrainingConfig)
 
@@ -101,13 +101,12 @@ def build_parser(description: str = "Train a GPT model under a per-layer hybrid 
 
 def build_plan(args, cfg: GPTConfig, world_size: int) -> plan_mod.Plan:
     """The plan from --galvatron-config, or the uniform GLOBAL-mode plan from the flags."""
-    plan_mod.check_fp8_skip(args.fp8, args.fp8_skip_first, args.fp8_skip_last)
+    plan_mod.check_fp8_skip(args.fp8, args.fp8_skip_first, args.fp8_skip_last, cfg.num_layers)
     if args.galvatron_config:
         if args.fp8:
             raise UserError("--fp8 builds a uniform plan; with --galvatron-config the plan file says each "
                             "layer's \"fp8\": set it there (search/run.py --fp8 writes it) or drop --fp8")
-        plan = plan_mod.load(args.galvatron_config, world_size=world_size).validate(cfg, world_size=world_size)
-        check_plan_overrides(args, plan)
+        plan = plan_mod.load(args.galvatron_config, world_size=world_size)
     else:
         if args.pp_deg < 1 or world_size % args.pp_deg:
             raise UserError(f"--pp-deg {args.pp_deg} does not divide the world size {world_size}")
@@ -133,5 +132,5 @@ def build_plan(args, cfg: GPTConfig, world_size: int) -> plan_mod.Plan:
                                 fp8_skip_first=args.fp8_skip_first, fp8_skip_last=args.fp8_skip_last)
         plan.vocab = plan_mod.VocabStrategy(tp=vocab_tp, tp_consec=bool(args.global_tp_consec),
                                             dp_type=vocab_dp_type, sp=args.sequence_parallel and vocab_tp > 1)
-    return plan.validate(cfg, world_size=world_size)
+    return check_against_plan(args, plan.validate(cfg, world_size=world_size))
 
