@@ -33,7 +33,8 @@ CARD_SHARE = 0.97  # of a GPU's memory, above which NCCL's buffers (not in the p
 
 def build_parser() -> argparse.ArgumentParser:
     p = ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
-    p.add_argument("--memory-gb", type=float_in(0, 2 ** 20, lo_open=True), required=True, help="memory per GPU the plan may use (GiB)")
+    p.add_argument("--memory-gb", type=float_in(0, 2 ** 20, lo_open=True), required=True,
+                   help="memory per GPU the plan may use (GiB)")
     p.add_argument("--num-gpus", type=int_in(1, MAX_WORLD_SIZE), required=True, help="world size of the training job")
     p.add_argument("--num-nodes", type=int_in(1, MAX_WORLD_SIZE), default=None,
                    help="nodes the GPUs are spread over, equally (default: as many as the hardware profile's "
@@ -45,22 +46,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", type=nonempty, default="plan.json", help="plan JSON to write")
     add_model_args(p, required=True)
     s = p.add_argument_group("search space")
-    s.add_argument("--max-tp", type=positive_int, default=None, help="largest tensor-parallel degree (default: GPUs per node)")
+    s.add_argument("--max-tp", type=positive_int, default=None,
+                   help="largest tensor-parallel degree (default: GPUs per node)")
     s.add_argument("--max-pp", type=positive_int, default=None, help="largest pipeline degree (default: no limit)")
     s.add_argument("--disable-sdp", action="store_true", help="never use ZeRO-3 (sharded data parallel)")
     s.add_argument("--disable-checkpoint", action="store_true", help="never recompute activations")
     s.add_argument("--pipeline-type", choices=("gpipe", "1f1b", "search"), default="search")
     bs = s.add_mutually_exclusive_group()
-    bs.add_argument("--global-batch-size", type=int_in(1, MAX_GLOBAL_BSZ), default=None, help="fixed global batch (default: 8 x GPUs)")
-    bs.add_argument("--global-batch-size-range", type=int_in(1, MAX_GLOBAL_BSZ), nargs=2, metavar=("A", "B"), default=None,
+    bs.add_argument("--global-batch-size", type=int_in(1, MAX_GLOBAL_BSZ), default=None,
+                    help="fixed global batch (default: 8 x GPUs)")
+    bs.add_argument("--global-batch-size-range", type=int_in(1, MAX_GLOBAL_BSZ), nargs=2, metavar=("A", "B"),
+                    default=None,
                     help="try A, 2A, 4A, ... up to B (and B) and keep the highest throughput")
     s.add_argument("--sequence-parallel", choices=SP_MODES, default="search")
     s.add_argument("--fp8", choices=("off",) + FP8_RECIPES, default="off",
                    help="let each layer compute its linears in float8 with this recipe where that is faster "
                         "(it changes the numerics, so it is off unless asked; model.json needs its "
                         "layer.fp8 tables: tools/profile_model.py --fp8)")
-    s.add_argument("--fp8-skip-first", type=nonneg_int, default=0, metavar="N", help="with --fp8: the first N layers stay bf16")
-    s.add_argument("--fp8-skip-last", type=nonneg_int, default=0, metavar="N", help="with --fp8: the last N layers stay bf16")
+    s.add_argument("--fp8-skip-first", type=nonneg_int, default=0, metavar="N",
+                   help="with --fp8: the first N layers stay bf16")
+    s.add_argument("--fp8-skip-last", type=nonneg_int, default=0, metavar="N",
+                   help="with --fp8: the last N layers stay bf16")
     o = p.add_argument_group("output")
     o.add_argument("--top-k", type=int_in(1, 1000), default=5, help="alternatives to print")
     o.add_argument("--plot", type=nonempty, default=None, help="PNG picture of the plan (default: OUTPUT with .png)")

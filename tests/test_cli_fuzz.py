@@ -581,6 +581,9 @@ def test_every_numeric_flag_is_range_checked(cli):
     from megatron_galvatron.training.arguments import build_parser
     script, builder = PARSERS[cli]
     parser = build_parser() if builder is None else getattr(_load(f"parsers_{cli}", script), builder)()
+    if cli == "pretrain":  # a renamed flag must not drop out of the table of ranges
+        from megatron_galvatron.training.argument_checks import FLAG_TYPES
+        assert set(FLAG_TYPES) <= {a.dest for a in parser._actions}
     for p in _all_parsers(parser):
         assert isinstance(p, ArgumentParser), p.prog
         bare = [a.option_strings[0] for a in p._actions if a.type in (int, float) and not a.choices]

@@ -108,7 +108,8 @@ def benchmark_parser():
     p = build_parser("Benchmark plans against plain PyTorch DDP and FSDP2")
     b = p.add_argument_group("benchmark")
     b.add_argument("--plans", type=nonempty, nargs="*", default=[], help="plan files (search output or hand-written)")
-    b.add_argument("--global-plans", type=nonempty, nargs="*", default=[], help="uniform plans, e.g. tp=1,dp=zero2,gbs=16,chunks=2")
+    b.add_argument("--global-plans", type=nonempty, nargs="*", default=[],
+                   help="uniform plans, e.g. tp=1,dp=zero2,gbs=16,chunks=2")
     b.add_argument("--baselines", default="ddp,fsdp2",
                    help="comma list of ddp / fsdp2 / plain (one GPU, no wrapper), each optionally +ckpt, +compile, "
                         "+fp8 (torchao float8 linears in the blocks), +ourmodel, e.g. fsdp2+compile+fp8 "
@@ -122,9 +123,11 @@ def benchmark_parser():
     b.add_argument("--plan-variants", default="plan",
                    help="comma list of plan / eager / compile: run every plan as it says, or with its layers "
                         "eager, or compiled (torch.compile of each transformer layer, as pretrain_gpt.py --compile)")
-    b.add_argument("--rounds", type=int_in(1, 1000), default=1, help="visit every configuration this many times, in turn")
+    b.add_argument("--rounds", type=int_in(1, 1000), default=1,
+                   help="visit every configuration this many times, in turn")
     b.add_argument("--out", type=nonempty, default=None, help="write all results as JSON here")
-    b.add_argument("--profile-dir", type=nonempty, default=None, help="price every eager plan with the cost model on these profiles")
+    b.add_argument("--profile-dir", type=nonempty, default=None,
+                   help="price every eager plan with the cost model on these profiles")
     b.add_argument("--compile-profile-dir", type=nonempty, default=None,
                    help="price plans that run compiled on these profiles (profile_model.py --compile); without "
                         "it they are priced on --profile-dir only if its profile is compiled")

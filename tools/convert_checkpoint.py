@@ -16,17 +16,22 @@ def build_parser() -> ArgumentParser:
     p = ArgumentParser(prog=PROG, description=__doc__.split("\n")[0])
     sub = p.add_subparsers(dest="command", required=True)
     a = sub.add_parser("hf-to-ours", help="Hugging Face folder -> our checkpoint (iteration 0)")
-    a.add_argument("--hf-dir", type=nonempty, required=True, help="folder with config.json and model.safetensors / pytorch_model.bin")
+    a.add_argument("--hf-dir", type=nonempty, required=True,
+                   help="folder with config.json and model.safetensors / pytorch_model.bin")
     a.add_argument("--save", type=nonempty, required=True, help="checkpoint root to create the checkpoint in")
     b = sub.add_parser("ours-to-hf", help="our checkpoint -> folder for transformers' from_pretrained")
     b.add_argument("--load", type=nonempty, required=True, help="checkpoint root (its latest) or an iter_* directory")
     b.add_argument("--hf-dir", type=nonempty, required=True, help="new (or empty) output folder")
-    b.add_argument("--max-shard-gb", type=float_in(2 ** -20, 2 ** 20), default=4.0, help="split model.safetensors above this size")
+    b.add_argument("--max-shard-gb", type=float_in(2 ** -20, 2 ** 20), default=4.0,
+                   help="split model.safetensors above this size")
     c = sub.add_parser("reshard", help="validate a checkpoint against another plan; --save writes a copy recording it")
     c.add_argument("--load", type=nonempty, required=True)
-    c.add_argument("--galvatron-config", type=nonempty, required=True, help="target plan JSON (native or Hetu-Galvatron)")
-    c.add_argument("--world-size", type=int_in(1, MAX_WORLD_SIZE), default=None, help="world size (needed for a Hetu-Galvatron config)")
-    c.add_argument("--save", type=nonempty, default=None, help="checkpoint root for a copy that records the target plan")
+    c.add_argument("--galvatron-config", type=nonempty, required=True,
+                   help="target plan JSON (native or Hetu-Galvatron)")
+    c.add_argument("--world-size", type=int_in(1, MAX_WORLD_SIZE), default=None,
+                   help="world size (needed for a Hetu-Galvatron config)")
+    c.add_argument("--save", type=nonempty, default=None,
+                   help="checkpoint root for a copy that records the target plan")
     return p
 
 

@@ -29,7 +29,8 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--json-keys", type=nonempty, nargs="+", default=["text"], help="keys to tokenize (default: text)")
     p.add_argument("--output-prefix", type=nonempty, required=True, help="writes PREFIX_{key}_document.bin/.idx")
     p.add_argument("--tokenizer-type", required=True, choices=TOKENIZER_TYPES)
-    p.add_argument("--tokenizer-model", type=nonempty, help="SentencePiece .model, or tokenizer.json (or its directory)")
+    p.add_argument("--tokenizer-model", type=nonempty,
+                   help="SentencePiece .model, or tokenizer.json (or its directory)")
     p.add_argument("--vocab-size", type=int_in(1, 2 ** 31 - 1), help="NullTokenizer only: ids lie in [0, N)")
     p.add_argument("--append-eod", action="store_true", help="end every non-empty document with the eod id")
     p.add_argument("--workers", type=int_in(1, 1024), default=1, help="tokenizer processes (default 1)")

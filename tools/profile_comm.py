@@ -29,7 +29,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--min-size", default="1M", help="smallest message (bytes; K/M/G suffixes), default 1M")
     p.add_argument("--max-size", default="512M", help="largest message, sizes double in between (default 512M)")
     p.add_argument("--warmup", type=int_in(0, 10 ** 6), default=3, help="untimed calls before each point")
-    p.add_argument("--iters", type=int_in(1, 10 ** 6), default=20, help="timed calls per point (their median is the point)")
+    p.add_argument("--iters", type=int_in(1, 10 ** 6), default=20,
+                   help="timed calls per point (their median is the point)")
     p.add_argument("--overlap-size", default="256M", help="all-reduce size of the overlap measurement")
     p.add_argument("--quick", action="store_true", help="tiny sizes (4K..64K), 1 warmup, 3 iters: for CI")
     p.add_argument("--quiet", action="store_true", help="no progress bar")

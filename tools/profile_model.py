@@ -45,7 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="auto: bf16 autocast on CUDA, fp32 on CPU (the search accepts bf16 profiles only)")
     g.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto")
     g.add_argument("--warmup", type=int_in(0, 10 ** 6), default=2, help="untimed repeats per point")
-    g.add_argument("--iters", type=int_in(1, 10 ** 6), default=5, help="timed repeats per point (their median is the point)")
+    g.add_argument("--iters", type=int_in(1, 10 ** 6), default=5,
+                   help="timed repeats per point (their median is the point)")
     g.add_argument("--sustained-seconds", type=float_in(0, 86400), default=30.0,
                    help="length of the back-to-back run of a layer chain that measures how much slower "
                         "layers run inside a long step than alone (model.json 'sustained'); 0 = skip")

@@ -18,7 +18,8 @@ SHAPE_FIELDS = ("family", "num_layers", "hidden_size", "num_attention_heads", "n
                 "ffn_hidden_size", "vocab_size", "seq_length")
 # Largest sizes taken: beyond them a model cannot be built on any machine (and products of them overflow int32).
 MAX_SIZE = {"num_layers": 2 ** 14, "hidden_size": 2 ** 18, "num_attention_heads": 2 ** 12, "num_query_groups": 2 ** 12,
-            "ffn_hidden_size": 2 ** 20, "vocab_size": 2 ** 24, "seq_length": 2 ** 22, "max_position_embeddings": 2 ** 22,
+            "ffn_hidden_size": 2 ** 20, "vocab_size": 2 ** 24, "seq_length": 2 ** 22,
+            "max_position_embeddings": 2 ** 22,
             "make_vocab_size_divisible_by": 2 ** 16}
 # (low, high, low excluded, high excluded) of the float fields; dropout 1 would drop everything
 FLOAT_RANGE = {"hidden_dropout": (0.0, 1.0, False, True), "attention_dropout": (0.0, 1.0, False, True),
@@ -160,10 +161,13 @@ def add_model_args(p: argparse.ArgumentParser, required: bool = False) -> None:
     shape("--num-layers", "transformer layers")
     shape("--hidden-size", "hidden size")
     shape("--num-attention-heads", "attention heads")
-    g.add_argument("--num-query-groups", type=size("--num-query-groups"), default=None, help="K/V heads (default: --num-attention-heads)")
-    g.add_argument("--ffn-hidden-size", type=size("--ffn-hidden-size"), default=None, help="MLP width (default: 4 x --hidden-size)")
+    g.add_argument("--num-query-groups", type=size("--num-query-groups"), default=None,
+                   help="K/V heads (default: --num-attention-heads)")
+    g.add_argument("--ffn-hidden-size", type=size("--ffn-hidden-size"), default=None,
+                   help="MLP width (default: 4 x --hidden-size)")
     shape("--seq-length", "tokens per sample")
-    g.add_argument("--max-position-embeddings", type=size("--max-position-embeddings"), default=None, help="default: --seq-length")
+    g.add_argument("--max-position-embeddings", type=size("--max-position-embeddings"), default=None,
+                   help="default: --seq-length")
     shape("--vocab-size", "vocabulary size before padding")
     g.add_argument("--make-vocab-size-divisible-by", type=size("--make-vocab-size-divisible-by"), default=128,
                    help="pad the vocabulary to a multiple of this x the vocab TP degree (default: %(default)s)")

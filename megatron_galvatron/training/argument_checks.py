@@ -120,8 +120,9 @@ def _check_plan_overrides(args: argparse.Namespace, plan: Plan) -> None:
             given = "1f1b"
         if given != value:
             flag = "--" + dest.replace("_", "-")
-            raise UserError(f"{flag} {given} disagrees with the plan's {key} ({'differs per layer' if value is None else value}) "
-                            f"in --galvatron-config {args.galvatron_config}: drop {flag} or change the plan")
+            shown = "differs per layer" if value is None else value
+            raise UserError(f"{flag} {given} disagrees with the plan's {key} ({shown}) in --galvatron-config "
+                            f"{args.galvatron_config}: drop {flag} or change the plan")
 
 
 def _same(values):

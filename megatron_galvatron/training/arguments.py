@@ -11,7 +11,7 @@ from megatron_galvatron.training.config import (CheckpointConfig, DataConfig, Ev
 
 
 def add_parallel_args(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("parallelism (GLOBAL mode; ignored with --galvatron-config)")
+    g = p.add_argument_group("parallelism (GLOBAL mode; with --galvatron-config the plan decides: these must agree)")
     g.add_argument("--galvatron-config", default=None, help="plan JSON (native or Hetu-Galvatron format)")
     g.add_argument("--pp-deg", type=int, default=1)
     g.add_argument("--global-tp-deg", type=int, default=1)
