@@ -5,7 +5,7 @@ import time
 from contextlib import contextmanager
 
 # How long a rank other than 0 waits before it reports an error itself (see report_error).
-RANK_GRACE_S = 5.0
+RANK_GRACE_S = 10.0  # longer than ranks of one job start apart, even on a loaded machine
 
 
 class UserError(Exception):

@@ -9,6 +9,8 @@ from typing import Any, Callable, Optional
 from megatron_galvatron.errors import UserError
 
 _MISSING = object()
+# The largest profile is a few MB: a bigger file was given by mistake, and read whole it could fill memory.
+MAX_BYTES = 1 << 28
 _KINDS = {int: "an integer", float: "a number", str: "a string", bool: "true or false", list: "a list",
           dict: "an object"}
 
@@ -27,6 +29,9 @@ def read_object(path: str, what: str, hint: str = "", error: Callable[[str], Exc
         raise error(f"{what} file {path} does not exist{fix}")
     if os.path.isdir(path):
         raise error(f"{what} file {path} is a directory: give the path of the file itself")
+    size = os.path.getsize(path)
+    if size > MAX_BYTES:
+        raise error(f"{what} file {path} holds {size >> 20} MiB, too much to be a {what}: check the path{fix}")
     try:
         with open(path, "rb") as f:
             raw = f.read()
