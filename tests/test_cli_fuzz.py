@@ -333,6 +333,42 @@ HF_BAD = {
     "tie_word_embeddings": [False, "yes", 1],
     "scale_attn_by_inverse_layer_idx": [True],
 }
+FIT = {"intercept_s": 0.001, "per_token_s": 1e-9, "points": []}
+PROFILE_BAD = {  # optional keys, absent from the base profiles: (path, values that must be refused)
+    "hardware.json": [
+        (("overlap", "by_collective"), [[], "x", {"nope": {"compute_slowdown": 1, "comm_slowdown": 1}},
+                                        {"all_reduce": {"compute_slowdown": 0.5, "comm_slowdown": 1}},
+                                        {"all_reduce": []}]),
+        (("collectives", "all_reduce", "2_consec", "segments"), [
+            [], "x", [{"max_bytes": None, "latency_s": 1e-5, "bandwidth_GBps": 0}],
+            [{"max_bytes": 5, "latency_s": 1e-5, "bandwidth_GBps": 1}],
+            [{"max_bytes": 10, "latency_s": 1e-5, "bandwidth_GBps": 1},
+             {"max_bytes": 5, "latency_s": 1e-5, "bandwidth_GBps": 1},
+             {"max_bytes": None, "latency_s": 1e-5, "bandwidth_GBps": 1}], [7]]),
+        (("collectives", "mystery_op"), [{}]),
+        (("collectives", "all_reduce", "3_diagonal"), [{"latency_s": 1, "bandwidth_GBps": 1, "points": []}]),
+        (("p2p", "1"), [{"latency_s": 1, "bandwidth_GBps": 1, "points": []}]),
+        (("p2p", "x"), [{"latency_s": 1, "bandwidth_GBps": 1, "points": []}]),
+        (("hardware", "memory_gb"), [-1, "x", NAN, None]),
+        (("hardware", "num_nodes"), [2, 0]),
+        (("schema",), ["megatron_galvatron.hardware_profile/99", "megatron_galvatron.model_profile/1", "x/1", 7]),
+    ],
+    "model.json": [
+        (("sustained",), [[], "x", {"slowdown": NAN}, {"slowdown": 0.5}, {"slowdown": 1.1, "duty": "x"},
+                          {"slowdown": 1.1, "duty": [[2, 1]]}, {"slowdown": 1.1, "duty": [[0.5]]},
+                          {"slowdown": 1.1, "duty": [[0.5, "x"]]}, {}]),
+        (("compiled",), ["yes", 1, None]),
+        (("layer", "fp8"), [[], {"fp4": {}}, {"tensorwise": []}, {"tensorwise": {}},
+                            {"tensorwise": {"time": {"tp1": {"fwd": FIT, "bwd": FIT}}}}]),
+        (("layer", "bf16"), [[], "x", {"time": []}, {"time": {"tp1": "x"}}]),
+        (("vocab", "bf16"), ["x", {"time": {"tp1_sp": {"fwd": FIT, "bwd": FIT}}}]),
+        (("layer", "recompute_fraction"), ["x", {"tp1": -1}, {"tp1": "x"}, {"tpx": 1}, {"tp2": 0.5}]),
+        (("vocab", "embedding_time"), [{"tp1": {"fwd": FIT}}, {"tp1": {"fwd": "x", "bwd": FIT}}]),
+        (("layer", "memory", "activation_constant_bytes"), [{"tp1": NAN}, []]),
+        (("dtype",), ["fp32", 16, None]),
+        (("schema",), ["megatron_galvatron.model_profile/99", "megatron_galvatron.model_profile/0", "", None]),
+    ],
+}
 PROFILE_FREE = {"hardware.json": ("hardware.torch", "hardware.nccl"),
                 "model.json": ("hardware",) + tuple(f"model.{k}" for k in (
                     "max_position_embeddings", "hidden_dropout", "attention_dropout", "norm_eps", "init_std",
@@ -382,6 +418,10 @@ def build_cases(base_texts):
         for name, raw in whole_file_mutations(rng, base_texts[fname]):
             add(f"{fname}-file-{name}", Case("search", argv, fname,
                                              {f"prof/{fname}": raw, f"prof/{other}": f"prof/{other}"}))
+        for path, values in PROFILE_BAD[fname]:
+            for i, v in enumerate(values):
+                add(f"{fname}-{'.'.join(path)}#{i}", Case("search", argv, fname, {
+                    f"prof/{fname}": json.dumps(_set(d, path, v)).encode(), f"prof/{other}": f"prof/{other}"}))
         for i, (name, raw, must) in enumerate(field_mutations(rng, d, 45, PROFILE_FREE[fname])):
             add(f"{fname}-{name}#{i}", Case("search", argv, fname if must else "",
                                             {f"prof/{fname}": raw, f"prof/{other}": f"prof/{other}"}, must))
