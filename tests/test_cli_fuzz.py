@@ -649,3 +649,19 @@ def test_a_failed_plan_save_leaves_no_temporary_file(tmp_path):
     with pytest.raises(TypeError):
         plan.save(str(tmp_path / "plan.json"))
     assert os.listdir(tmp_path) == []
+
+
+def test_a_finished_run_launched_again_trains_nothing(sandbox, tmp_path, capsys, monkeypatch):
+    """--load of a checkpoint at --train-iters: one line, exit 0, the checkpoint left as it was."""
+    mains = sandbox[2]
+    for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
+        monkeypatch.delenv(k, raising=False)
+    ckpt = str(tmp_path / "ckpt")
+    mains["pretrain"](TRAIN + ["--mock-data", "--save", ckpt])
+    before = _tree_hash(ckpt)
+    capsys.readouterr()
+    mains["pretrain"](TRAIN + ["--mock-data", "--load", ckpt, "--save", ckpt])
+    out = capsys.readouterr().out
+    assert "nothing to train: the checkpoint loaded is at iteration 1 and --train-iters is 1" in out, out
+    assert "iteration      " not in out
+    assert _tree_hash(ckpt) == before
