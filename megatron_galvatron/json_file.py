@@ -29,12 +29,14 @@ def read_object(path: str, what: str, hint: str = "", error: Callable[[str], Exc
         raise error(f"{what} file {path} does not exist{fix}")
     if os.path.isdir(path):
         raise error(f"{what} file {path} is a directory: give the path of the file itself")
+    if not os.path.isfile(path):  # a device or a pipe could be read forever
+        raise error(f"{what} file {path} is not a regular file{fix}")
     size = os.path.getsize(path)
     if size > MAX_BYTES:
         raise error(f"{what} file {path} holds {size >> 20} MiB, too much to be a {what}: check the path{fix}")
     try:
         with open(path, "rb") as f:
-            raw = f.read()
+            raw = f.read(MAX_BYTES + 1)
     except OSError as e:
         raise error(f"cannot read {what} file {path} ({e.strerror or e}){fix}")
     try:

@@ -106,7 +106,9 @@ def main(argv=None) -> None:
 
 def preprocess(args) -> None:
     if not os.path.isfile(args.input):
-        raise DataError(f"input {args.input} " + ("is a directory" if os.path.isdir(args.input) else "not found"))
+        what = "is a directory" if os.path.isdir(args.input) else \
+            "is not a regular file" if os.path.exists(args.input) else "not found"
+        raise DataError(f"input {args.input} {what}")
     if len(set(args.json_keys)) != len(args.json_keys):
         raise DataError(f"--json-keys {' '.join(args.json_keys)} names a key twice")
     prefixes = [f"{args.output_prefix}_{key}_document" for key in args.json_keys]
