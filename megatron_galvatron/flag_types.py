@@ -32,17 +32,25 @@ def int_in(lo: int, hi: int = MAX_INT):
     return parse
 
 
+def within(v: float, lo: float, hi: float, lo_open: bool = False, hi_open: bool = False) -> bool:
+    """v is finite and in [lo, hi], with either end open if asked."""
+    return math.isfinite(v) and (lo < v if lo_open else lo <= v) and (v < hi if hi_open else v <= hi)
+
+
+def interval(lo: float, hi: float, lo_open: bool = False, hi_open: bool = False) -> str:
+    return f"{'(' if lo_open else '['}{lo:g}, {hi:g}{')' if hi_open else ']'}"
+
+
 def float_in(lo: float, hi: float, lo_open: bool = False, hi_open: bool = False):
     """A finite number in [lo, hi], with either end open if asked."""
-    left, right = "(" if lo_open else "[", ")" if hi_open else "]"
-
     def parse(text: str) -> float:
         try:
             v = float(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"{text!r} is not a number")
-        if not (math.isfinite(v) and (lo < v if lo_open else lo <= v) and (v < hi if hi_open else v <= hi)):
-            raise argparse.ArgumentTypeError(f"must be a finite number in {left}{lo:g}, {hi:g}{right}, got {text}")
+        if not within(v, lo, hi, lo_open, hi_open):
+            raise argparse.ArgumentTypeError(f"must be a finite number in {interval(lo, hi, lo_open, hi_open)}, "
+                                             f"got {text}")
         return v
     return parse
 

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Any, Dict, Optional
 
 from megatron_galvatron.errors import UserError
-from megatron_galvatron.flag_types import float_in, int_in
+from megatron_galvatron.flag_types import float_in, int_in, interval, within
 
 FAMILIES = ("gpt2", "llama")
 ATTENTION_BACKENDS = ("default", "cudnn", "flash", "efficient", "math")
@@ -17,10 +17,9 @@ ATTENTION_BACKENDS = ("default", "cudnn", "flash", "efficient", "math")
 SHAPE_FIELDS = ("family", "num_layers", "hidden_size", "num_attention_heads", "num_query_groups",
                 "ffn_hidden_size", "vocab_size", "seq_length")
 # Largest sizes taken: beyond them a model cannot be built on any machine (and products of them overflow int32).
-MAX_SIZE = {"num_layers": 2 ** 14, "hidden_size": 2 ** 18, "num_attention_heads": 2 ** 12, "num_query_groups": 2 ** 12,
-            "ffn_hidden_size": 2 ** 20, "vocab_size": 2 ** 24, "seq_length": 2 ** 22,
-            "max_position_embeddings": 2 ** 22,
-            "make_vocab_size_divisible_by": 2 ** 16}
+MAX_SIZE = {"num_layers": 2 ** 14, "hidden_size": 2 ** 18, "num_attention_heads": 2 ** 12,
+            "num_query_groups": 2 ** 12, "ffn_hidden_size": 2 ** 20, "vocab_size": 2 ** 24, "seq_length": 2 ** 22,
+            "max_position_embeddings": 2 ** 22, "make_vocab_size_divisible_by": 2 ** 16}
 # (low, high, low excluded, high excluded) of the float fields; dropout 1 would drop everything
 FLOAT_RANGE = {"hidden_dropout": (0.0, 1.0, False, True), "attention_dropout": (0.0, 1.0, False, True),
                "norm_eps": (0.0, 1.0, True, True), "init_std": (0.0, 10.0, True, False),
@@ -66,12 +65,10 @@ class GPTConfig:
             v = getattr(self, k)
             if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= top:
                 raise UserError(f"{flag(k)} {v!r} must be an integer in [1, {top}]")
-        for k, (lo, hi, lo_open, hi_open) in FLOAT_RANGE.items():
+        for k, bounds in FLOAT_RANGE.items():
             v = getattr(self, k)
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not (
-                    (lo < v if lo_open else lo <= v) and (v < hi if hi_open else v <= hi)):
-                raise UserError(f"{flag(k)} {v!r} must be a number in {'(' if lo_open else '['}{lo:g}, {hi:g}"
-                                f"{')' if hi_open else ']'}")
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not within(v, *bounds):
+                raise UserError(f"{flag(k)} {v!r} must be a number in {interval(*bounds)}")
         if not isinstance(self.tie_embeddings, bool):
             raise UserError(f"tie_embeddings {self.tie_embeddings!r} must be true or false")
         if self.hidden_size % self.num_attention_heads:
@@ -145,8 +142,7 @@ def add_model_args(p: argparse.ArgumentParser, required: bool = False) -> None:
         return int_in(1, MAX_SIZE[name[2:].replace("-", "_")])
 
     def real(name: str):
-        lo, hi, lo_open, hi_open = FLOAT_RANGE[name]
-        return float_in(lo, hi, lo_open, hi_open)
+        return float_in(*FLOAT_RANGE[name])
 
     def shape(name: str, help_: str) -> None:
         if required:
