@@ -53,6 +53,7 @@ CLIS = {
                                                 "--tokenizer-type", "NullTokenizer", "--vocab-size", "64"]),
     "convert": ("tools/convert_checkpoint.py", []),
     "benchmark": ("tools/benchmark.py", TRAIN + ["--baselines", "plain", "--iters", "1", "--warmup", "0"]),
+    "refit": ("megatron_galvatron/profiling/fit.py", []),
 }
 
 # Bad values by kind of flag: each must be refused whatever the flag.
@@ -422,6 +423,9 @@ def build_cases(base_texts):
         for name, raw in whole_file_mutations(rng, base_texts[fname]):
             add(f"{fname}-file-{name}", Case("search", argv, fname,
                                              {f"prof/{fname}": raw, f"prof/{other}": f"prof/{other}"}))
+        if fname == "hardware.json":  # the tool that re-fits its segments in place reads it too
+            for name, raw in whole_file_mutations(rng, base_texts[fname]):
+                add(f"refit-file-{name}", Case("refit", ["{case}/hw.json"], "hw.json", {"hw.json": raw}))
         for path, values in PROFILE_BAD[fname]:
             for i, v in enumerate(values):
                 add(f"{fname}-{'.'.join(path)}#{i}", Case("search", argv, fname, {
