@@ -6,6 +6,7 @@
 import gc
 
 from megatron_galvatron.errors import exit_on_user_error
+from megatron_galvatron.training.argument_checks import check_args
 from megatron_galvatron.training.arguments import build_parser
 from megatron_galvatron.training.peer_failure import exit_on_peer_failure
 from megatron_galvatron.training.train import setup, train
@@ -14,6 +15,7 @@ from megatron_galvatron.training.train import setup, train
 def main(argv=None) -> None:
     args = build_parser().parse_args(argv)
     with exit_on_user_error("pretrain_gpt.py"), exit_on_peer_failure("pretrain_gpt.py"):
+        check_args(args)  # before any process group, model or data
         trainer = setup(args)
         if trainer.ps.rank == 0:
             print(trainer.plan.describe(), flush=True)

@@ -197,6 +197,12 @@ def detect_device(local_rank: int) -> torch.device:
     return torch.device("cpu")
 
 
+def launch_world_size() -> int:
+    """The world size torchrun launched (1 without it), known before any process group exists."""
+    import os
+    return int(os.environ.get("WORLD_SIZE", "1")) if "RANK" in os.environ else 1
+
+
 def init_distributed(device: torch.device, timeout_minutes: float = 10.0) -> Tuple[int, int]:
     """Initialise torch.distributed from torchrun's environment (NCCL on CUDA, gloo on CPU). A
     collective waiting longer than timeout_minutes for a peer fails (Megatron's default: 10)."""

@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence
 
 from megatron_galvatron.errors import UserError
+from megatron_galvatron.json_file import check, read_object
+from megatron_galvatron.output_paths import remove_quietly
 
 if TYPE_CHECKING:  # the model description is only read here, never built
     from megatron_galvatron.model.config import GPTConfig
@@ -26,6 +28,9 @@ FORMAT = "megatron_galvatron.plan/1"
 DP_TYPES = ("ddp", "zero2", "zero3")
 FP8_RECIPES = ("tensorwise", "rowwise")  # torchao.float8 recipes; a layer without one runs in bf16
 PIPELINE_TYPES = ("gpipe", "1f1b")
+# Beyond these a plan describes no real job; a global batch of 10**15 would only hang building it.
+MAX_WORLD_SIZE = 2 ** 20
+MAX_GLOBAL_BSZ = 2 ** 24
 
 
 class PlanError(UserError, ValueError):
@@ -116,10 +121,10 @@ class Plan:
     # ---------------------------------------------------------------- validation
     def validate(self, model: Optional["GPTConfig"] = None, world_size: Optional[int] = None) -> "Plan":
         """Check the plan on its own, against the model it will train and the launch world size."""
-        _check_int("world_size", self.world_size, 1)
-        _check_int("pp_deg", self.pp_deg, 1)
-        _check_int("global_bsz", self.global_bsz, 1)
-        _check_int("chunks", self.chunks, 1)
+        _check_int("world_size", self.world_size, 1, MAX_WORLD_SIZE)
+        _check_int("pp_deg", self.pp_deg, 1, self.world_size)
+        _check_int("global_bsz", self.global_bsz, 1, MAX_GLOBAL_BSZ)
+        _check_int("chunks", self.chunks, 1, self.global_bsz)
         if world_size is not None and world_size != self.world_size:
             raise PlanError(
                 f"plan world_size={self.world_size} but the job was launched with {world_size} processes: "
@@ -134,7 +139,7 @@ class Plan:
             raise PlanError(f"pp_division={self.pp_division} must list {self.pp_deg} stage sizes: "
                             f"give one layer count per pipeline stage")
         for n in self.pp_division:
-            _check_int("pp_division entry", n, 1)
+            _check_int("pp_division entry", n, 1, len(self.layers))
         if sum(self.pp_division) != len(self.layers):
             raise PlanError(
                 f"pp_division={self.pp_division} sums to {sum(self.pp_division)} but the plan has "
@@ -207,7 +212,7 @@ class Plan:
         pp_division = d["pp_division"]
         if not isinstance(pp_division, list):
             raise PlanError(f"pp_division must be a list of ints, got {pp_division!r}")
-        predicted = d.get("predicted") or {}
+        predicted = {} if d.get("predicted") is None else d["predicted"]
         if not isinstance(predicted, dict):
             raise PlanError(f"predicted must be an object of predicted metrics, got {predicted!r}: fix or remove it")
         compile_ = d.get("compile", False)
@@ -222,10 +227,13 @@ class Plan:
 
     def save(self, path: str) -> None:
         tmp = f"{path}.tmp.{os.getpid()}"
-        with open(tmp, "w") as f:
-            json.dump(self.to_dict(), f, indent=2)
-            f.write("\n")
-        os.replace(tmp, path)
+        try:
+            with open(tmp, "w") as f:
+                json.dump(self.to_dict(), f, indent=2)
+                f.write("\n")
+            os.replace(tmp, path)
+        finally:  # after a failed write or replace, no half-written file stays next to the output
+            remove_quietly(tmp)
 
     def describe(self) -> str:
         """A readable per-layer table."""
@@ -250,11 +258,8 @@ class Plan:
 
 # -------------------------------------------------------------------- helpers
 
-def _check_int(name: str, v: Any, minimum: int) -> None:
-    if isinstance(v, bool) or not isinstance(v, int):
-        raise PlanError(f"{name} must be an integer, got {v!r}")
-    if v < minimum:
-        raise PlanError(f"{name}={v} must be >= {minimum}")
+def _check_int(name: str, v: Any, minimum: int, maximum: Optional[int] = None) -> None:
+    check(v, int, name, minimum, maximum, error=PlanError)
 
 
 def _check_strategy(name: str, s, stage_world: int, model: Optional["GPTConfig"]) -> None:
@@ -345,7 +350,8 @@ def _exact_int(x: Any) -> Optional[int]:
         return x
     if isinstance(x, float) and x.is_integer():
         return int(x)
-    if isinstance(x, str) and x.strip().lstrip("-").isdigit():
+    digits = x.strip().lstrip("-") if isinstance(x, str) else ""
+    if digits.isascii() and digits.isdigit() and len(digits) <= 18:  # int() refuses very long strings
         return int(x)
     return None
 
@@ -410,6 +416,8 @@ def from_galvatron_dict(d: Dict[str, Any], world_size: Optional[int] = None) -> 
     layers = [LayerStrategy(tp=tp[i], tp_consec=bool(consec[i]), dp_type="zero3" if sdp[i] else default_dp,
                             sp=False, checkpoint=bool(ckpt[i])) for i in range(n)]
     pp_deg = _galvatron_int(d, "pp_deg")
+    if pp_deg < 1:
+        raise PlanError(f"Galvatron config pp_deg={pp_deg} must be >= 1")
     division = _int_list("pp_division", d["pp_division"]) if "pp_division" in d else even_division(n, pp_deg)
     vtp = _galvatron_int(d, "vtp" if "vtp" in d else "vocab_tp", 1)
     embed_sdp = _galvatron_int(d, "embed_sdp", 0)
@@ -425,25 +433,22 @@ def from_galvatron_dict(d: Dict[str, Any], world_size: Optional[int] = None) -> 
 
 def load(path: str, world_size: Optional[int] = None) -> Plan:
     """Load a native plan or a Hetu-Galvatron config; ``world_size`` fills what Galvatron omits."""
-    try:
-        with open(path) as f:
-            d = json.load(f)
-    except FileNotFoundError:
-        raise PlanError(f"plan file {path} does not exist: check the path")
-    except json.JSONDecodeError as e:
-        raise PlanError(f"plan file {path} is not valid JSON ({e.msg} at line {e.lineno}): fix or regenerate it")
-    if isinstance(d, dict) and "format" not in d and "tp_sizes_enc" in d:
+    d = read_object(path, "plan", "fix it or write one with search/run.py", PlanError)
+    if "format" not in d and "tp_sizes_enc" in d:
         return from_galvatron_dict(d, world_size=world_size)
     return Plan.from_dict(d)
 
 
-def check_fp8_skip(recipe: Optional[str], skip_first: int, skip_last: int) -> None:
+def check_fp8_skip(recipe: Optional[str], skip_first: int, skip_last: int, num_layers: int) -> None:
     """The --fp8-skip-first/--fp8-skip-last flags of GLOBAL mode and of the search."""
     for flag, n in (("--fp8-skip-first", skip_first), ("--fp8-skip-last", skip_last)):
         if n < 0:
             raise PlanError(f"{flag}={n} must be >= 0")
     if recipe is None and (skip_first or skip_last):
         raise PlanError("--fp8-skip-first/--fp8-skip-last need --fp8 tensorwise or rowwise")
+    if recipe is not None and skip_first + skip_last >= num_layers:
+        raise PlanError(f"--fp8-skip-first {skip_first} + --fp8-skip-last {skip_last} leave none of the {num_layers} "
+                        f"layers in fp8: skip fewer, or drop --fp8")
 
 
 def uniform(world_size: int, num_layers: int, pp_deg: int = 1, tp: int = 1, tp_consec: bool = True,

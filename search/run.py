@@ -16,8 +16,10 @@ from itertools import groupby
 from typing import List
 
 from megatron_galvatron.errors import UserError, exit_on_user_error
+from megatron_galvatron.flag_types import ArgumentParser, float_in, int_in, nonempty, nonneg_int, positive_int
 from megatron_galvatron.model.config import add_model_args, config_from_args
-from megatron_galvatron.plan import FP8_RECIPES, check_fp8_skip
+from megatron_galvatron.output_paths import check_output_file
+from megatron_galvatron.plan import FP8_RECIPES, MAX_GLOBAL_BSZ, MAX_WORLD_SIZE, check_fp8_skip
 from megatron_galvatron.profile_format import check_model_matches, load_profiles
 from search.bound import compute_bound
 from search.comm import Network
@@ -30,41 +32,47 @@ CARD_SHARE = 0.97  # of a GPU's memory, above which NCCL's buffers (not in the p
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
-    p.add_argument("--memory-gb", type=float, required=True, help="memory per GPU the plan may use (GiB)")
-    p.add_argument("--num-gpus", type=int, required=True, help="world size of the training job")
-    p.add_argument("--num-nodes", type=int, default=None,
+    p = ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
+    p.add_argument("--memory-gb", type=float_in(0, 2 ** 20, lo_open=True), required=True,
+                   help="memory per GPU the plan may use (GiB)")
+    p.add_argument("--num-gpus", type=int_in(1, MAX_WORLD_SIZE), required=True, help="world size of the training job")
+    p.add_argument("--num-nodes", type=int_in(1, MAX_WORLD_SIZE), default=None,
                    help="nodes the GPUs are spread over, equally (default: as many as the hardware profile's "
                         "GPUs per node make)")
-    p.add_argument("--profile-dir", required=True, help="directory with hardware.json and model.json")
-    p.add_argument("--compile-profile-dir", default=None,
+    p.add_argument("--profile-dir", type=nonempty, required=True, help="directory with hardware.json and model.json")
+    p.add_argument("--compile-profile-dir", type=nonempty, default=None,
                    help="a model.json of compiled layers (profile_model.py --compile): plans are searched with "
                         "both profiles and the faster kind wins, so the plan says whether compiling pays")
-    p.add_argument("--output", default="plan.json", help="plan JSON to write")
+    p.add_argument("--output", type=nonempty, default="plan.json", help="plan JSON to write")
     add_model_args(p, required=True)
     s = p.add_argument_group("search space")
-    s.add_argument("--max-tp", type=int, default=None, help="largest tensor-parallel degree (default: GPUs per node)")
-    s.add_argument("--max-pp", type=int, default=None, help="largest pipeline degree (default: no limit)")
+    s.add_argument("--max-tp", type=positive_int, default=None,
+                   help="largest tensor-parallel degree (default: GPUs per node)")
+    s.add_argument("--max-pp", type=positive_int, default=None, help="largest pipeline degree (default: no limit)")
     s.add_argument("--disable-sdp", action="store_true", help="never use ZeRO-3 (sharded data parallel)")
     s.add_argument("--disable-checkpoint", action="store_true", help="never recompute activations")
     s.add_argument("--pipeline-type", choices=("gpipe", "1f1b", "search"), default="search")
     bs = s.add_mutually_exclusive_group()
-    bs.add_argument("--global-batch-size", type=int, default=None, help="fixed global batch (default: 8 x GPUs)")
-    bs.add_argument("--global-batch-size-range", type=int, nargs=2, metavar=("A", "B"), default=None,
+    bs.add_argument("--global-batch-size", type=int_in(1, MAX_GLOBAL_BSZ), default=None,
+                    help="fixed global batch (default: 8 x GPUs)")
+    bs.add_argument("--global-batch-size-range", type=int_in(1, MAX_GLOBAL_BSZ), nargs=2, metavar=("A", "B"),
+                    default=None,
                     help="try A, 2A, 4A, ... up to B (and B) and keep the highest throughput")
     s.add_argument("--sequence-parallel", choices=SP_MODES, default="search")
     s.add_argument("--fp8", choices=("off",) + FP8_RECIPES, default="off",
                    help="let each layer compute its linears in float8 with this recipe where that is faster "
                         "(it changes the numerics, so it is off unless asked; model.json needs its "
                         "layer.fp8 tables: tools/profile_model.py --fp8)")
-    s.add_argument("--fp8-skip-first", type=int, default=0, metavar="N", help="with --fp8: the first N layers stay bf16")
-    s.add_argument("--fp8-skip-last", type=int, default=0, metavar="N", help="with --fp8: the last N layers stay bf16")
+    s.add_argument("--fp8-skip-first", type=nonneg_int, default=0, metavar="N",
+                   help="with --fp8: the first N layers stay bf16")
+    s.add_argument("--fp8-skip-last", type=nonneg_int, default=0, metavar="N",
+                   help="with --fp8: the last N layers stay bf16")
     o = p.add_argument_group("output")
-    o.add_argument("--top-k", type=int, default=5, help="alternatives to print")
-    o.add_argument("--plot", default=None, help="PNG picture of the plan (default: OUTPUT with .png)")
+    o.add_argument("--top-k", type=int_in(1, 1000), default=5, help="alternatives to print")
+    o.add_argument("--plot", type=nonempty, default=None, help="PNG picture of the plan (default: OUTPUT with .png)")
     o.add_argument("--no-plot", action="store_true")
     o.add_argument("--quiet", action="store_true", help="no progress bar")
-    o.add_argument("--threads", type=int, default=min(4, os.cpu_count() or 1),
+    o.add_argument("--threads", type=int_in(1, 1024), default=min(4, os.cpu_count() or 1),
                    help="candidates solved at once (the DP releases the GIL)")
     return p
 
@@ -72,35 +80,30 @@ def build_parser() -> argparse.ArgumentParser:
 def batch_sizes(args: argparse.Namespace) -> List[int]:
     if args.global_batch_size_range:
         a, b = args.global_batch_size_range
-        if a < 1 or b < a:
-            raise UserError(f"--global-batch-size-range {a} {b}: need 1 <= A <= B")
+        if b < a:
+            raise UserError(f"--global-batch-size-range {a} {b}: need A <= B")
         out, x = [], a
         while x <= b:
             out.append(x)
             x *= 2
         return sorted(set(out + [b]))
-    n = args.global_batch_size if args.global_batch_size is not None else 8 * args.num_gpus
-    if n < 1:
-        raise UserError(f"--global-batch-size={n} must be >= 1")
-    return [n]
+    return [args.global_batch_size if args.global_batch_size is not None else min(8 * args.num_gpus, MAX_GLOBAL_BSZ)]
 
 
-def check_args(args: argparse.Namespace) -> int:
-    for flag, path in (("--output", args.output), ("--plot", args.plot)):
-        folder = os.path.dirname(os.path.abspath(path)) if path else None
-        if folder and not os.path.isdir(folder):
-            raise UserError(f"{flag} {path}: folder {folder} does not exist")
-    if not args.memory_gb > 0:
-        raise UserError(f"--memory-gb={args.memory_gb} must be > 0")
-    if args.num_gpus < 1:
-        raise UserError(f"--num-gpus={args.num_gpus} must be >= 1")
-    if args.num_nodes is not None and (args.num_nodes < 1 or args.num_gpus % args.num_nodes):
-        raise UserError(f"--num-gpus={args.num_gpus} must be a positive multiple of --num-nodes={args.num_nodes}")
-    check_fp8_skip(None if args.fp8 == "off" else args.fp8, args.fp8_skip_first, args.fp8_skip_last)
-    for flag in ("max_tp", "max_pp", "top_k", "threads"):
-        v = getattr(args, flag)
-        if v is not None and v < 1:
-            raise UserError(f"--{flag.replace('_', '-')}={v} must be >= 1")
+def plot_path(args: argparse.Namespace) -> str:
+    return args.plot or os.path.splitext(args.output)[0] + ".png"
+
+
+def check_args(args: argparse.Namespace) -> None:
+    """What the flags' types cannot check alone; the outputs, before the search runs."""
+    check_output_file("--output", args.output)
+    if args.plot and args.no_plot:
+        raise UserError("--plot and --no-plot both given: pick one")
+    if not args.no_plot:
+        check_output_file("--plot", plot_path(args))
+    if args.num_nodes is not None and args.num_gpus % args.num_nodes:
+        raise UserError(f"--num-gpus={args.num_gpus} must be a multiple of --num-nodes={args.num_nodes}")
+    check_fp8_skip(None if args.fp8 == "off" else args.fp8, args.fp8_skip_first, args.fp8_skip_last, args.num_layers)
 
 
 def gpus_per_node(args: argparse.Namespace, profiled_per_node: int) -> int:
@@ -204,7 +207,7 @@ def main(argv=None) -> None:
         print(f"wrote {args.output}")
         if not args.no_plot:
             from search.plot import save_plan_picture
-            path = args.plot or os.path.splitext(args.output)[0] + ".png"
+            path = plot_path(args)
             if save_plan_picture(best, path, args.memory_gb):
                 print(f"wrote {path}")
 

@@ -127,7 +127,7 @@ def test_missing_profile_is_one_line(profile_dir, tmp_path):
     partial = tmp_path / "partial"
     partial.mkdir()
     shutil.copy(os.path.join(profile_dir, profiles.HARDWARE_FILE), partial)
-    assert "model.json not found" in _search_error(str(partial))
+    assert "model.json does not exist" in _search_error(str(partial))
 
 
 def test_foreign_model_is_one_line(profile_dir):

@@ -96,7 +96,7 @@ def test_missing_files_and_bad_json(tmp_path, prof_dir):
     with pytest.raises(ProfileError, match="does not exist"):
         load_profiles(str(tmp_path / "nope"))
     os.remove(os.path.join(prof_dir, "model.json"))
-    with pytest.raises(ProfileError, match="model.json not found"):
+    with pytest.raises(ProfileError, match="model.json does not exist"):
         load_profiles(prof_dir)
     with open(os.path.join(prof_dir, "model.json"), "w") as f:
         f.write("{not json")

@@ -19,6 +19,9 @@ from megatron_galvatron.benchmark.plans import load_plans
 from megatron_galvatron.benchmark.runner import (as_dict, describe_speedups, run_baseline, run_plan, speedups,
                                                  table)
 from megatron_galvatron.errors import UserError, exit_on_user_error
+from megatron_galvatron.flag_types import int_in, nonempty, nonneg_int
+from megatron_galvatron.output_paths import check_output_file
+from megatron_galvatron.plan import MAX_GLOBAL_BSZ
 from megatron_galvatron.parallel_state import detect_device, init_distributed
 from megatron_galvatron.model.config import config_from_args
 from megatron_galvatron.training.arguments import build_parser
@@ -92,32 +95,51 @@ def write_json(path: str, cfg, world: int, device, found, gains, results) -> Non
                    "results": [as_dict(r) for r in results if r is not None]}, f, indent=2, default=str)
 
 
-def main() -> None:
+def micro_batches(text: str):
+    """--baseline-micro-batches: a comma list of positive integers."""
+    sizes = [x for x in text.split(",") if x]
+    if not sizes or not all(x.isascii() and x.isdigit() and 1 <= int(x) <= MAX_GLOBAL_BSZ for x in sizes):
+        raise UserError(f"--baseline-micro-batches {text!r}: a comma list of positive integers, e.g. 1,2,4")
+    return [int(x) for x in sizes]
+
+
+def benchmark_parser():
+    """pretrain_gpt.py's flags (the model, and how plans given by flags train) and the benchmark's."""
     p = build_parser("Benchmark plans against plain PyTorch DDP and FSDP2")
     b = p.add_argument_group("benchmark")
-    b.add_argument("--plans", nargs="*", default=[], help="plan files (search output or hand-written)")
-    b.add_argument("--global-plans", nargs="*", default=[], help="uniform plans, e.g. tp=1,dp=zero2,gbs=16,chunks=2")
+    b.add_argument("--plans", type=nonempty, nargs="*", default=[], help="plan files (search output or hand-written)")
+    b.add_argument("--global-plans", type=nonempty, nargs="*", default=[],
+                   help="uniform plans, e.g. tp=1,dp=zero2,gbs=16,chunks=2")
     b.add_argument("--baselines", default="ddp,fsdp2",
                    help="comma list of ddp / fsdp2 / plain (one GPU, no wrapper), each optionally +ckpt, +compile, "
                         "+fp8 (torchao float8 linears in the blocks), +ourmodel, e.g. fsdp2+compile+fp8 "
                         "(see megatron_galvatron/benchmark/baselines.py)")
     b.add_argument("--baseline-micro-batches", default="1,2,4,8,16")
-    b.add_argument("--baseline-global-batch", type=int, default=0,
+    b.add_argument("--baseline-global-batch", type=int_in(0, MAX_GLOBAL_BSZ), default=0,
                    help="baselines accumulate micro-batches up to this many samples per step "
                         "(DDP no_sync / FSDP2 without gradient sync until the last); 0 = one micro-batch")
-    b.add_argument("--iters", type=int, default=10)
-    b.add_argument("--warmup", type=int, default=3)
+    b.add_argument("--iters", type=int_in(1, 10 ** 6), default=10)
+    b.add_argument("--warmup", type=nonneg_int, default=3)
     b.add_argument("--plan-variants", default="plan",
                    help="comma list of plan / eager / compile: run every plan as it says, or with its layers "
                         "eager, or compiled (torch.compile of each transformer layer, as pretrain_gpt.py --compile)")
-    b.add_argument("--rounds", type=int, default=1, help="visit every configuration this many times, in turn")
-    b.add_argument("--out", default=None, help="write all results as JSON here")
-    b.add_argument("--profile-dir", default=None, help="price every eager plan with the cost model on these profiles")
-    b.add_argument("--compile-profile-dir", default=None,
+    b.add_argument("--rounds", type=int_in(1, 1000), default=1,
+                   help="visit every configuration this many times, in turn")
+    b.add_argument("--out", type=nonempty, default=None, help="write all results as JSON here")
+    b.add_argument("--profile-dir", type=nonempty, default=None,
+                   help="price every eager plan with the cost model on these profiles")
+    b.add_argument("--compile-profile-dir", type=nonempty, default=None,
                    help="price plans that run compiled on these profiles (profile_model.py --compile); without "
                         "it they are priced on --profile-dir only if its profile is compiled")
-    args = p.parse_args()
+    return p
+
+
+def main(argv=None) -> None:
+    args = benchmark_parser().parse_args(argv)
     with exit_on_user_error("benchmark.py"):
+        mbs = micro_batches(args.baseline_micro_batches)
+        if args.out:
+            check_output_file("--out", args.out)  # before the runs, not after them
         device = detect_device(int(os.environ.get("LOCAL_RANK", "0")))
         rank, world = init_distributed(device)
         cfg = config_from_args(args)
@@ -131,7 +153,6 @@ def main() -> None:
         runs = [(name, price(plan, cfg, args, loaded)) for name, plan in expand_variants(plans, variants)]
         found = bounds(cfg, args, loaded)
         args.compile = False  # each plan says whether its layers are compiled
-        mbs = [int(x) for x in args.baseline_micro_batches.split(",")]
         baselines = [k for k in args.baselines.split(",") if k]
         for name in baselines:
             BaselineSpec.parse(name, world)  # every name checked before the first one runs

@@ -5,7 +5,6 @@
 
 writes data/corpus_text_document.bin/.idx, the prefix that --data-path takes.
 """
-import argparse
 import json
 import os
 from contextlib import ExitStack
@@ -18,22 +17,25 @@ from megatron_galvatron.data.errors import DataError
 from megatron_galvatron.data.indexed_dataset import IndexedDatasetWriter, optimal_dtype
 from megatron_galvatron.data.tokenizer import TOKENIZER_TYPES, build_tokenizer
 from megatron_galvatron.errors import exit_on_user_error
+from megatron_galvatron.flag_types import ArgumentParser, int_in, nonempty
+from megatron_galvatron.output_paths import check_output_file
 
 PROG = "preprocess_data.py"
 
 
-def parse_args(argv=None):
-    p = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n")[0])
-    p.add_argument("--input", required=True, help="JSON-lines file, one document per line")
-    p.add_argument("--json-keys", nargs="+", default=["text"], help="keys to tokenize (default: text)")
-    p.add_argument("--output-prefix", required=True, help="writes PREFIX_{key}_document.bin/.idx")
+def build_parser() -> ArgumentParser:
+    p = ArgumentParser(prog=PROG, description=__doc__.split("\n")[0])
+    p.add_argument("--input", type=nonempty, required=True, help="JSON-lines file, one document per line")
+    p.add_argument("--json-keys", type=nonempty, nargs="+", default=["text"], help="keys to tokenize (default: text)")
+    p.add_argument("--output-prefix", type=nonempty, required=True, help="writes PREFIX_{key}_document.bin/.idx")
     p.add_argument("--tokenizer-type", required=True, choices=TOKENIZER_TYPES)
-    p.add_argument("--tokenizer-model", help="SentencePiece .model, or tokenizer.json (or its directory)")
-    p.add_argument("--vocab-size", type=int, help="NullTokenizer only: ids lie in [0, N)")
+    p.add_argument("--tokenizer-model", type=nonempty,
+                   help="SentencePiece .model, or tokenizer.json (or its directory)")
+    p.add_argument("--vocab-size", type=int_in(1, 2 ** 31 - 1), help="NullTokenizer only: ids lie in [0, N)")
     p.add_argument("--append-eod", action="store_true", help="end every non-empty document with the eod id")
-    p.add_argument("--workers", type=int, default=1, help="tokenizer processes (default 1)")
-    p.add_argument("--chunk-size", type=int, default=64, help="documents handed to a worker at a time")
-    return p.parse_args(argv)
+    p.add_argument("--workers", type=int_in(1, 1024), default=1, help="tokenizer processes (default 1)")
+    p.add_argument("--chunk-size", type=int_in(1, 10 ** 6), default=64, help="documents handed to a worker at a time")
+    return p
 
 
 class _Encoder:
@@ -51,6 +53,8 @@ class _Encoder:
             doc = json.loads(line)
         except json.JSONDecodeError as e:
             raise DataError(f"{self.input}:{lineno}: not valid JSON ({e.msg} at column {e.colno})")
+        except (RecursionError, ValueError) as e:  # nested too deeply; an integer of too many digits
+            raise DataError(f"{self.input}:{lineno}: not a document ({type(e).__name__})")
         if not isinstance(doc, dict):
             raise DataError(f"{self.input}:{lineno}: expected a JSON object, got {type(doc).__name__}")
         out = []
@@ -61,7 +65,10 @@ class _Encoder:
             text = doc[key]
             if not isinstance(text, str):
                 raise DataError(f"{self.input}:{lineno}: value of {key!r} is {type(text).__name__}, not a string")
-            ids = self.tokenizer.tokenize(text)
+            try:
+                ids = self.tokenizer.tokenize(text)
+            except DataError as e:  # which document, not only what is wrong with it
+                raise DataError(f"{self.input}:{lineno}: {e}")
             if ids and self.append_eod:
                 ids = list(ids) + [self.tokenizer.eod]
             out.append(np.asarray(ids, dtype=np.int64))
@@ -92,16 +99,26 @@ def _numbered_lines(path):
 
 
 def main(argv=None) -> None:
-    args = parse_args(argv)
+    args = build_parser().parse_args(argv)
+    with exit_on_user_error(PROG):
+        preprocess(args)
+
+
+def preprocess(args) -> None:
     if not os.path.isfile(args.input):
-        raise DataError(f"input {args.input} not found")
-    if args.workers < 1:
-        raise DataError(f"--workers must be >= 1, got {args.workers}")
+        what = "is a directory" if os.path.isdir(args.input) else \
+            "is not a regular file" if os.path.exists(args.input) else "not found"
+        raise DataError(f"input {args.input} {what}")
+    if len(set(args.json_keys)) != len(args.json_keys):
+        raise DataError(f"--json-keys {' '.join(args.json_keys)} names a key twice")
+    prefixes = [f"{args.output_prefix}_{key}_document" for key in args.json_keys]
+    for p in prefixes:  # before the tokenizing, which takes a while
+        check_output_file("--output-prefix", p + ".bin")
+        check_output_file("--output-prefix", p + ".idx")
     tokenizer = build_tokenizer(args.tokenizer_type, args.tokenizer_model, args.vocab_size)
     if args.append_eod and tokenizer.eod is None:
         raise DataError(f"--append-eod: tokenizer {args.tokenizer_model} defines no end-of-text token")
     dtype = optimal_dtype(tokenizer.vocab_size)
-    prefixes = [f"{args.output_prefix}_{key}_document" for key in args.json_keys]
 
     docs = 0
     tokens = [0] * len(prefixes)
@@ -126,5 +143,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    with exit_on_user_error(PROG):
-        main()
+    main()

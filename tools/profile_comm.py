@@ -12,21 +12,25 @@ import os
 import torch.distributed as dist
 
 from megatron_galvatron.errors import UserError, exit_on_user_error
+from megatron_galvatron.flag_types import ArgumentParser, int_in, nonempty
+from megatron_galvatron.output_paths import check_output_dir
 from megatron_galvatron.parallel_state import detect_device, init_distributed
 from megatron_galvatron.profile_format import HARDWARE_FILE, write_hardware
 from megatron_galvatron.profiling.comm import CommProfiler, CommSettings
 from megatron_galvatron.profiling.report import comm_summary, parse_size, sweep
 
 PROG = "profile_comm.py"
+MAX_BYTES = 64 << 30
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
-    p.add_argument("--out-dir", required=True, help=f"directory to write {HARDWARE_FILE} into")
+    p = ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
+    p.add_argument("--out-dir", type=nonempty, required=True, help=f"directory to write {HARDWARE_FILE} into")
     p.add_argument("--min-size", default="1M", help="smallest message (bytes; K/M/G suffixes), default 1M")
     p.add_argument("--max-size", default="512M", help="largest message, sizes double in between (default 512M)")
-    p.add_argument("--warmup", type=int, default=3, help="untimed calls before each point")
-    p.add_argument("--iters", type=int, default=20, help="timed calls per point (their median is the point)")
+    p.add_argument("--warmup", type=int_in(0, 10 ** 6), default=3, help="untimed calls before each point")
+    p.add_argument("--iters", type=int_in(1, 10 ** 6), default=20,
+                   help="timed calls per point (their median is the point)")
     p.add_argument("--overlap-size", default="256M", help="all-reduce size of the overlap measurement")
     p.add_argument("--quick", action="store_true", help="tiny sizes (4K..64K), 1 warmup, 3 iters: for CI")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -38,16 +42,19 @@ def settings(args) -> CommSettings:
         lo, hi, warmup, iters = 4 * 1024, 64 * 1024, 1, 3
     else:
         lo, hi, warmup, iters = parse_size(args.min_size), parse_size(args.max_size), args.warmup, args.iters
-    if warmup < 0 or iters < 1:
-        raise UserError(f"--warmup={warmup} must be >= 0 and --iters={iters} >= 1")
-    return CommSettings(sizes=sweep(lo, hi), warmup=warmup, iters=iters,
-                        overlap_bytes=parse_size(args.overlap_size), progress=not args.quiet)
+    overlap = parse_size(args.overlap_size)
+    for flag, n in (("--min-size", lo), ("--max-size", hi), ("--overlap-size", overlap)):
+        if n > MAX_BYTES:
+            raise UserError(f"{flag} {n} bytes is over {MAX_BYTES >> 30}G, more than a GPU holds for one message")
+    return CommSettings(sizes=sweep(lo, hi), warmup=warmup, iters=iters, overlap_bytes=overlap,
+                        progress=not args.quiet)
 
 
 def main(argv=None) -> None:
     args = build_parser().parse_args(argv)
     with exit_on_user_error(PROG):
         s = settings(args)
+        check_output_dir("--out-dir", args.out_dir)  # before the measurements, which take a while
         if int(os.environ.get("WORLD_SIZE", "1")) < 2:
             raise UserError("needs at least 2 ranks: launch with torchrun --nproc-per-node N (N >= 2); a "
                             "single GPU has no collectives to measure")

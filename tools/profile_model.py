@@ -12,6 +12,8 @@ import os
 import torch
 
 from megatron_galvatron.errors import UserError, exit_on_user_error
+from megatron_galvatron.flag_types import ArgumentParser, float_in, int_in, nonempty, nonneg_int
+from megatron_galvatron.output_paths import check_output_dir
 from megatron_galvatron.fp8.library import float8
 from megatron_galvatron.parallel_state import detect_device
 from megatron_galvatron.plan import FP8_RECIPES
@@ -30,24 +32,25 @@ PROG = "profile_model.py"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
-    p.add_argument("--out-dir", required=True, help=f"directory to write {MODEL_FILE} into")
+    p = ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
+    p.add_argument("--out-dir", type=nonempty, required=True, help=f"directory to write {MODEL_FILE} into")
     g = p.add_argument_group("what to measure")
-    g.add_argument("--micro-batch-sizes", type=int, nargs="+", default=[1, 2, 4, 8],
+    g.add_argument("--micro-batch-sizes", type=int_in(1, 2 ** 16), nargs="+", default=[1, 2, 4, 8],
                    help="samples per micro-batch on one rank (default 1 2 4 8)")
-    g.add_argument("--seq-lengths", type=int, nargs="+", default=None, help="default: --seq-length")
-    g.add_argument("--tp", type=int, nargs="+", default=[1, 2, 4, 8],
+    g.add_argument("--seq-lengths", type=int_in(1, 2 ** 22), nargs="+", default=None, help="default: --seq-length")
+    g.add_argument("--tp", type=int_in(1, 1024), nargs="+", default=[1, 2, 4, 8],
                    help="tensor-parallel degrees (those the model cannot split are skipped; 1 is always measured)")
     g.add_argument("--no-sequence-parallel", action="store_true", help="skip the sequence-parallel variants")
     g.add_argument("--dtype", choices=("auto",) + DTYPES, default="auto",
                    help="auto: bf16 autocast on CUDA, fp32 on CPU (the search accepts bf16 profiles only)")
     g.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto")
-    g.add_argument("--warmup", type=int, default=2, help="untimed repeats per point")
-    g.add_argument("--iters", type=int, default=5, help="timed repeats per point (their median is the point)")
-    g.add_argument("--sustained-seconds", type=float, default=30.0,
+    g.add_argument("--warmup", type=int_in(0, 10 ** 6), default=2, help="untimed repeats per point")
+    g.add_argument("--iters", type=int_in(1, 10 ** 6), default=5,
+                   help="timed repeats per point (their median is the point)")
+    g.add_argument("--sustained-seconds", type=float_in(0, 86400), default=30.0,
                    help="length of the back-to-back run of a layer chain that measures how much slower "
                         "layers run inside a long step than alone (model.json 'sustained'); 0 = skip")
-    g.add_argument("--sustained-duty", type=float, nargs="*", default=[],
+    g.add_argument("--sustained-duty", type=float_in(0, 1, lo_open=True, hi_open=True), nargs="*", default=[],
                    help="duty cycles in (0, 1) at which to repeat that run with the GPU idle between chains "
                         "(model.json 'sustained.duty'): the cost model then prices partly idle stages "
                         "(pipeline bubbles, exposed communication) at the measured clock instead of a "
@@ -58,12 +61,12 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--fp8", nargs="+", choices=FP8_RECIPES, default=[], metavar="RECIPE",
                    help=f"also measure the layer with float8 linears under each recipe ({', '.join(FP8_RECIPES)}; "
                         f"model.json 'layer.fp8.<recipe>'), which search/run.py --fp8 needs; requires torchao")
-    g.add_argument("--soak-seconds", type=float, default=0.3,
+    g.add_argument("--soak-seconds", type=float_in(0, 3600), default=0.3,
                    help="untimed back-to-back repeats before each point, so it is timed at the clock a "
                         "busy (power-capped) GPU runs at; 0 = none")
-    g.add_argument("--optimizer-params", type=int, default=None,
+    g.add_argument("--optimizer-params", type=int_in(64, 2 ** 36), default=None,
                    help="parameters in the optimizer-step measurement (default 2^27 on CUDA, 2^18 on CPU)")
-    g.add_argument("--seed", type=int, default=1234)
+    g.add_argument("--seed", type=nonneg_int, default=1234)
     g.add_argument("--quiet", action="store_true", help="no progress bar")
     add_model_args(p)
     return p
@@ -81,6 +84,7 @@ def main(argv=None) -> None:
     args = build_parser().parse_args(argv)
     with exit_on_user_error(PROG):
         cfg = config_from_args(args)
+        check_output_dir("--out-dir", args.out_dir)  # before the measurements, which take a while
         if args.fp8:
             float8("--fp8 layer tables")  # before any measurement: without torchao, one line
         device = pick_device(args.device)

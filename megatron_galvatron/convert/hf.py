@@ -20,6 +20,7 @@ from megatron_galvatron.checkpoint.format import converted_meta
 from megatron_galvatron.checkpoint.tensors import TensorReader, open_verified, write_checkpoint
 from megatron_galvatron.convert import hf_gpt2, hf_llama
 from megatron_galvatron.errors import UserError
+from megatron_galvatron.json_file import field, read_object
 from megatron_galvatron.model.config import GPTConfig
 
 FAMILIES = {"gpt2": hf_gpt2, "llama": hf_llama}
@@ -34,15 +35,9 @@ def read_hf_config(hf_dir: str) -> Tuple[dict, object]:
     if not os.path.isfile(path):
         raise UserError(f"{hf_dir} has no config.json: point --hf-dir at a Hugging Face model folder "
                         f"(config.json + model.safetensors or pytorch_model.bin)")
-    try:
-        with open(path) as f:
-            config = json.load(f)
-    except (OSError, ValueError) as e:
-        raise UserError(f"{path} is not valid JSON ({type(e).__name__}): re-download or fix it")
-    if not isinstance(config, dict):
-        raise UserError(f"{path} must hold a JSON object")
+    config = read_object(path, "Hugging Face config", "re-download or fix it")
     kind = config.get("model_type")
-    if kind not in FAMILIES:
+    if not isinstance(kind, str) or kind not in FAMILIES:
         archs = config.get("architectures")
         raise UserError(f"{path}: model_type {kind!r} (architectures {archs}) is not supported: this converter "
                         f"handles {', '.join(FAMILIES)}")
@@ -50,7 +45,8 @@ def read_hf_config(hf_dir: str) -> Tuple[dict, object]:
 
 
 def _tie(config: dict, family) -> bool:
-    return bool(config.get("tie_word_embeddings", family is hf_gpt2))
+    return field(config, "tie_word_embeddings", bool, default=family is hf_gpt2,
+                 error=lambda msg: UserError(f"config.json: {msg}"))
 
 
 class HFWeights:
@@ -79,12 +75,11 @@ class HFWeights:
                 return [os.path.join(d, single)]
             if os.path.isfile(os.path.join(d, index)):
                 path = os.path.join(d, index)
-                try:
-                    with open(path) as f:
-                        weight_map = json.load(f)["weight_map"]
-                    names = sorted(set(weight_map.values()))
-                except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
-                    raise UserError(f"{path} is not a valid shard index ({type(e).__name__}): re-download it")
+                weight_map = field(read_object(path, "shard index", "re-download it"), "weight_map", dict,
+                                   error=lambda msg: UserError(f"{path}: {msg}: re-download it"))
+                if not all(isinstance(n, str) for n in weight_map.values()):
+                    raise UserError(f"{path}: weight_map must map tensor names to shard file names: re-download it")
+                names = sorted(set(weight_map.values()))
                 for n in names:
                     if os.path.basename(n) != n or not os.path.isfile(os.path.join(d, n)):
                         raise UserError(f"{path} lists shard {n!r}, which is not in {d}: the download is incomplete")
@@ -160,9 +155,13 @@ def hf_to_ours(hf_dir: str, save_root: str) -> Tuple[str, GPTConfig]:
     """Convert a Hugging Face folder into a checkpoint under save_root (iteration 0, no optimizer
     state); returns its directory and model config."""
     config, family = read_hf_config(hf_dir)
-    cfg = family.config_from_hf(config)
+    try:
+        cfg = family.config_from_hf(config)
+    except UserError as e:  # the model's own checks name our flags; say which file holds the value
+        raise UserError(f"{os.path.join(hf_dir, 'config.json')}: {e}")
+    tie = _tie(config, family)
     weights = HFWeights(hf_dir, family)
-    weights.check(*family.hf_shapes(cfg, _tie(config, family)))
+    weights.check(*family.hf_shapes(cfg, tie))
     meta = converted_meta(config_record(cfg),
                           source={"hf_dir": os.path.abspath(hf_dir), "architectures": config.get("architectures")},
                           hf_config=config)

@@ -9,14 +9,21 @@ from dataclasses import dataclass
 from typing import Any, Dict, Optional
 
 from megatron_galvatron.errors import UserError
+from megatron_galvatron.flag_types import float_in, int_in, interval, within
 
 FAMILIES = ("gpt2", "llama")
 ATTENTION_BACKENDS = ("default", "cudnn", "flash", "efficient", "math")
 # What sets the model's shape: a profile measured for other values does not describe this model.
 SHAPE_FIELDS = ("family", "num_layers", "hidden_size", "num_attention_heads", "num_query_groups",
                 "ffn_hidden_size", "vocab_size", "seq_length")
-_POSITIVE = ("num_layers", "hidden_size", "num_attention_heads", "num_query_groups", "ffn_hidden_size",
-             "vocab_size", "seq_length", "max_position_embeddings", "make_vocab_size_divisible_by")
+# Largest sizes taken: beyond them a model cannot be built on any machine (and products of them overflow int32).
+MAX_SIZE = {"num_layers": 2 ** 14, "hidden_size": 2 ** 18, "num_attention_heads": 2 ** 12,
+            "num_query_groups": 2 ** 12, "ffn_hidden_size": 2 ** 20, "vocab_size": 2 ** 24, "seq_length": 2 ** 22,
+            "max_position_embeddings": 2 ** 22, "make_vocab_size_divisible_by": 2 ** 16}
+# (low, high, low excluded, high excluded) of the float fields; dropout 1 would drop everything
+FLOAT_RANGE = {"hidden_dropout": (0.0, 1.0, False, True), "attention_dropout": (0.0, 1.0, False, True),
+               "norm_eps": (0.0, 1.0, True, True), "init_std": (0.0, 10.0, True, False),
+               "rope_theta": (0.0, 1e12, True, False)}
 
 
 def flag(field_name: str) -> str:
@@ -54,10 +61,16 @@ class GPTConfig:
         for k, v in defaults.items():
             if getattr(self, k) is None:
                 object.__setattr__(self, k, v)  # frozen: the defaults are filled once, here
-        for k in _POSITIVE:
+        for k, top in MAX_SIZE.items():
             v = getattr(self, k)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise UserError(f"{flag(k)} {v!r} must be a positive integer")
+            if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= top:
+                raise UserError(f"{flag(k)} {v!r} must be an integer in [1, {top}]")
+        for k, bounds in FLOAT_RANGE.items():
+            v = getattr(self, k)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not within(v, *bounds):
+                raise UserError(f"{flag(k)} {v!r} must be a number in {interval(*bounds)}")
+        if not isinstance(self.tie_embeddings, bool):
+            raise UserError(f"tie_embeddings {self.tie_embeddings!r} must be true or false")
         if self.hidden_size % self.num_attention_heads:
             raise UserError(f"{flag('hidden_size')} {self.hidden_size} is not divisible by "
                             f"{flag('num_attention_heads')} {self.num_attention_heads}")
@@ -130,11 +143,17 @@ def add_model_args(p: argparse.ArgumentParser, required: bool = False) -> None:
     """The model flags (Megatron-LM spelling) every CLI shares; ``required``: the shape has no default."""
     g = p.add_argument_group("model")
 
+    def size(name: str):
+        return int_in(1, MAX_SIZE[name[2:].replace("-", "_")])
+
+    def real(name: str):
+        return float_in(*FLOAT_RANGE[name])
+
     def shape(name: str, help_: str) -> None:
         if required:
-            g.add_argument(name, type=int, required=True, help=help_)
+            g.add_argument(name, type=size(name), required=True, help=help_)
         else:
-            g.add_argument(name, type=int, default=_SHAPE_DEFAULTS[name[2:].replace("-", "_")],
+            g.add_argument(name, type=size(name), default=_SHAPE_DEFAULTS[name[2:].replace("-", "_")],
                            help=help_ + " (default: %(default)s)")
 
     g.add_argument("--model-family", choices=FAMILIES, default="gpt2",
@@ -143,18 +162,21 @@ def add_model_args(p: argparse.ArgumentParser, required: bool = False) -> None:
     shape("--num-layers", "transformer layers")
     shape("--hidden-size", "hidden size")
     shape("--num-attention-heads", "attention heads")
-    g.add_argument("--num-query-groups", type=int, default=None, help="K/V heads (default: --num-attention-heads)")
-    g.add_argument("--ffn-hidden-size", type=int, default=None, help="MLP width (default: 4 x --hidden-size)")
+    g.add_argument("--num-query-groups", type=size("--num-query-groups"), default=None,
+                   help="K/V heads (default: --num-attention-heads)")
+    g.add_argument("--ffn-hidden-size", type=size("--ffn-hidden-size"), default=None,
+                   help="MLP width (default: 4 x --hidden-size)")
     shape("--seq-length", "tokens per sample")
-    g.add_argument("--max-position-embeddings", type=int, default=None, help="default: --seq-length")
+    g.add_argument("--max-position-embeddings", type=size("--max-position-embeddings"), default=None,
+                   help="default: --seq-length")
     shape("--vocab-size", "vocabulary size before padding")
-    g.add_argument("--make-vocab-size-divisible-by", type=int, default=128,
+    g.add_argument("--make-vocab-size-divisible-by", type=size("--make-vocab-size-divisible-by"), default=128,
                    help="pad the vocabulary to a multiple of this x the vocab TP degree (default: %(default)s)")
-    g.add_argument("--hidden-dropout", type=float, default=0.0)
-    g.add_argument("--attention-dropout", type=float, default=0.0)
-    g.add_argument("--norm-epsilon", type=float, default=1e-5)
-    g.add_argument("--init-method-std", type=float, default=0.02)
-    g.add_argument("--rotary-base", type=float, default=10000.0)
+    g.add_argument("--hidden-dropout", type=real("hidden_dropout"), default=0.0)
+    g.add_argument("--attention-dropout", type=real("attention_dropout"), default=0.0)
+    g.add_argument("--norm-epsilon", type=real("norm_eps"), default=1e-5)
+    g.add_argument("--init-method-std", type=real("init_std"), default=0.02)
+    g.add_argument("--rotary-base", type=real("rope_theta"), default=10000.0)
     g.add_argument("--use-flash-attn", action="store_true", help="use the flash-attn package if installed")
     g.add_argument("--attention-backend", default="default", choices=ATTENTION_BACKENDS,
                    help="PyTorch SDPA kernel to try first (others stay as fallbacks); default: PyTorch's own order")

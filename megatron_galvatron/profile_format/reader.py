@@ -2,11 +2,11 @@
 names the file and the key, in one line. A file of an older version is upgraded as it is read."""
 from __future__ import annotations
 
-import json
 import math
 import os
 from typing import Any, Dict, Tuple
 
+from megatron_galvatron.json_file import check, read_object
 from megatron_galvatron.plan import FP8_RECIPES
 from megatron_galvatron.profile_format.schema import (
     COLLECTIVES,
@@ -31,6 +31,10 @@ from megatron_galvatron.profile_format.schema import (
 )
 
 
+# Above any time, size, rate or count a profile measures: a larger number is corruption, not a measurement.
+MAX_VALUE = 1e18
+
+
 class _Reader:
     def __init__(self, path: str):
         self.path = path
@@ -52,30 +56,21 @@ class _Reader:
         return v
 
     def number(self, obj: Dict, key: str, where: str, minimum: float = 0.0, strict: bool = False) -> float:
-        v = self.get(obj, key, where)
         name = f"{where}.{key}" if where else key
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) \
-                or v < minimum or (strict and v == minimum):
-            bound = f"> {minimum}" if strict else f">= {minimum}"
-            raise self.fail(f"key '{name}' must be a number {bound}, got {v!r}")
-        return float(v)
+        return check(self.get(obj, key, where), float, f"key '{name}'", minimum, MAX_VALUE, self.fail, strict)
 
     def value(self, v: Any, name: str) -> float:
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
-            raise self.fail(f"key '{name}' must be a number >= 0, got {v!r}")
-        return float(v)
+        return check(v, float, f"key '{name}'", 0.0, MAX_VALUE, self.fail)
 
     def integer(self, obj: Dict, key: str, where: str, minimum: int = 1) -> int:
-        v = self.get(obj, key, where)
-        if isinstance(v, bool) or not isinstance(v, int) or v < minimum:
-            raise self.fail(f"key '{where}.{key}' must be an integer >= {minimum}, got {v!r}")
-        return v
+        return check(self.get(obj, key, where), int, f"key '{where}.{key}'", minimum, int(MAX_VALUE), self.fail)
 
     def points(self, obj: Dict, where: str, width: int) -> None:
         pts = self.get(obj, "points", where, list)
         for p in pts:
             if not isinstance(p, list) or len(p) != width or not all(
-                    isinstance(x, (int, float)) and not isinstance(x, bool) for x in p):
+                    isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+                    and abs(x) <= MAX_VALUE for x in p):
                 raise self.fail(f"'{where}.points' entries must be lists of {width} numbers, got {p!r}")
 
     def comm_fit(self, obj: Dict, where: str) -> CommFit:
@@ -131,16 +126,7 @@ class _Reader:
 
 
 def read_json(path: str, what: str, hint: str) -> Dict:
-    if not os.path.isfile(path):
-        raise ProfileError(f"{path} not found: {hint}")
-    try:
-        with open(path) as f:
-            d = json.load(f)
-    except json.JSONDecodeError as e:
-        raise ProfileError(f"{path} is not valid JSON ({e.msg} at line {e.lineno}): regenerate the {what} profile")
-    if not isinstance(d, dict):
-        raise ProfileError(f"{path}: a {what} profile must be a JSON object")
-    return d
+    return read_object(path, f"{what} profile", hint, ProfileError)
 
 
 def _model_v1(d: Dict) -> Dict:
@@ -222,7 +208,7 @@ def parse_hardware(d: Dict, path: str = HARDWARE_FILE) -> HardwareProfile:
     cs = r.number(ov, "compute_slowdown", "overlap", 1.0)
     ms = r.number(ov, "comm_slowdown", "overlap", 1.0)
     by_op = {}
-    for op, pair in ov.get("by_collective", {}).items():
+    for op, pair in r.get(ov, "by_collective", "overlap", dict).items() if "by_collective" in ov else ():
         if op not in collectives or not isinstance(pair, dict):
             raise r.fail(f"key 'overlap.by_collective.{op}' must name a profiled collective and hold "
                          f"compute_slowdown and comm_slowdown")

@@ -3,6 +3,7 @@ import json
 import os
 from typing import Dict
 
+from megatron_galvatron.output_paths import remove_quietly
 from megatron_galvatron.profile_format.reader import parse_hardware, parse_model
 from megatron_galvatron.profile_format.schema import HARDWARE_FILE, MODEL_FILE
 
@@ -10,10 +11,13 @@ from megatron_galvatron.profile_format.schema import HARDWARE_FILE, MODEL_FILE
 def _write(profile: Dict, path: str) -> str:
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(profile, f, indent=1)
-        f.write("\n")
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w") as f:
+            json.dump(profile, f, indent=1)
+            f.write("\n")
+        os.replace(tmp, path)
+    finally:  # after a failed write or replace, no half-written file stays next to the profile
+        remove_quietly(tmp)
     return path
 
 

@@ -9,8 +9,6 @@ NCCL's time is not one line over that range (it changes protocol and algorithm b
 and 8 MiB), so communication entries also carry a piecewise fit (`fit_segments`) that holds
 every measured point within SEGMENT_TOLERANCE; the single line stays for readers that only know it.
 """
-import argparse
-import json
 import math
 import os
 import sys
@@ -18,7 +16,9 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from megatron_galvatron.profile_format import bus_factor, write_hardware
+from megatron_galvatron.errors import exit_on_user_error
+from megatron_galvatron.flag_types import ArgumentParser
+from megatron_galvatron.profile_format import bus_factor, parse_hardware, read_json, write_hardware
 
 
 def fit_line(xs: Sequence[float], ys: Sequence[float]) -> Tuple[float, float]:
@@ -178,8 +178,8 @@ def refit_hardware(profile: Dict) -> Dict:
 
 def refit_file(path: str) -> Dict:
     """Add or recompute `segments` in a hardware.json file, keeping everything else as it was."""
-    with open(path) as f:
-        profile = json.load(f)
+    profile = read_json(path, "hardware", "give a hardware.json that tools/profile_comm.py wrote")
+    parse_hardware(profile, path)  # a malformed file is one line, before anything is refitted
     refit_hardware(profile)
     write_hardware(profile, os.path.dirname(path) or ".", os.path.basename(path))
     return profile
@@ -210,13 +210,14 @@ def bytes_per_token(points: List[List[float]]) -> Tuple[float, float]:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m megatron_galvatron.profiling.fit",
-                                 description="Re-fit the piecewise communication segments of hardware.json "
-                                             "files from the points they keep, in place.")
+    prog = "python -m megatron_galvatron.profiling.fit"
+    ap = ArgumentParser(prog=prog, description="Re-fit the piecewise communication segments of hardware.json "
+                                               "files from the points they keep, in place.")
     ap.add_argument("paths", nargs="+", metavar="HARDWARE_JSON")
     args = ap.parse_args(argv)
     for path in args.paths:
-        profile = refit_file(path)
+        with exit_on_user_error(prog):
+            profile = refit_file(path)
         rows = [(op, key, e) for op, t in profile["collectives"].items() for key, e in t.items()]
         rows += [("p2p", key, e) for key, e in profile["p2p"].items()]
         for op, key, e in rows:

@@ -3,13 +3,15 @@ import argparse
 
 from megatron_galvatron import plan as plan_mod
 from megatron_galvatron.errors import UserError
+from megatron_galvatron.flag_types import ArgumentParser
 from megatron_galvatron.model.config import GPTConfig, add_model_args
+from megatron_galvatron.training.argument_checks import apply_flag_types, check_against_plan
 from megatron_galvatron.training.config import (CheckpointConfig, DataConfig, EvalConfig, LoggingConfig, LRConfig,
                                              OptimizerConfig, ResilienceConfig, TrainingConfig)
 
 
 def add_parallel_args(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("parallelism (GLOBAL mode; ignored with --galvatron-config)")
+    g = p.add_argument_group("parallelism (GLOBAL mode; with --galvatron-config the plan decides: these must agree)")
     g.add_argument("--galvatron-config", default=None, help="plan JSON (native or Hetu-Galvatron format)")
     g.add_argument("--pp-deg", type=int, default=1)
     g.add_argument("--global-tp-deg", type=int, default=1)
@@ -126,18 +128,19 @@ def training_config(args: argparse.Namespace) -> TrainingConfig:
 
 
 def build_parser(description: str = "Train a GPT model under a per-layer hybrid parallel plan") -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=description)
+    p = ArgumentParser(description=description)
     add_model_args(p)
     add_parallel_args(p)
     add_training_args(p)
     add_data_args(p)
     add_resilience_args(p)
+    apply_flag_types(p)
     return p
 
 
 def build_plan(args, cfg: GPTConfig, world_size: int) -> plan_mod.Plan:
     """The plan from --galvatron-config, or the uniform GLOBAL-mode plan from the flags."""
-    plan_mod.check_fp8_skip(args.fp8, args.fp8_skip_first, args.fp8_skip_last)
+    plan_mod.check_fp8_skip(args.fp8, args.fp8_skip_first, args.fp8_skip_last, cfg.num_layers)
     if args.galvatron_config:
         if args.fp8:
             raise UserError("--fp8 builds a uniform plan; with --galvatron-config the plan file says each "
@@ -168,5 +171,5 @@ def build_plan(args, cfg: GPTConfig, world_size: int) -> plan_mod.Plan:
                                 fp8_skip_first=args.fp8_skip_first, fp8_skip_last=args.fp8_skip_last)
         plan.vocab = plan_mod.VocabStrategy(tp=vocab_tp, tp_consec=bool(args.global_tp_consec),
                                             dp_type=vocab_dp_type, sp=args.sequence_parallel and vocab_tp > 1)
-    return plan.validate(cfg, world_size=world_size)
+    return check_against_plan(args, plan.validate(cfg, world_size=world_size))
 

@@ -24,7 +24,7 @@ from megatron_galvatron.optional import import_optional
 from megatron_galvatron.model.config import GPTConfig, config_from_args
 from megatron_galvatron.model.parallelize import ParallelModel, parallelize
 from megatron_galvatron.model.stage import StageModel
-from megatron_galvatron.parallel_state import ParallelState, detect_device, init_distributed
+from megatron_galvatron.parallel_state import ParallelState, detect_device, init_distributed, launch_world_size
 from megatron_galvatron.pipeline.p2p import P2P
 from megatron_galvatron.pipeline.schedules import Schedule, StepStats, forward_only
 from megatron_galvatron.plan import Plan
@@ -89,11 +89,14 @@ def build_datasets(config: TrainingConfig, cfg: GPTConfig, plan: Plan, consumed_
 def setup(args, plan: Optional[Plan] = None) -> Trainer:
     started = time.monotonic()
     config = arguments.training_config(args)
+    # The plan is checked before any process group exists: a bad one is then one line and exit
+    # 2 on every rank, with no collective library to start and tear down.
+    world = launch_world_size()
+    cfg = config_from_args(args)
+    plan = plan.validate(cfg, world_size=world) if plan else arguments.build_plan(args, cfg, world)
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     device = detect_device(local_rank)
     rank, world = init_distributed(device, config.resilience.distributed_timeout_mins)
-    cfg = config_from_args(args)
-    plan = plan.validate(cfg, world_size=world) if plan else arguments.build_plan(args, cfg, world)
     if args.compile and not plan.compile:  # the flag asks what a searched plan may say itself
         plan = dataclasses.replace(plan, compile=True)
     if plan.has_fp8:
@@ -332,6 +335,11 @@ def _train(tr: Trainer, early: EarlyExit) -> List[dict]:
         tr.eval_log.append({"iteration": tr.iteration, "validation_loss": loss})
         if is_logging_rank(tr):
             print(f"validation loss: {loss:.6E}", flush=True)
+        return tr.log
+    if tr.iteration >= config.train_iters:  # a finished run launched again: done, not an error
+        if tr.ps.rank == 0:
+            print(f"nothing to train: the checkpoint loaded is at iteration {tr.iteration} and --train-iters is "
+                  f"{config.train_iters}; raise --train-iters to train on", flush=True)
         return tr.log
     flops_token = tr.cfg.flops_per_token()
     peak = metrics.peak_flops(device) if config.bf16 else None
