@@ -92,3 +92,28 @@ def test_wrapped_baseline_equals_one_process(kind, chunks):
     for losses, wpe in run_distributed(2, _wrapped_steps, kind, "gpt2", chunks):
         assert losses == pytest.approx(ref_losses, abs=1e-5)
         torch.testing.assert_close(wpe, ref.wpe.weight.detach(), atol=1e-6, rtol=1e-5)
+
+
+def _sizes_each_rank_runs(rank, world):
+    """run_baseline on ranks whose own timings disagree: rank 1 finds micro-batch 2 slower than
+    4 and would stop there, rank 0 finds it faster and would go on to micro-batch 1."""
+    from megatron_galvatron.benchmark import runner
+    ran = []
+    finish = runner._finish
+
+    def timed(res, cfg, times, tokens, world_, device, states):
+        out = finish(res, cfg, times, tokens, world_, device, states)
+        mbs = res.global_micro_batch // world_
+        ran.append(mbs)
+        out.tokens_per_s_per_gpu = {4: 100.0, 2: 200.0 if rank == 0 else 50.0, 1: 10.0}[mbs]
+        return out
+    runner._finish = timed
+    res = runner.run_baseline("ddp", _cfg("gpt2"), torch.device("cpu"), 0, False, [4, 2, 1], 1, 0, global_batch=8)
+    return ran, res.global_micro_batch
+
+
+def test_ranks_whose_timings_disagree_try_the_same_micro_batches():
+    """The choice follows rank 0 on every rank (else the ranks run different sizes and wait on
+    each other's collectives for ever)."""
+    (ran0, mb0), (ran1, mb1) = run_distributed(2, _sizes_each_rank_runs, timeout=240)
+    assert ran0 == ran1 == [4, 2, 1] and mb0 == mb1 == 2 * 2

@@ -60,6 +60,16 @@ def _all_ok(ok: bool, device) -> bool:
     return t.item() == 0
 
 
+def _rank0_says(flag: bool, device) -> bool:
+    """Rank 0's value of a decision each rank could take from its own timings: ranks whose
+    timings disagree would otherwise go on to different configurations and wait on each other's
+    collectives for ever."""
+    t = torch.tensor([1.0 if flag else 0.0], device=device)
+    if dist.is_initialized():
+        dist.broadcast(t, 0)
+    return t.item() == 1.0
+
+
 def _cleanup(device):
     gc.collect()
     if device.type == "cuda":
@@ -219,7 +229,7 @@ def run_baseline(name: str, cfg: GPTConfig, device, seed: int, bf16: bool, micro
         tried[mbs] = out.tokens_per_s_per_gpu if out else 0.0
         if out is None:
             continue
-        if best is not None and out.tokens_per_s_per_gpu <= best.tokens_per_s_per_gpu:
+        if _rank0_says(best is not None and out.tokens_per_s_per_gpu <= best.tokens_per_s_per_gpu, device):
             break
         best = out
     if best is None:
