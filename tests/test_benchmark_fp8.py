@@ -161,3 +161,15 @@ def test_plain_fp8_through_the_cli(tmp_path):
     assert r.returncode == 0 and r.stderr == "", r.stderr[-2000:]
     (res,) = json.load(open(out))["results"]
     assert res["name"] == "plain+fp8" and res["status"] == "ok" and len(res["times"]) == 2
+
+
+def test_uniform_plan_keeps_the_skipped_ends_bf16():
+    from megatron_galvatron.benchmark.plans import parse_global_plan
+    plan = parse_global_plan("tp=1,gbs=16,chunks=4,fp8=tensorwise,fp8skip=2:3", 1, 10)
+    assert [s.fp8 for s in plan.layers] == [None] * 2 + ["tensorwise"] * 5 + [None] * 3
+    assert not parse_global_plan("tp=1,gbs=8", 1, 4).has_fp8
+    for bad, says in (("fp8=tensorwise,fp8skip=1", "fp8skip takes F:L"), ("fp8=tensorwise,fp8skip=a:1", "'a'"),
+                      ("fp8skip=1:1", "need --fp8"), ("fp8=tensorwise,fp8skip=5:5", "leave none of the 10")):
+        with pytest.raises(UserError, match=says) as e:
+            parse_global_plan(bad, 1, 10)
+        assert str(e.value).startswith(f"--global-plans {bad!r}") and "\n" not in str(e.value)

@@ -33,7 +33,10 @@ def parse_global_plan(spec: str, world: int, num_layers: int) -> plan_mod.Plan:
     if len(skip) != 2:
         raise UserError(f"--global-plans {spec!r}: fp8skip takes F:L, the first F and last L layers kept in bf16")
     skip_first, skip_last = (number("fp8skip", 0, v=part) for part in skip)
-    plan_mod.check_fp8_skip(kv.get("fp8"), skip_first, skip_last, num_layers)
+    try:
+        plan_mod.check_fp8_skip(kv.get("fp8"), skip_first, skip_last, num_layers)
+    except plan_mod.PlanError as e:  # it speaks of the CLI flags: say which spec and key
+        raise UserError(f"--global-plans {spec!r}: fp8skip={kv.get('fp8skip')} with fp8={kv.get('fp8')}: {e}") from None
     return plan_mod.uniform(world, num_layers, pp_deg=number("pp", 1, 1), tp=tp,
                             tp_consec=bool(number("consec", 1)), dp_type=kv.get("dp", "ddp"),
                             sp=bool(number("sp", 0)), checkpoint=bool(number("ckpt", 0)),
