@@ -11,6 +11,7 @@ from typing import Callable, Dict, Iterator, Optional, Tuple
 import torch
 
 from megatron_galvatron.errors import UserError
+from megatron_galvatron.convert.hf_config import config_error, positive_size, real
 from megatron_galvatron.json_file import field
 from megatron_galvatron.model.config import GPTConfig
 
@@ -19,23 +20,8 @@ _TANH_GELUS = ("gelu_new", "gelu_pytorch_tanh", "gelu_fast")  # one formula, thr
 _BUFFERS = re.compile(r"transformer\.h\.\d+\.attn\.(bias|masked_bias)")
 
 
-def _error(msg: str) -> UserError:
-    return UserError(f"{msg}: the folder's config is incomplete or corrupt")
-
-
-def _size(c: dict, key: str, default=None) -> int:
-    """A positive integer; `default` also stands for an explicit null (as transformers writes n_inner)."""
-    if default is not None and c.get(key) is None:
-        return default
-    return field(c, key, int, error=_error, lo=1)
-
-
-def _real(c: dict, key: str, default: float) -> float:
-    return field(c, key, float, default=default, error=_error)
-
-
 def config_from_hf(c: dict) -> GPTConfig:
-    act = field(c, "activation_function", str, default="gelu_new", error=_error)
+    act = field(c, "activation_function", str, default="gelu_new", error=config_error)
     if act not in _TANH_GELUS:
         raise UserError(f"GPT-2 activation_function {act!r} is not the tanh GELU (gelu_new) this runtime "
                         f"implements: converting it would change the model")
@@ -46,12 +32,12 @@ def config_from_hf(c: dict) -> GPTConfig:
     if not c.get("tie_word_embeddings", True):
         raise UserError("GPT-2 config has tie_word_embeddings=false: the gpt2 family ties its LM head "
                         "to the embedding, so an untied head cannot be converted")
-    h, positions = _size(c, "n_embd"), _size(c, "n_positions")
-    return GPTConfig(family="gpt2", num_layers=_size(c, "n_layer"), hidden_size=h,
-                     num_attention_heads=_size(c, "n_head"), ffn_hidden_size=_size(c, "n_inner", 4 * h),
-                     vocab_size=_size(c, "vocab_size"), seq_length=positions, max_position_embeddings=positions,
-                     norm_eps=_real(c, "layer_norm_epsilon", 1e-5), hidden_dropout=_real(c, "resid_pdrop", 0.0),
-                     attention_dropout=_real(c, "attn_pdrop", 0.0), init_std=_real(c, "initializer_range", 0.02))
+    h, positions = positive_size(c, "n_embd"), positive_size(c, "n_positions")
+    return GPTConfig(family="gpt2", num_layers=positive_size(c, "n_layer"), hidden_size=h,
+                     num_attention_heads=positive_size(c, "n_head"), ffn_hidden_size=positive_size(c, "n_inner", 4 * h),
+                     vocab_size=positive_size(c, "vocab_size"), seq_length=positions, max_position_embeddings=positions,
+                     norm_eps=real(c, "layer_norm_epsilon", 1e-5), hidden_dropout=real(c, "resid_pdrop", 0.0),
+                     attention_dropout=real(c, "attn_pdrop", 0.0), init_std=real(c, "initializer_range", 0.02))
 
 
 def hf_config(cfg: GPTConfig, base: Optional[dict]) -> dict:

@@ -12,6 +12,7 @@ from typing import Callable, Dict, Iterator, Optional, Tuple
 import torch
 
 from megatron_galvatron.errors import UserError
+from megatron_galvatron.convert.hf_config import config_error, positive_size, real
 from megatron_galvatron.json_file import check, field
 from megatron_galvatron.model.config import GPTConfig
 
@@ -19,33 +20,18 @@ ARCHITECTURE = "LlamaForCausalLM"
 _BUFFERS = re.compile(r"model\.layers\.\d+\.self_attn\.rotary_emb\.inv_freq")
 
 
-def _error(msg: str) -> UserError:
-    return UserError(f"{msg}: the folder's config is incomplete or corrupt")
-
-
-def _size(c: dict, key: str, default=None) -> int:
-    """A positive integer; `default` also stands for an explicit null."""
-    if default is not None and c.get(key) is None:
-        return default
-    return field(c, key, int, error=_error, lo=1)
-
-
-def _real(c: dict, key: str, default: float) -> float:
-    return field(c, key, float, default=default, error=_error)
-
-
 def _rope(c: dict) -> Tuple[float, str]:
     """(theta, type) from either the older rope_theta / rope_scaling keys or rope_parameters."""
     params = c.get("rope_parameters") or {}
     scaling = c.get("rope_scaling") or {}
     for key, v in (("rope_parameters", params), ("rope_scaling", scaling)):
-        check(v, dict, f"key {key!r}", error=_error)
+        check(v, dict, f"key {key!r}", error=config_error)
     kind = scaling.get("rope_type", scaling.get("type")) or params.get("rope_type") or "default"
-    return _real(c, "rope_theta", _real(params, "rope_theta", 10000.0)), kind
+    return real(c, "rope_theta", real(params, "rope_theta", 10000.0)), kind
 
 
 def config_from_hf(c: dict) -> GPTConfig:
-    act = field(c, "hidden_act", str, default="silu", error=_error)
+    act = field(c, "hidden_act", str, default="silu", error=config_error)
     if act != "silu":
         raise UserError(f"LLaMA hidden_act {act!r} is not the SwiGLU (silu) this runtime implements")
     for key in ("attention_bias", "mlp_bias"):
@@ -54,17 +40,17 @@ def config_from_hf(c: dict) -> GPTConfig:
     theta, kind = _rope(c)
     if kind != "default":
         raise UserError(f"LLaMA RoPE type {kind!r} (rope scaling) is not implemented: only plain RoPE converts")
-    hidden, heads = _size(c, "hidden_size"), _size(c, "num_attention_heads")
-    if _size(c, "head_dim", hidden // heads) != hidden // heads:
+    hidden, heads = positive_size(c, "hidden_size"), positive_size(c, "num_attention_heads")
+    if positive_size(c, "head_dim", hidden // heads) != hidden // heads:
         raise UserError(f"LLaMA head_dim {c['head_dim']} differs from hidden_size / num_attention_heads = "
                         f"{hidden // heads}, which this runtime assumes")
-    positions = _size(c, "max_position_embeddings", 2048)
-    return GPTConfig(family="llama", num_layers=_size(c, "num_hidden_layers"), hidden_size=hidden,
-                     num_attention_heads=heads, num_query_groups=_size(c, "num_key_value_heads", heads),
-                     ffn_hidden_size=_size(c, "intermediate_size"), vocab_size=_size(c, "vocab_size"),
-                     seq_length=positions, max_position_embeddings=positions, norm_eps=_real(c, "rms_norm_eps", 1e-6),
-                     rope_theta=theta, attention_dropout=_real(c, "attention_dropout", 0.0),
-                     init_std=_real(c, "initializer_range", 0.02), tie_embeddings=False)
+    positions = positive_size(c, "max_position_embeddings", 2048)
+    return GPTConfig(family="llama", num_layers=positive_size(c, "num_hidden_layers"), hidden_size=hidden,
+                     num_attention_heads=heads, num_query_groups=positive_size(c, "num_key_value_heads", heads),
+                     ffn_hidden_size=positive_size(c, "intermediate_size"), vocab_size=positive_size(c, "vocab_size"),
+                     seq_length=positions, max_position_embeddings=positions, norm_eps=real(c, "rms_norm_eps", 1e-6),
+                     rope_theta=theta, attention_dropout=real(c, "attention_dropout", 0.0),
+                     init_std=real(c, "initializer_range", 0.02), tie_embeddings=False)
 
 
 def hf_config(cfg: GPTConfig, base: Optional[dict]) -> dict:
