@@ -2,9 +2,7 @@
 real processes: periodic and final saves, a resumed run equal to an uninterrupted one, the
 validation loss of a loaded checkpoint equal to the reference model's, and every damaged
 checkpoint refused with one line on stderr (exit 2) while nothing on disk changes."""
-import contextlib
 import hashlib
-import io
 import os
 import re
 import shutil
@@ -18,6 +16,7 @@ import torch
 from megatron_galvatron import checkpoint
 from megatron_galvatron.data.mock_dataset import MockGPTDataset
 from tests.reference_model import reference_loss
+from tests.pretrain_in_process import pretrain_in_process
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MODEL = ["--mock-data", "--num-layers", "2", "--hidden-size", "32", "--num-attention-heads", "4", "--seq-length", "16",
@@ -81,15 +80,7 @@ DAMAGE = {"truncated": "truncated or corrupt", "bit_flip": "sha256", "meta": "un
 
 def _in_process(*argv):
     """pretrain_gpt.main in this process (a few runs are real processes; the rest are cheaper)."""
-    import pretrain_gpt
-    out, err = io.StringIO(), io.StringIO()
-    rc = 0
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            pretrain_gpt.main([*MODEL, *argv])
-        except SystemExit as e:
-            rc = e.code
-    return rc, out.getvalue(), err.getvalue()
+    return pretrain_in_process([*MODEL, *argv])
 
 
 SUBPROCESS_CASES = ("truncated", "bit_flip")

@@ -3,9 +3,7 @@ each case below damages a copy of a real checkpoint (written by pretrain_gpt.py)
 fuzzer did, and both the library (read_meta + verify, a CheckpointError) and pretrain_gpt.py
 (exit 2, one stderr line, no traceback) must refuse it. Cases that rewrite meta.json re-sign it
 with a valid meta_sha256, so it is the schema that has to catch them, not the checksum."""
-import contextlib
 import hashlib
-import io
 import json
 import os
 import random
@@ -19,6 +17,7 @@ import torch
 from megatron_galvatron import checkpoint
 from megatron_galvatron.checkpoint import format as fmt
 from megatron_galvatron.checkpoint.tensors import write_tensors
+from tests.pretrain_in_process import pretrain_in_process
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MODEL = ["--mock-data", "--num-layers", "2", "--hidden-size", "32", "--num-attention-heads", "4", "--seq-length", "16",
@@ -29,15 +28,7 @@ SHARD = "r00000-000.safetensors"
 
 def _main(*argv):
     """pretrain_gpt.main in this process: (exit code, stdout, stderr)."""
-    import pretrain_gpt
-    out, err = io.StringIO(), io.StringIO()
-    rc = 0
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            pretrain_gpt.main([*MODEL, *argv])
-        except SystemExit as e:
-            rc = e.code
-    return rc, out.getvalue(), err.getvalue()
+    return pretrain_in_process([*MODEL, *argv])
 
 
 def _meta(d):
