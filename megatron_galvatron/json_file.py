@@ -4,7 +4,7 @@ file and the key, raised as the format's own UserError subclass."""
 import json
 import math
 import os
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Tuple
 
 from megatron_galvatron.errors import UserError
 
@@ -20,8 +20,23 @@ def _short(v: Any) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
-def read_object(path: str, what: str, hint: str = "", error: Callable[[str], Exception] = UserError) -> dict:
-    """The JSON object in file `path` (a `what`, e.g. "plan"); `hint` says how to make a good one."""
+def _unique_keys(pairs):
+    out = {}
+    for k, v in pairs:
+        if k in out:  # json.loads keeps the last silently: two values for one key is an ambiguous file
+            raise ValueError(f"duplicate key {_short(k)}")
+        out[k] = v
+    return out
+
+
+def _no_constant(name):
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def read_json(path: str, what: str, hint: str = "", error: Callable[[str], Exception] = UserError,
+              max_bytes: int = MAX_BYTES) -> Tuple[Any, bytes]:
+    """The JSON value in file `path` (a `what`, e.g. "plan") and the bytes it was read from;
+    `hint` says how to make a good one. Duplicate keys and NaN/Infinity (which JSON does not have) are refused."""
     fix = f": {hint}" if hint else ""
     if not path:
         raise error(f"empty path for the {what} file: give its path")
@@ -32,11 +47,11 @@ def read_object(path: str, what: str, hint: str = "", error: Callable[[str], Exc
     if not os.path.isfile(path):  # a device or a pipe could be read forever
         raise error(f"{what} file {path} is not a regular file{fix}")
     size = os.path.getsize(path)
-    if size > MAX_BYTES:
+    if size > max_bytes:
         raise error(f"{what} file {path} holds {size >> 20} MiB, too much to be a {what}: check the path{fix}")
     try:
         with open(path, "rb") as f:
-            raw = f.read(MAX_BYTES + 1)
+            raw = f.read(max_bytes + 1)
     except OSError as e:
         raise error(f"cannot read {what} file {path} ({e.strerror or e}){fix}")
     try:
@@ -46,14 +61,20 @@ def read_object(path: str, what: str, hint: str = "", error: Callable[[str], Exc
     if not text.strip():
         raise error(f"{what} file {path} is empty{fix}")
     try:
-        d = json.loads(text)
+        return json.loads(text, object_pairs_hook=_unique_keys, parse_constant=_no_constant), raw
     except json.JSONDecodeError as e:
         raise error(f"{what} file {path} is not valid JSON ({e.msg} at line {e.lineno}){fix}")
     except RecursionError:  # the decoder recurses once per nesting level
         raise error(f"{what} file {path} nests too deeply to be a {what}{fix}")
-    except ValueError as e:  # e.g. an integer of more digits than int() accepts
+    except ValueError as e:  # a duplicate key, NaN, an integer of more digits than int() accepts
         raise error(f"{what} file {path} is not valid JSON ({str(e).splitlines()[0][:80]}){fix}")
+
+
+def read_object(path: str, what: str, hint: str = "", error: Callable[[str], Exception] = UserError) -> dict:
+    """The JSON object in file `path` (a `what`, e.g. "plan"); `hint` says how to make a good one."""
+    d, _ = read_json(path, what, hint, error)
     if not isinstance(d, dict):
+        fix = f": {hint}" if hint else ""
         raise error(f"{what} file {path} must hold a JSON object, not a {type(d).__name__}{fix}")
     return d
 

@@ -144,7 +144,7 @@ CASES = {
     "non_utf8": (lambda d: _raw(d, lambda b: b.replace(b'"gpt2"', b'"gpt\xff"', 1)), "is not UTF-8"),
     "meta_directory": (lambda d: os.remove(os.path.join(d, IT, fmt.META)) or os.mkdir(os.path.join(d, IT, fmt.META)),
                        "is not a regular file"),
-    "deep_nesting_parser": (lambda d: _raw(d, _deep(100000)), "nests deeper than"),
+    "deep_nesting_parser": (lambda d: _raw(d, _deep(100000)), "nests too deeply"),
     "deep_nesting_signed": (lambda d: _resign(d, lambda m: m.update(hf_config=json.loads("[" * 40 + "]" * 40))),
                             "nests deeper than"),
     "unlisted_shard": (lambda d: shutil.copy(os.path.join(d, IT, SHARD), os.path.join(d, IT, "r00001-000.safetensors")),

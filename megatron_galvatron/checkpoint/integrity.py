@@ -3,7 +3,6 @@ sha256 and the schema, and every file it names verified by size and sha256. Noth
 checkpoint holds can switch a check off: an empty file list is refused, every listed file is
 verified, and a shard or RNG file that meta.json does not list is refused too."""
 import hashlib
-import json
 import os
 import stat
 from typing import Optional, Tuple
@@ -12,6 +11,7 @@ from megatron_galvatron.checkpoint.format import (FORMAT, FORMAT_VERSION, LATEST
                                                   CheckpointError, meta_sha256, render)
 from megatron_galvatron.checkpoint.schema import MAX_DEPTH, check_meta, depth
 from megatron_galvatron.errors import UserError
+from megatron_galvatron.json_file import read_json
 
 MAX_META_BYTES = 256 << 20  # a 100k-tensor index is ~20 MB; more is not a meta.json
 
@@ -40,46 +40,15 @@ def resolve(path: str) -> Optional[str]:
     return d
 
 
-def _unique_keys(pairs):
-    out = {}
-    for k, v in pairs:
-        if k in out:
-            raise ValueError(f"duplicate key {k[:40]!r}")
-        out[k] = v
-    return out
-
-
-def _no_constant(name):
-    raise ValueError(f"{name} is not a JSON number")
-
-
 def _parse(path: str) -> Tuple[object, bytes]:
-    def bad(what):
-        return CheckpointError(f"{path} {what}: the checkpoint is corrupt; load an older one")
+    hint = "the checkpoint is corrupt; load an older one"
     try:
         st = os.lstat(path)
     except OSError as e:
         raise CheckpointError(f"{path} is unreadable or corrupt ({e.strerror or e}): load an older checkpoint")
-    if not stat.S_ISREG(st.st_mode):
-        raise bad("is not a regular file (a directory or a link)")
-    if st.st_size > MAX_META_BYTES:
-        raise bad(f"has {st.st_size} bytes, more than any meta.json ({MAX_META_BYTES})")
-    try:
-        with open(path, "rb") as f:
-            raw = f.read(MAX_META_BYTES + 1)
-    except OSError as e:
-        raise CheckpointError(f"{path} is unreadable or corrupt ({e.strerror or e}): load an older checkpoint")
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise bad(f"is not UTF-8 (byte {e.start})")
-    try:
-        return json.loads(text, object_pairs_hook=_unique_keys, parse_constant=_no_constant), raw
-    except RecursionError:
-        raise bad(f"nests deeper than {MAX_DEPTH} levels")
-    except ValueError as e:
-        raise CheckpointError(f"{path} is unreadable or corrupt ({type(e).__name__}: {str(e)[:80]}): "
-                              f"load an older checkpoint")
+    if not stat.S_ISREG(st.st_mode):  # a link could lead anywhere outside the checkpoint
+        raise CheckpointError(f"{path} is not a regular file (a directory or a link): {hint}")
+    return read_json(path, META, hint, CheckpointError, MAX_META_BYTES)
 
 
 def read_meta(d: str) -> dict:
