@@ -5,22 +5,33 @@
 """
 import gc
 
+import torch.distributed as dist
+
 from megatron_galvatron.errors import exit_on_user_error
 from megatron_galvatron.training.argument_checks import check_args
 from megatron_galvatron.training.arguments import build_parser
 from megatron_galvatron.training.peer_failure import exit_on_peer_failure
-from megatron_galvatron.training.train import setup, train
+from megatron_galvatron.training.train import AlreadyTrained, setup, train
+
+
+def _rank() -> int:
+    return dist.get_rank() if dist.is_initialized() else 0
 
 
 def main(argv=None) -> None:
     args = build_parser().parse_args(argv)
     with exit_on_user_error("pretrain_gpt.py"), exit_on_peer_failure("pretrain_gpt.py"):
         check_args(args)  # before any process group, model or data
-        trainer = setup(args)
-        if trainer.ps.rank == 0:
-            print(trainer.plan.describe(), flush=True)
-        train(trainer)
-    import torch.distributed as dist
+        try:
+            trainer = setup(args, stop_if_trained=True)
+        except AlreadyTrained as done:
+            trainer = None
+            if _rank() == 0:
+                print(done, flush=True)
+        if trainer is not None:
+            if trainer.ps.rank == 0:
+                print(trainer.plan.describe(), flush=True)
+            train(trainer)
     if dist.is_initialized():
         dist.destroy_process_group()
     # The model holds its process groups in reference cycles; left to interpreter shutdown, a

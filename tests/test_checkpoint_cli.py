@@ -74,7 +74,7 @@ def _damage(d, case):
         os.remove(os.path.join(it, "rng_r00000.json"))
 
 
-DAMAGE = {"truncated": "truncated or corrupt", "bit_flip": "sha256", "meta": "unreadable or corrupt",
+DAMAGE = {"truncated": "truncated or corrupt", "bit_flip": "sha256", "meta": "is not valid JSON",
           "latest": "has no meta.json", "missing_file": "is missing", "other_model": "was saved with --hidden-size 32"}
 
 

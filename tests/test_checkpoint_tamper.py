@@ -251,3 +251,24 @@ def test_written_meta_json_carries_version_and_its_checksum(saved):
     assert meta["meta_sha256"] == fmt.meta_sha256(meta)
     assert set(meta["files"]) == {f for f in os.listdir(os.path.join(saved[1], IT)) if f != fmt.META}
     assert all(torch.isfinite(t).all() for t in checkpoint.read_model_tensors(saved[1])[1].values())
+
+
+@pytest.mark.parametrize("case", ["non_utf8", "checksum_removed", "legacy_files_empty", "architecture"])
+def test_a_bad_load_stops_before_the_model_is_built(saved, case, monkeypatch):
+    """What meta.json alone shows wrong (its bytes, its schema, the architecture) is refused
+    before any model is built for the run."""
+    d = _copy(saved, "early_" + case)
+    argv = ["--train-iters", "4", "--load", d, "--save", d]
+    if case == "architecture":
+        argv = [a if a != "32" else "64" for a in MODEL] + argv  # another --hidden-size
+        expected = "--hidden-size 32 (this run: 64)"
+    else:
+        damage, expected = CASES[case]
+        damage(d)
+
+    def no_model(*args):
+        raise AssertionError("a model was built before --load was checked")
+    monkeypatch.setattr("megatron_galvatron.training.train.StageModel", no_model)
+    rc, _, err = pretrain_in_process(argv) if case == "architecture" else _main(*argv)
+    lines = err.strip().splitlines()
+    assert rc == 2 and len(lines) == 1 and expected in lines[0], err

@@ -660,7 +660,8 @@ def test_a_failed_plan_save_leaves_no_temporary_file(tmp_path):
 
 
 def test_a_finished_run_launched_again_trains_nothing(sandbox, tmp_path, capsys, monkeypatch):
-    """--load of a checkpoint at --train-iters: one line, exit 0, the checkpoint left as it was."""
+    """--load of a checkpoint at --train-iters: one line, exit 0, the checkpoint left as it was,
+    and no model built for it."""
     mains = sandbox[2]
     for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
         monkeypatch.delenv(k, raising=False)
@@ -668,9 +669,13 @@ def test_a_finished_run_launched_again_trains_nothing(sandbox, tmp_path, capsys,
     mains["pretrain"](TRAIN + ["--mock-data", "--save", ckpt])
     before = _tree_hash(ckpt)
     capsys.readouterr()
+
+    def no_model(*args):
+        raise AssertionError("a model was built for a run with nothing to train")
+    monkeypatch.setattr("megatron_galvatron.training.train.StageModel", no_model)
     mains["pretrain"](TRAIN + ["--mock-data", "--load", ckpt, "--save", ckpt])
     out = capsys.readouterr().out
-    assert "nothing to train: the checkpoint loaded is at iteration 1 and --train-iters is 1" in out, out
+    assert "is at iteration 1 and --train-iters is 1; raise --train-iters" in out, out
     assert "iteration      " not in out
 
     def saved(tree):  # the lock file names the run that holds the directory now: the second one

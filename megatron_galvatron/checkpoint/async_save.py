@@ -8,15 +8,19 @@ the directory into place and moves `latest`) is collective again, so it runs on 
 too, once all ranks' threads are done: a collective issued from the thread would interleave
 with the training step's collectives on the same group, in a different order on each rank.
 
-The host holds this rank's share of the checkpoint until its thread has written it (the
-synchronous save writes about every GiB instead).
+The host holds this rank's share of the checkpoint (in host_staging.py's buffers, which stay
+allocated for the next save) while its thread writes it; the synchronous save writes about
+every GiB instead. On a GPU training does not even wait for the copies to the host: they are
+queued on the stream, and the thread waits for them.
 """
 import json
 import threading
 import time
+from typing import Optional
 
 from megatron_galvatron.checkpoint.atomic import begin_save, fsync_dir, write_bytes
 from megatron_galvatron.checkpoint.collective import agree, broadcast
+from megatron_galvatron.checkpoint.host_staging import HostStaging
 from megatron_galvatron.checkpoint.format import CheckpointError, rng_file, shard_stem
 from megatron_galvatron.checkpoint.rng import rng_state
 from megatron_galvatron.checkpoint.lock import acquire
@@ -29,10 +33,11 @@ class PendingSave:
     """One checkpoint whose files a background thread is writing; `commit` publishes it."""
 
     def __init__(self, root: str, name: str, tmp: str, meta: dict, writer: ShardWriter, items, rng: bytes,
-                 rank: int, world: int, iteration: int, lock=None):
+                 rank: int, world: int, iteration: int, lock=None, staging: Optional[HostStaging] = None):
         self.root, self.name, self.tmp, self.meta, self.writer = root, name, tmp, meta, writer
         self.lock = lock  # the root's lock when this save took it (no trainer holding it), until commit
         self.rank, self.world, self.iteration = rank, world, iteration
+        self.staging = staging
         self.started = time.perf_counter()
         self.thread = threading.Thread(target=self._write, args=(items, rng), name=f"save-{name}", daemon=True)
         self.thread.start()
@@ -40,6 +45,8 @@ class PendingSave:
     def _write(self, items, rng: bytes) -> None:
         w = self.writer
         try:
+            if self.staging is not None:
+                self.staging.wait()  # the copies queued on the GPU stream have landed
             for key, t in items:
                 w.add(key, t)
             w.flush()
@@ -74,21 +81,24 @@ class PendingSave:
         return publish(self.root, self.name, self.tmp, self.meta, writer, self.rank, self.world)
 
 
-def start_save(state: TrainingState, root: str) -> PendingSave:
-    """Gather this rank's share of the checkpoint into host memory (collective, every rank) and
-    start writing it in the background. The same files and tensors as save.save."""
+def start_save(state: TrainingState, root: str, staging: Optional[HostStaging] = None) -> PendingSave:
+    """Gather this rank's share of the checkpoint into host memory (collective, every rank; into
+    staging's buffers, reused across saves, when given) and start writing it in the background.
+    The same files and tensors as save.save."""
     ps = state.ps
     rank = ps.rank
     agree(_check_finite, state, root)  # as save.save: no checkpoint of a diverged run
     lock = agree(lambda: acquire(root) if rank == 0 else None)  # None: the trainer holds it
     try:
         name, tmp = broadcast(agree(lambda: begin_save(root, state.progress.iteration) if rank == 0 else None))
-        items = list(owned_tensors(state))  # CPU copies: training may go on once they are taken
+        items = list(owned_tensors(state, staging))  # host copies: training may go on once they are queued
+        if staging is not None:
+            staging.queued()
     except BaseException:
         if lock is not None:
             lock.release()
         raise
     rng = json.dumps(rng_state(state.stage)).encode()
     return PendingSave(root, name, tmp, _meta(state), ShardWriter(tmp, shard_stem(rank)), items, rng, rank,
-                       ps.world_size, state.progress.iteration, lock)
+                       ps.world_size, state.progress.iteration, lock, staging)
 

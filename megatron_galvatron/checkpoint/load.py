@@ -1,6 +1,6 @@
 """Loading a checkpoint saved under any plan into a run; every rank calls it and cuts its own
 pieces out of the full tensors."""
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 import torch
 
@@ -14,18 +14,29 @@ from megatron_galvatron.checkpoint.state import Loaded, Progress, TrainingState
 from megatron_galvatron.checkpoint.tensors import TensorReader
 
 
-def _check(path: str, state: TrainingState, missing_ok: bool):
+def inspect(path: str, cfg, missing_ok: bool = False) -> Optional[Tuple[str, dict, List[str]]]:
+    """The checkpoint directory `path` names, its meta.json and the warnings for this run's model
+    config `cfg`, read without the model, so a bad --load stops a run before it builds one; the
+    shards are verified by load. None when missing_ok and `path` holds no checkpoint yet."""
     d = resolve(path)
     if d is None:
         if missing_ok:
-            return None, None, []
+            return None
         raise CheckpointError(f"--load {path}: no checkpoint there (no {LATEST} file and no {META}); "
                               f"point --load at a --save directory or an iter_* directory in it")
     meta = read_meta(d)
-    warnings = check_config(meta["model"], state.stage.cfg, d)
+    warnings = check_config(meta["model"], cfg, d)
     if is_unsummed(meta):
         warnings.append(f"{d}/{META} predates format_version 2 and has no meta_sha256: its files are verified, "
                         f"its own bytes cannot be; the next save writes the current format")
+    return d, meta, warnings
+
+
+def _check(path: str, state: TrainingState, missing_ok: bool):
+    found = inspect(path, state.stage.cfg, missing_ok)
+    if found is None:
+        return None, None, []
+    d, meta, warnings = found
     verify(d, meta, state.ps.rank, state.ps.world_size)
     return d, meta, warnings
 

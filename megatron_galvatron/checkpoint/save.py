@@ -4,6 +4,7 @@ by one owner rank, owners chosen to balance bytes. Rank 0 holds the root's lock 
 it writes, and nothing is written when any rank's weights or optimizer state are not finite."""
 import json
 import os
+from functools import partial
 from typing import Iterator, List, Optional, Tuple
 
 import numpy as np
@@ -17,7 +18,8 @@ from megatron_galvatron.checkpoint.format import CheckpointError, complete, rng_
 from megatron_galvatron.checkpoint.lock import RootLock, acquire
 from megatron_galvatron.checkpoint.rng import rng_state
 from megatron_galvatron.checkpoint.shards import entries, is_tied_copy
-from megatron_galvatron.model.canonical import full_tensor
+from megatron_galvatron.checkpoint.host_staging import HostStaging
+from megatron_galvatron.model.canonical import host_copy, full_tensor
 from megatron_galvatron.checkpoint.state import TrainingState
 from megatron_galvatron.checkpoint.tensors import ShardWriter, all_finite
 
@@ -111,19 +113,39 @@ def save(state: TrainingState, root: str) -> str:
             lock.release()
 
 
-def owned_tensors(state: TrainingState) -> Iterator[Tuple[str, torch.Tensor]]:
-    """(key, whole tensor) of each parameter and optimizer state this rank writes. Collective: every
-    rank of a stage takes part in gathering each entry (FSDP full_tensor, TP all-gather), and the
-    result is a copy, which the next step cannot change."""
+def _keep(t: torch.Tensor) -> torch.Tensor:
+    return t
+
+
+def _entries_in_order(state: TrainingState):
+    """(key, tensor, meta, TP group, whether this rank writes it) of every parameter and optimizer
+    state of the stage, in the order every rank of the stage gathers them."""
     ps = state.ps
     stage_entries = [e for e in entries(state.stage) if not is_tied_copy(state.stage, e[0])]
     owners = _owners(stage_entries, state.plan.stage_world)
     for (cname, p, meta, group), owner in zip(stage_entries, owners):
         states = [(f"optim/{k}/{cname}", v) for k, v in _state_tensors(state.optimizer, p)]
         for key, t in [("model/" + cname, p)] + states:
-            whole = full_tensor(t, meta, group)
-            if owner == ps.local_idx:
-                yield key, whole
+            yield key, t, meta, group, owner == ps.local_idx
+
+
+def owned_tensors(state: TrainingState, staging: Optional[HostStaging] = None) -> Iterator[Tuple[str, torch.Tensor]]:
+    """(key, whole tensor on the host) of each parameter and optimizer state this rank writes.
+    Collective: every rank of a stage takes part in gathering each entry (FSDP full_tensor, TP
+    all-gather); only the owner copies the result to the host, through `staging` if given (then
+    valid once staging.wait() returns), else into fresh memory. Either way a copy, which the next
+    step cannot change."""
+    for key, t, meta, group, mine in _entries_in_order(state):
+        if not mine:
+            full_tensor(t, meta, group, to_host=_keep)  # this rank's part in the gather
+            continue
+        yield key, full_tensor(t, meta, group, to_host=partial(staging.copy, key) if staging else host_copy)
+
+
+def owned_layout(state: TrainingState) -> List[Tuple[str, Tuple[int, ...], torch.dtype, torch.device]]:
+    """(key, whole shape, dtype, device) of what owned_tensors yields on this rank, without a collective."""
+    return [(key, tuple(meta.full_shape) if t.ndim else (), t.dtype, t.device)
+            for key, t, meta, _, mine in _entries_in_order(state) if mine]
 
 
 def publish(root: str, name: str, tmp: str, meta: dict, writer: ShardWriter, rank: int, world: int) -> str:

@@ -15,19 +15,24 @@ from megatron_galvatron.model.stage import StageModel
 from megatron_galvatron.tensor_parallel.mappings import all_gather_dim0
 
 
-def full_tensor(t: torch.Tensor, meta: ParamMeta, tp_group) -> torch.Tensor:
+def host_copy(t: torch.Tensor) -> torch.Tensor:
+    return t.to("cpu", copy=True)
+
+
+def full_tensor(t: torch.Tensor, meta: ParamMeta, tp_group, to_host=host_copy) -> torch.Tensor:
     """The full, unpadded CPU tensor of a parameter (or of a gradient or optimizer state shaped
-    like it). Collective over the parameter's DP group (DTensor) and TP group."""
+    like it), made by to_host from the full device tensor. Collective over the parameter's DP
+    group (DTensor) and TP group."""
     if hasattr(t, "full_tensor"):
         t = t.full_tensor()
     t = t.detach()
     spec = meta.shard_spec
     if t.ndim == 0 or spec.dim is None or meta.tp_size == 1 and spec.padded_size is None:
-        return t.to("cpu", copy=True)
+        return to_host(t)
     d = spec.dim
     gathered = all_gather_dim0(t.movedim(d, 0).contiguous(), tp_group)
     shards = [s.movedim(0, d) for s in gathered.chunk(meta.tp_size, dim=0)]
-    return spec.unshard(shards, full_size=meta.full_shape[d]).to("cpu", copy=True).contiguous()
+    return to_host(spec.unshard(shards, full_size=meta.full_shape[d]).contiguous())
 
 
 @torch.no_grad()

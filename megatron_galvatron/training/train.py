@@ -18,6 +18,9 @@ import torch.distributed as dist
 
 from megatron_galvatron import checkpoint
 from megatron_galvatron.checkpoint.async_save import PendingSave, start_save
+from megatron_galvatron.checkpoint.collective import agree
+from megatron_galvatron.checkpoint.host_staging import HostStaging
+from megatron_galvatron.checkpoint.save import owned_layout
 from megatron_galvatron.errors import UserError
 from megatron_galvatron.fp8.library import float8
 from megatron_galvatron.optional import import_optional
@@ -53,6 +56,7 @@ class Trainer:
     last_saved_iteration: Optional[int] = None  # under --save, to skip saving the same state twice
     save_lock: object = None  # rank 0's hold on --save for the life of the run (checkpoint/lock.py)
     pending_save: Optional[PendingSave] = None  # --async-save: files still being written
+    host_staging: HostStaging = field(default_factory=HostStaging)  # --async-save's host buffers, kept between saves
     started: float = field(default_factory=time.monotonic)  # for --exit-duration-in-mins
 
     @property
@@ -86,7 +90,9 @@ def build_datasets(config: TrainingConfig, cfg: GPTConfig, plan: Plan, consumed_
     return train, valid
 
 
-def setup(args, plan: Optional[Plan] = None) -> Trainer:
+def setup(args, plan: Optional[Plan] = None, stop_if_trained: bool = False) -> Trainer:
+    """The run the flags describe, ready to train. stop_if_trained: raise AlreadyTrained, before
+    any model is built, when --load holds a checkpoint at or past --train-iters."""
     started = time.monotonic()
     config = arguments.training_config(args)
     # The plan is checked before any process group exists: a bad one is then one line and exit
@@ -102,6 +108,13 @@ def setup(args, plan: Optional[Plan] = None) -> Trainer:
     if plan.has_fp8:
         float8()  # before any model is built: without torchao, one line saying how to get it
     ps = ParallelState(plan, rank, world, device)
+    save_lock = _claim_save(config, ps)
+    try:
+        _inspect_load(config, cfg, ps, stop_if_trained)  # a bad --load stops here, before the model is built
+    except BaseException:
+        if save_lock is not None:
+            save_lock.release()
+        raise
     # Replicated dropout draws from the default stream: offset it per pipeline stage (as
     # Megatron does) so that stages do not repeat each other's masks.
     torch.manual_seed(config.seed + 100 * ps.pp_rank)
@@ -114,20 +127,49 @@ def setup(args, plan: Optional[Plan] = None) -> Trainer:
     opt, lr = config.optimizer, config.lr
     optimizer = build_optimizer(stage, lr.lr, opt.weight_decay, opt.betas, opt.eps)
     sched = LRSchedule(lr.lr, lr.min_lr, lr.warmup_iters, lr.decay_iters, lr.decay_style)
-    tr = Trainer(config, cfg, plan, ps, model, optimizer, sched, None, None, started=started)
+    tr = Trainer(config, cfg, plan, ps, model, optimizer, sched, None, None, save_lock=save_lock, started=started)
     _start_from_checkpoint(tr)
     tr.train_data, tr.valid_data = build_datasets(config, cfg, plan, tr.consumed_samples, tr.iteration)
     return tr
 
 
-def _start_from_checkpoint(tr: Trainer) -> None:
-    """Check --save before any step is spent, and take what --load holds."""
-    ck, rank = tr.config.checkpoint, tr.ps.rank
-    _lock_save(tr)
+class AlreadyTrained(Exception):
+    """--load holds a checkpoint at or past --train-iters: a finished run launched again, which
+    has nothing to do and is not an error."""
+
+
+def _claim_save(config: TrainingConfig, ps: ParallelState):
+    """Check --save and claim it before --load is read: a second run into the same root stops
+    here, naming the first, rather than interleaving checkpoints with it."""
+    if not config.checkpoint.save:
+        return None
+    return checkpoint.lock_save_root(config.checkpoint.save, ps.rank)
+
+
+def _resumes_in_place(ck) -> bool:
+    # --load X --save X is the resume-or-start idiom: an empty X starts from scratch.
+    return bool(ck.save) and os.path.realpath(ck.save) == os.path.realpath(ck.load)
+
+
+def _inspect_load(config: TrainingConfig, cfg: GPTConfig, ps: ParallelState, stop_if_trained: bool) -> None:
+    ck = config.checkpoint
     if not ck.load:
         return
-    # --load X --save X is the resume-or-start idiom: an empty X starts from scratch.
-    same = bool(ck.save) and os.path.realpath(ck.save) == os.path.realpath(ck.load)
+    found = agree(checkpoint.inspect, ck.load, cfg, _resumes_in_place(ck))
+    if found is None or ck.finetune or config.eval.skip_train or not stop_if_trained:
+        return
+    d, meta, _ = found
+    if meta["iteration"] >= config.train_iters:
+        raise AlreadyTrained(f"nothing to train: the checkpoint {d} is at iteration {meta['iteration']} and "
+                             f"--train-iters is {config.train_iters}; raise --train-iters to train on")
+
+
+def _start_from_checkpoint(tr: Trainer) -> None:
+    """Take what --load holds (_inspect_load has read and checked its meta.json already)."""
+    ck, rank = tr.config.checkpoint, tr.ps.rank
+    if not ck.load:
+        return
+    same = _resumes_in_place(ck)
     loaded = checkpoint.load(tr.checkpoint_state(), ck.load, missing_ok=same, finetune=ck.finetune,
                              load_optim=ck.load_optim, load_rng=ck.load_rng)
     if loaded is None:
@@ -138,13 +180,6 @@ def _start_from_checkpoint(tr: Trainer) -> None:
               f"({tr.consumed_samples} samples consumed)", flush=True)
     if same:
         tr.last_saved_iteration = tr.iteration
-
-
-def _lock_save(tr: Trainer) -> None:
-    """Claim --save before --load is read: a second run into the same root stops here, naming
-    the first, rather than interleaving checkpoints with it."""
-    if tr.config.checkpoint.save:
-        tr.save_lock = checkpoint.lock_save_root(tr.config.checkpoint.save, tr.ps.rank)
 
 
 def _microbatches(tr: Trainer, dataset, start_sample: int):
@@ -248,14 +283,16 @@ def evaluate(tr: Trainer, iters: Optional[int] = None) -> float:
 def save_checkpoint(tr: Trainer) -> Optional[str]:
     """Save the run at this iteration (every rank). Under --async-save the files are written in
     the background and published by publish_save; returns the directory once it is published."""
-    publish_save(tr)  # a save begins only after the previous one is complete
     t0 = time.perf_counter()
+    publish_save(tr)  # a save begins only after the previous one is complete
     tr.last_saved_iteration = tr.iteration
     if tr.config.resilience.async_save:
-        tr.pending_save = start_save(tr.checkpoint_state(), tr.config.checkpoint.save)
+        tr.pending_save = start_save(tr.checkpoint_state(), tr.config.checkpoint.save, tr.host_staging)
         if tr.ps.rank == 0:
-            print(f"saving checkpoint at iteration {tr.iteration} in the background "
-                  f"(training waited {time.perf_counter() - t0:.2f} s)", flush=True)
+            pinned = tr.host_staging.nbytes
+            print(f"saving checkpoint at iteration {tr.iteration} in the background (training waited "
+                  f"{time.perf_counter() - t0:.2f} s" + (f"; {pinned / 2 ** 30:.1f} GiB of page-locked host buffers"
+                                                         if pinned else "") + ")", flush=True)
         return None
     path = checkpoint.save(tr.checkpoint_state(), tr.config.checkpoint.save)
     if tr.ps.rank == 0:
@@ -351,6 +388,9 @@ def _train(tr: Trainer, early: EarlyExit) -> List[dict]:
     t0 = time.perf_counter()
     while tr.iteration < config.train_iters:
         stats = train_step(tr)
+        if config.resilience.async_save and config.checkpoint.save and not tr.host_staging.preparing:
+            # AdamW's state exists now
+            tr.host_staging.prepare(owned_layout(tr.checkpoint_state()))
         interval_loss += torch.where(stats.skipped, 0.0, stats.loss_sum)  # a skipped step's loss is left out
         interval_n += 1
         skipped.add(stats.skipped)
