@@ -78,7 +78,7 @@ def build_datasets(config: TrainingConfig, cfg: GPTConfig, plan: Plan, consumed_
     if config.data.path:
         from megatron_galvatron.data.gpt_dataset import build_train_valid_test_datasets
         train, valid, _ = build_train_valid_test_datasets(config.data.path, config.data.split, cfg.seq_length, seed,
-                                                          (n_train, n_eval, 0))
+                                                          (n_train, n_eval, 0), order=config.data.order)
         return train, valid
     from megatron_galvatron.data.mock_dataset import MockGPTDataset
     train = MockGPTDataset(cfg.seq_length, cfg.vocab_size, seed, n_train)
