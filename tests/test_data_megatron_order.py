@@ -84,3 +84,25 @@ def test_final_epoch_shuffled_apart_when_small(tmp_path):
         ref = megatron_samples([prefix], "1", 16, 11, (n, 0, 0))[0]
         assert all(np.array_equal(ds[i], ref[i]) for i in range(n))
     assert seen == {True, False}
+
+
+def test_flag_reaches_the_training_data(tmp_path):
+    """pretrain_gpt's --data-order megatron: the run reads Megatron's samples for its
+    train_iters x global batch (and its eval formula), as a Megatron run with these flags would."""
+    from megatron_galvatron.model.config import config_from_args
+    from megatron_galvatron.training import arguments
+    from megatron_galvatron.training.train import build_datasets
+
+    prefix = str(tmp_path / "corpus")
+    write_corpus(prefix, 200, seed=2)
+    args = arguments.build_parser().parse_args([
+        "--num-layers", "2", "--hidden-size", "16", "--num-attention-heads", "2", "--seq-length", "16",
+        "--vocab-size", str(VOCAB), "--train-iters", "30", "--global-batch-size", "8", "--seed", "77",
+        "--data-path", prefix, "--split", "85,15,0", "--data-order", "megatron", "--eval-interval", "10",
+        "--eval-iters", "2"])
+    cfg = config_from_args(args)
+    train, valid = build_datasets(arguments.training_config(args), cfg, arguments.build_plan(args, cfg, 1))
+    sizes = (30 * 8, (30 // 10 + 1) * 2 * 8, 0)  # Megatron's train / valid sample counts
+    ref = megatron_samples([prefix], "85,15,0", 16, 77, sizes)
+    assert [train[i].tolist() for i in range(len(train))] == [r.tolist() for r in ref[0]]
+    assert [valid[i].tolist() for i in range(len(valid))] == [r.tolist() for r in ref[1]]
