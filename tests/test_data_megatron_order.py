@@ -106,3 +106,19 @@ def test_flag_reaches_the_training_data(tmp_path):
     ref = megatron_samples([prefix], "85,15,0", 16, 77, sizes)
     assert [train[i].tolist() for i in range(len(train))] == [r.tolist() for r in ref[0]]
     assert [valid[i].tolist() for i in range(len(valid))] == [r.tolist() for r in ref[1]]
+
+
+def test_weighted_single_prefix_takes_megatron_surplus(tmp_path):
+    """"1.0 P" asks for exactly one epoch's samples; Megatron's 0.5 % blend surplus makes it build
+    two epochs (so other documents come first) where "P" builds one, and both match megatron-core."""
+    prefix = str(tmp_path / "corpus")
+    write_corpus(prefix, 150, seed=4)
+    ix = IndexedDataset(prefix)
+    n = (int(np.asarray(ix.sequence_lengths).sum()) - 1) // 16  # all of one epoch
+    plain = build_train_valid_test_datasets([prefix], "1", 16, 3, (n, 0, 0), order="megatron")[0]
+    weighted = build_train_valid_test_datasets(["1.0", prefix], "1", 16, 3, (n, 0, 0), order="megatron")[0]
+    assert (plain.num_epochs, weighted.num_epochs) == (1, 2)
+    for data_path, ours in ((["1.0", prefix], weighted), ([prefix], plain)):
+        ref = megatron_samples(data_path, "1", 16, 3, (n, 0, 0))[0]
+        assert all(np.array_equal(ours[i], ref[i]) for i in range(n))
+    assert any(not np.array_equal(plain[i], weighted[i]) for i in range(n))
