@@ -479,11 +479,9 @@ class CostModel(MemoryPasses):
         return StageCost(per_mb, per_iter, persistent + transient, budgeted + transient, compute, busy, busy_mb)
 
     def micro_batches_priced(self, plan: Plan, per_mb: Sequence[float]) -> float:
-        """The pipeline formula's micro-batch count, in largest micro-batches: the count itself when
-        all are equal; with a smaller last one (chunks not dividing the batch, as torch.chunk cuts)
-        that one counts as the bottleneck stage's time for it over its time for the largest, so the
-        iteration is the sum of the micro-batches' bottleneck times plus a fill and drain priced,
-        on the safe side, at the largest."""
+        """The pipeline formula's micro-batch count in largest micro-batches: a smaller last one
+        counts as its bottleneck time over the largest's, so the iteration sums the micro-batches'
+        bottleneck times, plus a fill and drain priced (on the safe side) at the largest."""
         sizes = plan.micro_batch_sizes
         if sizes[-1] == sizes[0]:
             return float(len(sizes))
