@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence
 
 from megatron_galvatron.errors import UserError
 from megatron_galvatron.json_file import check, read_object
+from megatron_galvatron.micro_batches import batch_unit, micro_batch_sizes
 from megatron_galvatron.output_paths import remove_quietly
 
 if TYPE_CHECKING:  # the model description is only read here, never built
@@ -113,10 +114,25 @@ class Plan:
         return any(s.fp8 for s in self.layers)
 
     @property
+    def batch_unit(self) -> int:
+        """Micro-batches are cut in multiples of this: every layer's and the vocab's DP degree divides it."""
+        return batch_unit(self.stage_world // s.tp for s in [self.vocab, *self.layers])
+
+    @property
+    def micro_batch_sizes(self) -> List[int]:
+        """Samples of each global micro-batch of a step, cut as torch.chunk cuts (see micro_batches):
+        `chunks` equal ones when chunks divides the batch evenly, else ceil-sized ones, the last smaller."""
+        return micro_batch_sizes(self.global_bsz, self.chunks, self.batch_unit)
+
+    @property
+    def num_micro_batches(self) -> int:
+        return len(self.micro_batch_sizes)
+
+    @property
     def global_micro_batch_size(self) -> int:
-        """Samples in one micro-batch over all data-parallel ranks of a stage; a layer's DP rank
-        gets global_micro_batch_size / dp of them (its micro-batch size in Megatron's sense)."""
-        return self.global_bsz // self.chunks
+        """Samples in the largest micro-batch over all data-parallel ranks of a stage; a layer's DP
+        rank gets global_micro_batch_size / dp of them (its micro-batch size in Megatron's sense)."""
+        return self.micro_batch_sizes[0]
 
     # ---------------------------------------------------------------- validation
     def validate(self, model: Optional["GPTConfig"] = None, world_size: Optional[int] = None) -> "Plan":
@@ -154,18 +170,12 @@ class Plan:
         for i, s in enumerate(self.layers):
             _check_strategy(f"layers[{i}]", s, sw, model)
         _check_strategy("vocab", self.vocab, sw, None)
-        # Every layer's (and the vocab's) DP degree must split the micro-batch evenly.
-        if self.global_bsz % self.chunks:
-            raise PlanError(f"global_bsz={self.global_bsz} is not divisible by chunks={self.chunks}: "
-                            f"make global_bsz a multiple of chunks")
-        mbs = self.global_bsz // self.chunks
-        for name, s in [("vocab", self.vocab)] + [(f"layers[{i}]", s) for i, s in enumerate(self.layers)]:
-            dp = sw // s.tp
-            if mbs % dp:
-                raise PlanError(
-                    f"global_bsz={self.global_bsz} / chunks={self.chunks} = {mbs} samples per micro-batch is not "
-                    f"divisible by the data-parallel degree {dp} of {name}: make global_bsz a multiple of chunks x {dp}"
-                )
+        # Every layer's (and the vocab's) DP degree must split every micro-batch evenly.
+        unit = self.batch_unit
+        if self.global_bsz % unit:
+            dps = sorted({sw // s.tp for s in [self.vocab, *self.layers]})
+            raise PlanError(f"global_bsz={self.global_bsz} (chunks={self.chunks}) cannot be cut into micro-batches that "
+                            f"the data-parallel degrees {dps} all split: make global_bsz a multiple of {unit}")
         if model is not None:
             for name, s in [(f"layers[{i}]", s) for i, s in enumerate(self.layers)] + [("vocab", self.vocab)]:
                 if s.sp and model.seq_length % s.tp:
@@ -235,11 +245,18 @@ class Plan:
         finally:  # after a failed write or replace, no half-written file stays next to the output
             remove_quietly(tmp)
 
+    def _micro_batch_words(self) -> str:
+        sizes = self.micro_batch_sizes
+        if len(sizes) == self.chunks and len(set(sizes)) == 1:
+            return f"{self.chunks} micro-batches"
+        return (f"{len(sizes)} micro-batches of {sizes[0]}" + (f" (the last {sizes[-1]})" if sizes[-1] != sizes[0] else "")
+                + f" (chunks={self.chunks})")
+
     def describe(self) -> str:
         """A readable per-layer table."""
         lines = [
             f"plan: world {self.world_size} = pp {self.pp_deg} x stage {self.stage_world}; "
-            f"{self.pipeline_type}; global batch {self.global_bsz} in {self.chunks} micro-batches; "
+            f"{self.pipeline_type}; global batch {self.global_bsz} in {self._micro_batch_words()}; "
             f"pp_division {self.pp_division}" + ("; layers compiled" if self.compile else ""),
             f"{'layer':>5} {'stage':>5} {'tp':>3} {'consec':>6} {'dp':>3} {'dp_type':>7} {'sp':>3} {'ckpt':>4}"
             + (f" {'fp8':>10}" if self.has_fp8 else ""),

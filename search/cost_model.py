@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
-from typing import List, NamedTuple, Optional, Tuple
+from typing import List, NamedTuple, Optional, Sequence, Tuple
 
 
 from megatron_galvatron.layout import Layout, exchange_sets
@@ -447,11 +447,13 @@ class CostModel(MemoryPasses):
         return (budget - self.profile.fixed_overhead_bytes) / self.ratio
 
     # ---------------------------------------------------------------- a whole plan
-    def stage_costs(self, plan: Plan, stage: int) -> StageCost:
+    def stage_costs(self, plan: Plan, stage: int, global_micro_batch: Optional[int] = None) -> StageCost:
         """Per micro-batch time, per iteration time, allocated bytes at peak and what they count
-        against the budget, of one stage (and the compute within the times)."""
-        sw, mb, pp = plan.stage_world, plan.global_micro_batch_size, plan.pp_deg
-        flight = in_flight(plan.pipeline_type, plan.chunks, pp, stage)
+        against the budget, of one stage (and the compute within the times), for micro-batches
+        of `global_micro_batch` samples (default: the plan's largest, which sets the memory)."""
+        sw, pp = plan.stage_world, plan.pp_deg
+        mb = plan.global_micro_batch_size if global_micro_batch is None else global_micro_batch
+        flight = in_flight(plan.pipeline_type, plan.num_micro_batches, pp, stage)
         layers = [plan.layers[i] for i in plan.stage_layers(stage)]
         vt, vm = self.vocab(plan.vocab, sw, mb, pp, stage)
         per_mb, per_iter, compute, busy, busy_mb = vt.per_mb, vt.per_iter, vt.compute, vt.busy_iter, vt.busy_mb
@@ -476,11 +478,22 @@ class CostModel(MemoryPasses):
         per_mb += ((stage > 0) + (stage < pp - 1)) * self.p2p(pp, sw, mb)
         return StageCost(per_mb, per_iter, persistent + transient, budgeted + transient, compute, busy, busy_mb)
 
+    def micro_batches_priced(self, plan: Plan, per_mb: Sequence[float]) -> float:
+        """The pipeline formula's micro-batch count in largest micro-batches: a smaller last one
+        counts as its bottleneck time over the largest's, so the iteration sums the micro-batches'
+        bottleneck times, plus a fill and drain priced (on the safe side) at the largest."""
+        sizes = plan.micro_batch_sizes
+        if sizes[-1] == sizes[0]:
+            return float(len(sizes))
+        last = max(self.stage_costs(plan, i, sizes[-1]).per_mb for i in range(plan.pp_deg))
+        return len(sizes) - 1 + last / max(per_mb)
+
     def evaluate(self, plan: Plan) -> Prediction:
         per_mb, per_iter, alloc, budgeted, compute, busy, busy_mb = zip(*(self.stage_costs(plan, i)
                                                                           for i in range(plan.pp_deg)))
         it, scale = clock_scales(list(per_mb), list(per_iter), list(compute), list(busy_mb), list(busy),
-                                 plan.chunks, self.profile.sustained_slowdown, self.profile.sustained_curve)
+                                 self.micro_batches_priced(plan, per_mb), self.profile.sustained_slowdown,
+                                 self.profile.sustained_curve)
         per_mb = [m - c * (1.0 - f) for m, c, f in zip(per_mb, compute, scale)]
         tokens = plan.global_bsz * self.model.seq_length
         return Prediction(it, tokens / it, list(per_mb), list(per_iter), list(alloc),

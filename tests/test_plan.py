@@ -141,12 +141,14 @@ def test_world_size_must_match_launch():
 
 def test_global_batch_divisibility():
     plan_error(lambda: Plan.from_dict(edited(global_bsz=18)).validate(), "global_bsz=18", "chunks=4")
-    # 8 / 4 chunks = 2 samples per micro-batch, but layer 0 has dp 4
-    plan_error(lambda: Plan.from_dict(edited(global_bsz=8)).validate(), "global_bsz=8", "layers[0]", "4")
+    # 8 in 4 chunks would be 2 samples per micro-batch, but layer 0 has dp 4: cut as torch.chunk
+    # cuts in units of 4 samples (see micro_batches), that is 2 micro-batches of 4
+    p = Plan.from_dict(edited(global_bsz=8)).validate()
+    assert p.micro_batch_sizes == [4, 4] and p.num_micro_batches == 2
     p = mixed_plan()
     p.vocab = VocabStrategy(tp=1)
-    p.global_bsz = 8
-    plan_error(p.validate, "vocab")
+    p.global_bsz = 6  # not a multiple of 4, the DP degrees' least common multiple
+    plan_error(p.validate, "global_bsz=6", "multiple of 4")
 
 
 def test_unknown_keys():

@@ -239,3 +239,38 @@ def test_replicated_units_fold_each_micro_batch_gradient_into_fp32():
     head = copies.vocab(v, 1, 2, 2, 1)[0].per_mb - autocast.vocab(v, 1, 2, 2, 1)[0].per_mb
     emb = copies.vocab(v, 1, 2, 2, 0)[0].per_mb - autocast.vocab(v, 1, 2, 2, 0)[0].per_mb
     assert head == pytest.approx(1e-10 * 64000 * 4 / 28) and emb == pytest.approx(0.0)
+
+
+def test_evaluate_uneven_micro_batches_by_hand(cm):
+    """28 samples in 3 chunks over DP 4 are cut as torch.chunk cuts 7 units of 4: 12, 12, 4
+    samples, so a rank runs 3, 3 and 1 samples (384, 384, 128 tokens). The largest sets the
+    memory; the time sums the micro-batches' bottleneck times, fill and drain at the largest."""
+    layer = LayerStrategy()
+    plan = Plan(world_size=8, pp_deg=2, pp_division=[2, 2], global_bsz=28, chunks=3, layers=[layer] * 4,
+                vocab=VocabStrategy(), pipeline_type="1f1b")
+    assert plan.micro_batch_sizes == [12, 12, 4]
+
+    def per_mb(tokens):
+        fwd, bwd = 1e-3 + 1e-6 * tokens, 2e-3 + 2e-6 * tokens
+        p2p = 1e-5 + tokens * 64 * 2 / 25e9
+        vfwd, vbwd = 5e-4 + 1e-7 * tokens, 1e-3 + 2e-7 * tokens
+        return [2 * (fwd + bwd) + p2p, 2 * (fwd + bwd) + p2p + vfwd + vbwd]
+
+    passes = 1 + 16 / 28
+    layer_iter = 1.25 * (1e-5 + 1.5 * 2e5 / 1e11) * (1 - 1 / 1.1) + 5e-6 * passes
+    first = 64000 + POSITIONS
+    var0, var1 = 1e-5 + 1.5 * 4 * first / 1e11, 1e-5 + 1.5 * 256000 / 1e11
+    tied = 2e-5 + 256000 / 10e9
+    per_iter = [2 * layer_iter + var0 + tied + 1e-10 * first * passes,
+                2 * layer_iter + 1.25 * var1 * (1 - 1 / 1.1) + tied + 6.4e-6 * passes]
+    big, small = per_mb(384), per_mb(128)
+    pred = cm.evaluate(plan)
+    assert pred.stage_per_mb == pytest.approx(big)
+    # two large and one small micro-batch through the bottleneck, plus one stage of fill/drain
+    assert pred.iter_time_s == pytest.approx(2 * max(big) + max(small) + 1 * max(big) + max(per_iter))
+    assert pred.tokens_per_s == pytest.approx(28 * 128 / pred.iter_time_s)
+    # memory: as the even 36-in-3 plan (three micro-batches of 12), stage 0 holding 2 of them
+    act = 2000 * 384 + 2 * 50000
+    alloc = [2 * 16 * 50000 + 2 * 2 * act + 16 * first + 768 * 384,
+             2 * 16 * 50000 + 2 * act + 16 * 64000 + 4000 * 384 + 2 * 64000 + 2 * 1000 * 384 + 2 * 64000]
+    assert pred.stage_allocated == pytest.approx(alloc)

@@ -86,6 +86,48 @@ def _seed_entropy(seed) -> list[int]:
     return [int(s) % 2**64 for s in seeds]
 
 
+def epochs_needed(num_samples: int, seq_length: int, tokens_per_epoch: int) -> int:
+    """Smallest E with floor((E*T - 1) / L) >= num_samples: the extra token is the last label."""
+    return -(-(num_samples * seq_length + 1) // tokens_per_epoch)
+
+
+class PackedSamples:
+    """Sequences `sequence_order` of `indexed` laid back to back; item j is stream tokens
+    [j*L, j*L + L + 1) as int64, for every j whose window fits the stream."""
+
+    def __init__(self, indexed: IndexedDataset, sequence_order: np.ndarray, seq_length: int):
+        self.indexed = indexed
+        pos_dtype = np.int32 if len(sequence_order) < 2**31 else np.int64
+        self.sequence_order = np.asarray(sequence_order).astype(pos_dtype)
+        self._lengths = np.asarray(indexed.sequence_lengths, dtype=np.int64)
+        stream_ends = np.cumsum(self._lengths[self.sequence_order])
+        stream_starts = stream_ends - self._lengths[self.sequence_order]
+        total = int(stream_ends[-1]) if len(stream_ends) else 0
+        self._num = max(0, (total - 1) // seq_length)
+        # one extra start: sample j's last token is sample j+1's first
+        sample_starts = np.arange(self._num + 1, dtype=np.int64) * seq_length
+        # side='right' lands a start that falls on a boundary in the next non-empty sequence
+        pos = np.searchsorted(stream_starts, sample_starts, side="right") - 1
+        self._sample_pos = pos.astype(pos_dtype)
+        self._sample_offset = (sample_starts - stream_starts[pos]).astype(np.int32)
+
+    def __len__(self) -> int:
+        return self._num
+
+    def __getitem__(self, j: int) -> np.ndarray:
+        p0, p1 = int(self._sample_pos[j]), int(self._sample_pos[j + 1])
+        seqs = self.sequence_order[p0:p1 + 1]
+        offsets = self.indexed.token_offsets
+        starts = offsets[seqs]
+        ends = starts + self._lengths[seqs]
+        starts[0] += int(self._sample_offset[j])
+        ends[-1] = offsets[seqs[-1]] + int(self._sample_offset[j + 1]) + 1
+        flat = self.indexed.tokens
+        if len(seqs) == 1:
+            return flat[starts[0]:ends[0]].astype(np.int64)
+        return np.concatenate([flat[a:b] for a, b in zip(starts.tolist(), ends.tolist())]).astype(np.int64)
+
+
 class GPTDataset:
     """Samples of seq_length + 1 tokens (int64) packed from documents [start, stop) of `indexed`.
 
@@ -113,29 +155,16 @@ class GPTDataset:
         self.tokens_per_epoch = int(lengths[doc_idx[lo]:doc_idx[hi]].sum())
         if self.tokens_per_epoch == 0:
             raise DataError(f"{self.name}: documents [{lo}, {hi}) hold no tokens")
-        # smallest E with floor((E*T - 1) / L) >= num_samples
-        needed = self.num_samples * self.seq_length + 1
-        self.num_epochs = -(-needed // self.tokens_per_epoch)
+        self.num_epochs = epochs_needed(self.num_samples, self.seq_length, self.tokens_per_epoch)
         entropy = _seed_entropy(seed)
 
-        self.sequence_order = np.concatenate([
+        order = np.concatenate([
             self._epoch_sequence_order(doc_idx, lo, hi, np.random.default_rng(entropy + [0, e]))
             for e in range(self.num_epochs)
         ])
-        pos_dtype = np.int32 if len(self.sequence_order) < 2**31 else np.int64
-        self.sequence_order = self.sequence_order.astype(pos_dtype)
-        self._lengths = lengths
-        stream_ends = np.cumsum(lengths[self.sequence_order])
-        stream_starts = stream_ends - lengths[self.sequence_order]
-
-        total = self.num_epochs * self.tokens_per_epoch
-        num_built = (total - 1) // self.seq_length
-        # one extra start: sample j's last token is sample j+1's first
-        sample_starts = np.arange(num_built + 1, dtype=np.int64) * self.seq_length
-        # side='right' lands a start that falls on a boundary in the next non-empty sequence
-        pos = np.searchsorted(stream_starts, sample_starts, side="right") - 1
-        self._sample_pos = pos.astype(pos_dtype)
-        self._sample_offset = (sample_starts - stream_starts[pos]).astype(np.int32)
+        self.packed = PackedSamples(indexed, order, self.seq_length)
+        self.sequence_order = self.packed.sequence_order
+        num_built = len(self.packed)
 
         # shuffle within each epoch's samples (by start token), epochs in order
         parts = []
@@ -144,7 +173,7 @@ class GPTDataset:
             b1 = min(num_built, -(-(e + 1) * self.tokens_per_epoch // self.seq_length))
             rng = np.random.default_rng(entropy + [1, e])
             parts.append(b0 + rng.permutation(b1 - b0))
-        self.shuffle_index = np.concatenate(parts)[: self.num_samples].astype(pos_dtype)
+        self.shuffle_index = np.concatenate(parts)[: self.num_samples].astype(self.sequence_order.dtype)
 
     @staticmethod
     def _epoch_sequence_order(doc_idx, lo, hi, rng) -> np.ndarray:
@@ -164,18 +193,7 @@ class GPTDataset:
         i = int(i)
         if not -self.num_samples <= i < self.num_samples:
             raise IndexError(f"sample {i} out of range for {self.num_samples} samples")
-        j = int(self.shuffle_index[i])
-        p0, p1 = int(self._sample_pos[j]), int(self._sample_pos[j + 1])
-        seqs = self.sequence_order[p0:p1 + 1]
-        offsets = self.indexed.token_offsets
-        starts = offsets[seqs]
-        ends = starts + self._lengths[seqs]
-        starts[0] += int(self._sample_offset[j])
-        ends[-1] = offsets[seqs[-1]] + int(self._sample_offset[j + 1]) + 1
-        flat = self.indexed.tokens
-        if len(seqs) == 1:
-            return flat[starts[0]:ends[0]].astype(np.int64)
-        return np.concatenate([flat[a:b] for a, b in zip(starts.tolist(), ends.tolist())]).astype(np.int64)
+        return self.packed[int(self.shuffle_index[i])]
 
 
 def blending_indices(weights, num_samples: int) -> tuple[np.ndarray, np.ndarray]:
@@ -228,15 +246,25 @@ class BlendedDataset:
         return self.datasets[d][int(self.dataset_sample_index[i])]
 
 
+DATA_ORDERS = ("epochs", "megatron")
+
+
 def build_train_valid_test_datasets(data_path: list[str], split: str, seq_length: int, seed: int,
-                                    num_samples: tuple[int, int, int]):
+                                    num_samples: tuple[int, int, int], order: str = "epochs"):
     """(train, valid, test), each None (zero samples requested, or a split with no documents)
-    or a dataset whose items are int64 arrays of seq_length + 1 tokens."""
+    or a dataset whose items are int64 arrays of seq_length + 1 tokens.
+
+    order "epochs" is this module's order; "megatron" is megatron-core's (see megatron_order)."""
     if len(num_samples) != 3 or any(int(n) < 0 for n in num_samples):
         raise DataError(f"num_samples must be three non-negative counts (train, valid, test), got {num_samples}")
+    if order not in DATA_ORDERS:
+        raise DataError(f"--data-order {order!r}: choose one of {', '.join(DATA_ORDERS)}")
     pairs = parse_data_path(list(data_path))
     split_weights = parse_split(split)
     pairs = [(w, p) for w, p in pairs if w > 0]
+    if order == "megatron":
+        from megatron_galvatron.data.megatron_order import build_megatron_order_datasets
+        return build_megatron_order_datasets(pairs, len(data_path) > 1, split, seq_length, int(seed), num_samples)
     indexed = [IndexedDataset(p) for _, p in pairs]
     ranges = [split_ranges(split_weights, ds.num_documents) for ds in indexed]
 

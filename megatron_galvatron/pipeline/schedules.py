@@ -1,5 +1,9 @@
 """One training step's forward and backward over all micro-batches of a stage.
 
+Micro-batches may differ in size (plan.micro_batch_sizes); each returns its loss already
+divided by the step's global token count, so their sum is the full batch's mean whatever the
+sizes, and nothing here rescales.
+
 pp_deg == 1: plain gradient accumulation (no pipeline machinery). Otherwise GPipe (all
 forwards, then all backwards) or 1F1B (pipedream-flush: warm-up forwards, then one forward
 one backward, then cool-down backwards), which keeps at most pp - stage_index micro-batches
@@ -72,7 +76,7 @@ class Schedule:
     def _gpipe(self, loss) -> StepStats:
         inputs, outputs = [], []
         for i in range(self.chunks):
-            x = self.p2p.recv_forward()
+            x = self.p2p.recv_forward(i)
             y = self._fwd(i, x)
             if self.is_last:
                 loss += y.detach()
@@ -83,7 +87,7 @@ class Schedule:
             outputs.append(y)
         live = len(outputs)
         for i in range(self.chunks):
-            g = None if self.is_last else self.p2p.recv_backward()
+            g = None if self.is_last else self.p2p.recv_backward(i)
             self.p2p.send_backward(self._bwd(inputs[i], outputs[i], g, i))
             inputs[i] = outputs[i] = None
         return StepStats(loss, live)
@@ -108,13 +112,13 @@ class Schedule:
             return y
 
         for _ in range(warmup):
-            y = forward(self.p2p.recv_forward())
+            y = forward(self.p2p.recv_forward(fwd_i))
             self.p2p.send_forward(y)
             _release(y)
-        x = self.p2p.recv_forward() if steady > 0 else None
+        x = self.p2p.recv_forward(fwd_i) if steady > 0 else None
         for k in range(steady):
             y = forward(x)
-            g = None if self.is_last else self.p2p.send_forward_recv_backward(y)
+            g = None if self.is_last else self.p2p.send_forward_recv_backward(y, bwd_i)
             if not self.is_last:
                 _release(y)
             gx = self._bwd(inputs.pop(0), outputs.pop(0), g, bwd_i)
@@ -122,9 +126,9 @@ class Schedule:
             if k == steady - 1:
                 self.p2p.send_backward(gx)
             else:
-                x = self.p2p.send_backward_recv_forward(gx)
+                x = self.p2p.send_backward_recv_forward(gx, fwd_i)
         for _ in range(warmup):
-            g = None if self.is_last else self.p2p.recv_backward()
+            g = None if self.is_last else self.p2p.recv_backward(bwd_i)
             gx = self._bwd(inputs.pop(0), outputs.pop(0), g, bwd_i)
             bwd_i += 1
             self.p2p.send_backward(gx)
@@ -139,7 +143,7 @@ def forward_only(is_last_stage: bool, chunks: int, p2p: Optional[P2P], forward_f
     loss = torch.zeros((), device=device)
     with torch.no_grad():
         for i in range(chunks):
-            x = p2p.recv_forward() if p2p is not None else None
+            x = p2p.recv_forward(i) if p2p is not None else None
             y = forward_fn(i, x)
             if is_last_stage:
                 loss += y.detach().float()

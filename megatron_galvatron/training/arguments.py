@@ -60,6 +60,9 @@ def add_data_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--mock-data", action="store_true", help="synthetic learnable tokens (default without --data-path)")
     g.add_argument("--data-path", nargs="*", default=None, help="prefix, or weight prefix weight prefix ...")
     g.add_argument("--split", default="949,50,1")
+    g.add_argument("--data-order", choices=["epochs", "megatron"], default="epochs",
+                   help="sample order: epochs (each epoch served whole, in turn) or megatron "
+                        "(megatron-core GPTDataset's, for comparing with a Megatron run)")
     g.add_argument("--eval-interval", type=int, default=0)
     g.add_argument("--eval-iters", type=int, default=0)
     g.add_argument("--skip-train", action="store_true")
@@ -124,7 +127,7 @@ def training_config(args: argparse.Namespace) -> TrainingConfig:
         checkpoint=CheckpointConfig(save=args.save, load=args.load, save_interval=args.save_interval,
                                     finetune=args.finetune, load_optim=not args.no_load_optim,
                                     load_rng=not args.no_load_rng),
-        data=DataConfig(path=args.data_path, split=args.split), resilience=resilience_config(args))
+        data=DataConfig(path=args.data_path, split=args.split, order=args.data_order), resilience=resilience_config(args))
 
 
 def build_parser(description: str = "Train a GPT model under a per-layer hybrid parallel plan") -> argparse.ArgumentParser:

@@ -51,6 +51,7 @@ class CheckpointConfig:
 class DataConfig:
     path: Optional[List[str]]  # None: mock data
     split: str
+    order: str = "epochs"  # or "megatron": megatron-core GPTDataset's sample order
 
 
 @dataclass(frozen=True)

@@ -82,7 +82,7 @@ def build_datasets(config: TrainingConfig, cfg: GPTConfig, plan: Plan, consumed_
     if config.data.path:
         from megatron_galvatron.data.gpt_dataset import build_train_valid_test_datasets
         train, valid, _ = build_train_valid_test_datasets(config.data.path, config.data.split, cfg.seq_length, seed,
-                                                          (n_train, n_eval, 0))
+                                                          (n_train, n_eval, 0), order=config.data.order)
         return train, valid
     from megatron_galvatron.data.mock_dataset import MockGPTDataset
     train = MockGPTDataset(cfg.seq_length, cfg.vocab_size, seed, n_train)
@@ -185,12 +185,12 @@ def _start_from_checkpoint(tr: Trainer) -> None:
 def _microbatches(tr: Trainer, dataset, start_sample: int):
     """The step's micro-batches as (tokens, labels) [batch, seq] on device: every rank of the
     first and last stage reads the whole global micro-batch and keeps its own DP share later."""
+    sizes = tr.plan.micro_batch_sizes
     if not (tr.ps.is_first_stage or tr.ps.is_last_stage):
-        return [(None, None)] * tr.plan.chunks
-    mb = tr.plan.global_micro_batch_size
+        return [(None, None)] * len(sizes)
     out = []
-    for c in range(tr.plan.chunks):
-        first = start_sample + c * mb
+    for c, mb in enumerate(sizes):
+        first = start_sample + sum(sizes[:c])
         rows = np.stack([dataset[i] for i in range(first, first + mb)]).astype(np.int64)
         if rows.max() >= tr.cfg.vocab_size or rows.min() < 0:
             raise UserError(f"the data holds token id {int(rows.max())} but --vocab-size is {tr.cfg.vocab_size}: "
@@ -226,14 +226,14 @@ def _p2p(tr: Trainer, dtype) -> Optional[P2P]:
         return None
     stage = tr.stage
 
-    def shape(layout):
+    def shapes(layout):  # one per micro-batch: they differ when the chunks do not split the batch evenly
         dp = plan.stage_world // layout.tp
         seq = cfg.seq_length // layout.tp if layout.sp else cfg.seq_length
-        return (seq, plan.global_micro_batch_size // dp, cfg.hidden_size)
+        return [(seq, mb // dp, cfg.hidden_size) for mb in plan.micro_batch_sizes]
 
     prev_rank = ps.rank_in_stage(ps.pp_rank - 1) if not ps.is_first_stage else None
     next_rank = ps.rank_in_stage(ps.pp_rank + 1) if not ps.is_last_stage else None
-    return P2P(prev_rank, next_rank, shape(stage.input_layout), shape(stage.output_layout), dtype, ps.device)
+    return P2P(prev_rank, next_rank, shapes(stage.input_layout), shapes(stage.output_layout), dtype, ps.device)
 
 
 def train_step(tr: Trainer) -> StepStats:
@@ -241,7 +241,7 @@ def train_step(tr: Trainer) -> StepStats:
     dtype = torch.bfloat16 if tr.config.bf16 else torch.float32
     tr.stage.train()
     tr.model.zero_grad()
-    schedule = Schedule(tr.plan.pipeline_type, tr.plan.pp_deg, tr.ps.pp_rank, tr.plan.chunks, _p2p(tr, dtype),
+    schedule = Schedule(tr.plan.pipeline_type, tr.plan.pp_deg, tr.ps.pp_rank, tr.plan.num_micro_batches, _p2p(tr, dtype),
                         partial(_forward_fn, tr, batches), tr.model.start_microbatch)
     with tr.model.compute():
         stats = schedule.run(tr.device)
@@ -269,7 +269,7 @@ def evaluate(tr: Trainer, iters: Optional[int] = None) -> float:
     with tr.model.compute():
         for k in range(iters):
             batches = _microbatches(tr, tr.valid_data, k * tr.plan.global_bsz)
-            total += forward_only(tr.ps.is_last_stage, tr.plan.chunks, _p2p(tr, dtype),
+            total += forward_only(tr.ps.is_last_stage, tr.plan.num_micro_batches, _p2p(tr, dtype),
                                   partial(_forward_fn, tr, batches), tr.device)
     tr.stage.train()
     for module in tr.model.sharded:  # zero2 keeps parameters gathered after a forward without backward
