@@ -10,11 +10,13 @@ import json
 import os
 import pickle
 import shutil
+import sys
 import zipfile
-from typing import Dict, Iterable, Tuple
+from typing import Dict, Iterable, List, Optional, Tuple
 
 import torch
 
+from megatron_galvatron.checkpoint import tokenizer_files
 from megatron_galvatron.checkpoint.architecture import config_record
 from megatron_galvatron.checkpoint.format import converted_meta
 from megatron_galvatron.checkpoint.tensors import TensorReader, open_verified, write_checkpoint
@@ -165,6 +167,9 @@ def hf_to_ours(hf_dir: str, save_root: str) -> Tuple[str, GPTConfig]:
     meta = converted_meta(config_record(cfg),
                           source={"hf_dir": os.path.abspath(hf_dir), "architectures": config.get("architectures")},
                           hf_config=config)
+    tokenizer = tokenizer_files.from_hf_folder(hf_dir)
+    if tokenizer:
+        meta["tokenizer"] = tokenizer
     items = (("model/" + k, t.contiguous()) for k, t in family.to_ours(cfg, weights.get, weights.has))
     return write_checkpoint(save_root, meta, items), cfg
 
@@ -184,8 +189,11 @@ def ours_to_hf(load: str, out_dir: str, shard_bytes: int = HF_SHARD_BYTES) -> GP
     if "dtype" in config:
         config["dtype"] = "float32"
     reader = TensorReader(d, meta)
-    write_hf_folder(out_dir, config, family.to_hf(cfg, lambda name: reader.get("model/" + name)), shard_bytes)
+    warnings = write_hf_folder(out_dir, config, family.to_hf(cfg, lambda name: reader.get("model/" + name)),
+                               shard_bytes, meta.get("tokenizer"))
     reader.close()
+    for w in warnings:
+        print(f"warning: {w}", file=sys.stderr, flush=True)
     return cfg
 
 
@@ -198,9 +206,11 @@ def export_type(cfg: GPTConfig) -> str:
 
 
 def write_hf_folder(out_dir: str, config: dict, items: Iterable[Tuple[str, torch.Tensor]],
-                    shard_bytes: int = HF_SHARD_BYTES) -> None:
-    """config.json + model.safetensors (or model-0000k-of-0000n.safetensors and an index), written
-    in a temporary folder that is renamed into place; an existing non-empty out_dir is refused."""
+                    shard_bytes: int = HF_SHARD_BYTES, tokenizer: Optional[dict] = None) -> List[str]:
+    """config.json + model.safetensors (or model-0000k-of-0000n.safetensors and an index) and the
+    tokenizer files a checkpoint's tokenizer field names, written in a temporary folder that is
+    renamed into place; an existing non-empty out_dir is refused. Returns warnings on tokenizer
+    files that could not be copied."""
     from safetensors.torch import save_file
     if os.path.exists(out_dir) and (not os.path.isdir(out_dir) or os.listdir(out_dir)):
         raise UserError(f"{out_dir} exists and is not an empty directory: choose a new --hf-dir")
@@ -238,9 +248,11 @@ def write_hf_folder(out_dir: str, config: dict, items: Iterable[Tuple[str, torch
         with open(os.path.join(tmp, "config.json"), "w") as f:
             json.dump(config, f, indent=2)
             f.write("\n")
+        warnings = tokenizer_files.copy_into(tokenizer, tmp)
         if os.path.isdir(out_dir):
             os.rmdir(out_dir)
         os.rename(tmp, out_dir)
+        return warnings
     except OSError as e:
         shutil.rmtree(tmp, ignore_errors=True)
         raise UserError(f"cannot write {out_dir}: {e.strerror or e}")

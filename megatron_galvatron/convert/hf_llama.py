@@ -77,12 +77,16 @@ def config_from_hf(c: dict) -> GPTConfig:
 
 def decoder_hf_config(cfg: GPTConfig, base: Optional[dict], architecture: str, model_type: str) -> dict:
     c = dict(base or {})
+    c.setdefault("attention_dropout", cfg.attention_dropout)  # how it was trained: the imported value stays
+    c.setdefault("initializer_range", cfg.init_std)
+    # Positions only size the RoPE table, which a run builds for its own sequence length: a
+    # fine-tune at a shorter one keeps the context the model came with.
+    positions = max(cfg.max_position_embeddings, positive_size(c, "max_position_embeddings", 1))
     c.update(architectures=[architecture], model_type=model_type, vocab_size=cfg.vocab_size,
              hidden_size=cfg.hidden_size, intermediate_size=cfg.ffn_hidden_size, num_hidden_layers=cfg.num_layers,
              num_attention_heads=cfg.num_attention_heads, num_key_value_heads=cfg.num_query_groups,
-             head_dim=cfg.head_dim, max_position_embeddings=cfg.max_position_embeddings, rms_norm_eps=cfg.norm_eps,
-             hidden_act="silu", attention_dropout=cfg.attention_dropout, initializer_range=cfg.init_std,
-             tie_word_embeddings=False)
+             head_dim=cfg.head_dim, max_position_embeddings=positions, rms_norm_eps=cfg.norm_eps,
+             hidden_act="silu", tie_word_embeddings=False)
     rope = {"rope_type": "default"}
     if cfg.use_rope_scaling:
         rope = dict(zip(_SCALING, (getattr(cfg, f) for f in _SCALING_FIELDS)), rope_type="llama3")
