@@ -20,7 +20,7 @@ from megatron_galvatron.model.canonical import gather_model
 from megatron_galvatron.pipeline.schedules import Schedule
 from megatron_galvatron.plan import LayerStrategy, Plan, VocabStrategy
 from megatron_galvatron.training.arguments import build_parser
-from megatron_galvatron.training.train import _forward_fn, _p2p, setup
+from megatron_galvatron.training.train import _forward_fn, _p2p, save_checkpoint, setup, train_step
 from tests.dist_utils import run_distributed
 from tests.test_convert_hf import _our_outputs, _randomize
 
@@ -126,33 +126,37 @@ def _mixed_plan() -> dict:
                 vocab=VocabStrategy(tp=2)).to_dict()
 
 
-def _logits_and_grads(rank, world, argv, plan_dict, tokens, labels):
-    tr = setup(build_parser().parse_args(argv), Plan.from_dict(plan_dict).validate(world_size=world))
-    tr.stage.train()
-    tr.model.zero_grad()
-    schedule = Schedule(tr.plan.pipeline_type, 1, 0, 1, _p2p(tr, torch.float32),
-                        partial(_forward_fn, tr, [(tokens, labels)]), tr.model.start_microbatch)
-    with tr.model.compute():
-        schedule.run(tr.device)
-    tr.model.finish_grad_sync()
-    grads = gather_model(tr.stage, grads=True)
-    rows = tr.stage.batch_block(tr.stage.vocab_layout, tokens.shape[0])  # this rank's share of the logits
-    return _our_outputs(tr, tokens, labels), grads, rows
+def _logits_and_grads(rank, world, argvs, plan_dict, tokens, labels):
+    out = []
+    for argv in argvs:
+        tr = setup(build_parser().parse_args(argv), Plan.from_dict(plan_dict).validate(world_size=world))
+        tr.stage.train()
+        tr.model.zero_grad()
+        schedule = Schedule(tr.plan.pipeline_type, 1, 0, 1, _p2p(tr, torch.float32),
+                            partial(_forward_fn, tr, [(tokens, labels)]), tr.model.start_microbatch)
+        with tr.model.compute():
+            schedule.run(tr.device)
+        tr.model.finish_grad_sync()
+        grads = gather_model(tr.stage, grads=True)
+        rows = tr.stage.batch_block(tr.stage.vocab_layout, tokens.shape[0])  # this rank's share of the logits
+        out.append((_our_outputs(tr, tokens, labels), grads, rows))
+    return out
 
 
-@pytest.mark.parametrize("name", ["qwen2", "llama3"])
-def test_logits_and_grads_match_transformers_under_mixed_tp(converted, name):
-    ref = converted[name]
-    results = run_distributed(4, _logits_and_grads, ref["argv"], _mixed_plan(), converted["tokens"],
-                              converted["labels"], timeout=240)
-    for rank in range(4):
-        got, grads, rows = results[rank]
-        _check(name, got, ref, rows)
-        assert set(grads) == set(ref["grads"]), rank
-        for k, g in ref["grads"].items():
-            torch.testing.assert_close(grads[k], g, atol=1e-5, rtol=1e-4, msg=lambda m: f"{name} {k}: {m}")
-    if name == "qwen2":  # the biases did take part (q's gradient is not zero)
-        assert ref["grads"]["layers.1.attention.qkv.bias"][:32].abs().max() > 1e-3
+def test_logits_and_grads_match_transformers_under_mixed_tp(converted):
+    names = ("qwen2", "llama3")
+    results = run_distributed(4, _logits_and_grads, [converted[n]["argv"] for n in names], _mixed_plan(),
+                              converted["tokens"], converted["labels"], timeout=240)
+    for j, name in enumerate(names):
+        ref = converted[name]
+        for rank in range(4):
+            got, grads, rows = results[rank][j]
+            _check(name, got, ref, rows)
+            assert set(grads) == set(ref["grads"]), rank
+            for k, g in ref["grads"].items():
+                torch.testing.assert_close(grads[k], g, atol=1e-5, rtol=1e-4, msg=lambda m: f"{name} {k}: {m}")
+    # the biases did take part (q's gradient is not zero)
+    assert converted["qwen2"]["grads"]["layers.1.attention.qkv.bias"][:32].abs().max() > 1e-3
 
 
 @pytest.mark.parametrize("name", ["qwen2", "llama3"])
@@ -171,3 +175,27 @@ def test_export_reloads_in_transformers_with_the_same_logits(converted, tmp_path
     assert back.config.rope_parameters == model.config.rope_parameters
     with torch.no_grad():
         assert torch.equal(back(input_ids=converted["tokens"]).logits, converted[name]["logits"])
+
+
+@pytest.mark.parametrize("qkv_bias", [False, True])
+def test_a_model_trained_here_with_the_flags_exports(converted, tmp_path, qkv_bias):
+    """No imported config to start from: the flags alone give transformers the same model."""
+    import transformers
+    root = str(tmp_path / "ck")
+    argv = ["--model-family", "llama", "--num-layers", "2", "--hidden-size", "64", "--num-attention-heads", "4",
+            "--num-query-groups", "2", "--ffn-hidden-size", "96", "--vocab-size", str(VOCAB), "--seq-length", str(SEQ),
+            "--rotary-base", "500000", "--use-rope-scaling", "--rope-scaling-factor", "4",
+            "--rope-scaling-original-max-position-embeddings", "64", "--mock-data", "--train-iters", "1",
+            "--global-batch-size", str(BATCH), "--make-vocab-size-divisible-by", "4", "--save", root, "--lr", "1e-2"]
+    tr = setup(build_parser().parse_args(argv + (["--add-qkv-bias"] if qkv_bias else [])))
+    train_step(tr)  # biases and all move off their zero start
+    save_checkpoint(tr)
+    loss, logits = _our_outputs(tr, converted["tokens"], converted["labels"])
+    out = str(tmp_path / "hf")
+    ours_to_hf(root, out)
+    model = transformers.AutoModelForCausalLM.from_pretrained(out).eval()
+    assert type(model).__name__ == ("Qwen2ForCausalLM" if qkv_bias else "LlamaForCausalLM")
+    assert model.config.rope_parameters["rope_type"] == "llama3" and model.config.rope_parameters["factor"] == 4.0
+    with torch.no_grad():
+        ref = model(input_ids=converted["tokens"]).logits
+    assert (ref - logits).abs().max().item() <= 1e-4
