@@ -74,6 +74,8 @@ FLAGS = {
         ("--max-position-embeddings", "pos_int"), ("--vocab-size", "pos_int"),
         ("--make-vocab-size-divisible-by", "pos_int"), ("--hidden-dropout", "unit"), ("--attention-dropout", "unit"),
         ("--norm-epsilon", "pos_float"), ("--init-method-std", "pos_float"), ("--rotary-base", "pos_float"),
+        ("--rope-scaling-factor", "pos_float"), ("--rope-scaling-low-freq-factor", "pos_float"),
+        ("--rope-scaling-high-freq-factor", "pos_float"), ("--rope-scaling-original-max-position-embeddings", "pos_int"),
         ("--pp-deg", "pos_int"), ("--global-tp-deg", "pos_int"), ("--vocab-tp", "pos_int"), ("--chunks", "pos_int"),
         ("--fp8-skip-first", "nonneg_int"), ("--fp8-skip-last", "nonneg_int"), ("--micro-batch-size", "pos_int"),
         ("--global-batch-size", "pos_int"), ("--train-iters", "pos_int"), ("--lr", "pos_float"),
@@ -378,7 +380,9 @@ PROFILE_FREE = {"hardware.json": ("hardware.torch", "hardware.nccl"),
                 "model.json": ("hardware",) + tuple(f"model.{k}" for k in (
                     "max_position_embeddings", "hidden_dropout", "attention_dropout", "norm_eps", "init_std",
                     "rope_theta", "make_vocab_size_divisible_by", "tie_embeddings", "use_flash_attn",
-                    "attention_backend"))}
+                    "attention_backend", "add_qkv_bias", "use_rope_scaling", "rope_scaling_factor",
+                    "rope_scaling_low_freq_factor", "rope_scaling_high_freq_factor",
+                    "rope_scaling_original_max_position_embeddings"))}
 
 
 def build_cases(base_texts):

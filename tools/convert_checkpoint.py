@@ -1,4 +1,4 @@
-"""Convert checkpoints: Hugging Face GPT-2 / LLaMA folders <-> ours, and to another plan.
+"""Convert checkpoints: Hugging Face GPT-2 / LLaMA / Qwen2 folders <-> ours, and to another plan.
 
     python tools/convert_checkpoint.py hf-to-ours --hf-dir gpt2/ --save ckpts/gpt2
     python tools/convert_checkpoint.py ours-to-hf --load ckpts/run1 --hf-dir exported/
@@ -47,9 +47,9 @@ def main(argv=None) -> None:
             path, cfg = hf_to_ours(args.hf_dir, args.save)
             print(f"wrote {path}\ntrain it with: pretrain_gpt.py --load {args.save} {model_flags(cfg)}")
         elif args.command == "ours-to-hf":
-            from megatron_galvatron.convert.hf import ours_to_hf
+            from megatron_galvatron.convert.hf import export_type, ours_to_hf
             cfg = ours_to_hf(args.load, args.hf_dir, int(args.max_shard_gb * (1 << 30)))
-            print(f"wrote {args.hf_dir} ({cfg.family}, {cfg.num_layers} layers)")
+            print(f"wrote {args.hf_dir} ({export_type(cfg)}, {cfg.num_layers} layers)")
         else:
             from megatron_galvatron.convert.reshard import reshard
             d, plan, copy = reshard(args.load, args.galvatron_config, args.world_size, args.save)

@@ -25,7 +25,8 @@ class PlainBlock(nn.Module):
         kw = {"eps": cfg.norm_eps, "device": device}
         self.ln_1, self.ln_2 = Norm(h, **kw), Norm(h, **kw)
         bias = cfg.has_bias
-        self.qkv = nn.Linear(h, (cfg.num_attention_heads + 2 * cfg.num_query_groups) * hd, bias=bias, device=device)
+        self.qkv = nn.Linear(h, (cfg.num_attention_heads + 2 * cfg.num_query_groups) * hd,
+                             bias=bias or cfg.add_qkv_bias, device=device)
         self.proj = nn.Linear(cfg.num_attention_heads * hd, h, bias=bias, device=device)
         if cfg.gated_mlp:
             self.gate = nn.Linear(h, f, bias=False, device=device)

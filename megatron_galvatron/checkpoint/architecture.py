@@ -3,14 +3,19 @@ import dataclasses
 from typing import List
 
 from megatron_galvatron.checkpoint.format import CheckpointError
-from megatron_galvatron.model.config import GPTConfig
+from megatron_galvatron.model.config import GPTConfig, flag
+
+_ROPE_SCALING = ("rope_scaling_factor", "rope_scaling_low_freq_factor", "rope_scaling_high_freq_factor",
+                 "rope_scaling_original_max_position_embeddings")
 
 # Flags that fix tensor shapes: a mismatch cannot load. None: not a flag (follows the family).
 _SHAPE_FLAGS = {"family": "--model-family", "num_layers": "--num-layers", "hidden_size": "--hidden-size",
                 "num_attention_heads": "--num-attention-heads", "num_query_groups": "--num-query-groups",
-                "ffn_hidden_size": "--ffn-hidden-size", "vocab_size": "--vocab-size", "tie_embeddings": None}
+                "ffn_hidden_size": "--ffn-hidden-size", "vocab_size": "--vocab-size", "tie_embeddings": None,
+                "add_qkv_bias": "--add-qkv-bias"}
 # Flags that change the function but not the shapes: a mismatch loads with a warning.
-_FUNCTION_FLAGS = {"norm_eps": "--norm-epsilon", "rope_theta": "--rotary-base"}
+_FUNCTION_FLAGS = {"norm_eps": "--norm-epsilon", "rope_theta": "--rotary-base", "use_rope_scaling": "--use-rope-scaling",
+                   **{k: flag(k) for k in _ROPE_SCALING}}
 
 
 def config_record(cfg: GPTConfig) -> dict:
@@ -33,6 +38,10 @@ def model_flags(cfg: GPTConfig) -> str:
         flags.append(f"--max-position-embeddings {cfg.max_position_embeddings}")
     else:
         flags.append(f"--rotary-base {cfg.rope_theta}")
+    if cfg.add_qkv_bias:
+        flags.append("--add-qkv-bias")
+    if cfg.use_rope_scaling:
+        flags += ["--use-rope-scaling"] + [f"{flag(k)} {getattr(cfg, k)}" for k in _ROPE_SCALING]
     return " ".join(flags)
 
 

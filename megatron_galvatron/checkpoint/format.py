@@ -36,6 +36,12 @@ SHARD_RE = re.compile(r"r\d{5,}-\d{3,}\.safetensors")
 RNG_RE = re.compile(r"rng_r\d{5,}\.json")
 
 
+# Fields on where the weights came from (the Hugging Face config and folder they were imported
+# from, the tokenizer files): a run that loads a checkpoint writes them into every save it makes,
+# so that an export after training still has them.
+CARRIED = ("source", "hf_config", "tokenizer")
+
+
 class CheckpointError(UserError):
     """A checkpoint is missing, corrupt, or does not fit this model; the message says what to do."""
 

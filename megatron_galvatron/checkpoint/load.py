@@ -7,7 +7,7 @@ import torch
 from megatron_galvatron.checkpoint import rng
 from megatron_galvatron.checkpoint.architecture import check_config
 from megatron_galvatron.checkpoint.collective import agree
-from megatron_galvatron.checkpoint.format import LATEST, META, CheckpointError
+from megatron_galvatron.checkpoint.format import CARRIED, LATEST, META, CheckpointError
 from megatron_galvatron.checkpoint.integrity import is_unsummed, read_meta, resolve, verify
 from megatron_galvatron.checkpoint.shards import entries, local_piece
 from megatron_galvatron.checkpoint.state import Loaded, Progress, TrainingState
@@ -97,8 +97,9 @@ def load(state: TrainingState, path: str, missing_ok: bool = False, finetune: bo
                 state.optimizer.state[p] = optim_state
             else:
                 state.optimizer.state.pop(p, None)
+    carried = {k: meta[k] for k in CARRIED if k in meta}
     if finetune:
-        return Loaded(d, state.progress)
+        return Loaded(d, state.progress, carried)
     if load_rng:
         agree(rng.restore, state, d, meta)
-    return Loaded(d, Progress(int(meta["iteration"]), int(meta["consumed_samples"])))
+    return Loaded(d, Progress(int(meta["iteration"]), int(meta["consumed_samples"])), carried)

@@ -91,13 +91,13 @@ def _check_finite(state: TrainingState, root: str) -> None:
 
 def _meta(state: TrainingState) -> dict:
     sched, opt, it = state.lr_schedule, state.optimizer_config, state.progress.iteration
-    return training_meta(
+    return dict(training_meta(
         iteration=it, consumed_samples=state.progress.consumed_samples, model=config_record(state.stage.cfg),
         plan=state.plan.to_dict(), world_size=state.ps.world_size,
         lr_schedule={"lr": sched.lr, "min_lr": sched.min_lr, "warmup": sched.warmup,
                      "decay_iters": sched.decay_iters, "style": sched.style, "next_lr": sched(it)},
         optimizer={"type": "AdamW", "betas": list(opt.betas), "eps": opt.eps, "weight_decay": opt.weight_decay},
-        seed=state.seed)
+        seed=state.seed), **state.carried)
 
 
 def save(state: TrainingState, root: str) -> str:

@@ -7,6 +7,7 @@ import math
 import re
 import typing
 
+from megatron_galvatron.checkpoint import tokenizer_files
 from megatron_galvatron.checkpoint.format import FORMAT, RNG_RE, SHARD_RE, CheckpointError
 from megatron_galvatron.errors import UserError
 from megatron_galvatron.model.config import GPTConfig
@@ -15,7 +16,7 @@ MAX_DEPTH = 32  # meta.json nests 5 deep (hf_config a few more); deeper is damag
 REQUIRED = ("format", "iteration", "consumed_samples", "model", "plan", "world_size", "optimizer", "tensors",
             "files")
 OPTIONAL = ("format_version", "meta_sha256", "lr_schedule", "seed", "saved_at", "source", "hf_config",
-            "resharded_from")
+            "resharded_from", "tokenizer")
 HEX64 = re.compile(r"[0-9a-f]{64}")
 TENSOR_KEY = re.compile(r"model/[^/]+|optim/[^/]+/[^/]+")
 DTYPES = {"float64", "float32", "float16", "bfloat16", "int64", "int32", "int16", "int8", "uint8", "bool",
@@ -170,6 +171,8 @@ def _fields(meta) -> None:
     for k in ("lr_schedule", "source", "hf_config", "resharded_from"):
         if k in meta:
             _dict(k, meta[k])
+    if "tokenizer" in meta and tokenizer_files.check(meta["tokenizer"]):
+        raise _Bad(f"tokenizer {tokenizer_files.check(meta['tokenizer'])}")
     for k, v in meta.get("lr_schedule", {}).items():
         if not (v is None or isinstance(v, str) or (isinstance(v, (int, float)) and math.isfinite(v))):
             raise _Bad(f"lr_schedule.{k} is {str(v)[:40]}, not a number or a string")

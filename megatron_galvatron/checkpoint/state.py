@@ -1,5 +1,6 @@
 """The typed interface of save and load: what a checkpoint takes from a run and gives back."""
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any, Dict
 
 import torch
 
@@ -27,6 +28,7 @@ class TrainingState:
     progress: Progress
     optimizer_config: OptimizerConfig  # recorded in meta.json; a resumed run takes its own flags
     seed: int  # re-seeds the RNG streams when the checkpoint was written under another plan
+    carried: Dict[str, Any] = field(default_factory=dict)  # format.CARRIED fields every save writes again
 
     @property
     def ps(self) -> ParallelState:
@@ -37,3 +39,4 @@ class TrainingState:
 class Loaded:
     directory: str
     progress: Progress  # the checkpoint's, or the run's own when only the weights were taken
+    carried: Dict[str, Any] = field(default_factory=dict)  # its format.CARRIED fields

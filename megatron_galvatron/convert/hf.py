@@ -2,7 +2,7 @@
 
 A folder is config.json plus the weights as model.safetensors, pytorch_model.bin, or either one
 sharded with its *.index.json. Tensors are read lazily (memory-mapped) and passed one at a time
-to the family's mapping (hf_gpt2, hf_llama) and on to the writer, so a conversion holds about
+to the family's mapping (hf_gpt2, hf_llama, hf_qwen2) and on to the writer, so a conversion holds about
 one output file's worth of tensors in memory, not the whole model. Every tensor is checked
 against the shape the config implies; any problem with the folder is a one-line UserError.
 """
@@ -10,20 +10,22 @@ import json
 import os
 import pickle
 import shutil
+import sys
 import zipfile
-from typing import Dict, Iterable, Tuple
+from typing import Dict, Iterable, List, Optional, Tuple
 
 import torch
 
+from megatron_galvatron.checkpoint import tokenizer_files
 from megatron_galvatron.checkpoint.architecture import config_record
 from megatron_galvatron.checkpoint.format import converted_meta
 from megatron_galvatron.checkpoint.tensors import TensorReader, open_verified, write_checkpoint
-from megatron_galvatron.convert import hf_gpt2, hf_llama
+from megatron_galvatron.convert import hf_gpt2, hf_llama, hf_qwen2
 from megatron_galvatron.errors import UserError
 from megatron_galvatron.json_file import field, read_object
 from megatron_galvatron.model.config import GPTConfig
 
-FAMILIES = {"gpt2": hf_gpt2, "llama": hf_llama}
+FAMILIES = {"gpt2": hf_gpt2, "llama": hf_llama, "qwen2": hf_qwen2}  # by config.json's model_type
 HF_SHARD_BYTES = 4 << 30
 
 
@@ -165,6 +167,9 @@ def hf_to_ours(hf_dir: str, save_root: str) -> Tuple[str, GPTConfig]:
     meta = converted_meta(config_record(cfg),
                           source={"hf_dir": os.path.abspath(hf_dir), "architectures": config.get("architectures")},
                           hf_config=config)
+    tokenizer = tokenizer_files.from_hf_folder(hf_dir)
+    if tokenizer:
+        meta["tokenizer"] = tokenizer
     items = (("model/" + k, t.contiguous()) for k, t in family.to_ours(cfg, weights.get, weights.has))
     return write_checkpoint(save_root, meta, items), cfg
 
@@ -172,26 +177,40 @@ def hf_to_ours(hf_dir: str, save_root: str) -> Tuple[str, GPTConfig]:
 def ours_to_hf(load: str, out_dir: str, shard_bytes: int = HF_SHARD_BYTES) -> GPTConfig:
     """Write a checkpoint as a folder transformers' from_pretrained loads (float32 weights)."""
     d, meta, cfg = open_verified(load)
-    family = FAMILIES[cfg.family]
+    model_type = export_type(cfg)
+    family = FAMILIES[model_type]
     if cfg.family == "gpt2" and not cfg.tie_embeddings:
         raise UserError("this gpt2 checkpoint has an untied LM head, which GPT2LMHeadModel cannot hold")
     if cfg.family == "llama" and cfg.tie_embeddings:
         raise UserError("this llama checkpoint ties its LM head, which this converter does not export")
     base = meta.get("hf_config")
-    config = family.hf_config(cfg, base if isinstance(base, dict) and base.get("model_type") == cfg.family else None)
+    config = family.hf_config(cfg, base if isinstance(base, dict) and base.get("model_type") == model_type else None)
     config["torch_dtype"] = "float32"
     if "dtype" in config:
         config["dtype"] = "float32"
     reader = TensorReader(d, meta)
-    write_hf_folder(out_dir, config, family.to_hf(cfg, lambda name: reader.get("model/" + name)), shard_bytes)
+    warnings = write_hf_folder(out_dir, config, family.to_hf(cfg, lambda name: reader.get("model/" + name)),
+                               shard_bytes, meta.get("tokenizer"))
     reader.close()
+    for w in warnings:
+        print(f"warning: {w}", file=sys.stderr, flush=True)
     return cfg
 
 
+def export_type(cfg: GPTConfig) -> str:
+    """The Hugging Face model_type that holds this architecture: biases on q/k/v alone are Qwen2's
+    (LLaMA's attention_bias puts one on o_proj too)."""
+    if cfg.family == "llama" and cfg.add_qkv_bias:
+        return "qwen2"
+    return cfg.family
+
+
 def write_hf_folder(out_dir: str, config: dict, items: Iterable[Tuple[str, torch.Tensor]],
-                    shard_bytes: int = HF_SHARD_BYTES) -> None:
-    """config.json + model.safetensors (or model-0000k-of-0000n.safetensors and an index), written
-    in a temporary folder that is renamed into place; an existing non-empty out_dir is refused."""
+                    shard_bytes: int = HF_SHARD_BYTES, tokenizer: Optional[dict] = None) -> List[str]:
+    """config.json + model.safetensors (or model-0000k-of-0000n.safetensors and an index) and the
+    tokenizer files a checkpoint's tokenizer field names, written in a temporary folder that is
+    renamed into place; an existing non-empty out_dir is refused. Returns warnings on tokenizer
+    files that could not be copied."""
     from safetensors.torch import save_file
     if os.path.exists(out_dir) and (not os.path.isdir(out_dir) or os.listdir(out_dir)):
         raise UserError(f"{out_dir} exists and is not an empty directory: choose a new --hf-dir")
@@ -229,9 +248,11 @@ def write_hf_folder(out_dir: str, config: dict, items: Iterable[Tuple[str, torch
         with open(os.path.join(tmp, "config.json"), "w") as f:
             json.dump(config, f, indent=2)
             f.write("\n")
+        warnings = tokenizer_files.copy_into(tokenizer, tmp)
         if os.path.isdir(out_dir):
             os.rmdir(out_dir)
         os.rename(tmp, out_dir)
+        return warnings
     except OSError as e:
         shutil.rmtree(tmp, ignore_errors=True)
         raise UserError(f"cannot write {out_dir}: {e.strerror or e}")

@@ -42,12 +42,19 @@ def config_from_hf(c: dict) -> GPTConfig:
 
 def hf_config(cfg: GPTConfig, base: Optional[dict]) -> dict:
     c = dict(base or {})
+    # How the model was trained, not what it is: the imported config's values stay.
+    for k, v in (("resid_pdrop", cfg.hidden_dropout), ("embd_pdrop", cfg.hidden_dropout),
+                 ("attn_pdrop", cfg.attention_dropout), ("initializer_range", cfg.init_std)):
+        c.setdefault(k, v)
+    # Spellings that read back as the same model stay as the base wrote them.
+    n_inner = None if "n_inner" in c and c["n_inner"] is None and cfg.ffn_hidden_size == 4 * cfg.hidden_size \
+        else cfg.ffn_hidden_size
+    act = c["activation_function"] if c.get("activation_function") in _TANH_GELUS else "gelu_new"
     c.update(architectures=[ARCHITECTURE], model_type="gpt2", vocab_size=cfg.vocab_size,
              n_positions=cfg.max_position_embeddings, n_embd=cfg.hidden_size, n_layer=cfg.num_layers,
-             n_head=cfg.num_attention_heads, n_inner=cfg.ffn_hidden_size, activation_function="gelu_new",
-             layer_norm_epsilon=cfg.norm_eps, resid_pdrop=cfg.hidden_dropout, embd_pdrop=cfg.hidden_dropout,
-             attn_pdrop=cfg.attention_dropout, initializer_range=cfg.init_std, scale_attn_weights=True,
-             scale_attn_by_inverse_layer_idx=False, tie_word_embeddings=True)
+             n_head=cfg.num_attention_heads, n_inner=n_inner, activation_function=act,
+             layer_norm_epsilon=cfg.norm_eps, scale_attn_weights=True, scale_attn_by_inverse_layer_idx=False,
+             tie_word_embeddings=True)
     c.setdefault("n_ctx", cfg.max_position_embeddings)
     return c
 

@@ -19,11 +19,14 @@ SHAPE_FIELDS = ("family", "num_layers", "hidden_size", "num_attention_heads", "n
 # Largest sizes taken: beyond them a model cannot be built on any machine (and products of them overflow int32).
 MAX_SIZE = {"num_layers": 2 ** 14, "hidden_size": 2 ** 18, "num_attention_heads": 2 ** 12,
             "num_query_groups": 2 ** 12, "ffn_hidden_size": 2 ** 20, "vocab_size": 2 ** 24, "seq_length": 2 ** 22,
-            "max_position_embeddings": 2 ** 22, "make_vocab_size_divisible_by": 2 ** 16}
+            "max_position_embeddings": 2 ** 22, "make_vocab_size_divisible_by": 2 ** 16,
+            "rope_scaling_original_max_position_embeddings": 2 ** 22}
 # (low, high, low excluded, high excluded) of the float fields; dropout 1 would drop everything
 FLOAT_RANGE = {"hidden_dropout": (0.0, 1.0, False, True), "attention_dropout": (0.0, 1.0, False, True),
                "norm_eps": (0.0, 1.0, True, True), "init_std": (0.0, 10.0, True, False),
-               "rope_theta": (0.0, 1e12, True, False)}
+               "rope_theta": (0.0, 1e12, True, False), "rope_scaling_factor": (0.0, 1e6, True, False),
+               "rope_scaling_low_freq_factor": (0.0, 1e6, True, False),
+               "rope_scaling_high_freq_factor": (0.0, 1e6, True, False)}
 
 
 def flag(field_name: str) -> str:
@@ -48,6 +51,14 @@ class GPTConfig:
     norm_eps: float = 1e-5
     init_std: float = 0.02
     rope_theta: float = 10000.0
+    add_qkv_bias: bool = False  # biases on the q/k/v projections only (Qwen2); gpt2 has every bias anyway
+    # LLaMA-3.x ("llama3") RoPE frequency scaling: wavelengths longer than original/low_freq_factor
+    # are divided by factor, shorter than original/high_freq_factor kept, those between blended.
+    use_rope_scaling: bool = False
+    rope_scaling_factor: float = 8.0
+    rope_scaling_low_freq_factor: float = 1.0
+    rope_scaling_high_freq_factor: float = 4.0
+    rope_scaling_original_max_position_embeddings: int = 8192
     make_vocab_size_divisible_by: int = 128
     tie_embeddings: Optional[bool] = None
     use_flash_attn: bool = False
@@ -69,8 +80,14 @@ class GPTConfig:
             v = getattr(self, k)
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not within(v, *bounds):
                 raise UserError(f"{flag(k)} {v!r} must be a number in {interval(*bounds)}")
-        if not isinstance(self.tie_embeddings, bool):
-            raise UserError(f"tie_embeddings {self.tie_embeddings!r} must be true or false")
+        for k in ("tie_embeddings", "add_qkv_bias", "use_rope_scaling"):
+            if not isinstance(getattr(self, k), bool):
+                raise UserError(f"{k} {getattr(self, k)!r} must be true or false")
+        if self.use_rope_scaling and self.family != "llama":
+            raise UserError("--use-rope-scaling scales rotary positions: use it with --model-family llama")
+        if self.use_rope_scaling and self.rope_scaling_high_freq_factor <= self.rope_scaling_low_freq_factor:
+            raise UserError(f"--rope-scaling-high-freq-factor {self.rope_scaling_high_freq_factor} must exceed "
+                            f"--rope-scaling-low-freq-factor {self.rope_scaling_low_freq_factor}")
         if self.hidden_size % self.num_attention_heads:
             raise UserError(f"{flag('hidden_size')} {self.hidden_size} is not divisible by "
                             f"{flag('num_attention_heads')} {self.num_attention_heads}")
@@ -115,7 +132,7 @@ class GPTConfig:
         n = self.linear_weight_count()
         if self.has_bias:  # qkv, dense, fc1, fc2 biases and two LayerNorms (weight + bias)
             return n + (h + 2 * kv) + h + f + h + 4 * h
-        return n + 2 * h  # two RMSNorm weights
+        return n + 2 * h + (h + 2 * kv if self.add_qkv_bias else 0)  # two RMSNorm weights
 
     def vocab_param_count(self) -> int:
         """Parameters of one vocab matrix (the embedding, or the untied LM head)."""
@@ -177,6 +194,18 @@ def add_model_args(p: argparse.ArgumentParser, required: bool = False) -> None:
     g.add_argument("--norm-epsilon", type=real("norm_eps"), default=1e-5)
     g.add_argument("--init-method-std", type=real("init_std"), default=0.02)
     g.add_argument("--rotary-base", type=real("rope_theta"), default=10000.0)
+    g.add_argument("--add-qkv-bias", action="store_true", help="biases on the q/k/v projections only (Qwen2)")
+    g.add_argument("--use-rope-scaling", action="store_true",
+                   help="LLaMA-3.x RoPE frequency scaling (Hugging Face rope_type llama3)")
+    g.add_argument("--rope-scaling-factor", type=real("rope_scaling_factor"), default=8.0,
+                   help="divides the frequencies of long wavelengths (default: %(default)s)")
+    g.add_argument("--rope-scaling-low-freq-factor", type=real("rope_scaling_low_freq_factor"), default=1.0,
+                   help="wavelengths above original / this are scaled (default: %(default)s)")
+    g.add_argument("--rope-scaling-high-freq-factor", type=real("rope_scaling_high_freq_factor"), default=4.0,
+                   help="wavelengths below original / this are kept (default: %(default)s)")
+    g.add_argument("--rope-scaling-original-max-position-embeddings",
+                   type=size("--rope-scaling-original-max-position-embeddings"), default=8192,
+                   help="context length the model was pretrained with before scaling (default: %(default)s)")
     g.add_argument("--use-flash-attn", action="store_true", help="use the flash-attn package if installed")
     g.add_argument("--attention-backend", default="default", choices=ATTENTION_BACKENDS,
                    help="PyTorch SDPA kernel to try first (others stay as fallbacks); default: PyTorch's own order")
@@ -190,4 +219,8 @@ def config_from_args(args: argparse.Namespace) -> GPTConfig:
         max_position_embeddings=args.max_position_embeddings, hidden_dropout=args.hidden_dropout,
         attention_dropout=args.attention_dropout, norm_eps=args.norm_epsilon, init_std=args.init_method_std,
         rope_theta=args.rotary_base, make_vocab_size_divisible_by=args.make_vocab_size_divisible_by,
+        add_qkv_bias=args.add_qkv_bias, use_rope_scaling=args.use_rope_scaling,
+        rope_scaling_factor=args.rope_scaling_factor, rope_scaling_low_freq_factor=args.rope_scaling_low_freq_factor,
+        rope_scaling_high_freq_factor=args.rope_scaling_high_freq_factor,
+        rope_scaling_original_max_position_embeddings=args.rope_scaling_original_max_position_embeddings,
         use_flash_attn=args.use_flash_attn, attention_backend=args.attention_backend)

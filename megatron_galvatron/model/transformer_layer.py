@@ -12,6 +12,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from megatron_galvatron.model.config import GPTConfig
 from megatron_galvatron.model.norms import Norm, norm_kind
+from megatron_galvatron.model.rope_scaling import llama3_scaled
 from megatron_galvatron.parallel_state import LayerGroups
 from megatron_galvatron.tensor_parallel.layers import ColumnParallelLinear, RowParallelLinear
 from megatron_galvatron.tensor_parallel.random import RNGTracker
@@ -31,6 +32,8 @@ def sdpa_priority(name: str):
 
 def rope_cache(cfg: GPTConfig, device) -> torch.Tensor:
     inv = 1.0 / (cfg.rope_theta ** (torch.arange(0, cfg.head_dim, 2, device=device, dtype=torch.float32) / cfg.head_dim))
+    if cfg.use_rope_scaling:
+        inv = llama3_scaled(inv, cfg)
     pos = torch.arange(cfg.max_position_embeddings, device=device, dtype=torch.float32)
     freqs = torch.outer(pos, inv)
     emb = torch.cat([freqs, freqs], dim=-1)
@@ -54,7 +57,9 @@ class Attention(nn.Module):
         self.heads, self.groups_local = cfg.num_attention_heads // tp, cfg.num_query_groups // tp
         hd = cfg.head_dim
         blocks = (cfg.num_attention_heads * hd, cfg.num_query_groups * hd, cfg.num_query_groups * hd)
-        self.qkv = ColumnParallelLinear(cfg.hidden_size, sum(blocks), groups.tp_group, bias=cfg.has_bias,
+        # A qkv bias is cut with the same blocks as the weight: each TP rank holds its heads' biases.
+        self.qkv = ColumnParallelLinear(cfg.hidden_size, sum(blocks), groups.tp_group,
+                                        bias=cfg.has_bias or cfg.add_qkv_bias,
                                         sequence_parallel=sp, blocks=blocks, device=device)
         self.dense = RowParallelLinear(cfg.num_attention_heads * hd, cfg.hidden_size, groups.tp_group,
                                        bias=cfg.has_bias, sequence_parallel=sp, device=device)

@@ -17,6 +17,7 @@ import torch
 import torch.distributed as dist
 
 from megatron_galvatron import checkpoint
+from megatron_galvatron.checkpoint import tokenizer_files
 from megatron_galvatron.checkpoint.async_save import PendingSave, start_save
 from megatron_galvatron.checkpoint.collective import agree
 from megatron_galvatron.checkpoint.host_staging import HostStaging
@@ -58,6 +59,7 @@ class Trainer:
     pending_save: Optional[PendingSave] = None  # --async-save: files still being written
     host_staging: HostStaging = field(default_factory=HostStaging)  # --async-save's host buffers, kept between saves
     started: float = field(default_factory=time.monotonic)  # for --exit-duration-in-mins
+    carried: dict = field(default_factory=dict)  # meta.json fields every save writes again (checkpoint.format.CARRIED)
 
     @property
     def device(self):
@@ -70,7 +72,7 @@ class Trainer:
     def checkpoint_state(self) -> checkpoint.TrainingState:
         return checkpoint.TrainingState(self.stage, self.plan, self.optimizer, self.lr_schedule,
                                         checkpoint.Progress(self.iteration, self.consumed_samples),
-                                        self.config.optimizer, self.config.seed)
+                                        self.config.optimizer, self.config.seed, self.carried)
 
 
 def build_datasets(config: TrainingConfig, cfg: GPTConfig, plan: Plan, consumed_samples: int = 0, iteration: int = 0):
@@ -99,6 +101,7 @@ def setup(args, plan: Optional[Plan] = None, stop_if_trained: bool = False) -> T
     # 2 on every rank, with no collective library to start and tear down.
     world = launch_world_size()
     cfg = config_from_args(args)
+    run_tokenizer = tokenizer_files.from_args(args)  # recorded in every save, for an export to ship
     plan = plan.validate(cfg, world_size=world) if plan else arguments.build_plan(args, cfg, world)
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     device = detect_device(local_rank)
@@ -129,6 +132,8 @@ def setup(args, plan: Optional[Plan] = None, stop_if_trained: bool = False) -> T
     sched = LRSchedule(lr.lr, lr.min_lr, lr.warmup_iters, lr.decay_iters, lr.decay_style)
     tr = Trainer(config, cfg, plan, ps, model, optimizer, sched, None, None, save_lock=save_lock, started=started)
     _start_from_checkpoint(tr)
+    if run_tokenizer:
+        tr.carried["tokenizer"] = run_tokenizer
     tr.train_data, tr.valid_data = build_datasets(config, cfg, plan, tr.consumed_samples, tr.iteration)
     return tr
 
@@ -175,6 +180,7 @@ def _start_from_checkpoint(tr: Trainer) -> None:
     if loaded is None:
         return
     tr.iteration, tr.consumed_samples = loaded.progress.iteration, loaded.progress.consumed_samples
+    tr.carried = dict(loaded.carried)
     if rank == 0:
         print(f"loaded checkpoint {loaded.directory} at iteration {tr.iteration} "
               f"({tr.consumed_samples} samples consumed)", flush=True)
