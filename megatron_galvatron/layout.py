@@ -2,6 +2,7 @@
 and which ranks must exchange data when two neighbouring layers' layouts differ. Pure Python
 (no torch), so the search prices re-layouts with the same geometry the runtime uses."""
 import functools
+import math
 from dataclasses import dataclass
 from typing import Dict, List, Sequence, Tuple
 
@@ -65,31 +66,45 @@ def _coords(layout: Layout, stage_world: int) -> Dict[int, Tuple[int, int]]:
     return {layout.rank(d, t, stage_world): (d, t) for d in range(stage_world // layout.tp) for t in range(layout.tp)}
 
 
-def _overlap(a: Tuple[slice, slice], b: Tuple[slice, slice]) -> bool:
-    return all(max(x.start, y.start) < min(x.stop, y.stop) for x, y in zip(a, b))
+def _segment_of(part: int, parts: int, other_parts: int, length: int) -> int:
+    """Index of the stretch of [0, length) that holds the `part`-th of `parts` equal intervals, where
+    the stretches are cut at the points both partitions (into `parts` and `other_parts`) share."""
+    common = math.lcm(length // parts, length // other_parts)
+    return part * (length // parts) // common
 
 
 def exchange_sets(src: Layout, dst: Layout, stage_world: int) -> List[Tuple[int, ...]]:
     """Partition of a stage's local ranks into the sets that must exchange data to go from
     layout src to dst (forward) and back (backward): a rank is joined to every rank whose
-    primary block overlaps the block it needs. Block geometry is scale-free, so a
-    [stage_world, stage_world] grid stands for any divisible sequence and batch."""
+    primary block overlaps the block it needs, under either direction.
+
+    Every cell of the [seq, batch] micro-batch has one primary holder per layout, so joining
+    a rank to the primary holders it reads from joins every rank that holds a cell, under
+    either layout, with every other. Blocks are products of a batch interval (the DP shard)
+    and a sequence interval (the TP rank's under sp, else all of it), and the intervals of two
+    equal partitions of a line chain together by overlap between the points both partitions
+    cut at. So a block reaches exactly the blocks of the other layout in its (batch stretch,
+    sequence stretch), and a rank joins its stretch under src with its stretch under dst:
+    O(stage_world), where comparing blocks pairwise is O(stage_world^2)."""
     w = stage_world
-    parent = list(range(w))
+    parent: Dict[Tuple[int, int], Tuple[int, int]] = {}
 
-    def root(i: int) -> int:
-        while parent[i] != i:
-            parent[i] = parent[parent[i]]
-            i = parent[i]
-        return i
+    def root(x: Tuple[int, int]) -> Tuple[int, int]:
+        while parent.setdefault(x, x) != x:
+            parent[x] = parent[parent[x]]
+            x = parent[x]
+        return x
 
-    for have, need in ((src, dst), (dst, src)):
-        for r in range(w):
-            wanted = need.block(r, w, w, w)
-            for j in range(w):
-                if have.is_primary(j, w) and _overlap(have.block(j, w, w, w), wanted):
-                    parent[root(r)] = root(j)
-    sets: Dict[int, List[int]] = {}
-    for i in range(w):
-        sets.setdefault(root(i), []).append(i)
+    def stretch(lo: Layout, other: Layout, r: int) -> Tuple[int, int]:
+        dp_rank, tp_rank = lo.coords(r, w)
+        seq_parts, other_seq = (lo.tp if lo.sp else 1), (other.tp if other.sp else 1)
+        return (_segment_of(dp_rank, w // lo.tp, w // other.tp, w),
+                _segment_of(tp_rank if lo.sp else 0, seq_parts, other_seq, w))
+
+    ends = [(stretch(src, dst, r), stretch(dst, src, r)) for r in range(w)]
+    for a, b in ends:
+        parent[root(a)] = root(b)
+    sets: Dict[Tuple[int, int], List[int]] = {}
+    for r, (a, _) in enumerate(ends):
+        sets.setdefault(root(a), []).append(r)
     return sorted(tuple(v) for v in sets.values())
