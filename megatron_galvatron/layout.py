@@ -1,10 +1,12 @@
 """Where a micro-batch's activation lives across one pipeline stage under a layer's layout,
-and which ranks must exchange data when two neighbouring layers' layouts differ. Pure Python
-(no torch), so the search prices re-layouts with the same geometry the runtime uses."""
+and which ranks must exchange data when two neighbouring layers' layouts differ. No torch,
+so the search prices re-layouts with the same geometry the runtime uses."""
 import functools
 import math
 from dataclasses import dataclass
 from typing import Dict, List, Sequence, Tuple
+
+import numpy as np
 
 
 @dataclass(frozen=True, order=True)
@@ -66,11 +68,19 @@ def _coords(layout: Layout, stage_world: int) -> Dict[int, Tuple[int, int]]:
     return {layout.rank(d, t, stage_world): (d, t) for d in range(stage_world // layout.tp) for t in range(layout.tp)}
 
 
-def _segment_of(part: int, parts: int, other_parts: int, length: int) -> int:
-    """Index of the stretch of [0, length) that holds the `part`-th of `parts` equal intervals, where
-    the stretches are cut at the points both partitions (into `parts` and `other_parts`) share."""
-    common = math.lcm(length // parts, length // other_parts)
-    return part * (length // parts) // common
+def _stretches(lo: Layout, other: Layout, stage_world: int) -> np.ndarray:
+    """For every local rank, the stretch of the micro-batch its block under `lo` lies in, where the
+    stretches are cut at the batch and sequence points that `lo` and `other` both cut at."""
+    w = stage_world
+    dp_rank, tp_rank = np.divmod(np.arange(w), lo.tp)
+    order = np.empty(w, dtype=np.int64)
+    order[lo.rank(dp_rank, tp_rank, w)] = np.arange(w)  # local rank -> its (dp_rank, tp_rank) entry
+    dp_rank, tp_rank = dp_rank[order], tp_rank[order]
+    batch_cut = math.lcm(lo.tp, other.tp)  # batch rows per DP shard: tp (of a [w, w] grid)
+    seq_len, other_seq = (w // lo.tp if lo.sp else w), (w // other.tp if other.sp else w)
+    seq_cut = math.lcm(seq_len, other_seq)
+    seq = tp_rank * seq_len if lo.sp else np.zeros(w, dtype=np.int64)
+    return dp_rank * lo.tp // batch_cut * (w // seq_cut) + seq // seq_cut
 
 
 def exchange_sets(src: Layout, dst: Layout, stage_world: int) -> List[Tuple[int, ...]]:
@@ -83,28 +93,22 @@ def exchange_sets(src: Layout, dst: Layout, stage_world: int) -> List[Tuple[int,
     either layout, with every other. Blocks are products of a batch interval (the DP shard)
     and a sequence interval (the TP rank's under sp, else all of it), and the intervals of two
     equal partitions of a line chain together by overlap between the points both partitions
-    cut at. So a block reaches exactly the blocks of the other layout in its (batch stretch,
-    sequence stretch), and a rank joins its stretch under src with its stretch under dst:
-    O(stage_world), where comparing blocks pairwise is O(stage_world^2)."""
+    cut at. So a block reaches exactly the blocks of the other layout in its stretch (between
+    those points, in batch and in sequence), and a rank joins its stretch under src with its
+    stretch under dst: O(stage_world), where comparing blocks pairwise is O(stage_world^2)."""
     w = stage_world
-    parent: Dict[Tuple[int, int], Tuple[int, int]] = {}
+    a, b = _stretches(src, dst, w), _stretches(dst, src, w)
+    parent = list(range(w))
 
-    def root(x: Tuple[int, int]) -> Tuple[int, int]:
-        while parent.setdefault(x, x) != x:
+    def root(x: int) -> int:
+        while parent[x] != x:
             parent[x] = parent[parent[x]]
             x = parent[x]
         return x
 
-    def stretch(lo: Layout, other: Layout, r: int) -> Tuple[int, int]:
-        dp_rank, tp_rank = lo.coords(r, w)
-        seq_parts, other_seq = (lo.tp if lo.sp else 1), (other.tp if other.sp else 1)
-        return (_segment_of(dp_rank, w // lo.tp, w // other.tp, w),
-                _segment_of(tp_rank if lo.sp else 0, seq_parts, other_seq, w))
-
-    ends = [(stretch(src, dst, r), stretch(dst, src, r)) for r in range(w)]
-    for a, b in ends:
-        parent[root(a)] = root(b)
-    sets: Dict[Tuple[int, int], List[int]] = {}
-    for r, (a, _) in enumerate(ends):
-        sets.setdefault(root(a), []).append(r)
+    for x, y in set(zip(a.tolist(), b.tolist())):
+        parent[root(x)] = root(y)
+    sets: Dict[int, List[int]] = {}
+    for r, x in enumerate(a.tolist()):
+        sets.setdefault(root(x), []).append(r)
     return sorted(tuple(v) for v in sets.values())

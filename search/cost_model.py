@@ -297,7 +297,7 @@ class CostModel(MemoryPasses):
             return 2 * self.net.collective("all_gather", stage_world, 1, full)
         if src == dst:
             return 0.0
-        k = _largest_exchange_set(src, dst, stage_world)
+        k = _largest_exchange_set(min(src, dst), max(src, dst), stage_world)  # the sets are symmetric
         if k == 1:
             return 0.0
         return sum(self.net.collective("all_gather", k, 1, k * full / _blocks(lo, stage_world))
