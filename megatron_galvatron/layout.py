@@ -98,17 +98,26 @@ def exchange_sets(src: Layout, dst: Layout, stage_world: int) -> List[Tuple[int,
     stretch under dst: O(stage_world), where comparing blocks pairwise is O(stage_world^2)."""
     w = stage_world
     a, b = _stretches(src, dst, w), _stretches(dst, src, w)
-    parent = list(range(w))
+    label = _components(a, b, w)[a]
+    order = np.argsort(label, kind="stable")
+    cuts = np.nonzero(np.diff(label[order]))[0] + 1
+    return sorted(tuple(m.tolist()) for m in np.split(order, cuts))
 
-    def root(x: int) -> int:
-        while parent[x] != x:
-            parent[x] = parent[parent[x]]
-            x = parent[x]
-        return x
 
-    for x, y in set(zip(a.tolist(), b.tolist())):
-        parent[root(x)] = root(y)
-    sets: Dict[int, List[int]] = {}
-    for r, x in enumerate(a.tolist()):
-        sets.setdefault(root(x), []).append(r)
-    return sorted(tuple(v) for v in sets.values())
+def _components(a: np.ndarray, b: np.ndarray, n: int) -> np.ndarray:
+    """The smallest node of each node's component in the graph on 0..n-1 with edges a[i] - b[i]:
+    labels only ever fall to a neighbour's or a label's label, so they stay inside the component,
+    and they stop changing only once both ends of every edge agree."""
+    label = np.arange(n)
+    while True:
+        new = label.copy()
+        np.minimum.at(new, a, label[b])
+        np.minimum.at(new, b, label[a])
+        while True:  # jump to the label's label until each label is its own
+            up = new[new]
+            if np.array_equal(up, new):
+                break
+            new = up
+        if np.array_equal(new, label):
+            return label
+        label = new

@@ -23,6 +23,9 @@ MODELS = {
                           num_query_groups=32, ffn_hidden_size=11008, vocab_size=32000, seq_length=4096),
     "llama-70b": GPTConfig(family="llama", num_layers=80, hidden_size=8192, num_attention_heads=64,
                            num_query_groups=8, ffn_hidden_size=28672, vocab_size=32000, seq_length=4096),
+    # LLaMA 3.1 405B's layer shape (its vocabulary too)
+    "llama-405b": GPTConfig(family="llama", num_layers=126, hidden_size=16384, num_attention_heads=128,
+                            num_query_groups=8, ffn_hidden_size=53248, vocab_size=128256, seq_length=4096),
 }
 
 
