@@ -22,6 +22,7 @@ from megatron_galvatron.plan import LayerStrategy, Plan, VocabStrategy
 from megatron_galvatron.profile_format import ModelProfile
 from search.comm import Network
 from search.memory_passes import MemoryPasses
+from search.priced_once import PricedOnce
 from search.pipeline_time import clock_scales
 from search.stage_memory import (BF16, FP8, FP32, GiB, Memory, in_flight, is_sharded, model_state_bytes,
                                  zero_gradient_bytes)
@@ -77,11 +78,12 @@ def _blocks(lo: Layout, stage_world: int) -> int:
     return stage_world // lo.tp * (lo.tp if lo.sp else 1)
 
 
-class CostModel(MemoryPasses):
+class CostModel(MemoryPasses, PricedOnce):
     def __init__(self, model: GPTConfig, profile: ModelProfile, net: Network):
         self.model = model
         self.profile = profile
         self.net = net
+        self._memo = None  # see PricedOnce
 
     def prefetches_zero_gathers(self) -> bool:
         """Each sharded layer starts gathering the next one's parameters while it computes
@@ -209,6 +211,9 @@ class CostModel(MemoryPasses):
         return BF16 * params - (BF16 - FP8) * self.float8_gathered(s, params)
 
     def layer_time(self, s: LayerStrategy, stage_world: int, global_micro_batch: int) -> Time:
+        return self._remembered("time", self._layer_time, s, stage_world, global_micro_batch)
+
+    def _layer_time(self, s: LayerStrategy, stage_world: int, global_micro_batch: int) -> Time:
         fwd, bwd = self.layer_compute(s, stage_world, global_micro_batch)
         col_f, row_f, col_b, row_b = self._tp_block_comm(s, stage_world, global_micro_batch)
         tp_fwd, tp_bwd = 2 * (col_f + row_f), 2 * (col_b + row_b)
@@ -267,6 +272,9 @@ class CostModel(MemoryPasses):
         return residual + BF16 * widest
 
     def layer_memory(self, s: LayerStrategy, stage_world: int, global_micro_batch: int) -> Memory:
+        return self._remembered("memory", self._layer_memory, s, stage_world, global_micro_batch)
+
+    def _layer_memory(self, s: LayerStrategy, stage_world: int, global_micro_batch: int) -> Memory:
         dp = stage_world // s.tp
         tokens = global_micro_batch // dp * self.model.seq_length
         per_token, const, ckpt = self.layer_activation(s, dp)

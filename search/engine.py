@@ -366,6 +366,10 @@ class Searcher(StageBounds):
 
     # ---------------------------------------------------------------- the search
     def run(self, top_k: int = 5, progress: bool = True) -> List[Result]:
+        with self.cost.memoised():
+            return self._run(top_k, progress)
+
+    def _run(self, top_k: int, progress: bool) -> List[Result]:
         cands = self.candidates()
         self.stats.candidates = len(cands)
         if not cands:
