@@ -107,7 +107,7 @@ void forward(const Problem& p, int64_t M, std::vector<int16_t>* choice, OnLayer 
     if (choice) choice->assign(static_cast<size_t>(L) * W * G, -1);
     std::vector<double> prev(static_cast<size_t>(W) * S), cur(static_cast<size_t>(W) * S);
     std::vector<double> h(static_cast<size_t>(W) * G), gmin(G);
-    std::vector<int32_t> garg(G);
+    std::vector<int32_t> garg(G), pick(G);
     for (int64_t m = 0; m < W; ++m)
         for (int64_t s = 0; s < S; ++s)
             prev[m * S + s] = (p.mem[s] <= m) ? p.intra[s] : kInf;
@@ -145,19 +145,20 @@ void forward(const Problem& p, int64_t M, std::vector<int16_t>* choice, OnLayer 
                 }
                 continue;
             }
-            for (int64_t g = 0; g < G; ++g) hm[g] = kInf;
+            for (int64_t g = 0; g < G; ++g) { hm[g] = kInf; pick[g] = -1; }
             for (int64_t gp = 0; gp < G; ++gp) {
                 if (garg[gp] < 0) continue;
                 const double base = gmin[gp];
                 const double* tr = &p.gtrans[gp * G];
-                for (int64_t g = 0; g < G; ++g) {
+                for (int64_t g = 0; g < G; ++g) {  // branch-free, so that it vectorises
                     const double v = base + tr[g];
-                    if (v < hm[g]) {
-                        hm[g] = v;
-                        if (cm) cm[g] = static_cast<int16_t>(garg[gp]);
-                    }
+                    const bool better = v < hm[g];
+                    hm[g] = better ? v : hm[g];
+                    pick[g] = better ? static_cast<int32_t>(gp) : pick[g];
                 }
             }
+            if (cm)
+                for (int64_t g = 0; g < G; ++g) cm[g] = pick[g] >= 0 ? static_cast<int16_t>(garg[pick[g]]) : int16_t(-1);
         }
         const double* in = &p.intra[l * S];
         const int64_t* mm = &p.mem[l * S];
