@@ -360,7 +360,7 @@ class Searcher(StageBounds):
             layers += canonical_order([t.strategies[s] for s in picked], sw)
         plan = Plan(world_size=self.num_gpus, pp_deg=pp, pp_division=list(split), global_bsz=cand.global_bsz,
                     chunks=cand.chunks, layers=layers, vocab=cand.vocab, pipeline_type=cand.pipeline_type,
-                    compile=self.cost.profile.compiled)
+                    compile=self.cost.profile.compiled, gpus_per_node=self.cost.net.gpus_per_node)
         pred = self.cost.evaluate(plan)
         plan.predicted = pred.plan_fields()
         return Result(cand, plan, pred, objective)
