@@ -69,8 +69,11 @@ class Prediction:
 
 
 @functools.lru_cache(maxsize=None)
-def _largest_exchange_set(src: Layout, dst: Layout, stage_world: int) -> int:
-    return max(len(m) for m in exchange_sets(src, dst, stage_world))
+def _largest_exchange_set(src: Layout, dst: Layout, stage_world: int, gpus_per_node: int) -> Tuple[int, bool]:
+    """Ranks in the largest exchange set, and whether any set spans nodes (a stage starts on a
+    node boundary or lies inside one node)."""
+    sets = exchange_sets(src, dst, stage_world)
+    return max(len(m) for m in sets), any(m[0] // gpus_per_node != m[-1] // gpus_per_node for m in sets)
 
 
 def _blocks(lo: Layout, stage_world: int) -> int:
@@ -296,7 +299,8 @@ class CostModel(MemoryPasses, PricedOnce):
         """Forward + backward cost, per micro-batch, of a layout change between adjacent layers.
         The runtime all-gathers each rank's block within its exchange set
         (megatron_galvatron.layout.exchange_sets): forward the src blocks, backward the dst blocks'
-        gradients; the largest set sets the time. Without both layouts: an all-gather over the
+        gradients; the largest set sets the time, at the network's numbers where a set leaves its
+        node. Without both layouts: an all-gather over the
         whole stage, an upper bound. Priced as fp32, the residual stream's dtype when replicated
         units computed under autocast; on bf16 units it is bf16, so this errs on the slow side
         (the validation runs were matched with it so)."""
@@ -305,10 +309,11 @@ class CostModel(MemoryPasses, PricedOnce):
             return 2 * self.net.collective("all_gather", stage_world, 1, full)
         if src == dst:
             return 0.0
-        k = _largest_exchange_set(min(src, dst), max(src, dst), stage_world)  # the sets are symmetric
+        k, spans = _largest_exchange_set(min(src, dst), max(src, dst), stage_world, self.net.gpus_per_node)  # symmetric
         if k == 1:
             return 0.0
-        return sum(self.net.collective("all_gather", k, 1, k * full / _blocks(lo, stage_world))
+        stride = self.net.gpus_per_node if spans else 1
+        return sum(self.net.collective("all_gather", k, stride, k * full / _blocks(lo, stage_world))
                    for lo in (src, dst))
 
     def p2p(self, pp_deg: int, stage_world: int, global_micro_batch: int) -> float:

@@ -89,3 +89,20 @@ def test_launch_of_another_node_shape_is_refused_with_one_line(tmp_path):
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in r.stderr
     assert "2 node(s) x 1 GPUs but launched with 2 processes per node" in lines[0]
+
+
+def test_relayout_sets_that_leave_a_node_are_priced_with_the_network(tmp_path):
+    d = synthetic.write_profiles(str(tmp_path / "ib"), WIDE, 16, 8)
+    hw, model = load_profiles(d)
+    net = Network(hw, 16, 8)
+    cost = CostModel(WIDE, model, net)
+    full = 16 * WIDE.seq_length * WIDE.hidden_size * 4  # the micro-batch's fp32 activation
+    # strided TP 2 pairs rank r with r + 8, on the other node; consecutive TP 2 pairs 2d, 2d + 1:
+    # the exchange sets chain ranks of both nodes together
+    strided, consec = Layout(2, False, False), Layout(2, True, False)
+    inter = net.collective("all_gather", 16, 8, full * 16 / 8)
+    assert cost.relayout(16, 16, strided, consec) == pytest.approx(2 * inter)
+    # dropping sequence parallelism gathers inside each consecutive TP group: NVLink numbers
+    intra = net.collective("all_gather", 2, 1, full * 2 / 16) + net.collective("all_gather", 2, 1, full * 2 / 8)
+    assert cost.relayout(16, 16, Layout(2, True, True), consec) == pytest.approx(intra)
+    assert net.collective("all_gather", 2, 8, 1e8) > 4 * net.collective("all_gather", 2, 1, 1e8)
