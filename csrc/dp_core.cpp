@@ -16,6 +16,7 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <limits>
 #include <stdexcept>
@@ -106,7 +107,7 @@ void forward(const Problem& p, int64_t M, std::vector<int16_t>* choice, OnLayer 
     if (choice) choice->assign(static_cast<size_t>(L) * W * G, -1);
     std::vector<double> prev(static_cast<size_t>(W) * S), cur(static_cast<size_t>(W) * S);
     std::vector<double> h(static_cast<size_t>(W) * G), gmin(G);
-    std::vector<int32_t> garg(G);
+    std::vector<int32_t> garg(G), pick(G);
     for (int64_t m = 0; m < W; ++m)
         for (int64_t s = 0; s < S; ++s)
             prev[m * S + s] = (p.mem[s] <= m) ? p.intra[s] : kInf;
@@ -144,19 +145,20 @@ void forward(const Problem& p, int64_t M, std::vector<int16_t>* choice, OnLayer 
                 }
                 continue;
             }
-            for (int64_t g = 0; g < G; ++g) hm[g] = kInf;
+            for (int64_t g = 0; g < G; ++g) { hm[g] = kInf; pick[g] = -1; }
             for (int64_t gp = 0; gp < G; ++gp) {
                 if (garg[gp] < 0) continue;
                 const double base = gmin[gp];
                 const double* tr = &p.gtrans[gp * G];
-                for (int64_t g = 0; g < G; ++g) {
+                for (int64_t g = 0; g < G; ++g) {  // branch-free, so that it vectorises
                     const double v = base + tr[g];
-                    if (v < hm[g]) {
-                        hm[g] = v;
-                        if (cm) cm[g] = static_cast<int16_t>(garg[gp]);
-                    }
+                    const bool better = v < hm[g];
+                    hm[g] = better ? v : hm[g];
+                    pick[g] = better ? static_cast<int32_t>(gp) : pick[g];
                 }
             }
+            if (cm)
+                for (int64_t g = 0; g < G; ++g) cm[g] = pick[g] >= 0 ? static_cast<int16_t>(garg[pick[g]]) : int16_t(-1);
         }
         const double* in = &p.intra[l * S];
         const int64_t* mm = &p.mem[l * S];
@@ -211,8 +213,8 @@ py::tuple solve(const F64& intra, const I64& mem, const I32& group, const F64& g
     return py::make_tuple(a.cost, a.strategies, a.mem_left);
 }
 
-py::array_t<double> cost_table(const F64& intra, const I64& mem, const I32& group, const F64& group_trans,
-                               int64_t budget, const py::object& final_cost) {
+py::object cost_table(const F64& intra, const I64& mem, const I32& group, const F64& group_trans,
+                      int64_t budget, const py::object& final_cost, bool keep_choices) {
     Problem p = make_problem(intra, mem, group, group_trans, final_cost, true);
     if (budget < 0) throw std::invalid_argument("budget must be >= 0");
     const int64_t W = budget + 1, S = p.S, L = p.L, F = p.F;
@@ -228,10 +230,11 @@ py::array_t<double> cost_table(const F64& intra, const I64& mem, const I32& grou
     for (int64_t k = 0; k < F && by_group; ++k)
         for (int64_t s = 0; s < S; ++s)
             if (p.finals[k * S + s] != p.finals[k * S + first_of[p.group[s]]]) { by_group = false; break; }
+    std::vector<int16_t> choice;
     {
         py::gil_scoped_release release;
         std::vector<double> gmin(p.G);
-        forward(p, budget, nullptr, [&](int64_t l, const std::vector<double>& f) {
+        forward(p, budget, keep_choices ? &choice : nullptr, [&](int64_t l, const std::vector<double>& f) {
             for (int64_t m = 0; m < W; ++m) {
                 const double* fm = &f[m * S];
                 if (by_group) {
@@ -253,7 +256,59 @@ py::array_t<double> cost_table(const F64& intra, const I64& mem, const I32& grou
             }
         });
     }
-    return out;
+    if (!keep_choices) return out;
+    py::array_t<int16_t> kept({L, W, p.G});
+    std::copy(choice.begin(), choice.end(), kept.mutable_data());
+    return py::make_tuple(out, kept);
+}
+
+// solve() for the first n layers within `budget`, read from the choices a cost_table pass kept
+// (the forward pass at memory m and layer l does not depend on the memory axis's length nor on
+// later layers, so its choices are those solve() would record): each strategy's cost at layer
+// n - 1 is rebuilt along its chain of choices, summed in the forward pass's order.
+py::tuple backtrack(const py::array_t<int16_t, py::array::c_style | py::array::forcecast>& choices, const F64& intra,
+                    const I64& mem, const I32& group, const F64& group_trans, int64_t n, int64_t budget,
+                    const py::object& final_cost) {
+    Problem p = make_problem(intra, mem, group, group_trans, final_cost);
+    if (choices.ndim() != 3 || choices.shape(0) != p.L || choices.shape(2) != p.G)
+        throw std::invalid_argument("choices must have shape (layers, memory + 1, layouts) of the same problem");
+    const int64_t W = choices.shape(1), S = p.S, G = p.G;
+    if (n < 1 || n > p.L) throw std::invalid_argument("n must lie in [1, layers]");
+    Answer a;
+    if (budget < 0) return py::make_tuple(a.cost, a.strategies, a.mem_left);
+    if (budget >= W) throw std::invalid_argument("budget must be below the memory axis the choices were kept for");
+    const int16_t* ch = choices.data();
+    std::vector<int64_t> path(n), best_path;
+    {
+        py::gil_scoped_release release;
+        for (int64_t s0 = 0; s0 < S; ++s0) {
+            int64_t m = budget, s = s0;
+            bool ok = true;
+            for (int64_t l = n - 1; l >= 1 && ok; --l) {
+                path[l] = s;
+                const int64_t rest = m - p.mem[l * S + s];
+                if (rest < 0) { ok = false; break; }
+                const int16_t prev = ch[(static_cast<size_t>(l) * W + rest) * G + p.group[s]];
+                if (prev < 0) { ok = false; break; }
+                s = prev;
+                m = rest;
+            }
+            if (!ok || p.mem[s] > m) continue;
+            path[0] = s;
+            double f = p.intra[path[0]];
+            for (int64_t l = 1; l < n; ++l)
+                f = p.intra[l * S + path[l]] + (f + p.gtrans[p.group[path[l - 1]] * G + p.group[path[l]]]);
+            const double v = f + p.finals[s0];
+            if (f < kInf && v < a.cost) { a.cost = v; best_path = path; }
+        }
+        if (!best_path.empty()) {
+            int64_t used = 0;
+            for (int64_t l = 0; l < n; ++l) used += p.mem[l * S + best_path[l]];
+            a.strategies = best_path;
+            a.mem_left = budget - used;
+        }
+    }
+    return py::make_tuple(a.cost, a.strategies, a.mem_left);
 }
 
 }  // namespace
@@ -268,8 +323,14 @@ PYBIND11_MODULE(_dp_core, m) {
           "adjacent layers; final[s]: cost paid after the last layer. Returns (cost, strategies,\n"
           "mem_left); (inf, [], -1) when nothing fits.");
     m.def("cost_table", &cost_table, py::arg("intra"), py::arg("mem"), py::arg("group"),
-          py::arg("group_trans"), py::arg("budget"), py::arg("final") = py::none(),
+          py::arg("group_trans"), py::arg("budget"), py::arg("final") = py::none(), py::arg("keep_choices") = false,
           "table[n-1, m]: the cost solve() returns for the first n layers within memory m, for\n"
           "every n and every m <= budget, from one pass (inf where nothing fits). A 2-D final\n"
-          "(F, strategies) gives one such table per row: shape (F, layers, budget + 1).");
+          "(F, strategies) gives one such table per row: shape (F, layers, budget + 1). With\n"
+          "keep_choices, (table, choices) where choices feed backtrack().");
+    m.def("backtrack", &backtrack, py::arg("choices"), py::arg("intra"), py::arg("mem"), py::arg("group"),
+          py::arg("group_trans"), py::arg("n"), py::arg("budget"), py::arg("final") = py::none(),
+          "What solve(intra[:n], mem[:n], group, group_trans, budget, final) returns, from the choices of\n"
+          "cost_table(intra, mem, group, group_trans, B, keep_choices=True) with budget <= B, in\n"
+          "O(strategies x n) instead of another pass over every layer and memory value.");
 }

@@ -1,9 +1,12 @@
 """Where a micro-batch's activation lives across one pipeline stage under a layer's layout,
-and which ranks must exchange data when two neighbouring layers' layouts differ. Pure Python
-(no torch), so the search prices re-layouts with the same geometry the runtime uses."""
+and which ranks must exchange data when two neighbouring layers' layouts differ. No torch,
+so the search prices re-layouts with the same geometry the runtime uses."""
 import functools
+import math
 from dataclasses import dataclass
 from typing import Dict, List, Sequence, Tuple
+
+import numpy as np
 
 
 @dataclass(frozen=True, order=True)
@@ -65,31 +68,56 @@ def _coords(layout: Layout, stage_world: int) -> Dict[int, Tuple[int, int]]:
     return {layout.rank(d, t, stage_world): (d, t) for d in range(stage_world // layout.tp) for t in range(layout.tp)}
 
 
-def _overlap(a: Tuple[slice, slice], b: Tuple[slice, slice]) -> bool:
-    return all(max(x.start, y.start) < min(x.stop, y.stop) for x, y in zip(a, b))
+def _stretches(lo: Layout, other: Layout, stage_world: int) -> np.ndarray:
+    """For every local rank, the stretch of the micro-batch its block under `lo` lies in, where the
+    stretches are cut at the batch and sequence points that `lo` and `other` both cut at."""
+    w = stage_world
+    dp_rank, tp_rank = np.divmod(np.arange(w), lo.tp)
+    order = np.empty(w, dtype=np.int64)
+    order[lo.rank(dp_rank, tp_rank, w)] = np.arange(w)  # local rank -> its (dp_rank, tp_rank) entry
+    dp_rank, tp_rank = dp_rank[order], tp_rank[order]
+    batch_cut = math.lcm(lo.tp, other.tp)  # batch rows per DP shard: tp (of a [w, w] grid)
+    seq_len, other_seq = (w // lo.tp if lo.sp else w), (w // other.tp if other.sp else w)
+    seq_cut = math.lcm(seq_len, other_seq)
+    seq = tp_rank * seq_len if lo.sp else np.zeros(w, dtype=np.int64)
+    return dp_rank * lo.tp // batch_cut * (w // seq_cut) + seq // seq_cut
 
 
 def exchange_sets(src: Layout, dst: Layout, stage_world: int) -> List[Tuple[int, ...]]:
     """Partition of a stage's local ranks into the sets that must exchange data to go from
     layout src to dst (forward) and back (backward): a rank is joined to every rank whose
-    primary block overlaps the block it needs. Block geometry is scale-free, so a
-    [stage_world, stage_world] grid stands for any divisible sequence and batch."""
+    primary block overlaps the block it needs, under either direction.
+
+    Every cell of the [seq, batch] micro-batch has one primary holder per layout, so joining
+    a rank to the primary holders it reads from joins every rank that holds a cell, under
+    either layout, with every other. Blocks are products of a batch interval (the DP shard)
+    and a sequence interval (the TP rank's under sp, else all of it), and the intervals of two
+    equal partitions of a line chain together by overlap between the points both partitions
+    cut at. So a block reaches exactly the blocks of the other layout in its stretch (between
+    those points, in batch and in sequence), and a rank joins its stretch under src with its
+    stretch under dst: O(stage_world), where comparing blocks pairwise is O(stage_world^2)."""
     w = stage_world
-    parent = list(range(w))
+    a, b = _stretches(src, dst, w), _stretches(dst, src, w)
+    label = _components(a, b, w)[a]
+    order = np.argsort(label, kind="stable")
+    cuts = np.nonzero(np.diff(label[order]))[0] + 1
+    return sorted(tuple(m.tolist()) for m in np.split(order, cuts))
 
-    def root(i: int) -> int:
-        while parent[i] != i:
-            parent[i] = parent[parent[i]]
-            i = parent[i]
-        return i
 
-    for have, need in ((src, dst), (dst, src)):
-        for r in range(w):
-            wanted = need.block(r, w, w, w)
-            for j in range(w):
-                if have.is_primary(j, w) and _overlap(have.block(j, w, w, w), wanted):
-                    parent[root(r)] = root(j)
-    sets: Dict[int, List[int]] = {}
-    for i in range(w):
-        sets.setdefault(root(i), []).append(i)
-    return sorted(tuple(v) for v in sets.values())
+def _components(a: np.ndarray, b: np.ndarray, n: int) -> np.ndarray:
+    """The smallest node of each node's component in the graph on 0..n-1 with edges a[i] - b[i]:
+    labels only ever fall to a neighbour's or a label's label, so they stay inside the component,
+    and they stop changing only once both ends of every edge agree."""
+    label = np.arange(n)
+    while True:
+        new = label.copy()
+        np.minimum.at(new, a, label[b])
+        np.minimum.at(new, b, label[a])
+        while True:  # jump to the label's label until each label is its own
+            up = new[new]
+            if np.array_equal(up, new):
+                break
+            new = up
+        if np.array_equal(new, label):
+            return label
+        label = new

@@ -203,6 +203,14 @@ def launch_world_size() -> int:
     return int(os.environ.get("WORLD_SIZE", "1")) if "RANK" in os.environ else 1
 
 
+def launch_gpus_per_node() -> Optional[int]:
+    """Processes per node torchrun launched (LOCAL_WORLD_SIZE; None without torchrun)."""
+    import os
+    if "RANK" not in os.environ or "LOCAL_WORLD_SIZE" not in os.environ:
+        return None
+    return int(os.environ["LOCAL_WORLD_SIZE"])
+
+
 def init_distributed(device: torch.device, timeout_minutes: float = 10.0) -> Tuple[int, int]:
     """Initialise torch.distributed from torchrun's environment (NCCL on CUDA, gloo on CPU). A
     collective waiting longer than timeout_minutes for a peer fails (Megatron's default: 10)."""

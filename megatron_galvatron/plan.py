@@ -87,6 +87,13 @@ class Plan:
     predicted: Dict[str, Any] = field(default_factory=dict)
     # torch.compile every transformer layer (the search sets it when the profile timed compiled layers)
     compile: bool = False
+    # the cluster shape the plan was searched for (nodes x gpus_per_node = world_size); None:
+    # any (plans written before the search recorded it, GLOBAL mode)
+    gpus_per_node: Optional[int] = None
+
+    @property
+    def nodes(self) -> Optional[int]:
+        return None if self.gpus_per_node is None else self.world_size // self.gpus_per_node
 
     # ---------------------------------------------------------------- derived facts
     @property
@@ -135,8 +142,10 @@ class Plan:
         return self.micro_batch_sizes[0]
 
     # ---------------------------------------------------------------- validation
-    def validate(self, model: Optional["GPTConfig"] = None, world_size: Optional[int] = None) -> "Plan":
-        """Check the plan on its own, against the model it will train and the launch world size."""
+    def validate(self, model: Optional["GPTConfig"] = None, world_size: Optional[int] = None,
+                 gpus_per_node: Optional[int] = None) -> "Plan":
+        """Check the plan on its own, against the model it will train and the launch's world size
+        and processes per node (torchrun's WORLD_SIZE and LOCAL_WORLD_SIZE)."""
         _check_int("world_size", self.world_size, 1, MAX_WORLD_SIZE)
         _check_int("pp_deg", self.pp_deg, 1, self.world_size)
         _check_int("global_bsz", self.global_bsz, 1, MAX_GLOBAL_BSZ)
@@ -146,6 +155,16 @@ class Plan:
                 f"plan world_size={self.world_size} but the job was launched with {world_size} processes: "
                 f"launch with --nproc-per-node x nodes = {self.world_size} or search a plan for {world_size} GPUs"
             )
+        if self.gpus_per_node is not None:
+            _check_int("gpus_per_node", self.gpus_per_node, 1, self.world_size)
+            if self.world_size % self.gpus_per_node:
+                raise PlanError(f"gpus_per_node={self.gpus_per_node} does not divide world_size={self.world_size}: "
+                                f"fix it or remove it")
+            if gpus_per_node is not None and gpus_per_node != self.gpus_per_node:
+                raise PlanError(
+                    f"plan searched for {self.nodes} node(s) x {self.gpus_per_node} GPUs but launched with "
+                    f"{gpus_per_node} processes per node: launch with --nproc-per-node {self.gpus_per_node} on "
+                    f"{self.nodes} node(s), or search a plan with --num-nodes {self.world_size // gpus_per_node}")
         if self.world_size % self.pp_deg:
             raise PlanError(f"pp_deg={self.pp_deg} does not divide world_size={self.world_size}: "
                             f"use a pp_deg that divides {self.world_size}")
@@ -196,6 +215,7 @@ class Plan:
             "layers": [_strategy_dict(s) for s in self.layers],
             "vocab": dataclasses.asdict(self.vocab),
             **({"compile": True} if self.compile else {}),
+            **({"nodes": self.nodes, "gpus_per_node": self.gpus_per_node} if self.gpus_per_node else {}),
             "predicted": dict(self.predicted),
         }
 
@@ -208,7 +228,7 @@ class Plan:
         if d.get("format") != FORMAT:
             raise PlanError(f"plan format {d.get('format')!r} is not {FORMAT!r}: re-run search/run.py or fix 'format'")
         known = {"format", "world_size", "pp_deg", "pp_division", "pipeline_type", "global_bsz", "chunks",
-                 "layers", "vocab", "predicted", "compile"}
+                 "layers", "vocab", "predicted", "compile", "nodes", "gpus_per_node"}
         unknown = sorted(set(d) - known)
         if unknown:
             raise PlanError(f"unknown plan key(s) {unknown}: remove them (known keys: {sorted(known)})")
@@ -228,11 +248,18 @@ class Plan:
         compile_ = d.get("compile", False)
         if not isinstance(compile_, bool):
             raise PlanError(f"compile must be true or false, got {compile_!r}")
+        per_node = d.get("gpus_per_node")
+        if per_node is not None and not (isinstance(d.get("nodes"), int) and isinstance(per_node, int)
+                                         and d["nodes"] * per_node == d["world_size"]):
+            raise PlanError(f"nodes={d.get('nodes')!r} x gpus_per_node={per_node!r} must be integers whose product "
+                            f"is world_size={d['world_size']}: fix them or remove both")
+        if "nodes" in d and per_node is None:
+            raise PlanError("nodes without gpus_per_node: give both or neither")
         return cls(
             world_size=d["world_size"], pp_deg=d["pp_deg"], pp_division=list(pp_division),
             global_bsz=d["global_bsz"], chunks=d["chunks"], layers=layers, vocab=vocab,
             pipeline_type=_pipeline_type(d.get("pipeline_type", "1f1b")),
-            predicted=dict(predicted), compile=compile_,
+            predicted=dict(predicted), compile=compile_, gpus_per_node=per_node,
         )
 
     def save(self, path: str) -> None:
@@ -255,7 +282,8 @@ class Plan:
     def describe(self) -> str:
         """A readable per-layer table."""
         lines = [
-            f"plan: world {self.world_size} = pp {self.pp_deg} x stage {self.stage_world}; "
+            f"plan: world {self.world_size} = pp {self.pp_deg} x stage {self.stage_world}"
+            + (f" ({self.nodes} nodes x {self.gpus_per_node} GPUs)" if self.gpus_per_node else "") + "; "
             f"{self.pipeline_type}; global batch {self.global_bsz} in {self._micro_batch_words()}; "
             f"pp_division {self.pp_division}" + ("; layers compiled" if self.compile else ""),
             f"{'layer':>5} {'stage':>5} {'tp':>3} {'consec':>6} {'dp':>3} {'dp_type':>7} {'sp':>3} {'ckpt':>4}"

@@ -22,6 +22,7 @@ from megatron_galvatron.plan import LayerStrategy, Plan, VocabStrategy
 from megatron_galvatron.profile_format import ModelProfile
 from search.comm import Network
 from search.memory_passes import MemoryPasses
+from search.priced_once import PricedOnce
 from search.pipeline_time import clock_scales
 from search.stage_memory import (BF16, FP8, FP32, GiB, Memory, in_flight, is_sharded, model_state_bytes,
                                  zero_gradient_bytes)
@@ -68,8 +69,11 @@ class Prediction:
 
 
 @functools.lru_cache(maxsize=None)
-def _largest_exchange_set(src: Layout, dst: Layout, stage_world: int) -> int:
-    return max(len(m) for m in exchange_sets(src, dst, stage_world))
+def _largest_exchange_set(src: Layout, dst: Layout, stage_world: int, gpus_per_node: int) -> Tuple[int, bool]:
+    """Ranks in the largest exchange set, and whether any set spans nodes (a stage starts on a
+    node boundary or lies inside one node)."""
+    sets = exchange_sets(src, dst, stage_world)
+    return max(len(m) for m in sets), any(m[0] // gpus_per_node != m[-1] // gpus_per_node for m in sets)
 
 
 def _blocks(lo: Layout, stage_world: int) -> int:
@@ -77,11 +81,12 @@ def _blocks(lo: Layout, stage_world: int) -> int:
     return stage_world // lo.tp * (lo.tp if lo.sp else 1)
 
 
-class CostModel(MemoryPasses):
+class CostModel(MemoryPasses, PricedOnce):
     def __init__(self, model: GPTConfig, profile: ModelProfile, net: Network):
         self.model = model
         self.profile = profile
         self.net = net
+        self._memo = None  # see PricedOnce
 
     def prefetches_zero_gathers(self) -> bool:
         """Each sharded layer starts gathering the next one's parameters while it computes
@@ -209,6 +214,9 @@ class CostModel(MemoryPasses):
         return BF16 * params - (BF16 - FP8) * self.float8_gathered(s, params)
 
     def layer_time(self, s: LayerStrategy, stage_world: int, global_micro_batch: int) -> Time:
+        return self._remembered("time", self._layer_time, s, stage_world, global_micro_batch)
+
+    def _layer_time(self, s: LayerStrategy, stage_world: int, global_micro_batch: int) -> Time:
         fwd, bwd = self.layer_compute(s, stage_world, global_micro_batch)
         col_f, row_f, col_b, row_b = self._tp_block_comm(s, stage_world, global_micro_batch)
         tp_fwd, tp_bwd = 2 * (col_f + row_f), 2 * (col_b + row_b)
@@ -267,6 +275,9 @@ class CostModel(MemoryPasses):
         return residual + BF16 * widest
 
     def layer_memory(self, s: LayerStrategy, stage_world: int, global_micro_batch: int) -> Memory:
+        return self._remembered("memory", self._layer_memory, s, stage_world, global_micro_batch)
+
+    def _layer_memory(self, s: LayerStrategy, stage_world: int, global_micro_batch: int) -> Memory:
         dp = stage_world // s.tp
         tokens = global_micro_batch // dp * self.model.seq_length
         per_token, const, ckpt = self.layer_activation(s, dp)
@@ -288,7 +299,8 @@ class CostModel(MemoryPasses):
         """Forward + backward cost, per micro-batch, of a layout change between adjacent layers.
         The runtime all-gathers each rank's block within its exchange set
         (megatron_galvatron.layout.exchange_sets): forward the src blocks, backward the dst blocks'
-        gradients; the largest set sets the time. Without both layouts: an all-gather over the
+        gradients; the largest set sets the time, at the network's numbers where a set leaves its
+        node. Without both layouts: an all-gather over the
         whole stage, an upper bound. Priced as fp32, the residual stream's dtype when replicated
         units computed under autocast; on bf16 units it is bf16, so this errs on the slow side
         (the validation runs were matched with it so)."""
@@ -297,10 +309,11 @@ class CostModel(MemoryPasses):
             return 2 * self.net.collective("all_gather", stage_world, 1, full)
         if src == dst:
             return 0.0
-        k = _largest_exchange_set(src, dst, stage_world)
+        k, spans = _largest_exchange_set(min(src, dst), max(src, dst), stage_world, self.net.gpus_per_node)  # symmetric
         if k == 1:
             return 0.0
-        return sum(self.net.collective("all_gather", k, 1, k * full / _blocks(lo, stage_world))
+        stride = self.net.gpus_per_node if spans else 1
+        return sum(self.net.collective("all_gather", k, stride, k * full / _blocks(lo, stage_world))
                    for lo in (src, dst))
 
     def p2p(self, pp_deg: int, stage_world: int, global_micro_batch: int) -> float:

@@ -17,8 +17,8 @@ minimises memory (so that a budget the minimum says fits always finds a plan).
 """
 from __future__ import annotations
 
+import bisect
 import math
-import sys
 import threading
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
@@ -33,6 +33,7 @@ from megatron_galvatron.plan import LayerStrategy, Plan, VocabStrategy
 from search.cost_model import CostModel, Prediction
 from search.engine_bounds import StageBounds
 from search.pipeline_time import clock_gain_bound
+from search.progress import Progress
 from search.stage_dp import Surface, Table, canonical_order, lp_bound, lp_mix, min_max_partition
 from search.stage_memory import GiB, InFlight, in_flight
 from search.strategies import Space, divisors, layer_strategies, vocab_strategies
@@ -359,13 +360,17 @@ class Searcher(StageBounds):
             layers += canonical_order([t.strategies[s] for s in picked], sw)
         plan = Plan(world_size=self.num_gpus, pp_deg=pp, pp_division=list(split), global_bsz=cand.global_bsz,
                     chunks=cand.chunks, layers=layers, vocab=cand.vocab, pipeline_type=cand.pipeline_type,
-                    compile=self.cost.profile.compiled)
+                    compile=self.cost.profile.compiled, gpus_per_node=self.cost.net.gpus_per_node)
         pred = self.cost.evaluate(plan)
         plan.predicted = pred.plan_fields()
         return Result(cand, plan, pred, objective)
 
     # ---------------------------------------------------------------- the search
     def run(self, top_k: int = 5, progress: bool = True) -> List[Result]:
+        with self.cost.memoised():
+            return self._run(top_k, progress)
+
+    def _run(self, top_k: int, progress: bool) -> List[Result]:
         cands = self.candidates()
         self.stats.candidates = len(cands)
         if not cands:
@@ -379,7 +384,9 @@ class Searcher(StageBounds):
         # is predicted faster than that (pipeline_time.clock_scales), by at most clock_gain_bound.
         slow = self.cost.profile.sustained_slowdown
         scored = []
-        for c in cands:  # bounds first, so that the likely best plans are solved first
+        report = Progress(progress)
+        for j, c in enumerate(cands):  # bounds first, so that the likely best plans are solved first
+            report.bounds(j, len(cands))
             frames = self._frames(c)
             bound = self.memory_aware_bound(c, frames)  # inf: not even the relaxation fits
             if math.isfinite(bound):
@@ -390,7 +397,8 @@ class Searcher(StageBounds):
         if not scored:
             raise self._infeasible(cands)
         scored.sort(key=lambda x: -x[0])
-        bar = _progress(len(scored), progress)
+        falling = [-ub for ub, _, _ in scored]  # ascending, for bisect
+        report.begin_solving()
         best: Dict[Tuple, Result] = {}  # the best plan of every pipeline shape seen
 
         def kth() -> float:
@@ -400,6 +408,13 @@ class Searcher(StageBounds):
         def worth(ub: float, c: Candidate) -> bool:
             r = best.get(c.shape)
             return ub > kth() and (r is None or ub > r.tokens_per_s)
+
+        def still_open(i: int) -> int:
+            """Candidates after the i-th that would be solved if the k-th best plan (while fewer
+            are known: the worst found) stayed where it is."""
+            floor = kth() if len(best) >= top_k else min((r.tokens_per_s for r in best.values()), default=-math.inf)
+            end = bisect.bisect_left(falling, -floor)
+            return sum(1 for ub, c, _ in scored[i:end] if best.get(c.shape) is None or ub > best[c.shape].tokens_per_s)
 
         def work(item) -> Optional[Result]:
             with stats.lock:
@@ -417,7 +432,6 @@ class Searcher(StageBounds):
                         done = True
                         break
                     i += 1
-                    bar.update(1)
                     if worth(ub, c):
                         batch.append(scored[i - 1])
                     else:
@@ -429,10 +443,9 @@ class Searcher(StageBounds):
                     old = best.get(r.candidate.shape)
                     if old is None or r.sort_key() < old.sort_key():
                         best[r.candidate.shape] = r
+                report.report(stats.evaluated, lambda: still_open(i), i, len(scored))
             stats.pruned_by_bound += len(scored) - i
-            bar.update(len(scored) - bar.n)
         finally:
-            bar.close()
             if pool:
                 pool.shutdown()
         if not best:  # only the relaxation fitted
@@ -448,22 +461,3 @@ class Searcher(StageBounds):
             f"no plan fits in {self.memory_gb:g} GB per GPU: the smallest budget that fits is {need_gb:.2f} GB "
             f"(pp={c.pp}, global batch {c.global_bsz} in {c.chunks} micro-batches); "
             f"raise --memory-gb to at least {need_gb:.2f}, use more GPUs or a smaller batch")
-
-
-# -------------------------------------------------------------------- progress
-
-class _NoBar:
-    n = 0
-
-    def update(self, k: int) -> None:
-        self.n += k
-
-    def close(self) -> None:
-        pass
-
-
-def _progress(total: int, enabled: bool):
-    if not enabled:
-        return _NoBar()
-    from tqdm import tqdm
-    return tqdm(total=total, file=sys.stderr, unit="cand", desc="search", leave=False)

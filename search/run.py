@@ -71,7 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--top-k", type=int_in(1, 1000), default=5, help="alternatives to print")
     o.add_argument("--plot", type=nonempty, default=None, help="PNG picture of the plan (default: OUTPUT with .png)")
     o.add_argument("--no-plot", action="store_true")
-    o.add_argument("--quiet", action="store_true", help="no progress bar")
+    o.add_argument("--quiet", action="store_true", help="no progress lines")
     o.add_argument("--threads", type=int_in(1, 1024), default=min(4, os.cpu_count() or 1),
                    help="candidates solved at once (the DP releases the GIL)")
     return p

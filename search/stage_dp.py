@@ -90,12 +90,13 @@ class Surface:
         self.floor_bf16 = float(bf16_mem.min()) if len(self.bf16_at) and len(bf16_mem) else self.floor
         self.mem_u_bf16 = np.maximum(np.ceil((mem - self.floor_bf16) / self.unit - 1e-9), 0).astype(np.int64)
         self.cap = int(math.ceil(span / self.unit)) + n_hi  # enough for every rounded-up assignment
-        self.table = dp.cost_table(self._intra(n_hi), self._mem(n_hi), self.group, self.gtrans,
-                                   self.cap, self.finals)
+        self.intra_hi, self.mem_hi = self._intra(n_hi), self._mem(n_hi)
+        self.table, self.choices = dp.cost_table(self.intra_hi, self.mem_hi, self.group, self.gtrans,
+                                                 self.cap, self.finals)
 
     @property
     def nbytes(self) -> int:
-        return self.table.nbytes
+        return self.table.nbytes + (0 if self.choices is None else self.choices.nbytes)
 
     def _intra(self, n: int) -> np.ndarray:
         intra = np.tile(self.cost, (n, 1))
@@ -128,7 +129,8 @@ class Surface:
         """The strategies (table indices) behind costs(room, out_layout)[n - 1]."""
         b = int(self.budget_units(room, np.array([n]))[0])
         final = self.finals[self.out[out_layout]]
-        _, strategies, _ = dp.solve(self._intra(n), self._mem(n), self.group, self.gtrans, b, final)
+        _, strategies, _ = dp.backtrack(self.choices, self.intra_hi, self.mem_hi, self.group, self.gtrans, n, b,
+                                        final)
         return [int(self.idx[s]) for s in strategies]
 
 

@@ -109,6 +109,24 @@ def test_cost_table_rows_are_solutions_of_every_prefix_and_budget():
                 assert table[n - 1, m] == c or (c == INF and table[n - 1, m] == INF)
 
 
+def test_backtracking_kept_choices_gives_what_solve_gives_on_every_prefix_and_budget():
+    """cost_table's choices answer solve() without another pass: same cost, strategies and memory
+    left, bit for bit, for every prefix and budget (the search takes its plans this way)."""
+    rng = np.random.default_rng(11)
+    for _ in range(60):
+        intra, mem, group, gtrans, final = random_instance(rng, max_l=5, max_s=6)
+        if rng.random() < 0.3:  # layers that may not take some strategies (--fp8-skip-first/last)
+            intra[rng.integers(intra.shape[0]), rng.integers(intra.shape[1])] = INF
+        table, choices = _dp_core.cost_table(intra, mem, group, gtrans, 14, final, keep_choices=True)
+        assert np.array_equal(table, _dp_core.cost_table(intra, mem, group, gtrans, 14, final))
+        for n in range(1, intra.shape[0] + 1):
+            for m in range(-1, 15):
+                assert _dp_core.backtrack(choices, intra, mem, group, gtrans, n, m, final) == \
+                    _dp_core.solve(intra[:n], mem[:n], group, gtrans, m, final), (n, m)
+    with pytest.raises(ValueError):  # a budget beyond the kept memory axis
+        _dp_core.backtrack(choices, intra, mem, group, gtrans, 1, 15, final)
+
+
 def test_infeasible_and_bad_input():
     intra = np.ones((2, 2))
     mem = np.full((2, 2), 5)

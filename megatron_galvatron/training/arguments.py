@@ -5,6 +5,7 @@ from megatron_galvatron import plan as plan_mod
 from megatron_galvatron.errors import UserError
 from megatron_galvatron.flag_types import ArgumentParser
 from megatron_galvatron.model.config import GPTConfig, add_model_args
+from megatron_galvatron.parallel_state import launch_gpus_per_node
 from megatron_galvatron.training.argument_checks import apply_flag_types, check_against_plan
 from megatron_galvatron.training.config import (CheckpointConfig, DataConfig, EvalConfig, LoggingConfig, LRConfig,
                                              OptimizerConfig, ResilienceConfig, TrainingConfig)
@@ -174,5 +175,5 @@ def build_plan(args, cfg: GPTConfig, world_size: int) -> plan_mod.Plan:
                                 fp8_skip_first=args.fp8_skip_first, fp8_skip_last=args.fp8_skip_last)
         plan.vocab = plan_mod.VocabStrategy(tp=vocab_tp, tp_consec=bool(args.global_tp_consec),
                                             dp_type=vocab_dp_type, sp=args.sequence_parallel and vocab_tp > 1)
-    return check_against_plan(args, plan.validate(cfg, world_size=world_size))
+    return check_against_plan(args, plan.validate(cfg, world_size=world_size, gpus_per_node=launch_gpus_per_node()))
 

@@ -28,7 +28,8 @@ from megatron_galvatron.optional import import_optional
 from megatron_galvatron.model.config import GPTConfig, config_from_args
 from megatron_galvatron.model.parallelize import ParallelModel, parallelize
 from megatron_galvatron.model.stage import StageModel
-from megatron_galvatron.parallel_state import ParallelState, detect_device, init_distributed, launch_world_size
+from megatron_galvatron.parallel_state import (ParallelState, detect_device, init_distributed, launch_gpus_per_node,
+                                             launch_world_size)
 from megatron_galvatron.pipeline.p2p import P2P
 from megatron_galvatron.pipeline.schedules import Schedule, StepStats, forward_only
 from megatron_galvatron.plan import Plan
@@ -102,7 +103,8 @@ def setup(args, plan: Optional[Plan] = None, stop_if_trained: bool = False) -> T
     world = launch_world_size()
     cfg = config_from_args(args)
     run_tokenizer = tokenizer_files.from_args(args)  # recorded in every save, for an export to ship
-    plan = plan.validate(cfg, world_size=world) if plan else arguments.build_plan(args, cfg, world)
+    plan = (plan.validate(cfg, world_size=world, gpus_per_node=launch_gpus_per_node()) if plan
+            else arguments.build_plan(args, cfg, world))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     device = detect_device(local_rank)
     rank, world = init_distributed(device, config.resilience.distributed_timeout_mins)
