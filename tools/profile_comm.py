@@ -56,8 +56,8 @@ def main(argv=None) -> None:
         s = settings(args)
         check_output_dir("--out-dir", args.out_dir)  # before the measurements, which take a while
         if int(os.environ.get("WORLD_SIZE", "1")) < 2:
-            raise UserError("needs at least 2 ranks: launch with torchrun --nproc-per-node N (N >= 2); a "
-                            "single GPU has no collectives to measure")
+            raise UserError("needs at least 2 ranks (torchrun --nproc-per-node N, N >= 2): a single GPU has no "
+                            "collectives to measure, and search/run.py --num-gpus 1 needs only model.json")
         device = detect_device(int(os.environ.get("LOCAL_RANK", "0")))
         rank, _ = init_distributed(device)
         profile = CommProfiler(device, s).run()
