@@ -21,7 +21,7 @@ export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
 NNODES=${NNODES:-2}
 GPUS=${GPUS:-8}
 MASTER_PORT=${MASTER_PORT:-29500}
-: "${MASTER_ADDR:?set MASTER_ADDR to the first node's host name or address}"
+: "${MASTER_ADDR:?set MASTER_ADDR to the host name or address of the first node}"
 PRECISION=${PRECISION---bf16}
 # shellcheck disable=SC2086
 python -m torch.distributed.run --nnodes "$NNODES" --nproc-per-node "$GPUS" \
