@@ -256,6 +256,8 @@ def save_checkpoint(tr: Trainer) -> Optional[str]:
             print(f"saving checkpoint at iteration {tr.iteration} in the background "
                   f"(training waited {time.perf_counter() - t0:.2f} s)", flush=True)
         return None
+    if tr.ps.rank == 0:  # a large model's save takes minutes: say so before it starts
+        print(f"saving checkpoint at iteration {tr.iteration} to {tr.config.checkpoint.save}", flush=True)
     path = checkpoint.save(tr.checkpoint_state(), tr.config.checkpoint.save)
     if tr.ps.rank == 0:
         print(f"saved checkpoint {path} at iteration {tr.iteration} in {time.perf_counter() - t0:.2f} s", flush=True)
