@@ -2,13 +2,15 @@
 
     torchrun --nproc-per-node 8 pretrain_gpt.py --galvatron-config plan.json <model flags> ...
     torchrun --nproc-per-node 4 pretrain_gpt.py --global-tp-deg 2 --default-dp-type zero3 ...
+
+Launchers and the environment read: docs/launch.md.
 """
 import gc
 
 from megatron_galvatron.errors import exit_on_user_error
+from megatron_galvatron.launch_env import adopt_slurm_env
 from megatron_galvatron.training.argument_checks import check_args
 from megatron_galvatron.training.arguments import build_parser
-from megatron_galvatron.training.launch_env import adopt_slurm_env
 from megatron_galvatron.training.peer_failure import exit_on_peer_failure
 from megatron_galvatron.training.run_summary import data_summary, model_summary, toy_note
 from megatron_galvatron.training.train import setup, train

@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from megatron_galvatron.training.launch_env import adopt_slurm_env, first_host
+from megatron_galvatron.launch_env import adopt_slurm_env, first_host
 from tests.dist_utils import _free_port
 from tests.megatron_log import lm_losses
 
