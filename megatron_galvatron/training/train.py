@@ -27,8 +27,8 @@ from megatron_galvatron.pipeline.p2p import P2P
 from megatron_galvatron.pipeline.schedules import Schedule, StepStats, forward_only
 from megatron_galvatron.plan import Plan
 from megatron_galvatron.training import arguments, metrics
-from megatron_galvatron.training.log_writers import Writers, iteration_line
 from megatron_galvatron.training.config import TrainingConfig
+from megatron_galvatron.training.log_writers import Writers, iteration_line
 from megatron_galvatron.training.nonfinite import SkippedSteps, step_if_finite
 from megatron_galvatron.training.optimizer import LRSchedule, build_optimizer
 from megatron_galvatron.training.preemption import EarlyExit, SignalFlag, agree_any
