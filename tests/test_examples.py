@@ -119,3 +119,10 @@ def test_slurm_script_outside_an_allocation_is_one_line(tmp_path):
 def test_every_example_stops_on_the_first_failure(name):
     text = open(os.path.join(EXAMPLES, name)).read()
     assert "set -euo pipefail" in text
+
+
+def test_multinode_example_without_master_addr_is_one_line(tmp_path):
+    env = {k: v for k, v in _env().items() if k != "MASTER_ADDR"}
+    proc = subprocess.run(["bash", os.path.join(EXAMPLES, "multinode_torchrun.sh")], capture_output=True, text=True,
+                          timeout=60, cwd=str(tmp_path), env=env)
+    assert proc.returncode != 0 and len(proc.stderr.strip().splitlines()) == 1 and "MASTER_ADDR" in proc.stderr
