@@ -3,7 +3,8 @@
     python search/run.py --memory-gb 40 --num-gpus 8 --num-layers 32 --hidden-size 4096 \\
         --num-attention-heads 32 --seq-length 2048 --vocab-size 50257 --profile-dir profiles/ --output plan.json
 
-Reads hardware.json and model.json from --profile-dir (docs/profile_format.md), prints the plan
+Reads hardware.json and model.json from --profile-dir (docs/profile_format.md; for --num-gpus 1
+model.json alone will do), prints the plan
 and the next best alternatives, writes the plan and a picture of it (docs/search.md).
 """
 from __future__ import annotations
@@ -20,7 +21,8 @@ from megatron_galvatron.flag_types import ArgumentParser, float_in, int_in, none
 from megatron_galvatron.model.config import add_model_args, config_from_args
 from megatron_galvatron.output_paths import check_output_file
 from megatron_galvatron.plan import FP8_RECIPES, MAX_GLOBAL_BSZ, MAX_WORLD_SIZE, check_fp8_skip
-from megatron_galvatron.profile_format import check_model_matches, load_profiles
+from megatron_galvatron.profile_format import HARDWARE_FILE, check_model_matches, load_profiles
+from megatron_galvatron.profile_format.single_gpu import load_model_only
 from search.bound import compute_bound
 from search.comm import Network
 from search.cost_model import CostModel
@@ -135,7 +137,10 @@ def alternatives_table(results: List[Result]) -> str:
 def search_modes(args, cfg, sizes):
     """Run the search on the eager profile and, with --compile-profile-dir, on the compiled one
     (same hardware.json); returns the best plans of both, fastest first, and the searchers."""
-    hw, model_profile = load_profiles(args.profile_dir)
+    if args.num_gpus == 1 and not os.path.exists(os.path.join(args.profile_dir, HARDWARE_FILE)):
+        hw, model_profile = load_model_only(args.profile_dir)  # one GPU communicates with no one
+    else:
+        hw, model_profile = load_profiles(args.profile_dir)
     profiles = [model_profile]
     if args.compile_profile_dir:
         compiled = load_profiles(args.compile_profile_dir)[1]

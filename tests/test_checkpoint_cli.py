@@ -15,6 +15,7 @@ import torch
 
 from megatron_galvatron import checkpoint
 from megatron_galvatron.data.mock_dataset import MockGPTDataset
+from tests.megatron_log import lm_losses
 from tests.reference_model import reference_loss
 from tests.pretrain_in_process import pretrain_in_process
 
@@ -37,7 +38,7 @@ def _finish(procs):
 
 
 def _losses(stdout):
-    return re.findall(r"iteration +\d+/\d+ \| loss: (\S+)", stdout)
+    return [loss for _, loss in sorted(lm_losses(stdout).items())]
 
 
 def _snapshot(d):

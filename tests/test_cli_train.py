@@ -1,16 +1,15 @@
 """pretrain_gpt.py end to end: a 4-process torchrun under TP x ZeRO-3, and one under a 1F1B
 pipeline, print the same per-iteration losses as one plain process, and the loss falls."""
 import os
-import re
 import sys
 
 from tests.dist_utils import run_launched
+from tests.megatron_log import lm_losses
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ["--num-layers", "2", "--hidden-size", "32", "--num-attention-heads", "4", "--seq-length", "16",
         "--vocab-size", "64", "--make-vocab-size-divisible-by", "4", "--mock-data", "--global-batch-size", "8",
         "--lr", "1e-2"]
-LINE = re.compile(r"iteration\s+(\d+)/(\d+) \| loss: ([0-9.]+E[+-]\d+)")
 
 
 def run(flags, nproc=1, timeout=120):
@@ -20,10 +19,7 @@ def run(flags, nproc=1, timeout=120):
         launcher += ["-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(nproc)]
     proc = run_launched(launcher + [os.path.join(ROOT, "pretrain_gpt.py")] + flags, timeout, cwd=ROOT, env=env)
     assert proc.returncode == 0, f"exit {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
-    losses = {}
-    for m in LINE.finditer(proc.stdout):
-        assert int(m.group(1)) not in losses, "an iteration was logged twice (more than one logging rank?)"
-        losses[int(m.group(1))] = float(m.group(3))
+    losses = lm_losses(proc.stdout)
     return [losses[i] for i in sorted(losses)], proc.stdout
 
 

@@ -8,6 +8,8 @@ import venv
 
 import pytest
 
+from tests.megatron_log import iteration_fields
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -40,8 +42,8 @@ def test_readme_first_command_on_a_fresh_venv(tmp_path):
     assert "Traceback" not in out, out[-4000:]
     run_dir = clone / "runs" / "quickstart"
     assert (run_dir / "plan.json").exists() and (run_dir / "plan.png").read_bytes()[:4] == b"\x89PNG"
-    iterations = [ln for ln in r.stdout.splitlines() if ln.startswith("iteration")]
-    assert iterations and iterations[-1].startswith("iteration     30/30"), r.stdout[-2000:]
+    iterations = iteration_fields(r.stdout)
+    assert iterations and max(iterations) == 30 and iterations[30]["train_iters"] == "30", r.stdout[-2000:]
 
 
 def test_plan_picture_without_matplotlib_is_one_line(tmp_path):

@@ -4,6 +4,8 @@
     python tools/convert_checkpoint.py ours-to-hf --load ckpts/run1 --hf-dir exported/
     python tools/convert_checkpoint.py reshard --load ckpts/run1 --galvatron-config plan.json [--save ckpts/run1b]
 """
+import time
+
 from megatron_galvatron.errors import exit_on_user_error
 from megatron_galvatron.flag_types import ArgumentParser, float_in, int_in, nonempty
 from megatron_galvatron.output_paths import check_output_dir
@@ -41,6 +43,9 @@ def main(argv=None) -> None:
         flag, out = ("--hf-dir", args.hf_dir) if args.command == "ours-to-hf" else ("--save", args.save)
         if out:
             check_output_dir(flag, out)  # before any tensor is read
+        source = args.hf_dir if args.command == "hf-to-ours" else args.load
+        print(f"{args.command}: reading {source}", flush=True)  # a large model takes minutes: say so first
+        t0 = time.perf_counter()
         if args.command == "hf-to-ours":
             from megatron_galvatron.convert.hf import hf_to_ours
             from megatron_galvatron.checkpoint.architecture import model_flags
@@ -57,6 +62,7 @@ def main(argv=None) -> None:
                   f"  pretrain_gpt.py --load {args.load} --galvatron-config {args.galvatron_config}")
             if copy:
                 print(f"wrote {copy}, recording the plan")
+        print(f"{args.command}: done in {time.perf_counter() - t0:.1f} s", flush=True)
 
 
 if __name__ == "__main__":

@@ -11,7 +11,6 @@ from contextlib import ExitStack
 from multiprocessing import Pool
 
 import numpy as np
-from tqdm import tqdm
 
 from megatron_galvatron.data.errors import DataError
 from megatron_galvatron.data.indexed_dataset import IndexedDatasetWriter, optimal_dtype
@@ -19,6 +18,7 @@ from megatron_galvatron.data.tokenizer import TOKENIZER_TYPES, build_tokenizer
 from megatron_galvatron.errors import exit_on_user_error
 from megatron_galvatron.flag_types import ArgumentParser, int_in, nonempty
 from megatron_galvatron.output_paths import check_output_file
+from megatron_galvatron.progress import Progress
 
 PROG = "preprocess_data.py"
 
@@ -72,7 +72,7 @@ class _Encoder:
             if ids and self.append_eod:
                 ids = list(ids) + [self.tokenizer.eod]
             out.append(np.asarray(ids, dtype=np.int64))
-        return out, len(line.encode("utf-8")) + 1
+        return out, len(line.encode("utf-8"))  # the line holds its newline
 
 
 _worker_encoder = None
@@ -124,8 +124,7 @@ def preprocess(args) -> None:
     tokens = [0] * len(prefixes)
     with ExitStack() as stack:
         writers = [stack.enter_context(IndexedDatasetWriter(p, dtype)) for p in prefixes]
-        bar = stack.enter_context(tqdm(total=os.path.getsize(args.input), unit="B", unit_scale=True,
-                                       desc="tokenizing", disable=None))
+        bar = stack.enter_context(Progress(os.path.getsize(args.input), "tokenizing", unit="B", unit_scale=True))
         if args.workers == 1:
             encoder = _Encoder(args, tokenizer)
             results = map(encoder.encode, _numbered_lines(args.input))

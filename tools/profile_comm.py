@@ -13,6 +13,7 @@ import torch.distributed as dist
 
 from megatron_galvatron.errors import UserError, exit_on_user_error
 from megatron_galvatron.flag_types import ArgumentParser, int_in, nonempty
+from megatron_galvatron.launch_env import adopt_slurm_env
 from megatron_galvatron.output_paths import check_output_dir
 from megatron_galvatron.parallel_state import detect_device, init_distributed
 from megatron_galvatron.profile_format import HARDWARE_FILE, write_hardware
@@ -55,9 +56,10 @@ def main(argv=None) -> None:
     with exit_on_user_error(PROG):
         s = settings(args)
         check_output_dir("--out-dir", args.out_dir)  # before the measurements, which take a while
+        adopt_slurm_env()  # srun without torchrun: one task per GPU
         if int(os.environ.get("WORLD_SIZE", "1")) < 2:
-            raise UserError("needs at least 2 ranks: launch with torchrun --nproc-per-node N (N >= 2); a "
-                            "single GPU has no collectives to measure")
+            raise UserError("needs at least 2 ranks (torchrun --nproc-per-node N, N >= 2): a single GPU has no "
+                            "collectives to measure, and search/run.py --num-gpus 1 needs only model.json")
         device = detect_device(int(os.environ.get("LOCAL_RANK", "0")))
         rank, _ = init_distributed(device)
         profile = CommProfiler(device, s).run()

@@ -189,11 +189,14 @@ def add_model_args(p: argparse.ArgumentParser, required: bool = False) -> None:
     shape("--vocab-size", "vocabulary size before padding")
     g.add_argument("--make-vocab-size-divisible-by", type=size("--make-vocab-size-divisible-by"), default=128,
                    help="pad the vocabulary to a multiple of this x the vocab TP degree (default: %(default)s)")
-    g.add_argument("--hidden-dropout", type=real("hidden_dropout"), default=0.0)
-    g.add_argument("--attention-dropout", type=real("attention_dropout"), default=0.0)
-    g.add_argument("--norm-epsilon", type=real("norm_eps"), default=1e-5)
-    g.add_argument("--init-method-std", type=real("init_std"), default=0.02)
-    g.add_argument("--rotary-base", type=real("rope_theta"), default=10000.0)
+    g.add_argument("--hidden-dropout", type=real("hidden_dropout"), default=0.0,
+                   help="dropout after attention and MLP")
+    g.add_argument("--attention-dropout", type=real("attention_dropout"), default=0.0,
+                   help="dropout of the attention probabilities")
+    g.add_argument("--norm-epsilon", type=real("norm_eps"), default=1e-5, help="epsilon of LayerNorm / RMSNorm")
+    g.add_argument("--init-method-std", type=real("init_std"), default=0.02,
+                   help="standard deviation of the normal weight initialisation")
+    g.add_argument("--rotary-base", type=real("rope_theta"), default=10000.0, help="RoPE base (theta), llama")
     g.add_argument("--add-qkv-bias", action="store_true", help="biases on the q/k/v projections only (Qwen2)")
     g.add_argument("--use-rope-scaling", action="store_true",
                    help="LLaMA-3.x RoPE frequency scaling (Hugging Face rope_type llama3)")

@@ -29,6 +29,7 @@ from megatron_galvatron.profiling.hardware import (
     median,
     synchronize,
 )
+from megatron_galvatron.progress import Progress
 
 LAYOUTS = ("consec", "strided")
 BUFFER_DTYPE = torch.float32  # gradients are reduced in fp32; per byte bf16 costs the same
@@ -243,9 +244,7 @@ class CommProfiler:
         return t.tolist()
 
     def run(self) -> Dict:
-        from tqdm import tqdm
-        with tqdm(total=self.steps(), disable=not (self.s.progress and self.rank == 0),
-                  desc="profile_comm", unit="pt") as bar:
+        with Progress(self.steps(), "profile_comm", unit="pt", enabled=self.s.progress and self.rank == 0) as bar:
             collectives = self.collectives(bar)
             p2p = self.p2p(bar)
             overlap = self.overlap()

@@ -47,6 +47,7 @@ from megatron_galvatron.profiling.memory import allocator_stats, saved_bytes
 from megatron_galvatron.profiling.model_settings import DTYPES, ModelSettings
 from megatron_galvatron.profiling.shards import ShardGroups
 from megatron_galvatron.profiling.sustained import measure_sustained
+from megatron_galvatron.progress import Progress
 from megatron_galvatron.training.optimizer import build_optimizer
 
 
@@ -444,7 +445,6 @@ class ModelProfiler:
         return allocator_stats(self.device)
 
     def run(self) -> Dict:
-        from tqdm import tqdm
         shards = ShardGroups(max(self.tps))
         n_layer = sum(len(_points(self.s, tp, sp)) for tp in self.tps
                       for sp in ((False, True) if tp > 1 and self.s.sequence_parallel else (False,)))
@@ -457,8 +457,7 @@ class ModelProfiler:
         static = static_shapes() if self.s.compile else nullcontext()
         prev_flush = torch.set_flush_denormal(True) if self.device.type == "cpu" else None
         try:
-            with static, tqdm(total=n_layer + n_vocab + 2, disable=not self.s.progress, desc="profile_model",
-                              unit="pt") as bar:
+            with static, Progress(n_layer + n_vocab + 2, "profile_model", unit="pt", enabled=self.s.progress) as bar:
                 layer = self.layer_profile(shards, bar)
                 vocab = self.vocab_profile(shards, bar)
                 sustained = self.sustained_profile(shards, layer)

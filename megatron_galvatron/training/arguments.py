@@ -11,20 +11,36 @@ from megatron_galvatron.training.config import (CheckpointConfig, DataConfig, Ev
                                              OptimizerConfig, ResilienceConfig, TrainingConfig)
 
 
+class HelpWithDefaults(argparse.HelpFormatter):
+    """--help shows every flag's default, unless its help already says it (or it is an on/off switch)."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if "default" in text or action.nargs == 0 or action.default is argparse.SUPPRESS:
+            return text
+        return f"{text} (default: %(default)s)".lstrip()
+
+
 def add_parallel_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("parallelism (GLOBAL mode; with --galvatron-config the plan decides: these must agree)")
     g.add_argument("--galvatron-config", default=None, help="plan JSON (native or Hetu-Galvatron format)")
-    g.add_argument("--pp-deg", type=int, default=1)
-    g.add_argument("--global-tp-deg", type=int, default=1)
-    g.add_argument("--global-tp-consec", type=int, choices=[0, 1], default=1)
-    g.add_argument("--default-dp-type", choices=["ddp", "zero2", "zero3"], default="ddp")
+    g.add_argument("--pp-deg", type=int, default=1, help="pipeline stages")
+    g.add_argument("--global-tp-deg", type=int, default=1, help="tensor-parallel degree of every layer")
+    g.add_argument("--global-tp-consec", type=int, choices=[0, 1], default=1,
+                   help="1: a TP group is consecutive ranks; 0: strided (every dp-th rank)")
+    g.add_argument("--default-dp-type", choices=["ddp", "zero2", "zero3"], default="ddp",
+                   help="data parallelism of every layer: replicated, gradients + optimizer sharded, or all sharded")
     g.add_argument("--sdp", type=int, choices=[0, 1], default=0, help="1 = zero3 for every layer")
-    g.add_argument("--global-checkpoint", type=int, choices=[0, 1], default=0)
-    g.add_argument("--sequence-parallel", action="store_true")
+    g.add_argument("--global-checkpoint", type=int, choices=[0, 1], default=0,
+                   help="1: recompute every layer's activations in backward")
+    g.add_argument("--sequence-parallel", action="store_true",
+                   help="Megatron sequence parallelism inside each TP group")
     g.add_argument("--vocab-tp", type=int, default=None, help="TP degree of embedding/LM head (default: global)")
-    g.add_argument("--vocab-sdp", type=int, choices=[0, 1], default=None)
+    g.add_argument("--vocab-sdp", type=int, choices=[0, 1], default=None,
+                   help="1: ZeRO-3 for the embedding and LM head (default: as the layers)")
     g.add_argument("--chunks", type=int, default=None, help="micro-batches per step (default from --micro-batch-size)")
-    g.add_argument("--pipeline-type", choices=["gpipe", "1f1b", "pipedream_flush"], default="1f1b")
+    g.add_argument("--pipeline-type", choices=["gpipe", "1f1b", "pipedream_flush"], default="1f1b",
+                   help="pipeline schedule (pipedream_flush = 1f1b)")
     g.add_argument("--fp8", choices=plan_mod.FP8_RECIPES, default=None,
                    help="float8 linears (torchao) in every transformer layer with this scaling recipe "
                         "(default: bf16); the embedding and LM head stay bf16")
@@ -35,41 +51,55 @@ def add_parallel_args(p: argparse.ArgumentParser) -> None:
 def add_training_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("training")
     g.add_argument("--micro-batch-size", type=int, default=None, help="samples per micro-batch per DP rank")
-    g.add_argument("--global-batch-size", "--global-train-batch-size", dest="global_batch_size", type=int, default=8)
-    g.add_argument("--train-iters", type=int, default=10)
-    g.add_argument("--lr", type=float, default=3e-4)
-    g.add_argument("--min-lr", type=float, default=0.0)
-    g.add_argument("--lr-warmup-iters", type=int, default=0)
-    g.add_argument("--lr-decay-iters", type=int, default=None)
-    g.add_argument("--lr-decay-style", choices=["cosine", "linear", "constant"], default="cosine")
-    g.add_argument("--weight-decay", type=float, default=0.01)
-    g.add_argument("--adam-beta1", type=float, default=0.9)
-    g.add_argument("--adam-beta2", type=float, default=0.95)
-    g.add_argument("--adam-eps", type=float, default=1e-8)
-    g.add_argument("--clip-grad", type=float, default=1.0)
-    g.add_argument("--bf16", action="store_true")
-    g.add_argument("--seed", type=int, default=1234)
-    g.add_argument("--log-interval", type=int, default=1)
-    g.add_argument("--tensorboard-dir", default=None)
+    g.add_argument("--global-batch-size", "--global-train-batch-size", dest="global_batch_size", type=int, default=8,
+                   help="samples per optimizer step")
+    g.add_argument("--train-iters", type=int, default=10, help="optimizer steps in all (a resumed run stops there too)")
+    g.add_argument("--lr", type=float, default=3e-4, help="peak learning rate")
+    g.add_argument("--min-lr", type=float, default=0.0, help="learning rate at the end of the decay")
+    g.add_argument("--lr-warmup-iters", type=int, default=0, help="linear warm-up steps from 0 to --lr")
+    g.add_argument("--lr-decay-iters", type=int, default=None,
+                   help="steps over which the rate decays to --min-lr (default: --train-iters)")
+    g.add_argument("--lr-decay-style", choices=["cosine", "linear", "constant"], default="cosine",
+                   help="shape of the decay after warm-up")
+    g.add_argument("--weight-decay", type=float, default=0.01, help="AdamW decoupled weight decay")
+    g.add_argument("--adam-beta1", type=float, default=0.9, help="AdamW beta1")
+    g.add_argument("--adam-beta2", type=float, default=0.95, help="AdamW beta2")
+    g.add_argument("--adam-eps", type=float, default=1e-8, help="AdamW epsilon")
+    g.add_argument("--clip-grad", type=float, default=1.0, help="clip the global gradient norm to this (0: no clipping)")
+    g.add_argument("--bf16", action="store_true",
+                   help="bf16 compute with float32 master weights and gradient reduction (default: float32)")
+    g.add_argument("--seed", type=int, default=1234, help="seed of the weights, dropout and data order")
+    g.add_argument("--log-interval", type=int, default=1, help="print an iteration line every N steps")
+    g.add_argument("--tensorboard-dir", default=None,
+                   help="write TensorBoard scalars here (needs tensorboard; without it a warning and JSON lines)")
     g.add_argument("--compile", action="store_true", help="torch.compile each transformer layer")
-    g.add_argument("--exit-on-nonfinite", type=int, choices=[0, 1], default=1)
+    g.add_argument("--exit-on-nonfinite", type=int, choices=[0, 1], default=1,
+                   help="1: stop after --max-skipped-steps NaN/Inf steps; 0: skip them for ever")
     g.add_argument("--metrics-json", default=None, help="write per-iteration metrics (JSON lines) here")
+
+
+def add_logging_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("logging to Weights & Biases (optional: pip install wandb)")
+    g.add_argument("--wandb-project", default=None, help="log the iteration records to this W&B project")
+    g.add_argument("--wandb-exp-name", default=None, help="the run's name in W&B (default: W&B picks one)")
+    g.add_argument("--wandb-save-dir", default=None, help="where W&B keeps the run's files (default: ./wandb)")
 
 
 def add_data_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("data and checkpoints")
     g.add_argument("--mock-data", action="store_true", help="synthetic learnable tokens (default without --data-path)")
     g.add_argument("--data-path", nargs="*", default=None, help="prefix, or weight prefix weight prefix ...")
-    g.add_argument("--split", default="949,50,1")
+    g.add_argument("--split", default="949,50,1", help="train,valid,test weights of the documents")
     g.add_argument("--data-order", choices=["epochs", "megatron"], default="epochs",
                    help="sample order: epochs (each epoch served whole, in turn) or megatron "
                         "(megatron-core GPTDataset's, for comparing with a Megatron run)")
-    g.add_argument("--eval-interval", type=int, default=0)
-    g.add_argument("--eval-iters", type=int, default=0)
-    g.add_argument("--skip-train", action="store_true")
-    g.add_argument("--save", default=None)
-    g.add_argument("--load", default=None)
-    g.add_argument("--save-interval", type=int, default=0)
+    g.add_argument("--eval-interval", type=int, default=0, help="evaluate every N steps (0: never during training)")
+    g.add_argument("--eval-iters", type=int, default=0, help="global batches of the valid split per evaluation")
+    g.add_argument("--skip-train", action="store_true", help="evaluate once (needs --eval-iters) and exit")
+    g.add_argument("--save", default=None, help="directory to save checkpoints into")
+    g.add_argument("--load", default=None,
+                   help="checkpoint directory (or root of iter_* directories) to resume from")
+    g.add_argument("--save-interval", type=int, default=0, help="save every N steps (0: at the end only)")
     g.add_argument("--finetune", action="store_true",
                    help="load only the weights from --load: iteration 0, fresh optimizer, data from the start")
     g.add_argument("--no-load-optim", action="store_true", help="do not load the optimizer state from --load")
@@ -124,7 +154,8 @@ def training_config(args: argparse.Namespace) -> TrainingConfig:
                     decay_iters=args.lr_decay_iters or args.train_iters, decay_style=args.lr_decay_style),
         eval=EvalConfig(interval=args.eval_interval, iters=args.eval_iters, skip_train=args.skip_train),
         logging=LoggingConfig(interval=args.log_interval, tensorboard_dir=args.tensorboard_dir,
-                              metrics_json=args.metrics_json),
+                              metrics_json=args.metrics_json, wandb_project=args.wandb_project,
+                              wandb_exp_name=args.wandb_exp_name, wandb_save_dir=args.wandb_save_dir),
         checkpoint=CheckpointConfig(save=args.save, load=args.load, save_interval=args.save_interval,
                                     finetune=args.finetune, load_optim=not args.no_load_optim,
                                     load_rng=not args.no_load_rng),
@@ -132,10 +163,11 @@ def training_config(args: argparse.Namespace) -> TrainingConfig:
 
 
 def build_parser(description: str = "Train a GPT model under a per-layer hybrid parallel plan") -> argparse.ArgumentParser:
-    p = ArgumentParser(description=description)
+    p = ArgumentParser(description=description, formatter_class=HelpWithDefaults)
     add_model_args(p)
     add_parallel_args(p)
     add_training_args(p)
+    add_logging_args(p)
     add_data_args(p)
     add_resilience_args(p)
     apply_flag_types(p)

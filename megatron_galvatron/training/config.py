@@ -35,6 +35,9 @@ class LoggingConfig:
     interval: int
     tensorboard_dir: Optional[str]
     metrics_json: Optional[str]
+    wandb_project: Optional[str] = None  # None: no Weights & Biases run
+    wandb_exp_name: Optional[str] = None
+    wandb_save_dir: Optional[str] = None
 
 
 @dataclass(frozen=True)

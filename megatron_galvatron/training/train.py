@@ -4,7 +4,6 @@ clip -> AdamW (skipped when the gradient norm is NaN/Inf) -> LR schedule. After 
 loop logs, evaluates and saves as due, and stops early when every rank agrees to
 (training/preemption.py)."""
 import dataclasses
-import json
 import os
 import random
 import time
@@ -24,7 +23,6 @@ from megatron_galvatron.checkpoint.host_staging import HostStaging
 from megatron_galvatron.checkpoint.save import owned_layout
 from megatron_galvatron.errors import UserError
 from megatron_galvatron.fp8.library import float8
-from megatron_galvatron.optional import import_optional
 from megatron_galvatron.model.config import GPTConfig, config_from_args
 from megatron_galvatron.model.parallelize import ParallelModel, parallelize
 from megatron_galvatron.model.stage import StageModel
@@ -35,6 +33,7 @@ from megatron_galvatron.pipeline.schedules import Schedule, StepStats, forward_o
 from megatron_galvatron.plan import Plan
 from megatron_galvatron.training import arguments, metrics
 from megatron_galvatron.training.config import TrainingConfig
+from megatron_galvatron.training.log_writers import Writers, iteration_line
 from megatron_galvatron.training.nonfinite import SkippedSteps, step_if_finite
 from megatron_galvatron.training.optimizer import LRSchedule, build_optimizer
 from megatron_galvatron.training.preemption import EarlyExit, SignalFlag, agree_any
@@ -302,6 +301,8 @@ def save_checkpoint(tr: Trainer) -> Optional[str]:
                   f"{time.perf_counter() - t0:.2f} s" + (f"; {pinned / 2 ** 30:.1f} GiB of page-locked host buffers"
                                                          if pinned else "") + ")", flush=True)
         return None
+    if tr.ps.rank == 0:  # a large model's save takes minutes: say so before it starts
+        print(f"saving checkpoint at iteration {tr.iteration} to {tr.config.checkpoint.save}", flush=True)
     path = checkpoint.save(tr.checkpoint_state(), tr.config.checkpoint.save)
     if tr.ps.rank == 0:
         print(f"saved checkpoint {path} at iteration {tr.iteration} in {time.perf_counter() - t0:.2f} s", flush=True)
@@ -340,7 +341,7 @@ def _evaluate_and_log(tr: Trainer, writer) -> float:
     if is_logging_rank(tr):
         print(f"iteration {tr.iteration:>6} | validation loss: {loss:.6E}", flush=True)
         if writer is not None:
-            writer(rec)
+            writer(rec, training=False)
     return loss
 
 
@@ -374,7 +375,7 @@ def train(tr: Trainer) -> List[dict]:
 
 
 def _train(tr: Trainer, early: EarlyExit) -> List[dict]:
-    config, log, device = tr.config, tr.config.logging, tr.device
+    config, log = tr.config, tr.config.logging
     if config.eval.skip_train:
         loss = evaluate(tr)
         tr.eval_log.append({"iteration": tr.iteration, "validation_loss": loss})
@@ -386,11 +387,27 @@ def _train(tr: Trainer, early: EarlyExit) -> List[dict]:
             print(f"nothing to train: the checkpoint loaded is at iteration {tr.iteration} and --train-iters is "
                   f"{config.train_iters}; raise --train-iters to train on", flush=True)
         return tr.log
+    writer = Writers(log, run_config(tr)) if is_logging_rank(tr) else None
+    try:
+        return _train_loop(tr, early, writer)
+    finally:
+        if writer is not None:
+            writer.close()
+
+
+def run_config(tr: Trainer) -> dict:
+    """What a W&B run records as its configuration: the model, the plan and the settings."""
+    return {"model": tr.cfg.to_dict(), "plan": tr.plan.to_dict(), "training": dataclasses.asdict(tr.config),
+            "world_size": tr.ps.world_size}
+
+
+def _train_loop(tr: Trainer, early: EarlyExit, writer: Optional[Writers]) -> List[dict]:
+    config, log, device = tr.config, tr.config.logging, tr.device
     flops_token = tr.cfg.flops_per_token()
     peak = metrics.peak_flops(device) if config.bf16 else None
     tokens_per_iter = tr.plan.global_bsz * tr.cfg.seq_length
-    writer = _writer(log.tensorboard_dir) if is_logging_rank(tr) else None
     interval_loss, interval_n = torch.zeros((), device=device), 0
+    interval_nan = torch.zeros((), dtype=torch.int64, device=device)
     skipped = SkippedSteps(device, config.resilience.max_skipped_steps)
     metrics.synchronize(device)
     t0 = time.perf_counter()
@@ -401,6 +418,7 @@ def _train(tr: Trainer, early: EarlyExit) -> List[dict]:
             tr.host_staging.prepare(owned_layout(tr.checkpoint_state()))
         interval_loss += torch.where(stats.skipped, 0.0, stats.loss_sum)  # a skipped step's loss is left out
         interval_n += 1
+        interval_nan += ~torch.isfinite(stats.loss_sum)
         skipped.add(stats.skipped)
         stop = _stop_reason(tr, early)
         if tr.iteration % log.interval == 0 or tr.iteration == config.train_iters or stop:
@@ -412,21 +430,19 @@ def _train(tr: Trainer, early: EarlyExit) -> List[dict]:
             dt = (time.perf_counter() - t0) / interval_n
             tps = tokens_per_iter / dt / tr.ps.world_size
             tflops = tps * flops_token / 1e12
-            rec = {"iteration": tr.iteration, "loss": loss, "lr": stats.lr, "grad_norm": grad_norm,
+            rec = {"iteration": tr.iteration, "consumed_samples": tr.consumed_samples,
+                   "global_batch_size": tr.plan.global_bsz, "loss": loss, "lr": stats.lr, "grad_norm": grad_norm,
                    "iter_time_s": dt, "tokens_per_s_per_gpu": tps, "tflops_per_gpu": tflops,
                    "peak_mem_gb": metrics.peak_memory_gb(device), "max_live_microbatches": stats.max_live_microbatches,
-                   "skipped": n_skipped}
+                   "skipped": n_skipped, "nan_iterations": int(interval_nan.item())}
             if peak:
                 rec["mfu"] = tflops * 1e12 / peak
             tr.log.append(rec)
             if is_logging_rank(tr):
-                _print_iteration(rec, config.train_iters)
-                if writer is not None:
-                    writer(rec)
-                if log.metrics_json:
-                    with open(log.metrics_json, "a") as f:
-                        f.write(json.dumps(rec) + "\n")
+                print(iteration_line(rec, config.train_iters), flush=True)
+                writer(rec)
             interval_loss.zero_()
+            interval_nan.zero_()
             interval_n = 0
             t0 = time.perf_counter()
         t0 += _periodic(tr, writer)  # not counted in the iteration time
@@ -438,31 +454,3 @@ def _train(tr: Trainer, early: EarlyExit) -> List[dict]:
         save_checkpoint(tr)
     publish_save(tr)
     return tr.log
-
-
-def _print_iteration(rec: dict, total: int) -> None:
-    parts = [f"iteration {rec['iteration']:>6}/{total}", f"loss: {rec['loss']:.6E}", f"lr: {rec['lr']:.4E}",
-             f"grad norm: {rec['grad_norm']:.4f}", f"skipped: {rec['skipped']}",
-             f"time/iter: {rec['iter_time_s'] * 1000:.1f} ms",
-             f"tokens/s/GPU: {rec['tokens_per_s_per_gpu']:.1f}", f"TFLOP/s/GPU: {rec['tflops_per_gpu']:.2f}"]
-    if "mfu" in rec:
-        parts.append(f"MFU: {rec['mfu']:.3f}")
-    parts.append(f"peak mem: {rec['peak_mem_gb']:.2f} GB")
-    print(" | ".join(parts), flush=True)
-
-
-def _writer(tb_dir: Optional[str]):
-    if not tb_dir:
-        return None
-    os.makedirs(tb_dir, exist_ok=True)
-    tb = import_optional("torch.utils.tensorboard", f"TensorBoard events in {tb_dir} (scalars.jsonl written instead)",
-                         "pip install tensorboard")
-    if tb is not None:
-        w = tb.SummaryWriter(tb_dir)
-        return lambda rec: [w.add_scalar(k, v, rec["iteration"]) for k, v in rec.items() if k != "iteration"]
-    path = os.path.join(tb_dir, "scalars.jsonl")
-
-    def write(rec):
-        with open(path, "a") as f:
-            f.write(json.dumps(rec) + "\n")
-    return write
