@@ -23,6 +23,6 @@ setup(
     # fp8: float8 layers ("fp8" in a plan, --fp8) and the +fp8 baselines, through torchao.float8;
     # the version works with torch 2.11 on CUDA and 2.13 on CPU
     extras_require={"plot": ["matplotlib"], "fp8": ["torchao==0.18.0"],
-                    "test": ["pytest", "transformers", "tokenizers", "matplotlib", "torchao==0.18.0",
+                    "test": ["pytest", "transformers", "tokenizers", "matplotlib", "torchao==0.18.0", "wandb",
                              "megatron-core==0.16.1"]},
 )
