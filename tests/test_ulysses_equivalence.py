@@ -1,0 +1,61 @@
+"""Ulysses sequence parallelism, mixed per layer with TP, Megatron-SP and DP/ZeRO, equals the
+single-process reference (CPU, gloo, float32): loss, every gradient and the parameters after
+three AdamW steps. GQA runs with fewer K/V heads than the Ulysses group (replicated heads)."""
+from megatron_galvatron.plan import ULYSSES, LayerStrategy, Plan, VocabStrategy
+from tests.equivalence import check_plans, tiny_cfg
+
+
+def L(**kw):
+    return LayerStrategy(**kw)
+
+
+def U(tp, **kw):
+    return LayerStrategy(tp=tp, sp=ULYSSES, **kw)
+
+
+def plan(world, layers, vocab, pp=1, chunks=2, global_bsz=8, pipeline="1f1b"):
+    n = len(layers)
+    return Plan(world_size=world, pp_deg=pp, pp_division=[n // pp] * pp, global_bsz=global_bsz, chunks=chunks,
+                layers=layers, vocab=vocab, pipeline_type=pipeline)
+
+
+def world4_plans(max_tp=4):
+    t = max_tp  # the TP layers' degree (TP needs it to divide the K/V heads; Ulysses does not)
+    return [
+        # Ulysses-4 -> Megatron-SP tp2 -> strided Ulysses-2 under ZeRO-3 -> TP-4; Ulysses vocab
+        plan(4, [U(4), L(tp=2, sp=True, dp_type="zero2"), U(2, tp_consec=False, dp_type="zero3"), L(tp=t)],
+             VocabStrategy(tp=4, sp=ULYSSES, dp_type="zero3")),
+        # plain DP vocab; checkpointed Ulysses; Ulysses next to a same-shaped Megatron-SP layer
+        plan(4, [L(tp=1, dp_type="zero3"), U(4, dp_type="zero2", checkpoint=True), L(tp=t, sp=True),
+                 U(2, tp_consec=False)], VocabStrategy(tp=2, sp=True)),
+        # two pipeline stages, Ulysses on both, strided vocab Ulysses
+        plan(4, [U(2), L(tp=2, sp=True), L(tp=2, tp_consec=False), U(2, dp_type="zero3")],
+             VocabStrategy(tp=2, tp_consec=False, sp=ULYSSES), pp=2, chunks=2, pipeline="gpipe"),
+    ]
+
+
+def test_world4_gpt2():
+    check_plans(4, tiny_cfg("gpt2"), world4_plans())
+
+
+def test_world4_llama_gqa():
+    # 2 K/V heads for Ulysses groups of 4: each K/V head is sent twice
+    check_plans(4, tiny_cfg("llama", num_query_groups=2), world4_plans(max_tp=2))
+
+
+def test_world8_llama_gqa():
+    cfg = tiny_cfg("llama", num_query_groups=4, seq_length=16)  # Ulysses-8 sends each K/V head twice
+    check_plans(8, cfg, [
+        plan(8, [U(8), L(tp=4, tp_consec=False, sp=True), U(2, tp_consec=False, dp_type="zero3"),
+                 L(tp=2, dp_type="zero2")], VocabStrategy(tp=8, sp=ULYSSES)),
+        plan(8, [L(tp=2, sp=True), U(4, tp_consec=False, checkpoint=True), U(4, dp_type="zero2"), L(tp=4)],
+             VocabStrategy(tp=4, sp=ULYSSES, dp_type="zero3"), pp=2),
+    ])
+
+
+def test_world8_gpt2():
+    cfg = tiny_cfg("gpt2", seq_length=16)
+    check_plans(8, cfg, [
+        plan(8, [U(4), U(4, tp_consec=False, dp_type="zero3"), L(tp=4, sp=True), U(2, dp_type="zero2")],
+             VocabStrategy(tp=2, tp_consec=False, sp=ULYSSES)),
+    ])
