@@ -2,7 +2,8 @@
 
 Units: seconds and bytes per rank. A stage of `stage_world` ranks receives micro-batches of
 `global_micro_batch` samples; a layer with tensor-parallel degree tp has dp = stage_world / tp data-
-parallel replicas, each holding global_micro_batch / dp samples of `seq_length` tokens.
+parallel replicas, each holding global_micro_batch / dp samples of `seq_length` tokens. A Ulysses
+layer is priced by search/ulysses_cost.py (its tp = 1 twin, fed a fractional share of samples).
 
 Iteration time (GPipe and 1F1B alike): (chunks + pp_deg - 1) x the slowest stage's time per
 micro-batch + the slowest stage's once-per-iteration work (gradient sync not hidden behind the
@@ -20,6 +21,7 @@ from megatron_galvatron.layout import Layout, exchange_sets
 from megatron_galvatron.model.config import GPTConfig
 from megatron_galvatron.plan import LayerStrategy, Plan, VocabStrategy
 from megatron_galvatron.profile_format import ModelProfile
+from search import ulysses_cost
 from search.comm import Network
 from search.memory_passes import MemoryPasses
 from search.pipeline_time import clock_scales
@@ -105,13 +107,15 @@ class CostModel(MemoryPasses):
 
     # ---------------------------------------------------------------- transformer layer
     def layer_compute(self, s: LayerStrategy, stage_world: int, global_micro_batch: int) -> Tuple[float, float]:
+        if s.ulysses:
+            return self.layer_compute(ulysses_cost.compute_twin(s), stage_world, global_micro_batch)
         dp = stage_world // s.tp
         if s.fp8:  # measured only on bf16 weights, as the runtime runs a float8 layer
             fits = self.profile.fp8_tables(s.fp8, s.tp, s.sp).fits
         else:
             fits = self.profile.bf16_layer_fits(s.tp, s.sp) if self.bf16_unit(s.dp_type, dp) else None
         fwd, bwd = fits or self.profile.layer_fits(s.tp, s.sp)
-        tokens = global_micro_batch // dp * self.model.seq_length
+        tokens = global_micro_batch / dp * self.model.seq_length
         return fwd(tokens), bwd(tokens)
 
     def _tp_block_comm(self, s, stage_world: int, global_micro_batch: int) -> Tuple[float, float, float, float]:
@@ -125,11 +129,11 @@ class CostModel(MemoryPasses):
         sp's reduce-scatter) forward and its bf16 gradient backward (sp: all-gather). Units on bf16
         weights are bf16 throughout; a unit that is not (`bf16_unit`) computes its norms in fp32 and
         its column-parallel side moves fp32."""
-        if s.tp == 1:
+        if s.tp == 1 or s.ulysses:
             return 0.0, 0.0, 0.0, 0.0
         size, stride = self.tp_group(s, stage_world)
         dp = stage_world // s.tp
-        samples = global_micro_batch // dp
+        samples = global_micro_batch / dp
         norm = self._activation_bytes(samples, BF16 if self.bf16_unit(s.dp_type, dp) else FP32)
         mm = self._activation_bytes(samples, BF16)
         c = self.net.collective
@@ -209,6 +213,8 @@ class CostModel(MemoryPasses):
         return BF16 * params - (BF16 - FP8) * self.float8_gathered(s, params)
 
     def layer_time(self, s: LayerStrategy, stage_world: int, global_micro_batch: int) -> Time:
+        if s.ulysses:
+            return ulysses_cost.layer_time(self, s, stage_world, global_micro_batch)
         fwd, bwd = self.layer_compute(s, stage_world, global_micro_batch)
         col_f, row_f, col_b, row_b = self._tp_block_comm(s, stage_world, global_micro_batch)
         tp_fwd, tp_bwd = 2 * (col_f + row_f), 2 * (col_b + row_b)
@@ -267,8 +273,10 @@ class CostModel(MemoryPasses):
         return residual + BF16 * widest
 
     def layer_memory(self, s: LayerStrategy, stage_world: int, global_micro_batch: int) -> Memory:
+        if s.ulysses:
+            return ulysses_cost.layer_memory(self, s, stage_world, global_micro_batch)
         dp = stage_world // s.tp
-        tokens = global_micro_batch // dp * self.model.seq_length
+        tokens = global_micro_batch / dp * self.model.seq_length
         per_token, const, ckpt = self.layer_activation(s, dp)
         full = per_token * tokens + const
         kept = ckpt * tokens if s.checkpoint else full
@@ -357,6 +365,8 @@ class CostModel(MemoryPasses):
     def vocab(self, v: VocabStrategy, stage_world: int, global_micro_batch: int, pp_deg: int,
               stage: int) -> Tuple[Time, Memory]:
         """Embedding on the first stage, LM head + loss on the last (gpt2 ties them: a copy on each)."""
+        if v.ulysses:
+            return ulysses_cost.vocab(self, v, stage_world, global_micro_batch, pp_deg, stage)
         first, last = stage == 0, stage == pp_deg - 1
         if self.vocab_copies(pp_deg, stage) == 0:
             return Time(0.0, 0.0), Memory(0.0, 0.0, 0.0)
@@ -364,7 +374,7 @@ class CostModel(MemoryPasses):
         dp = stage_world // v.tp
         sharded = is_sharded(v.dp_type, dp)
         bf16 = self.bf16_unit(v.dp_type, dp)
-        samples = global_micro_batch // dp
+        samples = global_micro_batch / dp
         tokens = samples * self.model.seq_length
         # A unit not on bf16 weights (autocast over an fp32 table and an fp32 norm) outputs fp32
         act = self._activation_bytes(samples, BF16 if bf16 else FP32)
