@@ -68,6 +68,12 @@ class LayerGroups:
         return len(self.seq_ranks) if len(self.seq_ranks) > 1 else 0
 
     @property
+    def rng_rank(self) -> int:
+        """The rank whose dropout stream this unit draws: ranks holding different sequence
+        chunks or heads (TP or Ulysses group) draw different masks."""
+        return self.seq_rank if self.ulysses else self.tp_rank
+
+    @property
     def megatron_sp(self) -> bool:
         return self.layout.sp and self.tp > 1
 

@@ -124,8 +124,7 @@ class TransformerLayer(nn.Module):
         self.cfg, self.groups, self.sp = cfg, groups, sp
         # sequence-sharded or head-split activations need masks that differ per rank of the group
         self.sharded_sequence = groups.layout.sp
-        rank_in_group = groups.seq_rank if groups.ulysses else groups.tp_rank
-        self.tracker = RNGTracker(seed, rank_in_group, device, stream=1 + layer_idx)
+        self.tracker = RNGTracker(seed, groups.rng_rank, device, stream=1 + layer_idx)
         kind = norm_kind(cfg.family)
         self.input_norm = Norm(cfg.hidden_size, kind, cfg.norm_eps, sp, device)
         self.attention = Attention(cfg, groups, sp, self.tracker, device)

@@ -31,7 +31,7 @@ class VocabModule(nn.Module):
         self.cfg, self.groups, self.sp = cfg, groups, sp
         self.has_embedding, self.has_head = has_embedding, has_head
         self.seq_parts, self.seq_rank = groups.ulysses or 1, groups.seq_rank
-        self.tracker = RNGTracker(seed, groups.seq_rank if groups.ulysses else groups.tp_rank, device)
+        self.tracker = RNGTracker(seed, groups.rng_rank, device)
         self.padded_vocab = pad_vocab(cfg.vocab_size, cfg.make_vocab_size_divisible_by, groups.tp)
         if has_embedding or (has_head and cfg.tie_embeddings):
             self.word_embeddings = VocabParallelEmbedding(cfg.vocab_size, self.padded_vocab, cfg.hidden_size,
