@@ -114,3 +114,33 @@ def test_strategies_offer_ulysses_only_where_it_runs():
     odd = dataclasses.replace(LONG, num_attention_heads=6, hidden_size=768)
     assert not [s for s in layer_strategies(4, 1, odd, space) if s.ulysses]  # 6 heads over 4 ranks
     assert not [s for s in layer_strategies(4, 1, LONG, Space()) if s.ulysses]  # off by default
+
+
+def test_run_cli_writes_a_ulysses_plan_and_names_the_all_gather_estimate(tmp_path):
+    import json
+    import os
+    import subprocess
+    import sys
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    d = synthetic.write_profiles(str(tmp_path / "prof"), LONG, 4, 4, "h100")
+    flags = ["--model-family", "llama", "--num-layers", "2", "--hidden-size", "1024", "--num-attention-heads", "8",
+             "--num-query-groups", "2", "--ffn-hidden-size", "2816", "--vocab-size", "8192", "--seq-length", "4096",
+             "--memory-gb", "60", "--num-gpus", "4", "--profile-dir", d, "--global-batch-size", "1", "--quiet",
+             "--ulysses", "search", "--no-plot"]
+
+    def run(out):
+        return subprocess.run([sys.executable, os.path.join(root, "search", "run.py"), "--output", str(out)] + flags,
+                              cwd=str(tmp_path), capture_output=True, text=True, timeout=240)
+
+    r = run(tmp_path / "plan.json")
+    assert r.returncode == 0, r.stderr
+    p = Plan.from_dict(json.loads((tmp_path / "plan.json").read_text())).validate(LONG, 4)
+    assert all(s.ulysses for s in p.layers) and "ulysses4" in r.stdout and "all-gather" not in r.stderr
+    hw = json.loads(open(os.path.join(d, "hardware.json")).read())
+    del hw["collectives"]["all_to_all"]
+    with open(os.path.join(d, "hardware.json"), "w") as f:
+        json.dump(hw, f)
+    r = run(tmp_path / "plan2.json")
+    assert r.returncode == 0, r.stderr
+    assert "no all_to_all entries" in r.stderr and "all-gather bandwidth" in r.stderr

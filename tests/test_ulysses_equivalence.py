@@ -59,3 +59,11 @@ def test_world8_gpt2():
         plan(8, [U(4), U(4, tp_consec=False, dp_type="zero3"), L(tp=4, sp=True), U(2, dp_type="zero2")],
              VocabStrategy(tp=2, tp_consec=False, sp=ULYSSES)),
     ])
+
+
+def test_world2_float8_ulysses_layers():
+    """Float8 linears in Ulysses layers: their casts see each rank's sequence chunk."""
+    check_plans(2, tiny_cfg("llama"), [
+        plan(2, [U(2, fp8="tensorwise"), U(2, dp_type="zero3", fp8="tensorwise"), L(tp=2, sp=True, fp8="rowwise"),
+                 U(2, dp_type="zero2", fp8="rowwise")], VocabStrategy(tp=2, sp=ULYSSES), global_bsz=4),
+    ])
