@@ -391,9 +391,9 @@ def from_galvatron_dict(d: Dict[str, Any], world_size: Optional[int] = None) -> 
     """Import a Hetu-Galvatron JSON config. Every key is honoured or refused, never ignored.
 
     dp_types_enc: 0 = default_dp_type (ddp or zero2), 1 = SDP (zero3). use_sp / vsp select
-    Ulysses sequence parallelism over the layer's tp_sizes_enc (vtp) ranks. Galvatron plans do not record the
-    world size; it is derived from the first layer (tp * dp is not recorded either), so the
-    caller passes the launch world size.
+    Ulysses sequence parallelism over the layer's tp_sizes_enc (vtp) ranks. Galvatron plans do
+    not record the world size; it is derived from the first layer (tp * dp is not recorded
+    either), so the caller passes the launch world size.
     """
     if not isinstance(d, dict):
         raise PlanError("a Galvatron config must be a JSON object of its keys (pp_deg, tp_sizes_enc, ...)")

@@ -1,8 +1,11 @@
 """Ulysses sequence parallelism, mixed per layer with TP, Megatron-SP and DP/ZeRO, equals the
 single-process reference (CPU, gloo, float32): loss, every gradient and the parameters after
 three AdamW steps. GQA runs with fewer K/V heads than the Ulysses group (replicated heads)."""
+import random
+
 from megatron_galvatron.plan import ULYSSES, LayerStrategy, Plan, VocabStrategy
 from tests.equivalence import check_plans, tiny_cfg
+from tests.random_plans import divisors
 
 
 def L(**kw):
@@ -67,3 +70,31 @@ def test_world2_float8_ulysses_layers():
         plan(2, [U(2, fp8="tensorwise"), U(2, dp_type="zero3", fp8="tensorwise"), L(tp=2, sp=True, fp8="rowwise"),
                  U(2, dp_type="zero2", fp8="rowwise")], VocabStrategy(tp=2, sp=ULYSSES), global_bsz=4),
     ])
+
+
+def random_mixed_plan(rng, world, cfg):
+    """A random plan whose layers and vocab each take TP, Megatron-SP or Ulysses (any group
+    layout, DP type, checkpointing), over a random pipeline."""
+    pp = rng.choice([1, 2])
+    w = world // pp
+    heads, groups, seq = cfg["num_attention_heads"], cfg["num_query_groups"], cfg["seq_length"]
+    tps = [t for t in divisors(w) if heads % t == 0 and groups % t == 0 and seq % t == 0]
+    uls = [u for u in divisors(w) if u > 1 and heads % u == 0 and seq % u == 0]
+
+    def pick(cls, **extra):
+        kind = rng.choice(["tp", "sp", "ulysses"])
+        tp = rng.choice(uls if kind == "ulysses" else [t for t in tps if t > 1 or kind == "tp"])
+        sp = {"tp": False, "sp": True, "ulysses": ULYSSES}[kind]
+        return cls(tp=tp, tp_consec=rng.random() < 0.5, dp_type=rng.choice(["ddp", "zero2", "zero3"]), sp=sp,
+                   **extra)
+
+    layers = [pick(LayerStrategy, checkpoint=rng.random() < 0.3) for _ in range(cfg["num_layers"])]
+    chunks = rng.choice([1, 2])
+    return Plan(world_size=world, pp_deg=pp, pp_division=[cfg["num_layers"] // pp] * pp, global_bsz=chunks * w,
+                chunks=chunks, layers=layers, vocab=pick(VocabStrategy), pipeline_type=rng.choice(["gpipe", "1f1b"]))
+
+
+def test_world4_random_mixed_plans():
+    rng = random.Random(21)
+    cfg = tiny_cfg("llama", num_query_groups=2)
+    check_plans(4, cfg, [random_mixed_plan(rng, 4, cfg) for _ in range(5)])
