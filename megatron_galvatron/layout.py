@@ -12,7 +12,9 @@ import numpy as np
 @dataclass(frozen=True, order=True)
 class Layout:
     """How an activation is spread over a stage: DP shards of the batch, TP replicas or
-    sequence shards (sp) inside each TP group."""
+    sequence shards (sp) inside each TP group. A Ulysses layer's group shards the sequence
+    just as a Megatron-SP TP group does, so both have the same layout (and need no re-layout
+    between them): the layout is where the activation lives, not how a layer computes on it."""
 
     tp: int
     tp_consec: bool
@@ -22,7 +24,7 @@ class Layout:
     def of(s, stage_world: int) -> "Layout":
         # Degenerate cases share one layout so no re-layout is done between them.
         consec = True if s.tp in (1, stage_world) else s.tp_consec
-        return Layout(tp=s.tp, tp_consec=consec, sp=s.sp and s.tp > 1)
+        return Layout(tp=s.tp, tp_consec=consec, sp=bool(s.sp) and s.tp > 1)
 
     def rank(self, dp_rank: int, tp_rank: int, stage_world: int) -> int:
         """Stage-local index of the rank at (dp_rank, tp_rank). The rank geometry of consecutive

@@ -42,7 +42,12 @@ class GroupCache:
 
 @dataclass
 class LayerGroups:
-    """Everything a layer needs to know about its place in the world."""
+    """Everything a layer needs to know about its place in the world.
+
+    dp_group is where the unit's parameters are replicated (ddp) or sharded (zero2/zero3) and
+    its gradients summed. A Ulysses unit has no TP (tp_ranks is the rank itself): its layout's
+    groups are its sequence (all-to-all) groups, seq_group, and every stage rank holds its
+    parameters, so its dp_group is the whole stage."""
 
     layout: Layout
     tp_group: Optional[dist.ProcessGroup]
@@ -53,6 +58,24 @@ class LayerGroups:
     dp_rank: int
     stage_group: Optional[dist.ProcessGroup]
     stage_ranks: Tuple[int, ...]
+    seq_group: Optional[dist.ProcessGroup] = None
+    seq_ranks: Tuple[int, ...] = ()
+    seq_rank: int = 0
+
+    @property
+    def ulysses(self) -> int:
+        """The Ulysses group size (0 for a unit without Ulysses)."""
+        return len(self.seq_ranks) if len(self.seq_ranks) > 1 else 0
+
+    @property
+    def rng_rank(self) -> int:
+        """The rank whose dropout stream this unit draws: ranks holding different sequence
+        chunks or heads (TP or Ulysses group) draw different masks."""
+        return self.seq_rank if self.ulysses else self.tp_rank
+
+    @property
+    def megatron_sp(self) -> bool:
+        return self.layout.sp and self.tp > 1
 
     @property
     def tp(self) -> int:
@@ -163,6 +186,11 @@ class ParallelState:
         dp_ranks = next(g for g in dp_groups if self.rank in g)
         dp_rank, tp_rank = layout.coords(self.local_idx, self.stage_world)
         assert tp_ranks.index(self.rank) == tp_rank and dp_ranks.index(self.rank) == dp_rank
+        if strategy.ulysses:
+            return LayerGroups(layout=layout, tp_group=None, tp_ranks=(self.rank,), tp_rank=0,
+                               dp_group=self.stage_group, dp_ranks=self.stage_ranks, dp_rank=self.local_idx,
+                               stage_group=self.stage_group, stage_ranks=self.stage_ranks,
+                               seq_group=self.group(tp_ranks), seq_ranks=tp_ranks, seq_rank=tp_rank)
         return LayerGroups(layout=layout, tp_group=self.group(tp_ranks), tp_ranks=tp_ranks, tp_rank=tp_rank,
                            dp_group=self.group(dp_ranks), dp_ranks=dp_ranks, dp_rank=dp_rank,
                            stage_group=self.stage_group, stage_ranks=self.stage_ranks)

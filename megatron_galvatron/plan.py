@@ -15,7 +15,7 @@ import dataclasses
 import json
 import os
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Union
 
 from megatron_galvatron.errors import UserError
 from megatron_galvatron.json_file import check, read_object
@@ -29,6 +29,7 @@ FORMAT = "megatron_galvatron.plan/1"
 DP_TYPES = ("ddp", "zero2", "zero3")
 FP8_RECIPES = ("tensorwise", "rowwise")  # torchao.float8 recipes; a layer without one runs in bf16
 PIPELINE_TYPES = ("gpipe", "1f1b")
+ULYSSES = "ulysses"  # a strategy's sp value for all-to-all (DeepSpeed-Ulysses) sequence parallelism
 # Beyond these a plan describes no real job; a global batch of 10**15 would only hang building it.
 MAX_WORLD_SIZE = 2 ** 20
 MAX_GLOBAL_BSZ = 2 ** 24
@@ -46,7 +47,11 @@ class LayerStrategy:
     tp_consec: TP groups are consecutive ranks ([0,1],[2,3]) rather than strided ([0,2],[1,3]).
     dp_type: "ddp" (replicated params, gradients all-reduced), "zero2" (gradients and
         optimizer state sharded), "zero3" (parameters sharded too; Galvatron's SDP).
-    sp: Megatron sequence parallelism inside the TP group.
+    sp: False, True (Megatron sequence parallelism inside the TP group) or "ulysses": the
+        sequence is split over a group of ``tp`` ranks that hold whole (unsharded) parameters
+        and swap to head sharding for attention by all-to-all; such a layer has no TP, and its
+        parameters are replicated (ddp) or sharded (zero2/zero3) over the whole stage.
+        A truthy sp means the activation is sequence-sharded over the group either way.
     checkpoint: recompute this layer's activations in backward.
     fp8: the layer's linears compute in float8 with this scaling recipe (one of FP8_RECIPES);
         None: in the training precision (bf16).
@@ -55,9 +60,13 @@ class LayerStrategy:
     tp: int = 1
     tp_consec: bool = True
     dp_type: str = "ddp"
-    sp: bool = False
+    sp: Union[bool, str] = False
     checkpoint: bool = False
     fp8: Optional[str] = None
+
+    @property
+    def ulysses(self) -> bool:
+        return self.sp == ULYSSES and self.tp > 1
 
 
 @dataclass(frozen=True)
@@ -67,7 +76,11 @@ class VocabStrategy:
     tp: int = 1
     tp_consec: bool = True
     dp_type: str = "ddp"
-    sp: bool = False
+    sp: Union[bool, str] = False  # as LayerStrategy.sp
+
+    @property
+    def ulysses(self) -> bool:
+        return self.sp == ULYSSES and self.tp > 1
 
     def as_layer(self) -> LayerStrategy:
         """The activation layout the vocab modules produce / consume, as a layer strategy."""
@@ -291,10 +304,10 @@ class Plan:
         ]
         v = self.vocab
         lines.append(f"{'vocab':>5} {'0/' + str(self.pp_deg - 1):>5} {v.tp:>3} {int(v.tp_consec):>6} "
-                     f"{self.stage_world // v.tp:>3} {v.dp_type:>7} {int(v.sp):>3} {'-':>4}")
+                     f"{self.stage_world // v.tp:>3} {v.dp_type:>7} {_sp_cell(v):>3} {'-':>4}")
         for i, s in enumerate(self.layers):
             lines.append(f"{i:>5} {self.stage_of_layer(i):>5} {s.tp:>3} {int(s.tp_consec):>6} "
-                         f"{self.stage_world // s.tp:>3} {s.dp_type:>7} {int(s.sp):>3} {int(s.checkpoint):>4}"
+                         f"{self.stage_world // s.tp:>3} {s.dp_type:>7} {_sp_cell(s):>3} {int(s.checkpoint):>4}"
                          + (f" {s.fp8 or '-':>10}" if self.has_fp8 else ""))
         if self.predicted:
             lines.append("predicted: " + ", ".join(f"{k}={v}" for k, v in self.predicted.items()))
@@ -314,18 +327,29 @@ def _check_strategy(name: str, s, stage_world: int, model: Optional["GPTConfig"]
                         f"(world_size / pp_deg): use a tp that divides {stage_world}")
     if s.dp_type not in DP_TYPES:
         raise PlanError(f"{name}.dp_type={s.dp_type!r}: use one of {', '.join(DP_TYPES)}")
-    for flag in ("tp_consec", "sp"):
-        if not isinstance(getattr(s, flag), bool):
-            raise PlanError(f"{name}.{flag} must be true or false, got {getattr(s, flag)!r}")
+    if not isinstance(s.tp_consec, bool):
+        raise PlanError(f"{name}.tp_consec must be true or false, got {s.tp_consec!r}")
+    if not isinstance(s.sp, bool) and s.sp != ULYSSES:
+        raise PlanError(f"{name}.sp must be false, true (Megatron) or \"{ULYSSES}\", got {s.sp!r}")
     if isinstance(s, LayerStrategy) and not isinstance(s.checkpoint, bool):
         raise PlanError(f"{name}.checkpoint must be true or false, got {s.checkpoint!r}")
     if isinstance(s, LayerStrategy) and s.fp8 is not None and s.fp8 not in FP8_RECIPES:
         raise PlanError(f"{name}.fp8={s.fp8!r}: use one of {', '.join(FP8_RECIPES)}, or leave it out for bf16")
-    for dim in ("num_attention_heads", "num_query_groups", "ffn_hidden_size") if model is not None else ():
+    if s.sp == ULYSSES:
+        # K/V heads are replicated up to the group size, so only the query heads must divide
+        dims = ("num_attention_heads",) if isinstance(s, LayerStrategy) else ()
+    else:
+        dims = ("num_attention_heads", "num_query_groups", "ffn_hidden_size")
+    for dim in dims if model is not None else ():
         size = getattr(model, dim)
         if size % s.tp:
-            raise PlanError(f"{name}.tp={s.tp} does not divide --{dim.replace('_', '-')}={size}: "
+            what = "the Ulysses group size" if s.sp == ULYSSES else "tp"
+            raise PlanError(f"{name}.tp={s.tp} ({what}) does not divide --{dim.replace('_', '-')}={size}: "
                             f"use a tp that divides it")
+
+
+def _sp_cell(s) -> str:
+    return "u" if s.sp == ULYSSES else str(int(s.sp))
 
 
 def _strategy_dict(s: LayerStrategy) -> Dict[str, Any]:
@@ -412,10 +436,9 @@ def from_galvatron_dict(d: Dict[str, Any], world_size: Optional[int] = None) -> 
     """Import a Hetu-Galvatron JSON config. Every key is honoured or refused, never ignored.
 
     dp_types_enc: 0 = default_dp_type (ddp or zero2), 1 = SDP (zero3). use_sp / vsp select
-    Ulysses sequence parallelism, which this runtime does not implement, so a plan asking for
-    it is refused rather than trained as something else. Galvatron plans do not record the
-    world size; it is derived from the first layer (tp * dp is not recorded either), so the
-    caller passes the launch world size.
+    Ulysses sequence parallelism over the layer's tp_sizes_enc (vtp) ranks. Galvatron plans do
+    not record the world size; it is derived from the first layer (tp * dp is not recorded
+    either), so the caller passes the launch world size.
     """
     if not isinstance(d, dict):
         raise PlanError("a Galvatron config must be a JSON object of its keys (pp_deg, tp_sizes_enc, ...)")
@@ -443,23 +466,20 @@ def from_galvatron_dict(d: Dict[str, Any], world_size: Optional[int] = None) -> 
     use_sp = per_layer("use_sp", 0)
     ckpt = per_layer("checkpoint", 0)
     cp = per_layer("cp_sizes_enc", 1)
-    if any(use_sp):
-        raise PlanError("Galvatron config sets use_sp=1 (Ulysses sequence parallelism), which this runtime does not "
-                        "implement: set use_sp to 0 for every layer (Megatron-style sp is the plan's 'sp')")
     if any(c != 1 for c in cp):
         raise PlanError("Galvatron config sets cp_sizes_enc > 1 (context parallelism), which this runtime does not "
                         "implement: set every entry to 1")
-    if _galvatron_int(d, "vsp" if "vsp" in d else "vocab_sp", 0):
-        raise PlanError("Galvatron config sets vsp=1 (Ulysses sequence parallelism for the vocab layers), which this "
-                        "runtime does not implement: set vsp to 0")
+    vsp = _galvatron_int(d, "vsp" if "vsp" in d else "vocab_sp", 0)
     default_dp = d.get("default_dp_type", "ddp")
     if default_dp not in ("ddp", "zero2"):
         raise PlanError(f"Galvatron config default_dp_type={default_dp!r}: use ddp or zero2")
-    for name, vals in (("tp_consecutive_flags", consec), ("dp_types_enc", sdp), ("checkpoint", ckpt)):
+    for name, vals in (("tp_consecutive_flags", consec), ("dp_types_enc", sdp), ("checkpoint", ckpt),
+                       ("use_sp", use_sp), ("vsp", [vsp])):
         if any(v not in (0, 1) for v in vals):
             raise PlanError(f"Galvatron config {name!r} entries must be 0 or 1, got {vals}")
+    # use_sp=1: the layer's tp_sizes_enc entry is its Ulysses group size (Galvatron runs no TP there)
     layers = [LayerStrategy(tp=tp[i], tp_consec=bool(consec[i]), dp_type="zero3" if sdp[i] else default_dp,
-                            sp=False, checkpoint=bool(ckpt[i])) for i in range(n)]
+                            sp=ULYSSES if use_sp[i] else False, checkpoint=bool(ckpt[i])) for i in range(n)]
     pp_deg = _galvatron_int(d, "pp_deg")
     if pp_deg < 1:
         raise PlanError(f"Galvatron config pp_deg={pp_deg} must be >= 1")
@@ -468,7 +488,8 @@ def from_galvatron_dict(d: Dict[str, Any], world_size: Optional[int] = None) -> 
     embed_sdp = _galvatron_int(d, "embed_sdp", 0)
     if embed_sdp not in (0, 1):
         raise PlanError(f"Galvatron config embed_sdp={embed_sdp}: use 0 (default_dp_type) or 1 (zero3)")
-    vocab = VocabStrategy(tp=vtp, tp_consec=True, dp_type="zero3" if embed_sdp else default_dp, sp=False)
+    vocab = VocabStrategy(tp=vtp, tp_consec=True, dp_type="zero3" if embed_sdp else default_dp,
+                          sp=ULYSSES if vsp else False)
     if world_size is None:
         raise PlanError("a Galvatron config does not record the world size: pass the launch world size")
     return Plan(world_size=world_size, pp_deg=pp_deg, pp_division=division, global_bsz=_galvatron_int(d, "global_bsz"),
@@ -497,7 +518,7 @@ def check_fp8_skip(recipe: Optional[str], skip_first: int, skip_last: int, num_l
 
 
 def uniform(world_size: int, num_layers: int, pp_deg: int = 1, tp: int = 1, tp_consec: bool = True,
-            dp_type: str = "ddp", sp: bool = False, checkpoint: bool = False, global_bsz: int = 8,
+            dp_type: str = "ddp", sp: Union[bool, str] = False, checkpoint: bool = False, global_bsz: int = 8,
             chunks: int = 1, pipeline_type: str = "1f1b", pp_division: Optional[Sequence[int]] = None,
             vocab_tp: Optional[int] = None, fp8: Optional[str] = None, fp8_skip_first: int = 0,
             fp8_skip_last: int = 0) -> Plan:

@@ -2,7 +2,8 @@
 
 Units: seconds and bytes per rank. A stage of `stage_world` ranks receives micro-batches of
 `global_micro_batch` samples; a layer with tensor-parallel degree tp has dp = stage_world / tp data-
-parallel replicas, each holding global_micro_batch / dp samples of `seq_length` tokens.
+parallel replicas, each holding global_micro_batch / dp samples of `seq_length` tokens. A Ulysses
+layer is priced by search/ulysses_cost.py (its tp = 1 twin, fed a fractional share of samples).
 
 Iteration time (GPipe and 1F1B alike): (chunks + pp_deg - 1) x the slowest stage's time per
 micro-batch + the slowest stage's once-per-iteration work (gradient sync not hidden behind the
@@ -20,6 +21,7 @@ from megatron_galvatron.layout import Layout, exchange_sets
 from megatron_galvatron.model.config import GPTConfig
 from megatron_galvatron.plan import LayerStrategy, Plan
 from megatron_galvatron.profile_format import ModelProfile
+from search import ulysses_cost
 from search.comm import Network
 from search.memory_passes import MemoryPasses
 from search.priced_once import PricedOnce
@@ -103,13 +105,15 @@ class CostModel(MemoryPasses, PricedOnce, VocabCost):
 
     # ---------------------------------------------------------------- transformer layer
     def layer_compute(self, s: LayerStrategy, stage_world: int, global_micro_batch: int) -> Tuple[float, float]:
+        if s.ulysses:
+            return self.layer_compute(ulysses_cost.compute_twin(s), stage_world, global_micro_batch)
         dp = stage_world // s.tp
         if s.fp8:  # measured only on bf16 weights, as the runtime runs a float8 layer
             fits = self.profile.fp8_tables(s.fp8, s.tp, s.sp).fits
         else:
             fits = self.profile.bf16_layer_fits(s.tp, s.sp) if self.bf16_unit(s.dp_type, dp) else None
         fwd, bwd = fits or self.profile.layer_fits(s.tp, s.sp)
-        tokens = global_micro_batch // dp * self.model.seq_length
+        tokens = global_micro_batch / dp * self.model.seq_length
         return fwd(tokens), bwd(tokens)
 
     def _tp_block_comm(self, s, stage_world: int, global_micro_batch: int) -> Tuple[float, float, float, float]:
@@ -123,11 +127,11 @@ class CostModel(MemoryPasses, PricedOnce, VocabCost):
         sp's reduce-scatter) forward and its bf16 gradient backward (sp: all-gather). Units on bf16
         weights are bf16 throughout; a unit that is not (`bf16_unit`) computes its norms in fp32 and
         its column-parallel side moves fp32."""
-        if s.tp == 1:
+        if s.tp == 1 or s.ulysses:
             return 0.0, 0.0, 0.0, 0.0
         size, stride = self.tp_group(s, stage_world)
         dp = stage_world // s.tp
-        samples = global_micro_batch // dp
+        samples = global_micro_batch / dp
         norm = self._activation_bytes(samples, BF16 if self.bf16_unit(s.dp_type, dp) else FP32)
         mm = self._activation_bytes(samples, BF16)
         c = self.net.collective
@@ -210,6 +214,8 @@ class CostModel(MemoryPasses, PricedOnce, VocabCost):
         return self._remembered("time", self._layer_time, s, stage_world, global_micro_batch)
 
     def _layer_time(self, s: LayerStrategy, stage_world: int, global_micro_batch: int) -> Time:
+        if s.ulysses:
+            return ulysses_cost.layer_time(self, s, stage_world, global_micro_batch)
         fwd, bwd = self.layer_compute(s, stage_world, global_micro_batch)
         col_f, row_f, col_b, row_b = self._tp_block_comm(s, stage_world, global_micro_batch)
         tp_fwd, tp_bwd = 2 * (col_f + row_f), 2 * (col_b + row_b)
@@ -271,8 +277,10 @@ class CostModel(MemoryPasses, PricedOnce, VocabCost):
         return self._remembered("memory", self._layer_memory, s, stage_world, global_micro_batch)
 
     def _layer_memory(self, s: LayerStrategy, stage_world: int, global_micro_batch: int) -> Memory:
+        if s.ulysses:
+            return ulysses_cost.layer_memory(self, s, stage_world, global_micro_batch)
         dp = stage_world // s.tp
-        tokens = global_micro_batch // dp * self.model.seq_length
+        tokens = global_micro_batch / dp * self.model.seq_length
         per_token, const, ckpt = self.layer_activation(s, dp)
         full = per_token * tokens + const
         kept = ckpt * tokens if s.checkpoint else full

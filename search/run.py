@@ -27,7 +27,8 @@ from search.bound import compute_bound
 from search.comm import Network
 from search.cost_model import CostModel
 from search.engine import InfeasibleError, Result, Searcher
-from search.strategies import SP_MODES, Space, label
+from search import ulysses_cost
+from search.strategies import SP_MODES, ULYSSES_MODES, Space, label
 
 PROG = "search/run.py"
 CARD_SHARE = 0.97  # of a GPU's memory, above which NCCL's buffers (not in the profile) may not fit
@@ -61,6 +62,9 @@ def build_parser() -> argparse.ArgumentParser:
                     default=None,
                     help="try A, 2A, 4A, ... up to B (and B) and keep the highest throughput")
     s.add_argument("--sequence-parallel", choices=SP_MODES, default="search")
+    s.add_argument("--ulysses", choices=ULYSSES_MODES, default="off",
+                   help="search: layers and vocab may also take Ulysses sequence parallelism (all-to-all "
+                        "between sequence and head sharding), for micro-batches of fewer samples than GPUs")
     s.add_argument("--fp8", choices=("off",) + FP8_RECIPES, default="off",
                    help="let each layer compute its linears in float8 with this recipe where that is faster "
                         "(it changes the numerics, so it is off unless asked; model.json needs its "
@@ -155,7 +159,10 @@ def search_modes(args, cfg, sizes):
     per_node = gpus_per_node(args, hw.gpus_per_node)
     space = Space(max_tp=args.max_tp or per_node, allow_zero3=not args.disable_sdp,
                   allow_checkpoint=not args.disable_checkpoint, sequence_parallel=args.sequence_parallel,
-                  fp8=None if args.fp8 == "off" else args.fp8)
+                  fp8=None if args.fp8 == "off" else args.fp8, ulysses=args.ulysses)
+    if args.ulysses != "off" and ulysses_cost.all_to_all_op(hw) != "all_to_all":
+        print(f"{PROG}: note: {args.profile_dir}/hardware.json has no all_to_all entries: Ulysses' all-to-alls "
+              f"are priced from all-gather bandwidth (re-run tools/profile_comm.py to measure them)", file=sys.stderr)
     types = ["1f1b", "gpipe"] if args.pipeline_type == "search" else [args.pipeline_type]
     results, searchers, errors = [], [], []
     for prof in profiles:

@@ -3,6 +3,7 @@ the last), a part of CostModel: it uses the model, profile, network and passes o
 from typing import Tuple
 
 from megatron_galvatron.plan import VocabStrategy
+from search import ulysses_cost
 from search.stage_memory import BF16, FP32, Memory, is_sharded, model_state_bytes
 from search.time_terms import Time
 
@@ -57,6 +58,8 @@ class VocabCost:
     def vocab(self, v: VocabStrategy, stage_world: int, global_micro_batch: int, pp_deg: int,
               stage: int) -> Tuple[Time, Memory]:
         """Embedding on the first stage, LM head + loss on the last (gpt2 ties them: a copy on each)."""
+        if v.ulysses:
+            return ulysses_cost.vocab(self, v, stage_world, global_micro_batch, pp_deg, stage)
         first, last = stage == 0, stage == pp_deg - 1
         if self.vocab_copies(pp_deg, stage) == 0:
             return Time(0.0, 0.0), Memory(0.0, 0.0, 0.0)
@@ -64,7 +67,7 @@ class VocabCost:
         dp = stage_world // v.tp
         sharded = is_sharded(v.dp_type, dp)
         bf16 = self.bf16_unit(v.dp_type, dp)
-        samples = global_micro_batch // dp
+        samples = global_micro_batch / dp
         tokens = samples * self.model.seq_length
         # A unit not on bf16 weights (autocast over an fp32 table and an fp32 norm) outputs fp32
         act = self._activation_bytes(samples, BF16 if bf16 else FP32)

@@ -1,5 +1,5 @@
 """Checkpoints are plan-independent: saved under plan A on 4 ranks (pipeline, TP, ZeRO-2/3, SP,
-tied embedding across stages), loaded under other plans on 4 and 2 ranks, training goes on with
+tied embedding across stages), loaded under other plans on 4 and 2 ranks (Ulysses among them), training goes on with
 the losses of the uninterrupted run (same plan: bit-exact, dropout included; other plans: within
 1e-5), the LR schedule and data position carried over; evaluation matches the independent
 reference model."""
@@ -31,7 +31,11 @@ PLAN_A = Plan(world_size=4, pp_deg=2, pp_division=[2, 2], global_bsz=8, chunks=2
               vocab=V(tp=1, dp_type="zero3"))
 PLAN_B4 = uniform(4, 4, tp=2, tp_consec=False, sp=True, dp_type="zero2", global_bsz=8, chunks=1)
 PLAN_B2 = [uniform(2, 4, pp_deg=2, pp_division=[1, 3], global_bsz=8, chunks=4, pipeline_type="gpipe"),
-           uniform(2, 4, dp_type="zero3", global_bsz=8, chunks=2)]
+           uniform(2, 4, dp_type="zero3", global_bsz=8, chunks=2),
+           # Ulysses layers and vocabulary (the evaluation scores each rank's sequence chunk)
+           Plan(world_size=2, pp_deg=1, pp_division=[4], global_bsz=8, chunks=2,
+                layers=[L(tp=2, sp="ulysses", dp_type="zero3"), L(tp=2, sp=True), L(tp=2, sp="ulysses"),
+                        L(tp=1, dp_type="zero2")], vocab=V(tp=2, sp="ulysses", dp_type="zero2"))]
 
 
 def _trainer(cfg, plan_dict, world, extra=()):

@@ -41,7 +41,7 @@ def outcomes(tmp_path_factory):
     unknown_key.write_text(json.dumps(d))
     ulysses = tmp / "ulysses.json"
     ulysses.write_text(json.dumps({"pp_deg": 1, "tp_sizes_enc": "1,1", "tp_consecutive_flags": "1,1",
-                                   "dp_types_enc": "0,0", "use_sp": "1,0", "global_bsz": 8, "chunks": 1}))
+                                   "dp_types_enc": "0,0", "use_sp": "2,0", "global_bsz": 8, "chunks": 1}))
     cases = {
         "malformed_json": (["--galvatron-config", str(malformed)], "not valid JSON"),
         "world_size_mismatch": (["--galvatron-config", str(for_8)], "world_size=8"),

@@ -239,6 +239,10 @@ def test_galvatron_every_key_maps_to_its_field():
     ("tp_consecutive_flags", "1,1,1,1", lambda p: all(s.tp_consec for s in p.layers)),
     ("dp_types_enc", "1,1,1,1", lambda p: all(s.dp_type == "zero3" for s in p.layers)),
     ("tp_sizes_enc", [2, 2, 2, 2], lambda p: all(s.tp == 2 for s in p.layers)),
+    # use_sp=1: the tp_sizes_enc entry is the layer's Ulysses group size; vsp=1 does it for vocab
+    ("use_sp", "0,1,1,0", lambda p: [s.sp for s in p.layers] == [False, "ulysses", "ulysses", False]
+     and [s.tp for s in p.layers] == [1, 2, 4, 2]),
+    ("vsp", 1, lambda p: p.vocab.sp == "ulysses" and p.vocab.tp == 4),
 ])
 def test_galvatron_each_key_is_honoured(key, value, check):
     d = dict(GALVATRON, **{key: value})
@@ -265,8 +269,8 @@ def test_galvatron_load_from_file_needs_world_size(tmp_path):
 
 
 @pytest.mark.parametrize("changes,fragments", [
-    (dict(use_sp="0,1,0,0"), ["use_sp", "set use_sp to 0"]),
-    (dict(vsp=1), ["vsp", "set vsp to 0"]),
+    (dict(use_sp="0,2,0,0"), ["use_sp", "0 or 1"]),
+    (dict(vsp=2), ["vsp", "0 or 1"]),
     (dict(cp_sizes_enc="1,2,1,1"), ["cp_sizes_enc"]),
     (dict(vocab_sdp=1), ["vocab_sdp", "remove"]),
     (dict(sp_space="tp+sp"), ["sp_space"]),
@@ -354,3 +358,35 @@ def test_global_flags_errors():
             _flags_plan(MODEL + argv, world=4)
     with pytest.raises(PlanError, match="--num-attention-heads=6"):
         _flags_plan(["--num-attention-heads", "6", "--hidden-size", "48", "--global-tp-deg", "4"], world=4)
+
+
+# ----------------------------------------------------------------------------- Ulysses layers
+
+def test_ulysses_layers_round_trip_and_describe():
+    p = mixed_plan()
+    p.layers[1] = LayerStrategy(tp=2, tp_consec=False, sp="ulysses", dp_type="zero3")
+    p.vocab = VocabStrategy(tp=4, sp="ulysses")
+    d = json.loads(json.dumps(p.to_dict()))
+    assert d["layers"][1]["sp"] == "ulysses" and d["vocab"]["sp"] == "ulysses"
+    assert Plan.from_dict(d) == p
+    rows = {ln.split()[0]: ln.split() for ln in p.describe().splitlines()[2:] if not ln.startswith("predicted")}
+    assert rows["1"][6] == "u" and rows["vocab"][6] == "u"
+
+
+def test_ulysses_validation():
+    # K/V heads need not divide the group (they are replicated), query heads must
+    gqa = GPTConfig(family="llama", num_layers=6, hidden_size=64, num_attention_heads=8, num_query_groups=2,
+                    ffn_hidden_size=66, seq_length=16)
+    p = mixed_plan()
+    p.layers = [LayerStrategy(tp=4, sp="ulysses")] * 6
+    p.vocab = VocabStrategy(tp=4, sp="ulysses")
+    p.validate(gqa)
+    p.layers[2] = LayerStrategy(tp=4, sp="ulysses", dp_type="zero2")
+    plan_error(lambda: p.validate(GPTConfig(num_layers=6, hidden_size=48, num_attention_heads=6,
+                                            ffn_hidden_size=64, seq_length=16)),
+               "layers[0].tp=4", "Ulysses", "--num-attention-heads=6")
+    plan_error(lambda: p.validate(GPTConfig(family="llama", num_layers=6, hidden_size=64, num_attention_heads=8,
+                                            num_query_groups=2, ffn_hidden_size=64, seq_length=18)),
+               "layers[0]", "--seq-length 18")
+    d = edited(layers=[{"tp": 2, "sp": "ring"}] + [{"tp": 1}] * 5)
+    plan_error(lambda: Plan.from_dict(d).validate(), "layers[0].sp", "ulysses", fix=False)

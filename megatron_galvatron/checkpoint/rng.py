@@ -61,7 +61,7 @@ def _reseed(stage: StageModel, seed: int, iteration: int) -> None:
     random.seed(s)
     np.random.seed(s % 2 ** 32)
     for name, m in _trackers(stage):  # one stream per module and TP rank, as at initialisation
-        m.tracker.generator.manual_seed(tracker_seed(s, m.groups.tp_rank, zlib.crc32(name.encode())))
+        m.tracker.generator.manual_seed(tracker_seed(s, m.groups.rng_rank, zlib.crc32(name.encode())))
 
 
 def restore(state: TrainingState, d: str, meta: dict) -> None:

@@ -44,14 +44,14 @@ class StageModel(nn.Module):
         self.vocab_layout = self.vocab_groups.layout
         self.vocab: Optional[VocabModule] = None
         if ps.is_first_stage or ps.is_last_stage:
-            self.vocab = VocabModule(cfg, self.vocab_groups, self.vocab_layout.sp, ps.is_first_stage,
+            self.vocab = VocabModule(cfg, self.vocab_groups, self.vocab_groups.megatron_sp, ps.is_first_stage,
                                      ps.is_last_stage, seed, device)
         self.layers = nn.ModuleDict()
         self.layouts = []
         for i in self.layer_ids:
             s = plan.layers[i]
             groups = ps.layer_groups(s)
-            self.layers[str(i)] = TransformerLayer(cfg, groups, groups.layout.sp, seed, device, layer_idx=i)
+            self.layers[str(i)] = TransformerLayer(cfg, groups, groups.megatron_sp, seed, device, layer_idx=i)
             self.layouts.append(groups.layout)
         # Layout of what arrives from the previous stage (its last layer's).
         self.input_layout = (self.vocab_layout if ps.is_first_stage

@@ -1,7 +1,8 @@
 """One decoder layer (attention + MLP) running under its own TP group.
 
 Activations are [seq, batch, hidden]: replicated over the TP group, or split along the
-sequence when the layer uses sequence parallelism.
+sequence when the layer uses sequence parallelism (Megatron's inside the TP group, or
+Ulysses': whole parameters, heads exchanged for sequence around attention).
 """
 from contextlib import nullcontext
 
@@ -14,6 +15,7 @@ from megatron_galvatron.model.config import GPTConfig
 from megatron_galvatron.model.norms import Norm, norm_kind
 from megatron_galvatron.model.rope_scaling import llama3_scaled
 from megatron_galvatron.parallel_state import LayerGroups
+from megatron_galvatron.sequence_parallel.ulysses import exchange_qkv, heads_to_seq, kv_replication
 from megatron_galvatron.tensor_parallel.layers import ColumnParallelLinear, RowParallelLinear
 from megatron_galvatron.tensor_parallel.random import RNGTracker
 
@@ -54,7 +56,12 @@ class Attention(nn.Module):
         super().__init__()
         tp = groups.tp
         self.cfg, self.tracker = cfg, tracker
-        self.heads, self.groups_local = cfg.num_attention_heads // tp, cfg.num_query_groups // tp
+        self.seq_group, self.group_size = groups.seq_group, groups.ulysses or 1
+        u = self.group_size
+        self.kv_copies = kv_replication(cfg.num_query_groups, u) if u > 1 else 1
+        # heads and K/V heads this rank attends over (after the all-to-all under Ulysses)
+        self.heads = cfg.num_attention_heads // (tp * u)
+        self.groups_local = cfg.num_query_groups * self.kv_copies // (tp * u)
         hd = cfg.head_dim
         blocks = (cfg.num_attention_heads * hd, cfg.num_query_groups * hd, cfg.num_query_groups * hd)
         # A qkv bias is cut with the same blocks as the weight: each TP rank holds its heads' biases.
@@ -72,10 +79,13 @@ class Attention(nn.Module):
         hd = self.cfg.head_dim
         qkv = self.qkv(x)
         s, b = qkv.shape[0], qkv.shape[1]
-        q, k, v = qkv.split([self.heads * hd, self.groups_local * hd, self.groups_local * hd], dim=-1)
-        q = q.view(s, b, self.heads, hd)
-        k = k.view(s, b, self.groups_local, hd)
-        v = v.view(s, b, self.groups_local, hd)
+        u = self.group_size
+        n, g = self.heads * u, self.groups_local * u // self.kv_copies  # heads in qkv's output
+        q, k, v = qkv.split([n * hd, g * hd, g * hd], dim=-1)
+        q, k, v = q.view(s, b, n, hd), k.view(s, b, g, hd), v.view(s, b, g, hd)
+        if self.seq_group is not None:  # whole sequence from here, so RoPE sees global positions
+            q, k, v = exchange_qkv(q, k, v, self.seq_group, self.kv_copies)
+            s = q.shape[0]
         if self.rope is not None:
             q, k = apply_rope(q, self.rope), apply_rope(k, self.rope)
         q, k, v = (t.permute(1, 2, 0, 3) for t in (q, k, v))  # [b, heads, s, hd]
@@ -88,8 +98,10 @@ class Attention(nn.Module):
             else:
                 with sdpa_priority(self.cfg.attention_backend):
                     out = F.scaled_dot_product_attention(q, k, v, dropout_p=p, is_causal=True, enable_gqa=gqa)
-        out = out.permute(2, 0, 1, 3).reshape(s, b, self.heads * hd)
-        return self.dense(out)
+        out = out.permute(2, 0, 1, 3)  # [s, b, heads, hd]
+        if self.seq_group is not None:
+            out = heads_to_seq(out, self.seq_group)
+        return self.dense(out.reshape(out.shape[0], b, n * hd))
 
 
 class MLP(nn.Module):
@@ -115,7 +127,9 @@ class TransformerLayer(nn.Module):
     def __init__(self, cfg: GPTConfig, groups: LayerGroups, sp: bool, seed: int, device, layer_idx: int = 0):
         super().__init__()
         self.cfg, self.groups, self.sp = cfg, groups, sp
-        self.tracker = RNGTracker(seed, groups.tp_rank, device, stream=1 + layer_idx)
+        # sequence-sharded or head-split activations need masks that differ per rank of the group
+        self.sharded_sequence = groups.layout.sp
+        self.tracker = RNGTracker(seed, groups.rng_rank, device, stream=1 + layer_idx)
         kind = norm_kind(cfg.family)
         self.input_norm = Norm(cfg.hidden_size, kind, cfg.norm_eps, sp, device)
         self.attention = Attention(cfg, groups, sp, self.tracker, device)
@@ -126,7 +140,7 @@ class TransformerLayer(nn.Module):
         p = self.cfg.hidden_dropout
         if p == 0 or not self.training:
             return x
-        if self.sp:  # sequence shards differ per TP rank, so must their masks
+        if self.sharded_sequence:  # sequence shards differ per rank of the group, so must their masks
             with self.tracker.fork():
                 return F.dropout(x, p, True)
         return F.dropout(x, p, True)

@@ -3,7 +3,8 @@
 One module holds both ends so that with a single stage the tied GPT-2 embedding is one
 parameter. With several stages the first and last stage each build it with only the parts
 they use; a tied word embedding then exists on both and its gradients are summed across
-them (see data_parallel/grad_sync.py).
+them (see data_parallel/grad_sync.py). Under Ulysses the module is unsharded and each rank of
+the sequence group embeds, and scores, only its own chunk of the sequence.
 """
 import torch
 import torch.nn.functional as F
@@ -29,7 +30,8 @@ class VocabModule(nn.Module):
         super().__init__()
         self.cfg, self.groups, self.sp = cfg, groups, sp
         self.has_embedding, self.has_head = has_embedding, has_head
-        self.tracker = RNGTracker(seed, groups.tp_rank, device)
+        self.seq_parts, self.seq_rank = groups.ulysses or 1, groups.seq_rank
+        self.tracker = RNGTracker(seed, groups.rng_rank, device)
         self.padded_vocab = pad_vocab(cfg.vocab_size, cfg.make_vocab_size_divisible_by, groups.tp)
         if has_embedding or (has_head and cfg.tie_embeddings):
             self.word_embeddings = VocabParallelEmbedding(cfg.vocab_size, self.padded_vocab, cfg.hidden_size,
@@ -45,19 +47,26 @@ class VocabModule(nn.Module):
 
     def embed(self, tokens: torch.Tensor) -> torch.Tensor:
         """tokens [seq, batch] -> hidden [seq (/tp if sp), batch, hidden]."""
+        chunk = self._own_chunk(tokens.shape[0])
+        tokens = tokens[chunk]
         x = self.word_embeddings(tokens)
-        if self.cfg.family == "gpt2":
-            x = x + self.position_embeddings[: tokens.shape[0]].unsqueeze(1)
+        if self.cfg.family == "gpt2":  # the chunk's global positions
+            x = x + self.position_embeddings[chunk].unsqueeze(1)
         if self.sp:
             x = scatter_to_sp(x, self.groups.tp_group)
         p = self.cfg.hidden_dropout
         if p > 0 and self.training:
-            if self.sp:
+            if self.sp or self.seq_parts > 1:  # sequence shards need their own masks
                 with self.tracker.fork():
                     x = F.dropout(x, p, True)
             else:
                 x = F.dropout(x, p, True)
         return x
+
+    def _own_chunk(self, seq: int) -> slice:
+        """The positions this rank computes: all, or its chunk of the Ulysses group."""
+        n = seq // self.seq_parts
+        return slice(self.seq_rank * n, (self.seq_rank + 1) * n)
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         """Vocab-parallel logits [seq, batch, padded_vocab / tp]."""
@@ -68,5 +77,6 @@ class VocabModule(nn.Module):
         return self.lm_head(x)
 
     def head(self, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """Per-token loss [seq, batch] for labels [seq, batch]."""
+        """Per-token loss [seq (/u under Ulysses), batch] for labels [seq, batch]."""
+        labels = labels[self._own_chunk(labels.shape[0])]
         return vocab_parallel_cross_entropy(self.logits(x), labels, self.groups.tp_group, self.cfg.vocab_size)
