@@ -162,7 +162,7 @@ class CostModel(MemoryPasses):
         causal attention (half of seq x hidden for scores, as much for values)."""
         m = self.model
         h, f, kv = m.hidden_size, m.ffn_hidden_size, m.kv_size
-        up = (2 if m.family == "llama" else 1) * h * f  # SwiGLU: gate and up
+        up = (2 if m.swiglu else 1) * h * f  # SwiGLU: gate and up
         total = h * (h + 2 * kv) + h * h + up + f * h + m.seq_length * h
         return 1.0 - f * h / total
 
@@ -263,7 +263,7 @@ class CostModel(MemoryPasses):
         (its saved tensors are freed about as fast as the next gradients appear)."""
         m = self.model
         residual = (BF16 if self.bf16_unit(s.dp_type, dp) else FP32) * m.hidden_size / (s.tp if s.sp else 1)
-        widest = m.ffn_hidden_size * (2 if m.family == "llama" else 1) / s.tp  # SwiGLU: gate and up together
+        widest = m.ffn_hidden_size * (2 if m.swiglu else 1) / s.tp  # SwiGLU: gate and up together
         return residual + BF16 * widest
 
     def layer_memory(self, s: LayerStrategy, stage_world: int, global_micro_batch: int) -> Memory:
@@ -318,7 +318,7 @@ class CostModel(MemoryPasses):
         """(parameters of one vocab matrix shard, parameters of the whole vocab unit on this stage)."""
         one = self.profile.vocab_param_count / v.tp
         params = self.vocab_copies(pp_deg, stage) * one
-        if stage == 0 and self.model.family == "gpt2":  # learned positions, replicated over TP
+        if stage == 0 and self.model.learned_positions:  # learned positions, replicated over TP
             params += self.model.seq_length * self.model.hidden_size
         return one, params
 
