@@ -22,7 +22,11 @@ FAMILY_ARCHITECTURE = {
               "add_bias_linear": False, "tie_embeddings": False},
 }
 FAMILIES = tuple(FAMILY_ARCHITECTURE)
+ARCHITECTURE_VALUES = {"normalization": NORMALIZATIONS, "position_embedding_type": POSITION_EMBEDDINGS,
+                       "swiglu": (False, True), "add_bias_linear": (False, True), "tie_embeddings": (False, True)}
 ATTENTION_BACKENDS = ("default", "cudnn", "flash", "efficient", "math")
+# Megatron-LM's --attention-backend values and the PyTorch SDPA kernel each means here
+MEGATRON_ATTENTION_BACKENDS = {"auto": "default", "fused": "cudnn", "unfused": "math", "local": "math"}
 # What sets the model's shape: a profile measured for other values does not describe this model.
 SHAPE_FIELDS = ("num_layers", "hidden_size", "num_attention_heads", "num_query_groups",
                 "ffn_hidden_size", "vocab_size", "seq_length") + ARCHITECTURE_FIELDS
@@ -173,6 +177,11 @@ class GPTConfig:
 _SHAPE_DEFAULTS = {"num_layers": 2, "hidden_size": 64, "num_attention_heads": 4, "seq_length": 32, "vocab_size": 256}
 
 
+def default_vocab_size() -> int:
+    """--vocab-size when not given (a tokenizer's vocabulary replaces it)."""
+    return _SHAPE_DEFAULTS["vocab_size"]
+
+
 def add_model_args(p: argparse.ArgumentParser, required: bool = False) -> None:
     """The model flags (Megatron-LM spelling) every CLI shares; ``required``: the shape has no default."""
     g = p.add_argument_group("model")
@@ -229,8 +238,10 @@ def add_model_args(p: argparse.ArgumentParser, required: bool = False) -> None:
     g.add_argument("--init-method-std", type=real("init_std"), default=0.02)
     g.add_argument("--rotary-base", type=real("rope_theta"), default=10000.0)
     g.add_argument("--use-flash-attn", action="store_true", help="use the flash-attn package if installed")
-    g.add_argument("--attention-backend", default="default", choices=ATTENTION_BACKENDS,
-                   help="PyTorch SDPA kernel to try first (others stay as fallbacks); default: PyTorch's own order")
+    g.add_argument("--attention-backend", default="default",
+                   choices=ATTENTION_BACKENDS + tuple(MEGATRON_ATTENTION_BACKENDS),
+                   help="PyTorch SDPA kernel to try first (others stay as fallbacks); default: PyTorch's own "
+                        "order; Megatron-LM's auto = default, fused = cudnn, unfused and local = math")
 
 
 def config_from_args(args: argparse.Namespace) -> GPTConfig:
@@ -247,4 +258,5 @@ def config_from_args(args: argparse.Namespace) -> GPTConfig:
         max_position_embeddings=args.max_position_embeddings, hidden_dropout=args.hidden_dropout,
         attention_dropout=args.attention_dropout, norm_eps=args.norm_epsilon, init_std=args.init_method_std,
         rope_theta=args.rotary_base, make_vocab_size_divisible_by=args.make_vocab_size_divisible_by,
-        use_flash_attn=args.use_flash_attn, attention_backend=args.attention_backend)
+        use_flash_attn=args.use_flash_attn,
+        attention_backend=MEGATRON_ATTENTION_BACKENDS.get(args.attention_backend, args.attention_backend))

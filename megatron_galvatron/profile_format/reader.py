@@ -7,7 +7,8 @@ import os
 from typing import Any, Dict, Tuple
 
 from megatron_galvatron.json_file import check, read_object
-from megatron_galvatron.model.config import ARCHITECTURE_FIELDS, SHAPE_FIELDS, architecture
+from megatron_galvatron.model.config import (ARCHITECTURE_FIELDS, ARCHITECTURE_VALUES, FAMILIES, SHAPE_FIELDS,
+                                             architecture)
 from megatron_galvatron.model.config import flag as model_flag
 from megatron_galvatron.plan import FP8_RECIPES
 from megatron_galvatron.profile_format.schema import (
@@ -252,7 +253,12 @@ def parse_model(d: Dict, path: str = MODEL_FILE, bf16_only: bool = True) -> Mode
         r.get(model, k, "model")
     if not all(k in model for k in ARCHITECTURE_FIELDS):
         r.get(model, "family", "model")
-    model = {**model, **architecture(model)}
+    if model.get("family") is not None and model["family"] not in FAMILIES:
+        raise r.fail(f"key 'model.family' is {model['family']!r}: use one of {', '.join(FAMILIES)} or null")
+    model = {**architecture(model), **model}  # only absent fields come from the family
+    for k, allowed in ARCHITECTURE_VALUES.items():
+        if model[k] not in allowed or type(model[k]) is not type(allowed[0]):
+            raise r.fail(f"key 'model.{k}' is {model[k]!r}: use one of {', '.join(map(str, allowed))}")
     dtype = r.get(d, "dtype", "", str)
     if bf16_only and dtype != "bf16":
         raise r.fail(f"dtype is {dtype!r}; the cost model prices bf16 compute with fp32 master weights only")
