@@ -87,7 +87,8 @@ def add_compat_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--tokenizer-model", default=None, help="SentencePiece .model or tokenizer.json (or its folder)")
     g.add_argument("--vocab-file", default=None, help="GPT2BPETokenizer's vocab.json")
     g.add_argument("--merge-file", default=None, help="GPT2BPETokenizer's merges.txt")
-    for flag in ("--set_model_config_manually", "--set_layernum_manually"):  # presets are always overridable
+    # presets are always overridable; parameters are built sharded; TF32 follows PyTorch's setting
+    for flag in ("--set_model_config_manually", "--set_layernum_manually", "--initialize_on_meta", "--allow_tf32"):
         g.add_argument(flag, type=int, choices=[0, 1], dest="compat_" + flag[2:], help=argparse.SUPPRESS)
 
 
