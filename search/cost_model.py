@@ -164,7 +164,7 @@ class CostModel(MemoryPasses, PricedOnce, VocabCost):
         causal attention (half of seq x hidden for scores, as much for values)."""
         m = self.model
         h, f, kv = m.hidden_size, m.ffn_hidden_size, m.kv_size
-        up = (2 if m.family == "llama" else 1) * h * f  # SwiGLU: gate and up
+        up = (2 if m.swiglu else 1) * h * f  # SwiGLU: gate and up
         total = h * (h + 2 * kv) + h * h + up + f * h + m.seq_length * h
         return 1.0 - f * h / total
 
@@ -270,7 +270,7 @@ class CostModel(MemoryPasses, PricedOnce, VocabCost):
         (its saved tensors are freed about as fast as the next gradients appear)."""
         m = self.model
         residual = (BF16 if self.bf16_unit(s.dp_type, dp) else FP32) * m.hidden_size / (s.tp if s.sp else 1)
-        widest = m.ffn_hidden_size * (2 if m.family == "llama" else 1) / s.tp  # SwiGLU: gate and up together
+        widest = m.ffn_hidden_size * (2 if m.swiglu else 1) / s.tp  # SwiGLU: gate and up together
         return residual + BF16 * widest
 
     def layer_memory(self, s: LayerStrategy, stage_world: int, global_micro_batch: int) -> Memory:

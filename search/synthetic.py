@@ -95,7 +95,7 @@ def hardware_profile(num_gpus: int, gpus_per_node: int = 8, hw: Dict[str, Any] =
 def _activation_per_token(cfg: GPTConfig, tp: int, sp: bool) -> float:
     """Bytes per token kept for backward by one layer (Megatron's accounting, flash attention)."""
     h, f, kv = cfg.hidden_size, cfg.ffn_hidden_size, cfg.kv_size
-    if cfg.family == "gpt2":
+    if not cfg.swiglu:
         replicated, split = 10 * h, 8 * h + 4 * f  # 10h + 24h for f = 4h
     else:
         replicated, split = 8 * h, 2 * (h + 2 * kv) + 2 * h + 6 * f

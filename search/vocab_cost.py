@@ -19,7 +19,7 @@ class VocabCost:
         """(parameters of one vocab matrix shard, parameters of the whole vocab unit on this stage)."""
         one = self.profile.vocab_param_count / v.tp
         params = self.vocab_copies(pp_deg, stage) * one
-        if stage == 0 and self.model.family == "gpt2":  # learned positions, replicated over TP
+        if stage == 0 and self.model.learned_positions:  # learned positions, replicated over TP
             params += self.model.seq_length * self.model.hidden_size
         return one, params
 

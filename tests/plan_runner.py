@@ -21,6 +21,15 @@ def model_argv(cfg: dict, steps: int, lr: float, clip: float, seed: int = 7):
             "--make-vocab-size-divisible-by", str(cfg.get("divisible_by", 1)),
             "--train-iters", str(steps), "--lr", str(lr), "--lr-decay-style", "constant", "--clip-grad", str(clip),
             "--weight-decay", "0.1", "--seed", str(seed), "--mock-data", "--adam-eps", str(ADAM_EPS)]
+    for key, value in cfg.items():  # architecture keys that override the family's
+        if key in ("normalization", "position_embedding_type"):
+            argv += ["--" + key.replace("_", "-"), value]
+        elif key in ("swiglu", "add_bias_linear", "tie_embeddings"):
+            argv.append({("swiglu", True): "--swiglu", ("swiglu", False): "--no-swiglu",
+                         ("add_bias_linear", True): "--add-bias-linear",
+                         ("add_bias_linear", False): "--disable-bias-linear",
+                         ("tie_embeddings", True): "--tie-embeddings-and-output-weights",
+                         ("tie_embeddings", False): "--untie-embeddings-and-output-weights"}[key, value])
     return argv
 
 

@@ -57,19 +57,25 @@ class _Fp8Matmul(torch.autograd.Function):
 
 def reference_loss(params, tokens, labels, cfg, fp8=None):
     """Mean next-token loss. params: name -> tensor (requires_grad as the caller wishes);
-    tokens, labels [batch, seq]; cfg: dict with family, num_layers, heads, groups, eps, theta;
-    fp8: per layer, the float8 recipe of its linears or None."""
-    fam = cfg["family"]
+    tokens, labels [batch, seq]; cfg: dict with family, num_layers, heads, groups, eps, theta, and
+    optionally the architecture keys that override the family's (normalization, position_embedding_type,
+    swiglu, add_bias_linear, tie_embeddings); fp8: per layer, the float8 recipe of its linears or None."""
+    gpt2 = cfg["family"] == "gpt2"
+    layer_norm = cfg.get("normalization", "LayerNorm" if gpt2 else "RMSNorm") == "LayerNorm"
+    learned = cfg.get("position_embedding_type", "learned_absolute" if gpt2 else "rope") == "learned_absolute"
+    swiglu = cfg.get("swiglu", not gpt2)
+    biases = cfg.get("add_bias_linear", gpt2)
+    tied = cfg.get("tie_embeddings", gpt2)
     n_h, n_g = cfg["num_attention_heads"], cfg["num_query_groups"]
     eps = cfg.get("norm_eps", 1e-5)
     b, s = tokens.shape
     x = params["vocab.word_embeddings.weight"][tokens]
-    if fam == "gpt2":
+    if learned:
         x = x + params["vocab.position_embeddings"][:s]
 
     def norm(t, prefix):
         w = params[prefix + ".weight"]
-        if fam == "gpt2":
+        if layer_norm:
             mu = t.mean(-1, keepdim=True)
             var = ((t - mu) ** 2).mean(-1, keepdim=True)
             return (t - mu) / torch.sqrt(var + eps) * w + params[prefix + ".bias"]
@@ -82,7 +88,7 @@ def reference_loss(params, tokens, labels, cfg, fp8=None):
             y = _Fp8Matmul.apply(t.reshape(-1, t.shape[-1]), w, recipe).reshape(*t.shape[:-1], w.shape[0])
         else:
             y = t @ w.t()
-        if fam == "gpt2" and bias:
+        if biases and bias:
             y = y + params[prefix + ".bias"]
         return y
 
@@ -97,7 +103,7 @@ def reference_loss(params, tokens, labels, cfg, fp8=None):
         q = q.view(b, s, n_h, hd).transpose(1, 2)
         k = k.view(b, s, n_g, hd).transpose(1, 2)
         v = v.view(b, s, n_g, hd).transpose(1, 2)
-        if fam == "llama":
+        if not learned:
             q, k = _rope(q, cfg.get("rope_theta", 10000.0)), _rope(k, cfg.get("rope_theta", 10000.0))
         rep = n_h // n_g
         k = k.repeat_interleave(rep, dim=1)
@@ -106,15 +112,15 @@ def reference_loss(params, tokens, labels, cfg, fp8=None):
         o = (att.softmax(-1) @ v).transpose(1, 2).reshape(b, s, n_h * hd)
         x = x + lin(o, p + "attention.dense")
         h = norm(x, p + "post_attention_norm")
-        if fam == "llama":
-            gate, up = lin(h, p + "mlp.gate_up", bias=False).chunk(2, dim=-1)
+        if swiglu:
+            gate, up = lin(h, p + "mlp.gate_up").chunk(2, dim=-1)
             m = (gate * torch.sigmoid(gate)) * up
         else:
             u = lin(h, p + "mlp.fc1")
             m = 0.5 * u * (1 + torch.tanh(math.sqrt(2 / math.pi) * (u + 0.044715 * u ** 3)))
         x = x + lin(m, p + "mlp.fc2")
     x = norm(x, "vocab.final_norm")
-    head = params["vocab.word_embeddings.weight"] if fam == "gpt2" else params["vocab.lm_head.weight"]
+    head = params["vocab.word_embeddings.weight"] if tied else params["vocab.lm_head.weight"]
     logits = x @ head.t()
     return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1))
 

@@ -60,10 +60,12 @@ CLIS = {
 _NUMBER = ["abc", "", "nan", "inf", "-inf", "1e999", "9" * 40]
 BAD = {
     "pos_int": _NUMBER + ["0", "-1", "1.5", "0x10"],
+    "auto_int": _NUMBER + ["0", "-2", "1.5", "0x10"],  # Hetu-Galvatron's -1 ("auto") is a value
     "nonneg_int": _NUMBER + ["-1", "2.5"],
     "pos_float": _NUMBER + ["0", "-1", "-1e-9", "1e30"],
     "nonneg_float": _NUMBER + ["-1", "-1e-9", "1e30"],
     "unit": _NUMBER + ["-0.1", "1", "1.5"],  # [0, 1): dropout, betas
+    "unit_closed": _NUMBER + ["-0.1", "1.5"],  # [0, 1]
     "path": ["", "   "],
 }
 # cli -> [(flag, kind, argv around it: the subcommand for convert)]
@@ -76,7 +78,10 @@ FLAGS = {
         ("--norm-epsilon", "pos_float"), ("--init-method-std", "pos_float"), ("--rotary-base", "pos_float"),
         ("--rope-scaling-factor", "pos_float"), ("--rope-scaling-low-freq-factor", "pos_float"),
         ("--rope-scaling-high-freq-factor", "pos_float"), ("--rope-scaling-original-max-position-embeddings", "pos_int"),
-        ("--pp-deg", "pos_int"), ("--global-tp-deg", "pos_int"), ("--vocab-tp", "pos_int"), ("--chunks", "pos_int"),
+        ("--pp-deg", "pos_int"), ("--global-tp-deg", "pos_int"), ("--vocab-tp", "pos_int"), ("--chunks", "auto_int"),
+        ("--global_tp_deg", "auto_int"), ("--tensor-model-parallel-size", "pos_int"),
+        ("--pipeline-model-parallel-size", "pos_int"), ("--pp_deg", "pos_int"), ("--recompute-num-layers", "pos_int"),
+        ("--train-samples", "pos_int"), ("--lr-warmup-fraction", "unit_closed"),
         ("--fp8-skip-first", "nonneg_int"), ("--fp8-skip-last", "nonneg_int"), ("--micro-batch-size", "pos_int"),
         ("--global-batch-size", "pos_int"), ("--train-iters", "pos_int"), ("--lr", "pos_float"),
         ("--min-lr", "nonneg_float"), ("--lr-warmup-iters", "nonneg_int"), ("--lr-decay-iters", "pos_int"),

@@ -21,18 +21,18 @@ class PlainBlock(nn.Module):
         super().__init__()
         h, hd, f = cfg.hidden_size, cfg.head_dim, cfg.ffn_hidden_size
         self.cfg, self.checkpoint = cfg, checkpoint
-        Norm = nn.LayerNorm if cfg.family == "gpt2" else nn.RMSNorm
+        Norm = nn.LayerNorm if cfg.normalization == "LayerNorm" else nn.RMSNorm
         kw = {"eps": cfg.norm_eps, "device": device}
         self.ln_1, self.ln_2 = Norm(h, **kw), Norm(h, **kw)
-        bias = cfg.has_bias
+        bias = cfg.add_bias_linear
         self.qkv = nn.Linear(h, (cfg.num_attention_heads + 2 * cfg.num_query_groups) * hd,
                              bias=bias or cfg.add_qkv_bias, device=device)
         self.proj = nn.Linear(cfg.num_attention_heads * hd, h, bias=bias, device=device)
-        if cfg.gated_mlp:
-            self.gate = nn.Linear(h, f, bias=False, device=device)
-            self.up = nn.Linear(h, f, bias=False, device=device)
+        if cfg.swiglu:
+            self.gate = nn.Linear(h, f, bias=bias, device=device)
+            self.up = nn.Linear(h, f, bias=bias, device=device)
         else:
-            self.fc = nn.Linear(h, f, bias=True, device=device)
+            self.fc = nn.Linear(h, f, bias=bias, device=device)
         self.down = nn.Linear(f, h, bias=bias, device=device)
 
     def attention(self, x: torch.Tensor, rope) -> torch.Tensor:
@@ -49,7 +49,7 @@ class PlainBlock(nn.Module):
         return self.proj(out.transpose(1, 2).reshape(b, s, nh * hd))
 
     def mlp(self, x: torch.Tensor) -> torch.Tensor:
-        if self.cfg.gated_mlp:
+        if self.cfg.swiglu:
             return self.down(F.silu(self.gate(x)) * self.up(x))
         return self.down(F.gelu(self.fc(x), approximate="tanh"))
 
@@ -74,19 +74,19 @@ class PlainGPT(nn.Module):
         self.cfg = cfg
         h = cfg.hidden_size
         self.wte = nn.Embedding(cfg.vocab_size, h, device=device)
-        if cfg.family == "gpt2":
+        if cfg.learned_positions:
             self.wpe = nn.Embedding(cfg.max_position_embeddings, h, device=device)
             self.rope = None
         else:
             self.register_buffer("rope", rope_cache(cfg, device), persistent=False)
         self.blocks = nn.ModuleList(PlainBlock(cfg, device, checkpoint) for _ in range(cfg.num_layers))
-        Norm = nn.LayerNorm if cfg.family == "gpt2" else nn.RMSNorm
+        Norm = nn.LayerNorm if cfg.normalization == "LayerNorm" else nn.RMSNorm
         self.ln_f = Norm(h, eps=cfg.norm_eps, device=device)
         self.lm_head = None if cfg.tie_embeddings else nn.Linear(h, cfg.vocab_size, bias=False, device=device)
 
     def forward(self, tokens: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         x = self.wte(tokens)
-        if self.cfg.family == "gpt2":
+        if self.cfg.learned_positions:
             x = x + self.wpe(torch.arange(tokens.shape[1], device=tokens.device))
         for block in self.blocks:
             x = block(x, self.rope)
@@ -99,7 +99,7 @@ class PlainGPT(nn.Module):
         """Copy the weights of a single-rank StageModel (tp = 1: fused blocks are whole)."""
         cfg, v = self.cfg, stage.vocab
         self.wte.weight.copy_(v.word_embeddings.weight[: cfg.vocab_size])
-        if cfg.family == "gpt2":
+        if cfg.learned_positions:
             self.wpe.weight.copy_(v.position_embeddings)
         if self.lm_head is not None:
             self.lm_head.weight.copy_(v.lm_head.weight[: cfg.vocab_size])
@@ -109,10 +109,12 @@ class PlainGPT(nn.Module):
             _copy_norm(mine.ln_2, theirs.post_attention_norm)
             _copy_linear(mine.qkv, theirs.attention.qkv)
             _copy_linear(mine.proj, theirs.attention.dense)
-            if cfg.gated_mlp:
-                gate, up = theirs.mlp.gate_up.weight.chunk(2, dim=0)
-                mine.gate.weight.copy_(gate)
-                mine.up.weight.copy_(up)
+            if cfg.swiglu:
+                for part, w in zip((mine.gate, mine.up), theirs.mlp.gate_up.weight.chunk(2, dim=0)):
+                    part.weight.copy_(w)
+                if cfg.add_bias_linear:
+                    for part, b in zip((mine.gate, mine.up), theirs.mlp.gate_up.bias.chunk(2, dim=0)):
+                        part.bias.copy_(b)
             else:
                 _copy_linear(mine.fc, theirs.mlp.fc1)
             _copy_linear(mine.down, theirs.mlp.fc2)

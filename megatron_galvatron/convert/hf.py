@@ -23,7 +23,7 @@ from megatron_galvatron.checkpoint.tensors import TensorReader, open_verified, w
 from megatron_galvatron.convert import hf_gpt2, hf_llama, hf_qwen2
 from megatron_galvatron.errors import UserError
 from megatron_galvatron.json_file import field, read_object
-from megatron_galvatron.model.config import GPTConfig
+from megatron_galvatron.model.config import ARCHITECTURE_FIELDS, GPTConfig
 
 FAMILIES = {"gpt2": hf_gpt2, "llama": hf_llama, "qwen2": hf_qwen2}  # by config.json's model_type
 HF_SHARD_BYTES = 4 << 30
@@ -177,12 +177,12 @@ def hf_to_ours(hf_dir: str, save_root: str) -> Tuple[str, GPTConfig]:
 def ours_to_hf(load: str, out_dir: str, shard_bytes: int = HF_SHARD_BYTES) -> GPTConfig:
     """Write a checkpoint as a folder transformers' from_pretrained loads (float32 weights)."""
     d, meta, cfg = open_verified(load)
+    if cfg.family not in ("gpt2", "llama"):  # the architecture fields mix the two families' presets
+        fields = ", ".join(f"{k}={getattr(cfg, k)}" for k in ARCHITECTURE_FIELDS)
+        raise UserError(f"this checkpoint's architecture ({fields}) is neither GPT2LMHeadModel's nor "
+                        f"LlamaForCausalLM's / Qwen2ForCausalLM's, so it cannot be exported")
     model_type = export_type(cfg)
     family = FAMILIES[model_type]
-    if cfg.family == "gpt2" and not cfg.tie_embeddings:
-        raise UserError("this gpt2 checkpoint has an untied LM head, which GPT2LMHeadModel cannot hold")
-    if cfg.family == "llama" and cfg.tie_embeddings:
-        raise UserError("this llama checkpoint ties its LM head, which this converter does not export")
     base = meta.get("hf_config")
     config = family.hf_config(cfg, base if isinstance(base, dict) and base.get("model_type") == model_type else None)
     config["torch_dtype"] = "float32"

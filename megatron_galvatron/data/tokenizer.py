@@ -116,3 +116,29 @@ def build_tokenizer(tokenizer_type: str, tokenizer_model: str | None = None, voc
     if tokenizer_type == "NullTokenizer":
         return NullTokenizer(vocab_size)
     raise DataError(f"unknown tokenizer type {tokenizer_type!r}; choose one of {', '.join(TOKENIZER_TYPES)}")
+
+
+# What training accepts as --tokenizer-type (Megatron-LM's names): only the vocabulary size is needed there.
+TRAINING_TOKENIZER_TYPES = ("GPT2BPETokenizer",) + TOKENIZER_TYPES
+
+
+def vocabulary_size(tokenizer_type: str, tokenizer_model: str | None = None, vocab_file: str | None = None,
+                    merge_file: str | None = None, vocab_size: int | None = None) -> int:
+    """The number of token ids the tokenizer produces: the model's vocabulary before padding.
+    GPT2BPETokenizer reads Megatron-LM's files (vocab JSON and merges); the others as build_tokenizer."""
+    if tokenizer_type != "GPT2BPETokenizer":
+        return build_tokenizer(tokenizer_type, tokenizer_model, vocab_size).vocab_size
+    import json
+    for flag, path in (("--vocab-file", vocab_file), ("--merge-file", merge_file)):
+        if not path:
+            raise DataError(f"GPT2BPETokenizer needs {flag} PATH (the GPT-2 vocab.json and merges.txt)")
+        if not os.path.isfile(path):
+            raise DataError(f"{flag} {path} not found")
+    try:
+        with open(vocab_file, encoding="utf-8") as f:
+            encoder = json.load(f)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise DataError(f"--vocab-file {vocab_file} is not a GPT-2 vocab JSON: {_first_line(e)}")
+    if not isinstance(encoder, dict) or not encoder:
+        raise DataError(f"--vocab-file {vocab_file} is not a GPT-2 vocab JSON (token -> id object)")
+    return len(encoder)

@@ -1,4 +1,4 @@
-"""The one description of the model: its shape, family and vocabulary, and the flags that set it.
+"""The one description of the model: its shape, architecture and vocabulary, and the flags that set it.
 
 Torch-free, so the runtime, the profilers, the cost model, the search and the converters all
 read the same object (a profile records it as ``to_dict()``; a checkpoint records it too).
@@ -11,11 +11,25 @@ from typing import Any, Dict, Optional
 from megatron_galvatron.errors import UserError
 from megatron_galvatron.flag_types import float_in, int_in, interval, within
 
-FAMILIES = ("gpt2", "llama")
+# The architecture fields (Megatron-LM's names and values); a family is a preset of all of them.
+NORMALIZATIONS = ("LayerNorm", "RMSNorm")
+POSITION_EMBEDDINGS = ("learned_absolute", "rope")
+ARCHITECTURE_FIELDS = ("normalization", "position_embedding_type", "swiglu", "add_bias_linear", "tie_embeddings")
+FAMILY_ARCHITECTURE = {
+    "gpt2": {"normalization": "LayerNorm", "position_embedding_type": "learned_absolute", "swiglu": False,
+             "add_bias_linear": True, "tie_embeddings": True},
+    "llama": {"normalization": "RMSNorm", "position_embedding_type": "rope", "swiglu": True,
+              "add_bias_linear": False, "tie_embeddings": False},
+}
+FAMILIES = tuple(FAMILY_ARCHITECTURE)
+ARCHITECTURE_VALUES = {"normalization": NORMALIZATIONS, "position_embedding_type": POSITION_EMBEDDINGS,
+                       "swiglu": (False, True), "add_bias_linear": (False, True), "tie_embeddings": (False, True)}
 ATTENTION_BACKENDS = ("default", "cudnn", "flash", "efficient", "math")
+# Megatron-LM's --attention-backend values and the PyTorch SDPA kernel each means here
+MEGATRON_ATTENTION_BACKENDS = {"auto": "default", "fused": "cudnn", "unfused": "math", "local": "math"}
 # What sets the model's shape: a profile measured for other values does not describe this model.
-SHAPE_FIELDS = ("family", "num_layers", "hidden_size", "num_attention_heads", "num_query_groups",
-                "ffn_hidden_size", "vocab_size", "seq_length")
+SHAPE_FIELDS = ("num_layers", "hidden_size", "num_attention_heads", "num_query_groups",
+                "ffn_hidden_size", "vocab_size", "seq_length") + ARCHITECTURE_FIELDS
 # Largest sizes taken: beyond them a model cannot be built on any machine (and products of them overflow int32).
 MAX_SIZE = {"num_layers": 2 ** 14, "hidden_size": 2 ** 18, "num_attention_heads": 2 ** 12,
             "num_query_groups": 2 ** 12, "ffn_hidden_size": 2 ** 20, "vocab_size": 2 ** 24, "seq_length": 2 ** 22,
@@ -32,13 +46,29 @@ FLOAT_RANGE = {"hidden_dropout": (0.0, 1.0, False, True), "attention_dropout": (
 def flag(field_name: str) -> str:
     """The command-line flag that sets a field."""
     return {"family": "--model-family", "norm_eps": "--norm-epsilon", "init_std": "--init-method-std",
-            "rope_theta": "--rotary-base"}.get(field_name, "--" + field_name.replace("_", "-"))
+            "rope_theta": "--rotary-base", "tie_embeddings": "--untie-embeddings-and-output-weights",
+            "add_bias_linear": "--disable-bias-linear"}.get(field_name, "--" + field_name.replace("_", "-"))
+
+
+def architecture(record: Dict[str, Any]) -> Dict[str, Any]:
+    """The architecture fields of a recorded config; a record older than the fields names only its
+    family, which sets them all."""
+    preset = FAMILY_ARCHITECTURE.get(record.get("family") or "gpt2", {})
+    return {k: record[k] if record.get(k) is not None else preset.get(k) for k in ARCHITECTURE_FIELDS}
+
+
+def family_of(fields: Dict[str, Any]) -> Optional[str]:
+    """The family whose preset these architecture fields are, or None for a mixture."""
+    return next((name for name, preset in FAMILY_ARCHITECTURE.items()
+                 if all(fields[k] == v for k, v in preset.items())), None)
 
 
 @dataclass(frozen=True)
 class GPTConfig:
-    family: str = "gpt2"  # gpt2: learned positions, LayerNorm, GELU, biases, tied embeddings
-    num_layers: int = 2   # llama: RoPE, RMSNorm, SwiGLU, grouped-query attention, untied head
+    # Given: the preset the architecture fields left None start from (default gpt2). Afterwards:
+    # the family these fields are, None when they mix families (it is a label, never read to build).
+    family: Optional[str] = None
+    num_layers: int = 2
     hidden_size: int = 64
     num_attention_heads: int = 4
     num_query_groups: Optional[int] = None
@@ -60,15 +90,19 @@ class GPTConfig:
     rope_scaling_high_freq_factor: float = 4.0
     rope_scaling_original_max_position_embeddings: int = 8192
     make_vocab_size_divisible_by: int = 128
-    tie_embeddings: Optional[bool] = None
+    normalization: Optional[str] = None            # LayerNorm (with bias) or RMSNorm
+    position_embedding_type: Optional[str] = None  # learned_absolute or rope
+    swiglu: Optional[bool] = None                  # gated SiLU MLP; otherwise GELU (tanh)
+    add_bias_linear: Optional[bool] = None         # biases in the four linears of a layer
+    tie_embeddings: Optional[bool] = None          # the LM head is the word embedding
     use_flash_attn: bool = False
     attention_backend: str = "default"  # PyTorch SDPA kernel tried first: default / cudnn / flash / efficient / math
 
     def __post_init__(self):
-        if self.family not in FAMILIES:
+        if self.family is not None and self.family not in FAMILIES:
             raise UserError(f"--model-family {self.family!r}: use one of {', '.join(FAMILIES)}")
         defaults = {"num_query_groups": self.num_attention_heads, "ffn_hidden_size": 4 * self.hidden_size,
-                    "max_position_embeddings": self.seq_length, "tie_embeddings": self.family == "gpt2"}
+                    "max_position_embeddings": self.seq_length, **architecture(dataclasses.asdict(self))}
         for k, v in defaults.items():
             if getattr(self, k) is None:
                 object.__setattr__(self, k, v)  # frozen: the defaults are filled once, here
@@ -80,22 +114,27 @@ class GPTConfig:
             v = getattr(self, k)
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not within(v, *bounds):
                 raise UserError(f"{flag(k)} {v!r} must be a number in {interval(*bounds)}")
-        for k in ("tie_embeddings", "add_qkv_bias", "use_rope_scaling"):
+        for k in ("swiglu", "add_bias_linear", "tie_embeddings", "add_qkv_bias", "use_rope_scaling"):
             if not isinstance(getattr(self, k), bool):
                 raise UserError(f"{k} {getattr(self, k)!r} must be true or false")
-        if self.use_rope_scaling and self.family != "llama":
-            raise UserError("--use-rope-scaling scales rotary positions: use it with --model-family llama")
+        if self.normalization not in NORMALIZATIONS:
+            raise UserError(f"--normalization {self.normalization!r}: use one of {', '.join(NORMALIZATIONS)}")
+        if self.position_embedding_type not in POSITION_EMBEDDINGS:
+            raise UserError(f"--position-embedding-type {self.position_embedding_type!r}: use one of "
+                            f"{', '.join(POSITION_EMBEDDINGS)}")
+        if self.use_rope_scaling and self.position_embedding_type != "rope":
+            raise UserError("--use-rope-scaling scales rotary positions: use it with --position-embedding-type rope "
+                            "(--model-family llama)")
         if self.use_rope_scaling and self.rope_scaling_high_freq_factor <= self.rope_scaling_low_freq_factor:
             raise UserError(f"--rope-scaling-high-freq-factor {self.rope_scaling_high_freq_factor} must exceed "
                             f"--rope-scaling-low-freq-factor {self.rope_scaling_low_freq_factor}")
+        object.__setattr__(self, "family", family_of(architecture(dataclasses.asdict(self))))
         if self.hidden_size % self.num_attention_heads:
             raise UserError(f"{flag('hidden_size')} {self.hidden_size} is not divisible by "
                             f"{flag('num_attention_heads')} {self.num_attention_heads}")
         if self.num_attention_heads % self.num_query_groups:
             raise UserError(f"{flag('num_attention_heads')} {self.num_attention_heads} is not divisible by "
                             f"{flag('num_query_groups')} {self.num_query_groups}")
-        if self.family == "gpt2" and self.num_query_groups != self.num_attention_heads:
-            raise UserError("grouped-query attention (--num-query-groups) is only for --model-family llama")
         if self.attention_backend not in ATTENTION_BACKENDS:
             raise UserError(f"--attention-backend {self.attention_backend!r}: use one of {', '.join(ATTENTION_BACKENDS)}")
         if self.seq_length > self.max_position_embeddings:
@@ -112,12 +151,11 @@ class GPTConfig:
         return self.head_dim * self.num_query_groups
 
     @property
-    def gated_mlp(self) -> bool:
-        return self.family == "llama"
+    def learned_positions(self) -> bool:
+        return self.position_embedding_type == "learned_absolute"
 
-    @property
-    def has_bias(self) -> bool:
-        return self.family == "gpt2"
+    def norm_param_count(self) -> int:
+        return self.hidden_size * (2 if self.normalization == "LayerNorm" else 1)
 
     def to_dict(self) -> Dict[str, Any]:
         return dataclasses.asdict(self)
@@ -125,14 +163,16 @@ class GPTConfig:
     def linear_weight_count(self) -> int:
         """Elements of one layer's four linear weights (qkv, dense, the MLP's two; SwiGLU's gate in the first)."""
         h, f, kv = self.hidden_size, self.ffn_hidden_size, self.kv_size
-        return h * (h + 2 * kv) + h * h + (3 if self.gated_mlp else 2) * h * f
+        return h * (h + 2 * kv) + h * h + (3 if self.swiglu else 2) * h * f
 
     def layer_param_count(self) -> int:
         h, f, kv = self.hidden_size, self.ffn_hidden_size, self.kv_size
-        n = self.linear_weight_count()
-        if self.has_bias:  # qkv, dense, fc1, fc2 biases and two LayerNorms (weight + bias)
-            return n + (h + 2 * kv) + h + f + h + 4 * h
-        return n + 2 * h + (h + 2 * kv if self.add_qkv_bias else 0)  # two RMSNorm weights
+        n = self.linear_weight_count() + 2 * self.norm_param_count()
+        if self.add_bias_linear:  # qkv, dense, the MLP's first (gate and up under SwiGLU) and second
+            n += (h + 2 * kv) + h + (2 if self.swiglu else 1) * f + h
+        elif self.add_qkv_bias:  # the q/k/v projections' only
+            n += h + 2 * kv
+        return n
 
     def vocab_param_count(self) -> int:
         """Parameters of one vocab matrix (the embedding, or the untied LM head)."""
@@ -140,8 +180,8 @@ class GPTConfig:
 
     def param_count(self) -> int:
         emb = self.vocab_param_count()
-        n = self.num_layers * self.layer_param_count() + emb + self.hidden_size * (2 if self.has_bias else 1)
-        if self.family == "gpt2":
+        n = self.num_layers * self.layer_param_count() + emb + self.norm_param_count()
+        if self.learned_positions:
             n += self.max_position_embeddings * self.hidden_size
         if not self.tie_embeddings:
             n += emb
@@ -154,6 +194,11 @@ class GPTConfig:
 
 # Toy defaults let a bare `pretrain_gpt.py` run; CLIs that describe a real model pass required=True.
 _SHAPE_DEFAULTS = {"num_layers": 2, "hidden_size": 64, "num_attention_heads": 4, "seq_length": 32, "vocab_size": 256}
+
+
+def default_vocab_size() -> int:
+    """--vocab-size when not given (a tokenizer's vocabulary replaces it)."""
+    return _SHAPE_DEFAULTS["vocab_size"]
 
 
 def add_model_args(p: argparse.ArgumentParser, required: bool = False) -> None:
@@ -174,13 +219,30 @@ def add_model_args(p: argparse.ArgumentParser, required: bool = False) -> None:
                            help=help_ + " (default: %(default)s)")
 
     g.add_argument("--model-family", choices=FAMILIES, default="gpt2",
-                   help="gpt2: learned positions, LayerNorm, GELU, biases, tied embeddings; llama: RoPE, "
-                        "RMSNorm, SwiGLU, grouped-query attention, untied head (default: %(default)s)")
+                   help="preset of the architecture flags below, each overridable: gpt2: learned positions, "
+                        "LayerNorm, GELU, biases, tied embeddings; llama: RoPE, RMSNorm, SwiGLU, no biases, "
+                        "untied head (default: %(default)s)")
+    g.add_argument("--normalization", choices=NORMALIZATIONS, default=None, help="default: the family's")
+    g.add_argument("--position-embedding-type", choices=POSITION_EMBEDDINGS, default=None,
+                   help="default: the family's")
+    g.add_argument("--swiglu", action=argparse.BooleanOptionalAction, default=None,
+                   help="gated SiLU MLP (--no-swiglu: GELU); default: the family's")
+    g.add_argument("--disable-bias-linear", dest="add_bias_linear", action="store_const", const=False,
+                   default=None, help="no biases in the linear layers (default: the family's)")
+    g.add_argument("--add-bias-linear", dest="add_bias_linear", action="store_const", const=True,
+                   help="biases in the linear layers")
+    g.add_argument("--untie-embeddings-and-output-weights", dest="tie_embeddings", action="store_const",
+                   const=False, default=None, help="an LM head of its own (default: the family's)")
+    g.add_argument("--tie-embeddings-and-output-weights", dest="tie_embeddings", action="store_const",
+                   const=True, help="the LM head is the word embedding")
+    g.add_argument("--group-query-attention", action="store_true",
+                   help="grouped-query attention with --num-query-groups K/V heads (1 when not given)")
     shape("--num-layers", "transformer layers")
     shape("--hidden-size", "hidden size")
     shape("--num-attention-heads", "attention heads")
     g.add_argument("--num-query-groups", type=size("--num-query-groups"), default=None,
-                   help="K/V heads (default: --num-attention-heads)")
+                   help="K/V heads; given alone it also turns on grouped-query attention "
+                        "(default: 1 under --group-query-attention, else --num-attention-heads)")
     g.add_argument("--ffn-hidden-size", type=size("--ffn-hidden-size"), default=None,
                    help="MLP width (default: 4 x --hidden-size)")
     shape("--seq-length", "tokens per sample")
@@ -210,14 +272,22 @@ def add_model_args(p: argparse.ArgumentParser, required: bool = False) -> None:
                    type=size("--rope-scaling-original-max-position-embeddings"), default=8192,
                    help="context length the model was pretrained with before scaling (default: %(default)s)")
     g.add_argument("--use-flash-attn", action="store_true", help="use the flash-attn package if installed")
-    g.add_argument("--attention-backend", default="default", choices=ATTENTION_BACKENDS,
-                   help="PyTorch SDPA kernel to try first (others stay as fallbacks); default: PyTorch's own order")
+    g.add_argument("--attention-backend", default="default",
+                   choices=ATTENTION_BACKENDS + tuple(MEGATRON_ATTENTION_BACKENDS),
+                   help="PyTorch SDPA kernel to try first (others stay as fallbacks); default: PyTorch's own "
+                        "order; Megatron-LM's auto = default, fused = cudnn, unfused and local = math")
 
 
 def config_from_args(args: argparse.Namespace) -> GPTConfig:
+    groups = args.num_query_groups
+    if groups is None and args.group_query_attention:
+        groups = 1  # Megatron-LM's default under --group-query-attention
     return GPTConfig(
-        family=args.model_family, num_layers=args.num_layers, hidden_size=args.hidden_size,
-        num_attention_heads=args.num_attention_heads, num_query_groups=args.num_query_groups,
+        family=args.model_family, normalization=args.normalization,
+        position_embedding_type=args.position_embedding_type, swiglu=args.swiglu,
+        add_bias_linear=args.add_bias_linear, tie_embeddings=args.tie_embeddings,
+        num_layers=args.num_layers, hidden_size=args.hidden_size,
+        num_attention_heads=args.num_attention_heads, num_query_groups=groups,
         ffn_hidden_size=args.ffn_hidden_size, vocab_size=args.vocab_size, seq_length=args.seq_length,
         max_position_embeddings=args.max_position_embeddings, hidden_dropout=args.hidden_dropout,
         attention_dropout=args.attention_dropout, norm_eps=args.norm_epsilon, init_std=args.init_method_std,
@@ -226,4 +296,5 @@ def config_from_args(args: argparse.Namespace) -> GPTConfig:
         rope_scaling_factor=args.rope_scaling_factor, rope_scaling_low_freq_factor=args.rope_scaling_low_freq_factor,
         rope_scaling_high_freq_factor=args.rope_scaling_high_freq_factor,
         rope_scaling_original_max_position_embeddings=args.rope_scaling_original_max_position_embeddings,
-        use_flash_attn=args.use_flash_attn, attention_backend=args.attention_backend)
+        use_flash_attn=args.use_flash_attn,
+        attention_backend=MEGATRON_ATTENTION_BACKENDS.get(args.attention_backend, args.attention_backend))

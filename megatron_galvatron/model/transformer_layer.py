@@ -12,7 +12,7 @@ from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from megatron_galvatron.model.config import GPTConfig
-from megatron_galvatron.model.norms import Norm, norm_kind
+from megatron_galvatron.model.norms import Norm
 from megatron_galvatron.model.rope_scaling import llama3_scaled
 from megatron_galvatron.parallel_state import LayerGroups
 from megatron_galvatron.sequence_parallel.ulysses import exchange_qkv, heads_to_seq, kv_replication
@@ -66,11 +66,11 @@ class Attention(nn.Module):
         blocks = (cfg.num_attention_heads * hd, cfg.num_query_groups * hd, cfg.num_query_groups * hd)
         # A qkv bias is cut with the same blocks as the weight: each TP rank holds its heads' biases.
         self.qkv = ColumnParallelLinear(cfg.hidden_size, sum(blocks), groups.tp_group,
-                                        bias=cfg.has_bias or cfg.add_qkv_bias,
+                                        bias=cfg.add_bias_linear or cfg.add_qkv_bias,
                                         sequence_parallel=sp, blocks=blocks, device=device)
         self.dense = RowParallelLinear(cfg.num_attention_heads * hd, cfg.hidden_size, groups.tp_group,
-                                       bias=cfg.has_bias, sequence_parallel=sp, device=device)
-        if cfg.family == "llama":
+                                       bias=cfg.add_bias_linear, sequence_parallel=sp, device=device)
+        if cfg.position_embedding_type == "rope":
             self.register_buffer("rope", rope_cache(cfg, device), persistent=False)
         else:
             self.rope = None
@@ -108,13 +108,13 @@ class MLP(nn.Module):
     def __init__(self, cfg: GPTConfig, groups: LayerGroups, sp: bool, device):
         super().__init__()
         f, h = cfg.ffn_hidden_size, cfg.hidden_size
-        self.gated = cfg.gated_mlp
+        self.gated, bias = cfg.swiglu, cfg.add_bias_linear
         if self.gated:
-            self.gate_up = ColumnParallelLinear(h, 2 * f, groups.tp_group, bias=False, sequence_parallel=sp,
+            self.gate_up = ColumnParallelLinear(h, 2 * f, groups.tp_group, bias=bias, sequence_parallel=sp,
                                                 blocks=(f, f), device=device)
         else:
-            self.fc1 = ColumnParallelLinear(h, f, groups.tp_group, bias=True, sequence_parallel=sp, device=device)
-        self.fc2 = RowParallelLinear(f, h, groups.tp_group, bias=cfg.has_bias, sequence_parallel=sp, device=device)
+            self.fc1 = ColumnParallelLinear(h, f, groups.tp_group, bias=bias, sequence_parallel=sp, device=device)
+        self.fc2 = RowParallelLinear(f, h, groups.tp_group, bias=bias, sequence_parallel=sp, device=device)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.gated:
@@ -130,7 +130,7 @@ class TransformerLayer(nn.Module):
         # sequence-sharded or head-split activations need masks that differ per rank of the group
         self.sharded_sequence = groups.layout.sp
         self.tracker = RNGTracker(seed, groups.rng_rank, device, stream=1 + layer_idx)
-        kind = norm_kind(cfg.family)
+        kind = cfg.normalization
         self.input_norm = Norm(cfg.hidden_size, kind, cfg.norm_eps, sp, device)
         self.attention = Attention(cfg, groups, sp, self.tracker, device)
         self.post_attention_norm = Norm(cfg.hidden_size, kind, cfg.norm_eps, sp, device)

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from megatron_galvatron.model.config import GPTConfig
-from megatron_galvatron.model.norms import Norm, norm_kind
+from megatron_galvatron.model.norms import Norm
 from megatron_galvatron.parallel_state import LayerGroups
 from megatron_galvatron.tensor_parallel.cross_entropy import vocab_parallel_cross_entropy
 from megatron_galvatron.tensor_parallel.layers import (
@@ -36,11 +36,11 @@ class VocabModule(nn.Module):
         if has_embedding or (has_head and cfg.tie_embeddings):
             self.word_embeddings = VocabParallelEmbedding(cfg.vocab_size, self.padded_vocab, cfg.hidden_size,
                                                           groups.tp_group, device=device)
-        if has_embedding and cfg.family == "gpt2":
+        if has_embedding and cfg.learned_positions:
             shape = (cfg.max_position_embeddings, cfg.hidden_size)
             add_param(self, "position_embeddings", shape, shape, device, torch.float32)
         if has_head:
-            self.final_norm = Norm(cfg.hidden_size, norm_kind(cfg.family), cfg.norm_eps, sp, device)
+            self.final_norm = Norm(cfg.hidden_size, cfg.normalization, cfg.norm_eps, sp, device)
             if not cfg.tie_embeddings:
                 self.lm_head = ColumnParallelLinear(cfg.hidden_size, self.padded_vocab, groups.tp_group, bias=False,
                                                     sequence_parallel=sp, unpadded_out=cfg.vocab_size, device=device)
@@ -50,7 +50,7 @@ class VocabModule(nn.Module):
         chunk = self._own_chunk(tokens.shape[0])
         tokens = tokens[chunk]
         x = self.word_embeddings(tokens)
-        if self.cfg.family == "gpt2":  # the chunk's global positions
+        if self.cfg.learned_positions:  # the chunk's global positions
             x = x + self.position_embeddings[chunk].unsqueeze(1)
         if self.sp:
             x = scatter_to_sp(x, self.groups.tp_group)

@@ -7,6 +7,9 @@ import os
 from typing import Any, Dict, Tuple
 
 from megatron_galvatron.json_file import check, read_object
+from megatron_galvatron.model.config import (ARCHITECTURE_FIELDS, ARCHITECTURE_VALUES, FAMILIES, SHAPE_FIELDS,
+                                             architecture)
+from megatron_galvatron.model.config import flag as model_flag
 from megatron_galvatron.plan import FP8_RECIPES
 from megatron_galvatron.profile_format.schema import (
     COLLECTIVES,
@@ -248,6 +251,14 @@ def parse_model(d: Dict, path: str = MODEL_FILE, bf16_only: bool = True) -> Mode
     model = r.get(d, "model", "", dict)
     for k in MODEL_KEYS:
         r.get(model, k, "model")
+    if not all(k in model for k in ARCHITECTURE_FIELDS):
+        r.get(model, "family", "model")
+    if model.get("family") is not None and model["family"] not in FAMILIES:
+        raise r.fail(f"key 'model.family' is {model['family']!r}: use one of {', '.join(FAMILIES)} or null")
+    model = {**architecture(model), **model}  # only absent fields come from the family
+    for k, allowed in ARCHITECTURE_VALUES.items():
+        if model[k] not in allowed or type(model[k]) is not type(allowed[0]):
+            raise r.fail(f"key 'model.{k}' is {model[k]!r}: use one of {', '.join(map(str, allowed))}")
     dtype = r.get(d, "dtype", "", str)
     if bf16_only and dtype != "bf16":
         raise r.fail(f"dtype is {dtype!r}; the cost model prices bf16 compute with fp32 master weights only")
@@ -412,10 +423,11 @@ def load_profiles(profile_dir: str) -> Tuple[HardwareProfile, ModelProfile]:
 
 def check_model_matches(profile: ModelProfile, config: Dict[str, Any]) -> None:
     """The profile must describe the model given by the flags, key by key."""
-    for k in MODEL_KEYS:
+    config = {**config, **architecture(config)}
+    for k in SHAPE_FIELDS:
         want, got = config[k], profile.model[k]
         if want != got:
-            flag = "--" + ("model-family" if k == "family" else k.replace("_", "-"))
+            flag = model_flag(k)
             raise ProfileError(f"{profile.path}: model profile was measured with {k}={got!r} but {flag} is "
                                f"{want!r}: profile this model (tools/profile_model.py) or fix the flag")
 

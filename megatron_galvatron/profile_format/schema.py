@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, NamedTuple, Optional, Tuple
 
 from megatron_galvatron.errors import UserError
+from megatron_galvatron.model.config import ARCHITECTURE_FIELDS, SHAPE_FIELDS
 
 HARDWARE_FILE = "hardware.json"
 MODEL_FILE = "model.json"
@@ -22,8 +23,9 @@ MODEL_SCHEMA = f"{MODEL_FORMAT}/{MODEL_VERSION}"
 
 COLLECTIVES = ("all_reduce", "all_gather", "reduce_scatter", "all_to_all")
 REQUIRED_COLLECTIVES = ("all_reduce", "all_gather", "reduce_scatter")
-MODEL_KEYS = ("family", "num_layers", "hidden_size", "num_attention_heads", "num_query_groups",
-              "ffn_hidden_size", "vocab_size", "seq_length")
+# Keys a profile's model must hold; the architecture fields, absent from profiles older than
+# them, are read from the family such a profile names instead.
+MODEL_KEYS = tuple(k for k in SHAPE_FIELDS if k not in ARCHITECTURE_FIELDS)
 GROUP_KEY = re.compile(r"^([1-9][0-9]*)_(consec|strided)$")
 TP_KEY = re.compile(r"^tp([1-9][0-9]*)(_sp)?$")
 

@@ -7,6 +7,7 @@ from megatron_galvatron.errors import UserError
 from megatron_galvatron.flag_types import float_in, int_in, nonempty, nonneg_int, positive_int
 from megatron_galvatron.output_paths import check_output_dir, check_output_file
 from megatron_galvatron.plan import Plan
+from megatron_galvatron.training.compat_flags import AUTO, auto_or
 
 MAX_GLOBAL_BATCH = 2 ** 24  # samples per step; more cannot be a real run (and the data index would not fit)
 MAX_SAMPLES = 2 ** 32  # samples a run reads (training and evaluation): its data index is built up front
@@ -34,7 +35,8 @@ def apply_flag_types(parser: argparse.ArgumentParser) -> None:
     """Give each flag of FLAG_TYPES its checked type (argparse has no public list of actions)."""
     for action in parser._actions:
         if action.dest in FLAG_TYPES:
-            action.type = FLAG_TYPES[action.dest]
+            t = FLAG_TYPES[action.dest]
+            action.type = auto_or(t) if getattr(action, "galvatron_auto", False) else t
 
 
 def check_args(args: argparse.Namespace) -> None:
@@ -116,7 +118,7 @@ def _check_plan_overrides(args: argparse.Namespace, plan: Plan) -> None:
     defaults = _flag_defaults()
     for dest, (value, key) in says.items():
         given = getattr(args, dest)
-        if given == getattr(defaults, dest):
+        if given == getattr(defaults, dest) or given == AUTO:
             continue  # not given (or given as the default, which the plan may override as it always has)
         if dest == "pipeline_type" and given == "pipedream_flush":
             given = "1f1b"

@@ -1,5 +1,6 @@
 """Command-line flags (Megatron-LM spelling) and how they become a model config and a plan."""
 import argparse
+import dataclasses
 
 from megatron_galvatron import plan as plan_mod
 from megatron_galvatron.errors import UserError
@@ -7,6 +8,7 @@ from megatron_galvatron.flag_types import ArgumentParser
 from megatron_galvatron.model.config import GPTConfig, add_model_args
 from megatron_galvatron.parallel_state import launch_gpus_per_node
 from megatron_galvatron.training.argument_checks import apply_flag_types, check_against_plan
+from megatron_galvatron.training.compat_flags import AUTO, add_compat_args, galvatron_chunks, resolve_compat
 from megatron_galvatron.training.config import (CheckpointConfig, DataConfig, EvalConfig, LoggingConfig, LRConfig,
                                              OptimizerConfig, ResilienceConfig, TrainingConfig)
 
@@ -21,26 +23,41 @@ class HelpWithDefaults(argparse.HelpFormatter):
         return f"{text} (default: %(default)s)".lstrip()
 
 
+def galvatron(action: argparse.Action) -> argparse.Action:
+    """Mark a flag whose -1 means Hetu-Galvatron's "not set" (its range check lets -1 through)."""
+    action.galvatron_auto = True
+    return action
+
+
 def add_parallel_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("parallelism (GLOBAL mode; with --galvatron-config the plan decides: these must agree)")
-    g.add_argument("--galvatron-config", default=None, help="plan JSON (native or Hetu-Galvatron format)")
-    g.add_argument("--pp-deg", type=int, default=1, help="pipeline stages")
-    g.add_argument("--global-tp-deg", type=int, default=1, help="tensor-parallel degree of every layer")
+    g.add_argument("--galvatron-config", "--galvatron_config_path", default=None,
+                   help="plan JSON (native or Hetu-Galvatron format)")
+    g.add_argument("--pp-deg", "--pipeline-model-parallel-size", "--pp_deg", type=int, default=1,
+                   help="pipeline stages")
+    g.add_argument("--global-tp-deg", "--tensor-model-parallel-size", type=int, default=1,
+                   help="tensor-parallel degree of every layer")
+    galvatron(g.add_argument("--global_tp_deg", dest="global_tp_deg", type=int, help=argparse.SUPPRESS))
     g.add_argument("--global-tp-consec", type=int, choices=[0, 1], default=1,
                    help="1: a TP group is consecutive ranks; 0: strided (every dp-th rank)")
-    g.add_argument("--default-dp-type", choices=["ddp", "zero2", "zero3"], default="ddp",
+    galvatron(g.add_argument("--global_tp_consec", dest="global_tp_consec", type=int, choices=[0, 1, AUTO],
+                             help=argparse.SUPPRESS))
+    g.add_argument("--default-dp-type", "--default_dp_type", choices=["ddp", "zero2", "zero3"], default="ddp",
                    help="data parallelism of every layer: replicated, gradients + optimizer sharded, or all sharded")
     g.add_argument("--sdp", type=int, choices=[0, 1], default=0, help="1 = zero3 for every layer")
-    g.add_argument("--global-checkpoint", type=int, choices=[0, 1], default=0,
+    g.add_argument("--global-checkpoint", "--global_checkpoint", type=int, choices=[0, 1], default=0,
                    help="1: recompute every layer's activations in backward")
-    g.add_argument("--sequence-parallel", action="store_true",
+    g.add_argument("--sequence-parallel", "--sequence_parallel", action="store_true",
                    help="Megatron sequence parallelism inside each TP group")
-    g.add_argument("--vocab-tp", type=int, default=None, help="TP degree of embedding/LM head (default: global)")
-    g.add_argument("--vocab-sdp", type=int, choices=[0, 1], default=None,
+    g.add_argument("--vocab-tp", "--vocab_tp", type=int, default=None,
+                   help="TP degree of embedding/LM head (default: global)")
+    g.add_argument("--vocab-sdp", "--vocab_sdp", "--embed_sdp", type=int, choices=[0, 1], default=None,
                    help="1: ZeRO-3 for the embedding and LM head (default: as the layers)")
-    g.add_argument("--chunks", type=int, default=None, help="micro-batches per step (default from --micro-batch-size)")
-    g.add_argument("--pipeline-type", choices=["gpipe", "1f1b", "pipedream_flush"], default="1f1b",
-                   help="pipeline schedule (pipedream_flush = 1f1b)")
+    galvatron(g.add_argument("--chunks", type=int, default=None,
+                             help="micro-batches per step; -1: Hetu-Galvatron's choice (default: from "
+                                  "--micro-batch-size)"))
+    g.add_argument("--pipeline-type", "--pipeline_type", choices=["gpipe", "1f1b", "pipedream_flush"],
+                   default="1f1b", help="pipeline schedule (pipedream_flush = 1f1b)")
     g.add_argument("--fp8", choices=plan_mod.FP8_RECIPES, default=None,
                    help="float8 linears (torchao) in every transformer layer with this scaling recipe "
                         "(default: bf16); the embedding and LM head stay bf16")
@@ -51,9 +68,10 @@ def add_parallel_args(p: argparse.ArgumentParser) -> None:
 def add_training_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("training")
     g.add_argument("--micro-batch-size", type=int, default=None, help="samples per micro-batch per DP rank")
-    g.add_argument("--global-batch-size", "--global-train-batch-size", dest="global_batch_size", type=int, default=8,
-                   help="samples per optimizer step")
-    g.add_argument("--train-iters", type=int, default=10, help="optimizer steps in all (a resumed run stops there too)")
+    g.add_argument("--global-batch-size", "--global-train-batch-size", "--global_train_batch_size",
+                   dest="global_batch_size", type=int, default=8, help="samples per optimizer step")
+    g.add_argument("--train-iters", type=int, default=None,
+                   help="optimizer steps in all, a resumed run stopping there too (default: 10)")
     g.add_argument("--lr", type=float, default=3e-4, help="peak learning rate")
     g.add_argument("--min-lr", type=float, default=0.0, help="learning rate at the end of the decay")
     g.add_argument("--lr-warmup-iters", type=int, default=0, help="linear warm-up steps from 0 to --lr")
@@ -61,7 +79,8 @@ def add_training_args(p: argparse.ArgumentParser) -> None:
                    help="steps over which the rate decays to --min-lr (default: --train-iters)")
     g.add_argument("--lr-decay-style", choices=["cosine", "linear", "constant"], default="cosine",
                    help="shape of the decay after warm-up")
-    g.add_argument("--weight-decay", type=float, default=0.01, help="AdamW decoupled weight decay")
+    g.add_argument("--weight-decay", "--adam_weight_decay", type=float, default=0.01,
+                   help="AdamW decoupled weight decay")
     g.add_argument("--adam-beta1", type=float, default=0.9, help="AdamW beta1")
     g.add_argument("--adam-beta2", type=float, default=0.95, help="AdamW beta2")
     g.add_argument("--adam-eps", type=float, default=1e-8, help="AdamW epsilon")
@@ -162,14 +181,27 @@ def training_config(args: argparse.Namespace) -> TrainingConfig:
         data=DataConfig(path=args.data_path, split=args.split, order=args.data_order), resilience=resilience_config(args))
 
 
+class _TrainingParser(ArgumentParser):
+    """Resolves the Megatron/Galvatron spellings into our flags' values as part of parsing."""
+
+    def parse_known_args(self, args=None, namespace=None):
+        ns, rest = super().parse_known_args(args, namespace)
+        try:
+            resolve_compat(ns)
+        except UserError as e:
+            self.error(str(e))
+        return ns, rest
+
+
 def build_parser(description: str = "Train a GPT model under a per-layer hybrid parallel plan") -> argparse.ArgumentParser:
-    p = ArgumentParser(description=description, formatter_class=HelpWithDefaults)
+    p = _TrainingParser(description=description, formatter_class=HelpWithDefaults)
     add_model_args(p)
     add_parallel_args(p)
     add_training_args(p)
     add_logging_args(p)
     add_data_args(p)
     add_resilience_args(p)
+    add_compat_args(p)
     apply_flag_types(p)
     return p
 
@@ -191,6 +223,8 @@ def build_plan(args, cfg: GPTConfig, world_size: int) -> plan_mod.Plan:
             raise UserError(f"--global-tp-deg {tp} does not divide world_size / pp_deg = {stage_world}")
         dp = stage_world // tp
         chunks = args.chunks
+        if chunks == AUTO:
+            chunks = galvatron_chunks(world_size, args.pp_deg, args.global_batch_size)
         if chunks is None:
             mbs = args.micro_batch_size or max(1, args.global_batch_size // dp)
             if args.global_batch_size % (mbs * dp):
@@ -207,5 +241,11 @@ def build_plan(args, cfg: GPTConfig, world_size: int) -> plan_mod.Plan:
                                 fp8_skip_first=args.fp8_skip_first, fp8_skip_last=args.fp8_skip_last)
         plan.vocab = plan_mod.VocabStrategy(tp=vocab_tp, tp_consec=bool(args.global_tp_consec),
                                             dp_type=vocab_dp_type, sp=args.sequence_parallel and vocab_tp > 1)
+        if args.recompute_block_layers:  # Megatron's block method: the first N layers of each stage
+            first = 0
+            for n in plan.pp_division:
+                for i in range(first, first + min(n, args.recompute_block_layers)):
+                    plan.layers[i] = dataclasses.replace(plan.layers[i], checkpoint=True)
+                first += n
     return check_against_plan(args, plan.validate(cfg, world_size=world_size, gpus_per_node=launch_gpus_per_node()))
 

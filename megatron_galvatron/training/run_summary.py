@@ -23,7 +23,8 @@ def toy_note(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Optio
 
 def model_summary(cfg: GPTConfig) -> str:
     n = cfg.param_count()
-    return (f"model: {cfg.family}, {cfg.num_layers} layers, hidden {cfg.hidden_size}, {cfg.num_attention_heads} heads "
+    kind = cfg.family or f"{cfg.normalization}, {cfg.position_embedding_type} positions" + (", SwiGLU" if cfg.swiglu else "")
+    return (f"model: {kind}, {cfg.num_layers} layers, hidden {cfg.hidden_size}, {cfg.num_attention_heads} heads "
             f"({cfg.num_query_groups} K/V groups), MLP {cfg.ffn_hidden_size}, vocabulary {cfg.vocab_size}, "
             f"sequence {cfg.seq_length}: {n:,} parameters ({n / 1e9:.3f} B)")
 
