@@ -7,6 +7,7 @@ import pytest
 
 from megatron_galvatron.model.config import config_from_args
 from megatron_galvatron.training.arguments import build_parser, build_plan, training_config
+from tests.megatron_log import lm_losses
 from tests.pretrain_in_process import pretrain_in_process
 
 MODEL = ["--num-layers", "4", "--hidden-size", "32", "--num-attention-heads", "4", "--seq-length", "16",
@@ -81,7 +82,7 @@ def test_unsupported_is_one_line_naming_the_nearest(argv, words):
 
 
 def _losses(out):
-    return [line.split("loss: ")[1].split(" ")[0] for line in out.splitlines() if line.startswith("iteration")]
+    return list(lm_losses(out).values())
 
 
 # Megatron-LM's GPT example (examples/gpt3), shrunk: every flag in its spelling.

@@ -72,7 +72,8 @@ def add_compat_args(p: argparse.ArgumentParser) -> None:
                    help="full: checkpoint whole layers (--global-checkpoint 1); selective is not supported")
     g.add_argument("--recompute-method", choices=["uniform", "block"], default=None,
                    help="uniform: every layer; block: the first --recompute-num-layers layers of each stage")
-    g.add_argument("--recompute-num-layers", type=int_in(1, 2 ** 14), default=None)
+    g.add_argument("--recompute-num-layers", type=int_in(1, 2 ** 14), default=None,
+                   help="layers per stage that recompute under --recompute-method block")
     g.add_argument("--use-distributed-optimizer", action="store_true",
                    help="shard optimizer state and gradients over DP (--default-dp-type zero2)")
     g.add_argument("--lr-warmup-fraction", type=float_in(0.0, 1.0), default=None,
