@@ -197,8 +197,8 @@ def describe_bound(best: Result, searchers, cfg, num_gpus: int) -> str:
 def main(argv=None) -> None:
     args = build_parser().parse_args(argv)
     with exit_on_user_error(PROG):
+        cfg = config_from_args(args)  # --model-size and the model flags first: check_args reads them
         check_args(args)
-        cfg = config_from_args(args)
         sizes = batch_sizes(args)
         t0 = time.perf_counter()
         results, searchers = search_modes(args, cfg, sizes)

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Any, Dict, Optional
 
 from megatron_galvatron.errors import UserError
+from megatron_galvatron.model.presets import add_preset_arg, apply_preset, not_given, plain
 from megatron_galvatron.flag_types import float_in, int_in, interval, within
 
 # The architecture fields (Megatron-LM's names and values); a family is a preset of all of them.
@@ -212,13 +213,16 @@ def add_model_args(p: argparse.ArgumentParser, required: bool = False) -> None:
         return float_in(*FLOAT_RANGE[name])
 
     def shape(name: str, help_: str) -> None:
-        if required:
-            g.add_argument(name, type=size(name), required=True, help=help_)
+        if required:  # required unless --model-size names it (checked in config_from_args)
+            g.add_argument(name, type=size(name), default=None, help=help_ + " (required without --model-size)")
         else:
-            g.add_argument(name, type=size(name), default=_SHAPE_DEFAULTS[name[2:].replace("-", "_")],
+            g.add_argument(name, type=size(name), default=not_given(_SHAPE_DEFAULTS[name[2:].replace("-", "_")]),
                            help=help_ + " (default: %(default)s)")
 
-    g.add_argument("--model-family", choices=FAMILIES, default="gpt2",
+    p.set_defaults(required_model_flags=[k for k in _SHAPE_DEFAULTS] if required else [])
+    add_preset_arg(g)
+
+    g.add_argument("--model-family", choices=FAMILIES, default=not_given("gpt2"),
                    help="preset of the architecture flags below, each overridable: gpt2: learned positions, "
                         "LayerNorm, GELU, biases, tied embeddings; llama: RoPE, RMSNorm, SwiGLU, no biases, "
                         "untied head (default: %(default)s)")
@@ -255,10 +259,10 @@ def add_model_args(p: argparse.ArgumentParser, required: bool = False) -> None:
                    help="dropout after attention and MLP")
     g.add_argument("--attention-dropout", type=real("attention_dropout"), default=0.0,
                    help="dropout of the attention probabilities")
-    g.add_argument("--norm-epsilon", type=real("norm_eps"), default=1e-5, help="epsilon of LayerNorm / RMSNorm")
+    g.add_argument("--norm-epsilon", type=real("norm_eps"), default=not_given(1e-5), help="epsilon of LayerNorm / RMSNorm")
     g.add_argument("--init-method-std", type=real("init_std"), default=0.02,
                    help="standard deviation of the normal weight initialisation")
-    g.add_argument("--rotary-base", type=real("rope_theta"), default=10000.0, help="RoPE base (theta), llama")
+    g.add_argument("--rotary-base", type=real("rope_theta"), default=not_given(10000.0), help="RoPE base (theta), llama")
     g.add_argument("--add-qkv-bias", action="store_true", help="biases on the q/k/v projections only (Qwen2)")
     g.add_argument("--use-rope-scaling", action="store_true",
                    help="LLaMA-3.x RoPE frequency scaling (Hugging Face rope_type llama3)")
@@ -279,10 +283,11 @@ def add_model_args(p: argparse.ArgumentParser, required: bool = False) -> None:
 
 
 def config_from_args(args: argparse.Namespace) -> GPTConfig:
+    apply_preset(args, getattr(args, "required_model_flags", ()))
     groups = args.num_query_groups
     if groups is None and args.group_query_attention:
         groups = 1  # Megatron-LM's default under --group-query-attention
-    return GPTConfig(
+    values = dict(
         family=args.model_family, normalization=args.normalization,
         position_embedding_type=args.position_embedding_type, swiglu=args.swiglu,
         add_bias_linear=args.add_bias_linear, tie_embeddings=args.tie_embeddings,
@@ -298,3 +303,4 @@ def config_from_args(args: argparse.Namespace) -> GPTConfig:
         rope_scaling_original_max_position_embeddings=args.rope_scaling_original_max_position_embeddings,
         use_flash_attn=args.use_flash_attn,
         attention_backend=MEGATRON_ATTENTION_BACKENDS.get(args.attention_backend, args.attention_backend))
+    return GPTConfig(**{k: plain(v) for k, v in values.items()})

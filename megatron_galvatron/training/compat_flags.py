@@ -155,11 +155,11 @@ def _resolve_tokenizer(args: argparse.Namespace) -> None:
                 raise UserError(f"--{flag.replace('_', '-')} needs --tokenizer-type (its tokenizer)")
         return
     from megatron_galvatron.data.tokenizer import vocabulary_size
-    from megatron_galvatron.model.config import default_vocab_size
+    from megatron_galvatron.model.presets import given
     null = args.tokenizer_type == "NullTokenizer"  # its --vocab-size is the input, one id (eod) is added
     n = vocabulary_size(args.tokenizer_type, args.tokenizer_model, args.vocab_file, args.merge_file,
                         args.vocab_size if null else None)
-    if not null and args.vocab_size not in (n, default_vocab_size()):
+    if not null and given(args.vocab_size) and args.vocab_size != n:
         raise UserError(f"--vocab-size {args.vocab_size} disagrees with --tokenizer-type {args.tokenizer_type}'s "
                         f"{n} ids: drop --vocab-size")
     args.vocab_size = n
