@@ -18,10 +18,11 @@ from megatron_galvatron.fp8.library import float8
 from megatron_galvatron.parallel_state import detect_device
 from megatron_galvatron.plan import FP8_RECIPES
 from megatron_galvatron.profile_format import MODEL_FILE, write_model
-from megatron_galvatron.profiling.model import ModelProfiler, check_settings
+from megatron_galvatron.profiling.model import ModelProfiler
 from megatron_galvatron.profiling.model_settings import (
     DTYPES,
     ModelSettings,
+    check_settings,
     default_dtype,
     default_optimizer_params,
 )

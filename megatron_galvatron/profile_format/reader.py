@@ -29,6 +29,7 @@ from megatron_galvatron.profile_format.schema import (
     TimeFit,
     tp_key,
 )
+from megatron_galvatron.profile_format.seq_fit import parse_sequence
 
 
 # Above any time, size, rate or count a profile measures: a larger number is corruption, not a measurement.
@@ -142,8 +143,13 @@ def _model_v2(d: Dict) -> Dict:
     return d
 
 
+def _model_v3(d: Dict) -> Dict:
+    """Version 4 added the optional fits in sequence length: a version 3 file has none."""
+    return d
+
+
 # (format, version read) -> the step to the next version
-_UPGRADES = {(MODEL_FORMAT, 1): _model_v1, (MODEL_FORMAT, 2): _model_v2}
+_UPGRADES = {(MODEL_FORMAT, 1): _model_v1, (MODEL_FORMAT, 2): _model_v2, (MODEL_FORMAT, 3): _model_v3}
 
 
 def upgrade(r: _Reader, d: Dict, name: str, version: int) -> Dict:
@@ -316,6 +322,7 @@ def parse_model(d: Dict, path: str = MODEL_FILE, bf16_only: bool = True) -> Mode
         prof.bf16_vocab_time = _tp_only(_optional_times(r, vbf16, "time", "vocab.bf16", allow_sp=False))
         prof.bf16_vocab_activation_bytes_per_token = _tp_only(
             _optional_numbers(r, vbf16, "activation_bytes_per_token", "vocab.bf16", allow_sp=False))
+    prof.seq_lengths, prof.seq_activation, prof.seq_fits = parse_sequence(r, d)  # before the slowdown scales them
     sustained = d.get("sustained")
     if sustained is not None:
         if not isinstance(sustained, dict):
@@ -416,7 +423,10 @@ def check_model_matches(profile: ModelProfile, config: Dict[str, Any]) -> None:
         want, got = config[k], profile.model[k]
         if want != got:
             flag = "--" + ("model-family" if k == "family" else k.replace("_", "-"))
+            how = ("profile this model (tools/profile_model.py; --seq-lengths with two or more lengths lets the "
+                   "search take others from the fits)" if k == "seq_length" else
+                   "profile this model (tools/profile_model.py)")
             raise ProfileError(f"{profile.path}: model profile was measured with {k}={got!r} but {flag} is "
-                               f"{want!r}: profile this model (tools/profile_model.py) or fix the flag")
+                               f"{want!r}: {how} or fix the flag")
 
 

@@ -32,7 +32,7 @@ from megatron_galvatron.model.vocab import VocabModule
 from megatron_galvatron.plan import LayerStrategy
 from megatron_galvatron.profile_format import MODEL_SCHEMA
 from megatron_galvatron.profiling.dynamo import allow_recompiles, static_shapes
-from megatron_galvatron.profiling.fit import bytes_per_token, time_entry
+from megatron_galvatron.profiling.fit import bytes_per_token, seq_bytes_entry, seq_time_entry, time_entry
 from megatron_galvatron.profiling.hardware import (
     HostAhead,
     Stopwatch,
@@ -48,6 +48,19 @@ from megatron_galvatron.profiling.model_settings import DTYPES, ModelSettings
 from megatron_galvatron.profiling.shards import ShardGroups
 from megatron_galvatron.profiling.sustained import measure_sustained
 from megatron_galvatron.training.optimizer import build_optimizer
+
+
+def sequence_summary(layer: Dict, seq_lengths: List[int]) -> Dict:
+    """model.json 'sequence': the lengths the sequence fits cover and whether the activation fit
+    found an s^2 term (more than 1 % of the tp1 layer's bytes per token at the longest length)."""
+    fit = layer["memory"]["activation_seq_fit"]["tp1"]
+    top = max(seq_lengths)
+    share = fit["quadratic_bytes"] * top / max(fit["linear_bytes"] + fit["quadratic_bytes"] * top, 1e-30)
+    return {"seq_lengths": sorted(seq_lengths), "activation": "quadratic" if share > 0.01 else "linear",
+            "quadratic_share_at_longest": share,
+            "method": "per layout key: time = intercept_s + micro_batch * (linear_s * seq + quadratic_s * seq^2), "
+                      "activation bytes = constant_bytes + micro_batch * (linear_bytes * seq + quadratic_bytes * "
+                      "seq^2), non-negative least squares over the points"}
 
 
 def valid_tp_degrees(cfg: GPTConfig, wanted: List[int]) -> List[int]:
@@ -225,7 +238,7 @@ class ModelProfiler:
 
     # ---------------------------------------------------------------- the whole profile
     def layer_profile(self, shards: ShardGroups, bar) -> Dict:
-        times, act, ckpt, const, points, recompute = self._layer_tables(shards, bar, bf16_weights=False)
+        times, act, ckpt, const, points, recompute, seq_act = self._layer_tables(shards, bar, bf16_weights=False)
         shard_counts = {f"tp{tp}": sum(p.numel() for p in self.layer(shards, tp, False).parameters())
                         for tp in self.tps}
         out = {"time": times, "recompute_fraction": recompute,
@@ -235,6 +248,8 @@ class ModelProfiler:
                           # the bf16 copies of the weights the matmuls save for backward
                           "activation_constant_bytes": const,
                           "points": points}}
+        if seq_act:
+            out["memory"]["activation_seq_fit"] = seq_act
         if self.bf16:
             out["bf16"] = self._bf16_layer_profile(shards, bar)
         if self.s.fp8:
@@ -244,17 +259,22 @@ class ModelProfiler:
     def _bf16_layer_profile(self, shards: ShardGroups, bar, fp8: Optional[str] = None) -> Dict:
         """The layer on bf16 weights without autocast, as the runtime runs it (see the module doc);
         with `fp8`, its linears in float8 with that recipe."""
-        times, act, ckpt, const, points, recompute = self._layer_tables(shards, bar, bf16_weights=True, fp8=fp8)
+        times, act, ckpt, const, points, recompute, seq_act = self._layer_tables(shards, bar, bf16_weights=True,
+                                                                                 fp8=fp8)
         out = {"time": times, "recompute_fraction": recompute, "activation_bytes_per_token": act,
                "checkpoint_bytes_per_token": ckpt, "points": points}
+        if seq_act:
+            out["activation_seq_fit"] = seq_act
         if fp8:  # tensorwise saves the float8 cast of each weight, once per micro-batch
             out["activation_constant_bytes"] = const
         return out
 
     def _layer_tables(self, shards: ShardGroups, bar, bf16_weights: bool, fp8: Optional[str] = None):
         """Per layout key: time fits, activation / checkpoint bytes per token, constant bytes and
-        the points, over every micro-batch x sequence point of every tp (and sp) degree."""
-        times, act, ckpt, const, points, recompute = {}, {}, {}, {}, {}, {}
+        the points, over every micro-batch x sequence point of every tp (and sp) degree; with two or
+        more sequence lengths, fits of time and activation bytes in the sequence length too
+        ('seq_fit' in each time entry, and the activation fits returned last)."""
+        times, act, ckpt, const, points, recompute, seq_act = {}, {}, {}, {}, {}, {}, {}
         for tp in self.tps:
             for sp in ((False, True) if tp > 1 and self.s.sequence_parallel else (False,)):
                 key = f"tp{tp}{'_sp' if sp else ''}"
@@ -274,6 +294,10 @@ class ModelProfiler:
                               "bwd_checkpointed": time_entry([[mb, s, r[6]] for (mb, s), r in pts])}
                 # (checkpointed backward - backward) / forward, median over the points
                 recompute[key] = median([max(0.0, (r[6] - r[1]) / r[0]) for _, r in pts])
+                if len({s for (_, s), _ in pts}) >= 2:
+                    for name, col in (("fwd", 0), ("bwd", 1), ("bwd_checkpointed", 6)):
+                        times[key][name]["seq_fit"] = seq_time_entry([[mb, s, r[col]] for (mb, s), r in pts])
+                    seq_act[key] = seq_bytes_entry([[mb, s, r[2]] for (mb, s), r in pts])
                 act[key], const[key] = bytes_per_token([[mb, s, r[2]] for (mb, s), r in pts])
                 ckpt[key], _ = bytes_per_token([[mb, s, r[4]] for (mb, s), r in pts])
                 points[key] = {"saved_bytes": [[mb, s, r[2]] for (mb, s), r in pts],
@@ -281,7 +305,7 @@ class ModelProfiler:
                 if self.device.type == "cuda" and not bf16_weights:
                     points[key]["cuda_allocated_delta"] = [[mb, s, r[3]] for (mb, s), r in pts]
                     points[key]["checkpoint_cuda_allocated_delta"] = [[mb, s, r[5]] for (mb, s), r in pts]
-        return times, act, ckpt, const, points, recompute
+        return times, act, ckpt, const, points, recompute, seq_act
 
     def vocab_profile(self, shards: ShardGroups, bar) -> Dict:
         times, emb_times, act, const, emb_act, points = {}, {}, {}, {}, {}, {}
@@ -489,23 +513,7 @@ class ModelProfiler:
             "optimizer": optimizer,
             "allocator": allocator,
             "sustained": sustained,
+            **({"sequence": sequence_summary(layer, self.s.seq_lengths)} if len(self.s.seq_lengths) >= 2 else {}),
             "notes": self.notes,
         }
 
-
-def check_settings(cfg: GPTConfig, s: ModelSettings) -> None:
-    for name, values in (("--micro-batch-sizes", s.micro_batch_sizes), ("--seq-lengths", s.seq_lengths),
-                         ("--tp", s.tp_degrees)):
-        if not values or min(values) < 1:
-            raise UserError(f"{name} needs positive integers, got {values}")
-    if len(set(s.micro_batch_sizes)) * len(set(s.seq_lengths)) < 2:
-        raise UserError("give at least two --micro-batch-sizes (or --seq-lengths): the per-token fits need "
-                        "two token counts")
-    if s.soak_seconds < 0 or s.sustained_seconds < 0:
-        raise UserError("--soak-seconds and --sustained-seconds must be >= 0")
-    if any(not 0 < u < 1 for u in s.sustained_duty):
-        raise UserError(f"--sustained-duty takes duty cycles strictly between 0 and 1, got {list(s.sustained_duty)}")
-    if s.warmup < 0 or s.iters < 1:
-        raise UserError(f"--warmup={s.warmup} must be >= 0 and --iters={s.iters} >= 1")
-    if s.optimizer_params < 64:
-        raise UserError(f"--optimizer-params={s.optimizer_params} must be at least 64")
