@@ -103,6 +103,11 @@ def main(argv=None) -> None:
         profile = ModelProfiler(cfg, device, settings).run()
         path = write_model(profile, args.out_dir)
         print(model_summary(profile))
+        if "sequence" in profile:
+            seq = profile["sequence"]
+            print(f"fits in sequence length over {', '.join(map(str, seq['seq_lengths']))}: activation memory "
+                  f"{seq['activation']} in the length (s^2 term {seq['quadratic_share_at_longest']:.1%} of the "
+                  f"tp1 layer's bytes per token at the longest)")
         for note in profile["notes"]:
             print(f"note: {note}")
         if profile["dtype"] != "bf16":

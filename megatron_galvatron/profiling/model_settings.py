@@ -53,6 +53,9 @@ def check_settings(cfg: GPTConfig, s: ModelSettings) -> None:
     if len(set(s.micro_batch_sizes)) * len(set(s.seq_lengths)) < 2:
         raise UserError("give at least two --micro-batch-sizes (or --seq-lengths): the per-token fits need "
                         "two token counts")
+    if len(set(s.seq_lengths)) == 2 and len(set(s.micro_batch_sizes)) < 2:
+        raise UserError("--seq-lengths with two lengths needs two or more --micro-batch-sizes (or give three "
+                        "lengths): the fits in sequence length have three terms")
     if s.soak_seconds < 0 or s.sustained_seconds < 0:
         raise UserError("--soak-seconds and --sustained-seconds must be >= 0")
     if any(not 0 < u < 1 for u in s.sustained_duty):
