@@ -8,6 +8,7 @@ import sys
 
 import pytest
 
+from megatron_galvatron import plan as plan_mod
 from megatron_galvatron import profile_format as pf
 from megatron_galvatron.model.config import GPTConfig
 from megatron_galvatron.plan import LayerStrategy
@@ -15,6 +16,7 @@ from megatron_galvatron.profiling import fit
 from search import synthetic
 from search.comm import Network
 from search.cost_model import CostModel
+from search.predict import predict
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 POINTS = [(mb, s) for mb in (1, 2, 4) for s in (1024, 2048, 4096, 8192)]
@@ -166,6 +168,10 @@ def test_search_at_32k_uses_the_fits_and_says_so(fit_dir, tmp_path):
     assert r.returncode == 0, r.stderr
     notes = [line for line in r.stderr.splitlines() if "sequence-length fits" in line]
     assert len(notes) == 1 and "--seq-length 32768 extrapolated" in notes[0] and "4096, 8192" in notes[0]
+    # pricing the plan again from the directory (as tools/benchmark.py --profile-dir does) takes the same fits
+    plan = plan_mod.load(str(tmp_path / "plan.json"))
+    cfg = GPTConfig(**{**CFG.to_dict(), "seq_length": 32768, "max_position_embeddings": 32768})
+    assert predict(plan, cfg, fit_dir).iter_time_s == pytest.approx(plan.predicted["iter_time_s"], rel=1e-4)  # the plan rounds it
 
 
 def test_search_at_another_length_without_fits_is_one_line(tmp_path):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import os
-from typing import Any, Dict, Tuple
+from typing import Any, Dict, Optional, Tuple
 
 from megatron_galvatron.json_file import check, read_object
 from megatron_galvatron.plan import FP8_RECIPES
@@ -404,7 +404,9 @@ def _optional_times(r: _Reader, obj: Dict, key: str, where: str, allow_sp: bool 
 
 # -------------------------------------------------------------------- directory
 
-def load_profiles(profile_dir: str) -> Tuple[HardwareProfile, ModelProfile]:
+def load_profiles(profile_dir: str, seq_length: Optional[int] = None) -> Tuple[HardwareProfile, ModelProfile]:
+    """Both profiles of `profile_dir`; with `seq_length`, the model profile at that length from its
+    sequence fits where it has them (ModelProfile.for_seq_length)."""
     if not os.path.isdir(profile_dir):
         raise ProfileError(f"profile dir {profile_dir} does not exist: run tools/profile_comm.py and "
                            f"tools/profile_model.py (or python -m search.synthetic) to create it")
@@ -414,7 +416,7 @@ def load_profiles(profile_dir: str) -> Tuple[HardwareProfile, ModelProfile]:
                         hw_path)
     model = parse_model(read_json(model_path, "model", "run tools/profile_model.py to measure the model"),
                         model_path)
-    return hw, model
+    return hw, (model if seq_length is None else model.for_seq_length(seq_length)[0])
 
 
 def check_model_matches(profile: ModelProfile, config: Dict[str, Any]) -> None:
