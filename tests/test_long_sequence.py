@@ -4,7 +4,7 @@ its loss is the independent reference model's.
 The weights start at std 0.5 rather than 0.02 so that attention is sharp and the logits large:
 at the usual init the loss sits at ln(vocab) whatever attention does, and would prove nothing.
 The reference scores attention a block of queries at a time (no seq x seq matrix). How long
-longer sequences take on CPU (up to 131072) is in docs/long_sequences.md."""
+longer sequences take on CPU (up to 131072) is in docs/log.md (2026-12-03, long sequences)."""
 import numpy as np
 import pytest
 import torch

@@ -45,22 +45,10 @@ from megatron_galvatron.profiling.hardware import (
 )
 from megatron_galvatron.profiling.memory import allocator_stats, saved_bytes
 from megatron_galvatron.profiling.model_settings import DTYPES, ModelSettings
+from megatron_galvatron.profiling.report import sequence_summary
 from megatron_galvatron.profiling.shards import ShardGroups
 from megatron_galvatron.profiling.sustained import measure_sustained
 from megatron_galvatron.training.optimizer import build_optimizer
-
-
-def sequence_summary(layer: Dict, seq_lengths: List[int]) -> Dict:
-    """model.json 'sequence': the lengths the sequence fits cover and whether the activation fit
-    found an s^2 term (more than 1 % of the tp1 layer's bytes per token at the longest length)."""
-    fit = layer["memory"]["activation_seq_fit"]["tp1"]
-    top = max(seq_lengths)
-    share = fit["quadratic_bytes"] * top / max(fit["linear_bytes"] + fit["quadratic_bytes"] * top, 1e-30)
-    return {"seq_lengths": sorted(seq_lengths), "activation": "quadratic" if share > 0.01 else "linear",
-            "quadratic_share_at_longest": share,
-            "method": "per layout key: time = intercept_s + micro_batch * (linear_s * seq + quadratic_s * seq^2), "
-                      "activation bytes = constant_bytes + micro_batch * (linear_bytes * seq + quadratic_bytes * "
-                      "seq^2), non-negative least squares over the points"}
 
 
 def valid_tp_degrees(cfg: GPTConfig, wanted: List[int]) -> List[int]:
@@ -247,9 +235,7 @@ class ModelProfiler:
                           # kept per micro-batch in flight whatever its size: under bf16 autocast,
                           # the bf16 copies of the weights the matmuls save for backward
                           "activation_constant_bytes": const,
-                          "points": points}}
-        if seq_act:
-            out["memory"]["activation_seq_fit"] = seq_act
+                          "points": points, **({"activation_seq_fit": seq_act} if seq_act else {})}}
         if self.bf16:
             out["bf16"] = self._bf16_layer_profile(shards, bar)
         if self.s.fp8:
@@ -259,21 +245,18 @@ class ModelProfiler:
     def _bf16_layer_profile(self, shards: ShardGroups, bar, fp8: Optional[str] = None) -> Dict:
         """The layer on bf16 weights without autocast, as the runtime runs it (see the module doc);
         with `fp8`, its linears in float8 with that recipe."""
-        times, act, ckpt, const, points, recompute, seq_act = self._layer_tables(shards, bar, bf16_weights=True,
-                                                                                 fp8=fp8)
+        times, act, ckpt, const, points, recompute, seq_act = self._layer_tables(shards, bar, True, fp8)
         out = {"time": times, "recompute_fraction": recompute, "activation_bytes_per_token": act,
-               "checkpoint_bytes_per_token": ckpt, "points": points}
-        if seq_act:
-            out["activation_seq_fit"] = seq_act
+               "checkpoint_bytes_per_token": ckpt, "points": points,
+               **({"activation_seq_fit": seq_act} if seq_act else {})}
         if fp8:  # tensorwise saves the float8 cast of each weight, once per micro-batch
             out["activation_constant_bytes"] = const
         return out
 
     def _layer_tables(self, shards: ShardGroups, bar, bf16_weights: bool, fp8: Optional[str] = None):
         """Per layout key: time fits, activation / checkpoint bytes per token, constant bytes and
-        the points, over every micro-batch x sequence point of every tp (and sp) degree; with two or
-        more sequence lengths, fits of time and activation bytes in the sequence length too
-        ('seq_fit' in each time entry, and the activation fits returned last)."""
+        the points, over every micro-batch x sequence point of every tp (and sp) degree; over two or more
+        lengths also the fits in sequence length ('seq_fit' in each time entry; activation ones last)."""
         times, act, ckpt, const, points, recompute, seq_act = {}, {}, {}, {}, {}, {}, {}
         for tp in self.tps:
             for sp in ((False, True) if tp > 1 and self.s.sequence_parallel else (False,)):
@@ -473,10 +456,8 @@ class ModelProfiler:
         n_layer = sum(len(_points(self.s, tp, sp)) for tp in self.tps
                       for sp in ((False, True) if tp > 1 and self.s.sequence_parallel else (False,)))
         n_vocab = sum(len(_points(self.s, tp, False)) for tp in self.tps)
-        n_plain = n_layer
-        if self.bf16:  # every point again on bf16 weights
-            n_layer, n_vocab = 2 * n_layer, 2 * n_vocab
-        n_layer += len(self.s.fp8) * n_plain
+        copies = 2 if self.bf16 else 1  # with bf16, every point again on bf16 weights; fp8 layers once per recipe
+        n_layer, n_vocab = (copies + len(self.s.fp8)) * n_layer, copies * n_vocab
         allow_recompiles(4 * (n_layer + n_vocab) + 8 + 4 * len(self.s.fp8))
         static = static_shapes() if self.s.compile else nullcontext()
         prev_flush = torch.set_flush_denormal(True) if self.device.type == "cpu" else None
