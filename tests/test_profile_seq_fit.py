@@ -37,10 +37,11 @@ def test_time_fit_without_intercept_or_quadratic_term_keeps_it_at_zero():
 
 
 @pytest.mark.parametrize("quad", [0.0, 64.0])  # flash attention keeps no s^2 bytes; the math path does
-def test_bytes_fit_finds_the_square_term_only_where_it_is(quad):
+@pytest.mark.parametrize("pos", [0.0, 64.0])   # bytes per position whatever the micro-batch (RoPE tables)
+def test_bytes_fit_finds_the_square_term_only_where_it_is(quad, pos):
     const, lin = 3 * 2 ** 20, 2 ** 14 + 8
-    e = fit.seq_bytes_entry([[mb, s, const + mb * (lin * s + quad * s * s)] for mb, s in POINTS])
-    assert e == {"constant_bytes": const, "linear_bytes": lin, "quadratic_bytes": quad}
+    e = fit.seq_bytes_entry([[mb, s, const + pos * s + mb * (lin * s + quad * s * s)] for mb, s in POINTS])
+    assert e == {"constant_bytes": const, "position_bytes": pos, "linear_bytes": lin, "quadratic_bytes": quad}
 
 
 def test_fits_never_go_negative():
@@ -61,7 +62,7 @@ def cpu_profile(tmp_path_factory):
     cmd = [sys.executable, "tools/profile_model.py", "--out-dir", out, "--quiet", "--model-family", "llama",
            "--num-layers", "2", "--hidden-size", "32", "--num-attention-heads", "2", "--ffn-hidden-size", "64",
            "--vocab-size", "64", "--seq-length", "128", "--seq-lengths", *map(str, LENGTHS),
-           "--micro-batch-sizes", "1", "2", "--tp", "1", "2", "--warmup", "1", "--iters", "2"]
+           "--micro-batch-sizes", "1", "2", "--tp", "1", "2", "--warmup", "1", "--iters", "2", "--dtype", "bf16"]
     r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600,
                        env=dict(os.environ, PYTHONPATH=ROOT))
     assert r.returncode == 0, r.stderr
@@ -74,9 +75,10 @@ def test_profile_records_the_fits_and_they_read_back(cpu_profile):
     assert d["schema"] == pf.MODEL_SCHEMA and d["sequence"]["seq_lengths"] == list(LENGTHS)
     # CPU SDPA (the flash kernel) keeps only per-row statistics, no score matrix
     assert d["sequence"]["activation"] == "linear"
+    assert d["layer"]["memory"]["activation_seq_fit"]["tp1"]["quadratic_bytes"] == 0.0
     assert "activation memory linear in the length" in stdout
-    m = pf.parse_model(d, out, bf16_only=False)
-    assert m.seq_lengths == LENGTHS and m.seq_activation == "linear"
+    m = pf.parse_model(d, out)
+    assert m.seq_lengths == LENGTHS and m.seq_activation == "linear" and set(m.seq_fits) == {"layer", "bf16"}
     for key in ("tp1", "tp2", "tp2_sp"):
         k = (int(key[2]), key.endswith("_sp"))
         entry = d["layer"]["time"][key]
@@ -86,11 +88,28 @@ def test_profile_records_the_fits_and_they_read_back(cpu_profile):
         # saved bytes are exact counts: the fit must give every measured point back
         a = d["layer"]["memory"]["activation_seq_fit"][key]
         assert m.seq_fits["layer"].activation[k].linear_bytes == a["linear_bytes"]
-        for mb, s, saved in d["layer"]["memory"]["points"][key]["saved_bytes"]:
-            assert a["constant_bytes"] + mb * (a["linear_bytes"] * s + a["quadratic_bytes"] * s * s) == \
-                pytest.approx(saved, rel=1e-9)
+        bf16 = d["layer"]["bf16"]
+        for table, fits in ((d["layer"]["memory"], a), (bf16, bf16["activation_seq_fit"][key])):
+            for mb, s, saved in table["points"][key]["saved_bytes"]:
+                assert fits["constant_bytes"] + fits["position_bytes"] * s + mb * (
+                    fits["linear_bytes"] * s + fits["quadratic_bytes"] * s * s) == pytest.approx(saved, rel=1e-9)
         assert sorted({(p[0], p[1]) for p in entry["fwd"]["points"]}) == sorted(
             (mb, s) for mb in (1, 2) for s in LENGTHS)
+
+
+def test_search_beyond_the_profiled_lengths_of_a_real_profile(cpu_profile, tmp_path):
+    out, d, _ = cpu_profile
+    pf.write_hardware(synthetic.hardware_profile(2, 2), out)
+    r = run_search(["--memory-gb", "8", "--num-gpus", "2", "--profile-dir", out, "--output", str(tmp_path / "p.json"),
+                    "--seq-length", "2048", "--no-plot", "--quiet", "--global-batch-size", "2", "--model-family",
+                    "llama", "--num-layers", "2", "--hidden-size", "32", "--num-attention-heads", "2",
+                    "--ffn-hidden-size", "64", "--vocab-size", "64"], str(tmp_path))
+    assert r.returncode == 0, r.stderr
+    assert "--seq-length 2048 extrapolated" in r.stderr and "profiled at 128, 256, 512" in r.stderr
+    prof = pf.load_profiles(out, 2048)[1]
+    fwd = d["layer"]["bf16"]["time"]["tp1"]["fwd"]["seq_fit"]
+    assert prof.bf16_layer_fits(1, False)[0].per_token_s == pytest.approx(
+        fwd["linear_s"] + fwd["quadratic_s"] * 2048, rel=1e-12)
 
 
 def test_two_lengths_need_two_micro_batch_sizes(tmp_path):
@@ -121,7 +140,7 @@ def with_fits(d):
         tp = int(key[2:].split("_")[0])
         for name, k in (("fwd", 1.0), ("bwd", 2.0)):
             entry[name]["seq_fit"] = {"intercept_s": k * C, "linear_s": k * A / tp, "quadratic_s": k * B / tp}
-        acts[key] = {"constant_bytes": CONST, "linear_bytes": LIN / tp, "quadratic_bytes": QUAD}
+        acts[key] = {"constant_bytes": CONST, "position_bytes": 0.0, "linear_bytes": LIN / tp, "quadratic_bytes": QUAD}
     layer["memory"]["activation_seq_fit"] = acts
     layer["bf16"] = {"time": copy.deepcopy(layer["time"]), "activation_bytes_per_token":
                      dict(layer["memory"]["activation_bytes_per_token"]), "activation_seq_fit": copy.deepcopy(acts),
@@ -171,7 +190,8 @@ def test_search_at_32k_uses_the_fits_and_says_so(fit_dir, tmp_path):
     # pricing the plan again from the directory (as tools/benchmark.py --profile-dir does) takes the same fits
     plan = plan_mod.load(str(tmp_path / "plan.json"))
     cfg = GPTConfig(**{**CFG.to_dict(), "seq_length": 32768, "max_position_embeddings": 32768})
-    assert predict(plan, cfg, fit_dir).iter_time_s == pytest.approx(plan.predicted["iter_time_s"], rel=1e-4)  # the plan rounds it
+    # (the plan file rounds its prediction)
+    assert predict(plan, cfg, fit_dir).iter_time_s == pytest.approx(plan.predicted["iter_time_s"], rel=1e-4)
 
 
 def test_search_at_another_length_without_fits_is_one_line(tmp_path):

@@ -37,11 +37,16 @@ class SeqTimeFit:
 
 @dataclass(frozen=True)
 class SeqBytesFit:
-    """bytes saved for backward = constant_bytes + micro_batch * (linear_bytes * seq + quadratic_bytes * seq^2)."""
+    """bytes saved for backward = constant_bytes + position_bytes * seq
+                                  + micro_batch * (linear_bytes * seq + quadratic_bytes * seq^2)."""
 
     constant_bytes: float
+    position_bytes: float
     linear_bytes: float
     quadratic_bytes: float
+
+    def per_micro_batch(self, seq: int) -> float:
+        return self.constant_bytes + self.position_bytes * seq
 
     def per_token(self, seq: int) -> float:
         return self.linear_bytes + self.quadratic_bytes * seq
@@ -100,7 +105,8 @@ def _tables(r, times: Dict, mem: Dict, where: str, mem_where: str) -> SeqTables:
         time[k] = (fwd, bwd, ckpt)
         raw = r.get(acts, tp_key(*k), f"{mem_where}.activation_seq_fit", dict)
         aw = f"{mem_where}.activation_seq_fit.{tp_key(*k)}"
-        act[k] = SeqBytesFit(*(r.number(raw, f, aw) for f in ("constant_bytes", "linear_bytes", "quadratic_bytes")))
+        act[k] = SeqBytesFit(*(r.number(raw, f, aw) if f in raw or f != "position_bytes" else 0.0
+                               for f in ("constant_bytes", "position_bytes", "linear_bytes", "quadratic_bytes")))
     return SeqTables(time, act)
 
 
@@ -128,9 +134,10 @@ def at_seq_length(p: "ModelProfile", seq: int) -> "ModelProfile":
             if ckpt is not None and f(seq) > 0:  # as the profiler takes it: (checkpointed bwd - bwd) / fwd
                 recompute[k] = max(0.0, (ckpt.at(seq)(seq) - b(seq)) / f(seq))
         for k, a in tables.activation.items():
-            act[k] = a.per_token(seq)
             if const is not None and k in const:
-                const[k] = a.constant_bytes
+                act[k], const[k] = a.per_token(seq), a.per_micro_batch(seq)
+            else:  # no per-micro-batch table to hold the per-position bytes: counted per token (exact at one sample)
+                act[k] = a.per_token(seq) + a.position_bytes
     return out
 
 

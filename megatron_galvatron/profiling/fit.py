@@ -254,12 +254,16 @@ def seq_time_entry(points: List[List[float]]) -> Dict:
 
 
 def seq_bytes_entry(points: List[List[float]]) -> Dict:
-    """Fit [micro_batch, seq, bytes] points as constant_bytes + micro_batch * (linear_bytes * seq +
-    quadratic_bytes * seq^2). A kernel that keeps attention's score matrix for backward (the math
-    path) saves per sample a multiple of seq^2; flash and memory-efficient SDPA keep none, and
-    the fit then finds quadratic_bytes = 0."""
-    c, lin, quad = fit_nonneg(_seq_columns(points), [p[2] for p in points], relative=False)
-    return {"constant_bytes": round(c, 3), "linear_bytes": round(lin, 3), "quadratic_bytes": round(quad, 6)}
+    """Fit [micro_batch, seq, bytes] points as constant_bytes + position_bytes * seq + micro_batch *
+    (linear_bytes * seq + quadratic_bytes * seq^2). A kernel that keeps attention's score matrix
+    for backward (the math path) saves per sample a multiple of seq^2; flash and memory-efficient
+    SDPA keep none, and the fit then finds quadratic_bytes = 0. position_bytes is what is kept per
+    position whatever the micro-batch (under autocast, a cast of the RoPE tables)."""
+    cols = _seq_columns(points)
+    c, pos, lin, quad = fit_nonneg([cols[0], [float(p[1]) for p in points]] + cols[1:], [p[2] for p in points],
+                                   relative=False)
+    return {"constant_bytes": round(c, 3), "position_bytes": round(pos, 3), "linear_bytes": round(lin, 3),
+            "quadratic_bytes": round(quad, 6)}
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
