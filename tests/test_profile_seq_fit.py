@@ -110,6 +110,9 @@ def test_search_beyond_the_profiled_lengths_of_a_real_profile(cpu_profile, tmp_p
     fwd = d["layer"]["bf16"]["time"]["tp1"]["fwd"]["seq_fit"]
     assert prof.bf16_layer_fits(1, False)[0].per_token_s == pytest.approx(
         fwd["linear_s"] + fwd["quadratic_s"] * 2048, rel=1e-12)
+    act = d["layer"]["memory"]["activation_seq_fit"]["tp1"]  # the autocast tables, which keep a constant
+    assert prof.layer_constant(1, False) == pytest.approx(act["constant_bytes"] + act["position_bytes"] * 2048)
+    assert prof.activation_per_token(1, False) == pytest.approx(act["linear_bytes"] + act["quadratic_bytes"] * 2048)
 
 
 def test_two_lengths_need_two_micro_batch_sizes(tmp_path):
