@@ -16,7 +16,7 @@ cd "$(dirname "$0")/.."
 OUT=${OUT:-long_seq_out}; mkdir -p "$OUT"
 export NCCL_NVLS_ENABLE=0 PYTHONUNBUFFERED=1
 SEQS=("$@"); [[ ${#SEQS[@]} -eq 0 ]] && SEQS=(16384 32768)
-MEM=${MEMORY_GB:-124}
+MEM=${MEMORY_GB:-136}  # as results/h200x1_llama7b/search
 # every flag but --seq-length, which each step sets
 M="--model-family llama --num-layers 32 --hidden-size 4096 --num-attention-heads 32 --num-query-groups 32
    --ffn-hidden-size 11008 --vocab-size 32000 --attention-backend cudnn"
