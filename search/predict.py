@@ -9,6 +9,7 @@ def predict(plan, cfg: GPTConfig, profiles) -> Prediction:
     """profiles: a profile directory, or its (hardware, model) profiles already loaded for
     pricing many plans."""
     hw, model_profile = load_profiles(profiles) if isinstance(profiles, str) else profiles
+    model_profile = model_profile.for_seq_length(cfg.seq_length)[0]  # from its sequence fits, where it has them
     check_model_matches(model_profile, cfg.to_dict())
     cost = CostModel(cfg, model_profile, Network(hw, plan.world_size, min(hw.gpus_per_node, plan.world_size)))
     return cost.evaluate(plan)

@@ -166,6 +166,9 @@ def search_modes(args, cfg, sizes):
     types = ["1f1b", "gpipe"] if args.pipeline_type == "search" else [args.pipeline_type]
     results, searchers, errors = [], [], []
     for prof in profiles:
+        prof, seq_note = prof.for_seq_length(cfg.seq_length)  # without sequence fits, as profiled
+        if seq_note:
+            print(f"{PROG}: note: {seq_note}", file=sys.stderr)
         check_model_matches(prof, cfg.to_dict())
         cost = CostModel(cfg, prof, Network(hw, args.num_gpus, per_node))
         searcher = Searcher(cost, args.num_gpus, args.memory_gb, space, sizes, types, args.max_pp, args.threads,

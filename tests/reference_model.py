@@ -55,11 +55,13 @@ class _Fp8Matmul(torch.autograd.Function):
         return gx, gw, None
 
 
-def reference_loss(params, tokens, labels, cfg, fp8=None):
+def reference_loss(params, tokens, labels, cfg, fp8=None, query_block=None):
     """Mean next-token loss. params: name -> tensor (requires_grad as the caller wishes);
     tokens, labels [batch, seq]; cfg: dict with family, num_layers, heads, groups, eps, theta, and
     optionally the architecture keys that override the family's (normalization, position_embedding_type,
-    swiglu, add_bias_linear, tie_embeddings); fp8: per layer, the float8 recipe of its linears or None."""
+    swiglu, add_bias_linear, tie_embeddings); fp8: per layer, the float8 recipe of its linears or None; query_block: attention scored that
+    many queries at a time against the keys up to them (the same softmax, without a seq x seq
+    matrix, for long sequences under no_grad)."""
     gpt2 = cfg["family"] == "gpt2"
     layer_norm = cfg.get("normalization", "LayerNorm" if gpt2 else "RMSNorm") == "LayerNorm"
     learned = cfg.get("position_embedding_type", "learned_absolute" if gpt2 else "rope") == "learned_absolute"
@@ -94,7 +96,7 @@ def reference_loss(params, tokens, labels, cfg, fp8=None):
 
     hidden = x.shape[-1]
     hd = hidden // n_h
-    mask = torch.full((s, s), float("-inf")).triu(1)
+    mask = None if query_block else torch.full((s, s), float("-inf")).triu(1)
     for i in range(cfg["num_layers"]):
         p = f"layers.{i}."
         h = norm(x, p + "input_norm")
@@ -108,8 +110,11 @@ def reference_loss(params, tokens, labels, cfg, fp8=None):
         rep = n_h // n_g
         k = k.repeat_interleave(rep, dim=1)
         v = v.repeat_interleave(rep, dim=1)
-        att = (q @ k.transpose(-1, -2)) / math.sqrt(hd) + mask
-        o = (att.softmax(-1) @ v).transpose(1, 2).reshape(b, s, n_h * hd)
+        if query_block:
+            o = _blocked_attention(q, k, v, query_block).transpose(1, 2).reshape(b, s, n_h * hd)
+        else:
+            att = (q @ k.transpose(-1, -2)) / math.sqrt(hd) + mask
+            o = (att.softmax(-1) @ v).transpose(1, 2).reshape(b, s, n_h * hd)
         x = x + lin(o, p + "attention.dense")
         h = norm(x, p + "post_attention_norm")
         if swiglu:
@@ -123,6 +128,19 @@ def reference_loss(params, tokens, labels, cfg, fp8=None):
     head = params["vocab.word_embeddings.weight"] if tied else params["vocab.lm_head.weight"]
     logits = x @ head.t()
     return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1))
+
+
+def _blocked_attention(q, k, v, block):
+    """Causal softmax(q k^T / sqrt(d)) v, `block` queries at a time; query i sees keys 0..i."""
+    s, hd = q.shape[2], q.shape[3]
+    out = []
+    diagonal = torch.full((block, block), float("-inf"), dtype=q.dtype).triu(1)  # keys past the query
+    for i in range(0, s, block):
+        j = min(s, i + block)
+        att = (q[:, :, i:j] @ k[:, :, :j].transpose(-1, -2)) / math.sqrt(hd)
+        att[..., i:j] += diagonal[:j - i, :j - i]
+        out.append(att.softmax(-1) @ v[:, :, :j])
+    return torch.cat(out, dim=2)
 
 
 def reference_train(params, batches, cfg, steps, lr, weight_decay, clip, betas=(0.9, 0.95), eps=1e-8,

@@ -48,7 +48,7 @@ def test_round_trip(tmp_path):
 
 
 def test_the_current_versions():
-    assert pf.MODEL_SCHEMA == "megatron_galvatron.model_profile/3"
+    assert pf.MODEL_SCHEMA == "megatron_galvatron.model_profile/4"
     assert pf.HARDWARE_SCHEMA == "megatron_galvatron.hardware_profile/1"
 
 
@@ -85,14 +85,22 @@ def test_a_bad_field_is_refused_in_one_line_naming_it(tmp_path):
 
 
 @pytest.mark.parametrize("schema, words", [
-    ("megatron_galvatron.model_profile/4", "newer"),
-    ("megatron_galvatron.hardware_profile/1", "expected 'megatron_galvatron.model_profile/3'"),
+    ("megatron_galvatron.model_profile/5", "newer"),
+    ("megatron_galvatron.hardware_profile/1", "expected 'megatron_galvatron.model_profile/4'"),
     ("megatron_galvatron.model_profile/x", "expected"),
 ])
 def test_unknown_versions_are_refused(schema, words):
     d = dict(_example(pf.MODEL_FILE), schema=schema)
     with pytest.raises(pf.ProfileError, match=words):
         pf.parse_model(d)
+
+
+def test_version_3_model_reads_without_sequence_fits():
+    d = dict(_example(pf.MODEL_FILE), schema="megatron_galvatron.model_profile/3")
+    d.pop("sequence", None)
+    m = pf.parse_model(d)
+    assert m.seq_fits == {} and m.seq_lengths == ()
+    assert m.for_seq_length(4 * m.model["seq_length"]) == (m, None)  # nothing to rescale from
 
 
 def test_version_2_model_reads_without_fp8_tables():

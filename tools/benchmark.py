@@ -50,7 +50,7 @@ def price(plan, cfg, args, loaded):
     from megatron_galvatron.profile_format import load_profiles
     prof = args.compile_profile_dir if plan.compile and args.compile_profile_dir else args.profile_dir
     if prof and prof not in loaded:
-        loaded[prof] = load_profiles(prof)
+        loaded[prof] = load_profiles(prof, cfg.seq_length)
     if prof and loaded[prof][1].compiled == plan.compile:
         plan.predicted = predict(plan, cfg, loaded[prof]).plan_fields()
     elif prof:  # a prediction for the other mode would mislead
@@ -68,7 +68,7 @@ def bounds(cfg, args, loaded):
         if not prof:
             continue
         if prof not in loaded:
-            loaded[prof] = load_profiles(prof)
+            loaded[prof] = load_profiles(prof, cfg.seq_length)
         hw, model = loaded[prof]
         check_model_matches(model, cfg.to_dict())
         b = compute_bound(model, cfg.num_layers, cfg.flops_per_token())

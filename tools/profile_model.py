@@ -18,10 +18,11 @@ from megatron_galvatron.fp8.library import float8
 from megatron_galvatron.parallel_state import detect_device
 from megatron_galvatron.plan import FP8_RECIPES
 from megatron_galvatron.profile_format import MODEL_FILE, write_model
-from megatron_galvatron.profiling.model import ModelProfiler, check_settings
+from megatron_galvatron.profiling.model import ModelProfiler
 from megatron_galvatron.profiling.model_settings import (
     DTYPES,
     ModelSettings,
+    check_settings,
     default_dtype,
     default_optimizer_params,
 )
@@ -102,6 +103,11 @@ def main(argv=None) -> None:
         profile = ModelProfiler(cfg, device, settings).run()
         path = write_model(profile, args.out_dir)
         print(model_summary(profile))
+        if "sequence" in profile:
+            seq = profile["sequence"]
+            print(f"fits in sequence length over {', '.join(map(str, seq['seq_lengths']))}: activation memory "
+                  f"{seq['activation']} in the length (s^2 term {seq['quadratic_share_at_longest']:.1%} of the "
+                  f"tp1 layer's bytes per token at the longest)")
         for note in profile["notes"]:
             print(f"note: {note}")
         if profile["dtype"] != "bf16":

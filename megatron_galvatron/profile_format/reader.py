@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import os
-from typing import Any, Dict, Tuple
+from typing import Any, Dict, Optional, Tuple
 
 from megatron_galvatron.json_file import check, read_object
 from megatron_galvatron.model.config import (ARCHITECTURE_FIELDS, ARCHITECTURE_VALUES, FAMILIES, SHAPE_FIELDS,
@@ -32,6 +32,7 @@ from megatron_galvatron.profile_format.schema import (
     TimeFit,
     tp_key,
 )
+from megatron_galvatron.profile_format.seq_fit import parse_sequence
 
 
 # Above any time, size, rate or count a profile measures: a larger number is corruption, not a measurement.
@@ -145,8 +146,13 @@ def _model_v2(d: Dict) -> Dict:
     return d
 
 
+def _model_v3(d: Dict) -> Dict:
+    """Version 4 added the optional fits in sequence length: a version 3 file has none."""
+    return d
+
+
 # (format, version read) -> the step to the next version
-_UPGRADES = {(MODEL_FORMAT, 1): _model_v1, (MODEL_FORMAT, 2): _model_v2}
+_UPGRADES = {(MODEL_FORMAT, 1): _model_v1, (MODEL_FORMAT, 2): _model_v2, (MODEL_FORMAT, 3): _model_v3}
 
 
 def upgrade(r: _Reader, d: Dict, name: str, version: int) -> Dict:
@@ -327,6 +333,7 @@ def parse_model(d: Dict, path: str = MODEL_FILE, bf16_only: bool = True) -> Mode
         prof.bf16_vocab_time = _tp_only(_optional_times(r, vbf16, "time", "vocab.bf16", allow_sp=False))
         prof.bf16_vocab_activation_bytes_per_token = _tp_only(
             _optional_numbers(r, vbf16, "activation_bytes_per_token", "vocab.bf16", allow_sp=False))
+    prof.seq_lengths, prof.seq_activation, prof.seq_fits = parse_sequence(r, d)  # before the slowdown scales them
     sustained = d.get("sustained")
     if sustained is not None:
         if not isinstance(sustained, dict):
@@ -408,7 +415,9 @@ def _optional_times(r: _Reader, obj: Dict, key: str, where: str, allow_sp: bool 
 
 # -------------------------------------------------------------------- directory
 
-def load_profiles(profile_dir: str) -> Tuple[HardwareProfile, ModelProfile]:
+def load_profiles(profile_dir: str, seq_length: Optional[int] = None) -> Tuple[HardwareProfile, ModelProfile]:
+    """Both profiles of `profile_dir`; with `seq_length`, the model profile at that length from its
+    sequence fits where it has them (ModelProfile.for_seq_length)."""
     if not os.path.isdir(profile_dir):
         raise ProfileError(f"profile dir {profile_dir} does not exist: run tools/profile_comm.py and "
                            f"tools/profile_model.py (or python -m search.synthetic) to create it")
@@ -418,7 +427,7 @@ def load_profiles(profile_dir: str) -> Tuple[HardwareProfile, ModelProfile]:
                         hw_path)
     model = parse_model(read_json(model_path, "model", "run tools/profile_model.py to measure the model"),
                         model_path)
-    return hw, model
+    return hw, (model if seq_length is None else model.for_seq_length(seq_length)[0])
 
 
 def check_model_matches(profile: ModelProfile, config: Dict[str, Any]) -> None:
@@ -428,7 +437,10 @@ def check_model_matches(profile: ModelProfile, config: Dict[str, Any]) -> None:
         want, got = config[k], profile.model[k]
         if want != got:
             flag = model_flag(k)
+            how = ("profile this model (tools/profile_model.py; --seq-lengths with two or more lengths lets the "
+                   "search take others from the fits)" if k == "seq_length" else
+                   "profile this model (tools/profile_model.py)")
             raise ProfileError(f"{profile.path}: model profile was measured with {k}={got!r} but {flag} is "
-                               f"{want!r}: profile this model (tools/profile_model.py) or fix the flag")
+                               f"{want!r}: {how} or fix the flag")
 
 

@@ -17,7 +17,8 @@ HARDWARE_VERSION = 1
 # 2: the tables measured on bf16 weights without autocast are 'layer.bf16' and 'vocab.bf16'
 # (version 1 called them 'sharded' although replicated units run that way too)
 # 3: optional 'layer.fp8.<recipe>' tables of the layer with float8 linears (older files have none)
-MODEL_VERSION = 3
+# 4: optional 'sequence' and the layer's fits in sequence length ('seq_fit', 'activation_seq_fit')
+MODEL_VERSION = 4
 HARDWARE_SCHEMA = f"{HARDWARE_FORMAT}/{HARDWARE_VERSION}"
 MODEL_SCHEMA = f"{MODEL_FORMAT}/{MODEL_VERSION}"
 
@@ -154,6 +155,19 @@ class ModelProfile:
     # (0, 1), non-decreasing and within [1, sustained_slowdown]; empty: the cost model's line
     sustained_curve: Tuple[Tuple[float, float], ...] = ()
     compiled: bool = False  # the layer tables time torch.compile'd layers (plans then say "compile")
+    # 'sequence': the lengths the layer's fits in sequence length cover (empty: no fits), whether
+    # the activation fit found an s^2 term, and the fits per table set (profile_format/seq_fit.py)
+    seq_lengths: Tuple[int, ...] = ()
+    seq_activation: str = ""
+    seq_fits: Dict[str, Any] = field(default_factory=dict)
+
+    def for_seq_length(self, seq: int) -> Tuple["ModelProfile", Optional[str]]:
+        """The profile at sequence length `seq` from its fits, and one line saying so; without fits
+        the profile itself and None (check_model_matches then wants the profiled length)."""
+        from megatron_galvatron.profile_format import seq_fit
+        if not self.seq_fits:
+            return self, None
+        return seq_fit.at_seq_length(self, seq), seq_fit.describe(self, seq)
 
     def apply_sustained_slowdown(self, factor: float, fp8: Optional[Dict[str, float]] = None) -> None:
         """Layers run ``factor`` times slower inside a long step than in the profiler's short
@@ -167,6 +181,8 @@ class ModelProfile:
         for table, slow in tables:
             for k, (f, b) in list(table.items()):
                 table[k] = (f.slowed(slow), b.slowed(slow))
+        for name, t in list(self.seq_fits.items()):
+            self.seq_fits[name] = t.slowed(fp8.get(name[4:], factor) if name.startswith("fp8.") else factor)
 
     def _nearest(self, table: Dict, tp: int, sp: bool) -> Tuple[Any, float]:
         if (tp, sp) in table:

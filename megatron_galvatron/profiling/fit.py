@@ -209,6 +209,63 @@ def bytes_per_token(points: List[List[float]]) -> Tuple[float, float]:
     return round(max(float(slope), 0.0), 3), round(float(intercept), 3)  # beyond a milli-byte is float noise
 
 
+def fit_nonneg(columns: Sequence[Sequence[float]], ys: Sequence[float], relative: bool = True) -> List[float]:
+    """Coefficients c >= 0 of y = sum_k c_k * columns[k], least squares (each point weighted by
+    1 / y with `relative`, as fit_line weights its points).
+
+    Few columns, so every subset of them is solved and the best whose coefficients are all
+    non-negative kept: exact on exact data, and no optimiser library needed. A term the points
+    cannot resolve (rank-deficient subset) is left at zero."""
+    a = np.asarray(columns, dtype=np.float64).T
+    y = np.asarray(ys, dtype=np.float64)
+    w = 1.0 / np.maximum(np.abs(y), 1e-30) if relative else np.ones_like(y)
+    k = a.shape[1]
+    best, best_err = [0.0] * k, float(np.sum((w * y) ** 2))
+    for mask in range(1, 2 ** k):
+        cols = [j for j in range(k) if mask >> j & 1]
+        sub = a[:, cols] * w[:, None]
+        if np.linalg.matrix_rank(sub) < len(cols):
+            continue
+        coef, *_ = np.linalg.lstsq(sub, y * w, rcond=None)
+        if np.any(coef < 0):
+            continue
+        full = [0.0] * k
+        for j, c in zip(cols, coef):
+            full[j] = float(c)
+        err = float(np.sum((w * (a @ np.asarray(full) - y)) ** 2))
+        if err < best_err * (1 - 1e-12):  # ties go to the fewer terms, found first
+            best, best_err = full, err
+    return best
+
+
+def _seq_columns(points: List[List[float]]) -> List[List[float]]:
+    """[micro_batch, seq, y] points -> the columns 1, micro_batch * seq, micro_batch * seq^2."""
+    return [[1.0] * len(points), [p[0] * p[1] for p in points], [p[0] * p[1] * p[1] for p in points]]
+
+
+def seq_time_entry(points: List[List[float]]) -> Dict:
+    """Fit [micro_batch, seq, seconds] points as intercept_s + micro_batch * (linear_s * seq + quadratic_s * seq^2).
+
+    Per sample, the layer's matmuls and elementwise work grow with the sequence and attention's
+    scores and weighted values with its square, so the time per token is linear_s + quadratic_s * seq."""
+    c, lin, quad = fit_nonneg(_seq_columns(points), [p[2] for p in points])
+    err = max((abs(c + p[0] * (lin * p[1] + quad * p[1] ** 2) - p[2]) / p[2] for p in points if p[2]), default=0.0)
+    return {"intercept_s": c, "linear_s": lin, "quadratic_s": quad, "max_rel_error": err}
+
+
+def seq_bytes_entry(points: List[List[float]]) -> Dict:
+    """Fit [micro_batch, seq, bytes] points as constant_bytes + position_bytes * seq + micro_batch *
+    (linear_bytes * seq + quadratic_bytes * seq^2). A kernel that keeps attention's score matrix
+    for backward (the math path) saves per sample a multiple of seq^2; flash and memory-efficient
+    SDPA keep none, and the fit then finds quadratic_bytes = 0. position_bytes is what is kept per
+    position whatever the micro-batch (under autocast, a cast of the RoPE tables)."""
+    cols = _seq_columns(points)
+    c, pos, lin, quad = fit_nonneg([cols[0], [float(p[1]) for p in points]] + cols[1:], [p[2] for p in points],
+                                   relative=False)
+    return {"constant_bytes": round(c, 3), "position_bytes": round(pos, 3), "linear_bytes": round(lin, 3),
+            "quadratic_bytes": round(quad, 6)}
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     prog = "python -m megatron_galvatron.profiling.fit"
     ap = ArgumentParser(prog=prog, description="Re-fit the piecewise communication segments of hardware.json "

@@ -32,7 +32,7 @@ from megatron_galvatron.model.vocab import VocabModule
 from megatron_galvatron.plan import LayerStrategy
 from megatron_galvatron.profile_format import MODEL_SCHEMA
 from megatron_galvatron.profiling.dynamo import allow_recompiles, static_shapes
-from megatron_galvatron.profiling.fit import bytes_per_token, time_entry
+from megatron_galvatron.profiling.fit import bytes_per_token, seq_bytes_entry, seq_time_entry, time_entry
 from megatron_galvatron.profiling.hardware import (
     HostAhead,
     Stopwatch,
@@ -45,6 +45,7 @@ from megatron_galvatron.profiling.hardware import (
 )
 from megatron_galvatron.profiling.memory import allocator_stats, saved_bytes
 from megatron_galvatron.profiling.model_settings import DTYPES, ModelSettings
+from megatron_galvatron.profiling.report import sequence_summary
 from megatron_galvatron.profiling.shards import ShardGroups
 from megatron_galvatron.profiling.sustained import measure_sustained
 from megatron_galvatron.progress import Progress
@@ -226,7 +227,7 @@ class ModelProfiler:
 
     # ---------------------------------------------------------------- the whole profile
     def layer_profile(self, shards: ShardGroups, bar) -> Dict:
-        times, act, ckpt, const, points, recompute = self._layer_tables(shards, bar, bf16_weights=False)
+        times, act, ckpt, const, points, recompute, seq_act = self._layer_tables(shards, bar, bf16_weights=False)
         shard_counts = {f"tp{tp}": sum(p.numel() for p in self.layer(shards, tp, False).parameters())
                         for tp in self.tps}
         out = {"time": times, "recompute_fraction": recompute,
@@ -235,7 +236,7 @@ class ModelProfiler:
                           # kept per micro-batch in flight whatever its size: under bf16 autocast,
                           # the bf16 copies of the weights the matmuls save for backward
                           "activation_constant_bytes": const,
-                          "points": points}}
+                          "points": points, **({"activation_seq_fit": seq_act} if seq_act else {})}}
         if self.bf16:
             out["bf16"] = self._bf16_layer_profile(shards, bar)
         if self.s.fp8:
@@ -245,17 +246,19 @@ class ModelProfiler:
     def _bf16_layer_profile(self, shards: ShardGroups, bar, fp8: Optional[str] = None) -> Dict:
         """The layer on bf16 weights without autocast, as the runtime runs it (see the module doc);
         with `fp8`, its linears in float8 with that recipe."""
-        times, act, ckpt, const, points, recompute = self._layer_tables(shards, bar, bf16_weights=True, fp8=fp8)
+        times, act, ckpt, const, points, recompute, seq_act = self._layer_tables(shards, bar, True, fp8)
         out = {"time": times, "recompute_fraction": recompute, "activation_bytes_per_token": act,
-               "checkpoint_bytes_per_token": ckpt, "points": points}
+               "checkpoint_bytes_per_token": ckpt, "points": points,
+               **({"activation_seq_fit": seq_act} if seq_act else {})}
         if fp8:  # tensorwise saves the float8 cast of each weight, once per micro-batch
             out["activation_constant_bytes"] = const
         return out
 
     def _layer_tables(self, shards: ShardGroups, bar, bf16_weights: bool, fp8: Optional[str] = None):
         """Per layout key: time fits, activation / checkpoint bytes per token, constant bytes and
-        the points, over every micro-batch x sequence point of every tp (and sp) degree."""
-        times, act, ckpt, const, points, recompute = {}, {}, {}, {}, {}, {}
+        the points, over every micro-batch x sequence point of every tp (and sp) degree; over two or more
+        lengths also the fits in sequence length ('seq_fit' in each time entry; activation ones last)."""
+        times, act, ckpt, const, points, recompute, seq_act = {}, {}, {}, {}, {}, {}, {}
         for tp in self.tps:
             for sp in ((False, True) if tp > 1 and self.s.sequence_parallel else (False,)):
                 key = f"tp{tp}{'_sp' if sp else ''}"
@@ -275,6 +278,10 @@ class ModelProfiler:
                               "bwd_checkpointed": time_entry([[mb, s, r[6]] for (mb, s), r in pts])}
                 # (checkpointed backward - backward) / forward, median over the points
                 recompute[key] = median([max(0.0, (r[6] - r[1]) / r[0]) for _, r in pts])
+                if len({s for (_, s), _ in pts}) >= 2:
+                    for name, col in (("fwd", 0), ("bwd", 1), ("bwd_checkpointed", 6)):
+                        times[key][name]["seq_fit"] = seq_time_entry([[mb, s, r[col]] for (mb, s), r in pts])
+                    seq_act[key] = seq_bytes_entry([[mb, s, r[2]] for (mb, s), r in pts])
                 act[key], const[key] = bytes_per_token([[mb, s, r[2]] for (mb, s), r in pts])
                 ckpt[key], _ = bytes_per_token([[mb, s, r[4]] for (mb, s), r in pts])
                 points[key] = {"saved_bytes": [[mb, s, r[2]] for (mb, s), r in pts],
@@ -282,7 +289,7 @@ class ModelProfiler:
                 if self.device.type == "cuda" and not bf16_weights:
                     points[key]["cuda_allocated_delta"] = [[mb, s, r[3]] for (mb, s), r in pts]
                     points[key]["checkpoint_cuda_allocated_delta"] = [[mb, s, r[5]] for (mb, s), r in pts]
-        return times, act, ckpt, const, points, recompute
+        return times, act, ckpt, const, points, recompute, seq_act
 
     def vocab_profile(self, shards: ShardGroups, bar) -> Dict:
         times, emb_times, act, const, emb_act, points = {}, {}, {}, {}, {}, {}
@@ -449,10 +456,8 @@ class ModelProfiler:
         n_layer = sum(len(_points(self.s, tp, sp)) for tp in self.tps
                       for sp in ((False, True) if tp > 1 and self.s.sequence_parallel else (False,)))
         n_vocab = sum(len(_points(self.s, tp, False)) for tp in self.tps)
-        n_plain = n_layer
-        if self.bf16:  # every point again on bf16 weights
-            n_layer, n_vocab = 2 * n_layer, 2 * n_vocab
-        n_layer += len(self.s.fp8) * n_plain
+        copies = 2 if self.bf16 else 1  # with bf16, every point again on bf16 weights; fp8 layers once per recipe
+        n_layer, n_vocab = (copies + len(self.s.fp8)) * n_layer, copies * n_vocab
         allow_recompiles(4 * (n_layer + n_vocab) + 8 + 4 * len(self.s.fp8))
         static = static_shapes() if self.s.compile else nullcontext()
         prev_flush = torch.set_flush_denormal(True) if self.device.type == "cpu" else None
@@ -488,23 +493,7 @@ class ModelProfiler:
             "optimizer": optimizer,
             "allocator": allocator,
             "sustained": sustained,
+            **({"sequence": sequence_summary(layer, self.s.seq_lengths)} if len(self.s.seq_lengths) >= 2 else {}),
             "notes": self.notes,
         }
 
-
-def check_settings(cfg: GPTConfig, s: ModelSettings) -> None:
-    for name, values in (("--micro-batch-sizes", s.micro_batch_sizes), ("--seq-lengths", s.seq_lengths),
-                         ("--tp", s.tp_degrees)):
-        if not values or min(values) < 1:
-            raise UserError(f"{name} needs positive integers, got {values}")
-    if len(set(s.micro_batch_sizes)) * len(set(s.seq_lengths)) < 2:
-        raise UserError("give at least two --micro-batch-sizes (or --seq-lengths): the per-token fits need "
-                        "two token counts")
-    if s.soak_seconds < 0 or s.sustained_seconds < 0:
-        raise UserError("--soak-seconds and --sustained-seconds must be >= 0")
-    if any(not 0 < u < 1 for u in s.sustained_duty):
-        raise UserError(f"--sustained-duty takes duty cycles strictly between 0 and 1, got {list(s.sustained_duty)}")
-    if s.warmup < 0 or s.iters < 1:
-        raise UserError(f"--warmup={s.warmup} must be >= 0 and --iters={s.iters} >= 1")
-    if s.optimizer_params < 64:
-        raise UserError(f"--optimizer-params={s.optimizer_params} must be at least 64")

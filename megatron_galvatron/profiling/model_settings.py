@@ -4,6 +4,9 @@ from typing import List, Tuple
 
 import torch
 
+from megatron_galvatron.errors import UserError
+from megatron_galvatron.model.config import GPTConfig
+
 DTYPES = ("bf16", "fp32")
 
 
@@ -40,3 +43,24 @@ def default_optimizer_params(device: torch.device) -> int:
 
 def default_dtype(device: torch.device) -> str:
     return "bf16" if device.type == "cuda" else "fp32"
+
+
+def check_settings(cfg: GPTConfig, s: ModelSettings) -> None:
+    for name, values in (("--micro-batch-sizes", s.micro_batch_sizes), ("--seq-lengths", s.seq_lengths),
+                         ("--tp", s.tp_degrees)):
+        if not values or min(values) < 1:
+            raise UserError(f"{name} needs positive integers, got {values}")
+    if len(set(s.micro_batch_sizes)) * len(set(s.seq_lengths)) < 2:
+        raise UserError("give at least two --micro-batch-sizes (or --seq-lengths): the per-token fits need "
+                        "two token counts")
+    if len(set(s.seq_lengths)) == 2 and len(set(s.micro_batch_sizes)) < 2:
+        raise UserError("--seq-lengths with two lengths needs two or more --micro-batch-sizes (or give three "
+                        "lengths): the fits in sequence length have three terms")
+    if s.soak_seconds < 0 or s.sustained_seconds < 0:
+        raise UserError("--soak-seconds and --sustained-seconds must be >= 0")
+    if any(not 0 < u < 1 for u in s.sustained_duty):
+        raise UserError(f"--sustained-duty takes duty cycles strictly between 0 and 1, got {list(s.sustained_duty)}")
+    if s.warmup < 0 or s.iters < 1:
+        raise UserError(f"--warmup={s.warmup} must be >= 0 and --iters={s.iters} >= 1")
+    if s.optimizer_params < 64:
+        raise UserError(f"--optimizer-params={s.optimizer_params} must be at least 64")

@@ -75,3 +75,16 @@ def model_summary(profile: Dict) -> str:
     lines.append(f"optimizer step: {opt['step_s_per_param'] * 1e12:.2f} ps/param; allocator: reserved/allocated "
                  f"{alloc['reserved_over_allocated']:.3f}, fixed {alloc['fixed_overhead_bytes'] / 2 ** 20:.0f} MiB")
     return "\n".join(lines)
+
+
+def sequence_summary(layer: Dict, seq_lengths: List[int]) -> Dict:
+    """model.json 'sequence': the lengths the sequence fits cover and whether the activation fit
+    found an s^2 term (more than 1 % of the tp1 layer's bytes per token at the longest length)."""
+    fit = layer["memory"]["activation_seq_fit"]["tp1"]
+    top = max(seq_lengths)
+    share = fit["quadratic_bytes"] * top / max(fit["linear_bytes"] + fit["quadratic_bytes"] * top, 1e-30)
+    return {"seq_lengths": sorted(seq_lengths), "activation": "quadratic" if share > 0.01 else "linear",
+            "quadratic_share_at_longest": share,
+            "method": "per layout key: time = intercept_s + micro_batch * (linear_s * seq + quadratic_s * seq^2), "
+                      "activation bytes = constant_bytes + micro_batch * (linear_bytes * seq + quadratic_bytes * "
+                      "seq^2), non-negative least squares over the points"}
