@@ -16,7 +16,7 @@ import os
 
 import numpy as np
 
-from megatron_galvatron.data.errors import DataError
+from megatron_galvatron.data.errors import DataError, sample_index
 from megatron_galvatron.data.indexed_dataset import IndexedDataset
 
 SPLIT_NAMES = ("train", "valid", "test")
@@ -190,10 +190,7 @@ class GPTDataset:
         return self.num_samples
 
     def __getitem__(self, i) -> np.ndarray:
-        i = int(i)
-        if not -self.num_samples <= i < self.num_samples:
-            raise IndexError(f"sample {i} out of range for {self.num_samples} samples")
-        return self.packed[int(self.shuffle_index[i])]
+        return self.packed[int(self.shuffle_index[sample_index(i, self.num_samples)])]
 
 
 def blending_indices(weights, num_samples: int) -> tuple[np.ndarray, np.ndarray]:

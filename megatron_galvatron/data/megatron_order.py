@@ -22,7 +22,7 @@ from typing import Optional
 
 import numpy as np
 
-from megatron_galvatron.data.errors import DataError
+from megatron_galvatron.data.errors import DataError, sample_index
 from megatron_galvatron.data.gpt_dataset import PackedSamples, epochs_needed, parse_split
 from megatron_galvatron.data.indexed_dataset import IndexedDataset
 
@@ -98,10 +98,7 @@ class MegatronOrderGPTDataset:
         return self.num_samples
 
     def __getitem__(self, i) -> np.ndarray:
-        i = int(i)
-        if not -self.num_samples <= i < self.num_samples:
-            raise IndexError(f"sample {i} out of range for {self.num_samples} samples")
-        return self.packed[int(self.shuffle_index[i % self.num_samples])]
+        return self.packed[int(self.shuffle_index[sample_index(i, self.num_samples)])]
 
 
 def _shuffled(a: np.ndarray, rs: np.random.RandomState) -> np.ndarray:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from megatron_galvatron.data.errors import DataError
+from megatron_galvatron.data.errors import DataError, sample_index
 
 MAX_STEP = 8
 
@@ -31,10 +31,7 @@ class MockGPTDataset:
         return self.num_samples
 
     def __getitem__(self, i) -> np.ndarray:
-        i = int(i)
-        if not -self.num_samples <= i < self.num_samples:
-            raise IndexError(f"sample {i} out of range for {self.num_samples} samples")
-        i %= self.num_samples
+        i = sample_index(i, self.num_samples)
         rng = np.random.default_rng([self.seed, i])
         start = int(rng.integers(self.vocab_size))
         step = int(rng.integers(1, self._max_step + 1))
